@@ -1,0 +1,242 @@
+"""The ``influencer`` command line (Typer).
+
+Each command is a thin shell over a domain function; flag names keep the
+manual's spellings (``--per_scene``, ``--prompt_bank``) next to dashed ones.
+Expected failures (bad prompt bank, missing key, OpenRouter refusals) print
+one clear line and exit non-zero instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ai_influencer.settings import MissingApiKeyError, Settings, get_settings
+
+app = typer.Typer(
+    name="influencer",
+    help="Persona dataset + SDXL LoRA pipeline: prepare -> plan -> generate -> qc -> augment -> train -> evaluate.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+bank_app = typer.Typer(help="Prompt bank utilities.", no_args_is_help=True)
+app.add_typer(bank_app, name="bank")
+console = Console(stderr=True)
+out = Console()
+
+
+class CliError(Exception):
+    """An expected failure reported as one line."""
+
+
+@contextmanager
+def _friendly_errors() -> Iterator[None]:
+    from ai_influencer.openrouter import OpenRouterError
+    from ai_influencer.prompt_bank import PromptBankError
+
+    try:
+        yield
+    except (
+        CliError,
+        MissingApiKeyError,
+        PromptBankError,
+        OpenRouterError,
+        ValueError,
+        FileNotFoundError,
+    ) as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        raise typer.Exit(code=1) from None
+
+
+def _settings() -> Settings:
+    return get_settings()
+
+
+def _client(settings: Settings):
+    from ai_influencer.openrouter import OpenRouterClient
+
+    return OpenRouterClient.from_settings(settings)
+
+
+BankOpt = Annotated[
+    Path | None,
+    typer.Option("--prompt-bank", "--prompt_bank", help="Prompt bank YAML (default: settings.prompt_bank)."),
+]
+
+
+@app.command()
+def models(
+    output_modality: Annotated[
+        str | None, typer.Option("--output-modality", "-m", help="Only models producing this (text, image).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    refresh: Annotated[bool, typer.Option(help="Bypass the models cache.")] = False,
+) -> None:
+    """List OpenRouter models (cached), optionally only image generators."""
+    with _friendly_errors():
+        settings = _settings()
+        from ai_influencer.openrouter import OpenRouterClient
+
+        client = OpenRouterClient(**OpenRouterClient._settings_kwargs(settings))  # /models needs no key
+        found = client.list_models(output_modality, refresh=refresh)
+        if as_json:
+            out.print_json(json.dumps([m.model_dump() for m in found]))
+            return
+        table = Table(
+            title=f"{len(found)} OpenRouter models" + (f" with {output_modality} output" if output_modality else "")
+        )
+        for col in ("id", "input", "output", "price/image", "price/token in"):
+            table.add_column(col)
+        for m in found:
+            table.add_row(
+                m.id,
+                ",".join(m.input_modalities),
+                ",".join(m.output_modalities),
+                str(m.pricing.get("image", "-")),
+                str(m.pricing.get("prompt", "-")),
+            )
+        out.print(table)
+
+
+@bank_app.command("check")
+def bank_check(path: Annotated[Path, typer.Argument(help="Prompt bank YAML file.")]) -> None:
+    """Validate a prompt bank and show how many prompts it can compose."""
+    from ai_influencer.prompt_bank import load_prompt_bank
+
+    with _friendly_errors():
+        bank = load_prompt_bank(path)
+        combos = len(bank.scenes) * len(bank.lighting) * len(bank.poses) * len(bank.outfits)
+        out.print(
+            f"{path}: ok — persona {bank.persona.name!r}, {len(bank.scenes)} scenes, {len(bank.lighting)} lighting, "
+            f"{len(bank.poses)} poses, {len(bank.outfits)} outfits ({combos} combinations)"
+        )
+
+
+@app.command()
+def plan(
+    prompt_bank: BankOpt = None,
+    model: Annotated[str | None, typer.Option(help="Text model (default: settings.text_model).")] = None,
+    out_path: Annotated[Path | None, typer.Option("--out", help="Storyboard JSON path.")] = None,
+) -> None:
+    """Plan content with the LLM: storyboard, spoken script, >= 5 caption seeds (JSON)."""
+    from ai_influencer.dataset.workspace import Workspace
+    from ai_influencer.prompt_bank import load_prompt_bank
+    from ai_influencer.storyboard import plan_storyboard, write_storyboard
+
+    with _friendly_errors():
+        settings = _settings()
+        bank = load_prompt_bank(prompt_bank or settings.prompt_bank)
+        target = out_path or Workspace.from_settings(settings).storyboard
+        with _client(settings) as client, console.status("asking the LLM for a storyboard..."):
+            board, result = plan_storyboard(client, bank, model or settings.text_model)
+        write_storyboard(board, result, target)
+        cost = f"${result.usage.cost:.4f}" if result.usage.cost is not None else "cost n/a"
+        out.print(f"wrote {target}: {len(board.shots)} shots, {len(board.caption_seeds)} caption seeds ({cost})")
+
+
+@app.command()
+def generate(
+    prompt_bank: BankOpt = None,
+    model: Annotated[str | None, typer.Option(help="Image model (default: settings.image_model).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder.")] = None,
+    per_scene: Annotated[int, typer.Option("--per-scene", "--per_scene", min=1, help="Images per scene.")] = 12,
+    size: Annotated[str, typer.Option(help="WxH; sent as aspect ratio.")] = "1024x1024",
+    sleep: Annotated[float, typer.Option(help="Minimum seconds between request starts (manual's pacing).")] = 0.0,
+    concurrency: Annotated[int, typer.Option(min=1, max=64, help="Requests in flight.")] = 4,
+    seed: Annotated[int, typer.Option(help="Prompt composition seed.")] = 0,
+    ref: Annotated[
+        Path | None,
+        typer.Option("--ref", help="Reference photos sent with each request (e.g. data/cleaned)."),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Generate at most this many (after skipping done ones).")] = None,
+) -> None:
+    """Generate images through OpenRouter: content-addressed, resumable, with a manifest."""
+    from ai_influencer.dataset.workspace import Workspace
+    from ai_influencer.generation import (
+        MinIntervalGate,
+        already_done,
+        build_requests,
+        generate_batch,
+        iter_reference_images,
+    )
+    from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
+
+    with _friendly_errors():
+        settings = _settings()
+        bank = load_prompt_bank(prompt_bank or settings.prompt_bank)
+        target = out_dir or Workspace.from_settings(settings).synth
+        references = list(iter_reference_images(ref)) if ref else []
+        if ref and not references:
+            raise CliError(f"--ref {ref}: no images found")
+        requests = build_requests(
+            compose_prompts(bank, per_scene, seed), model or settings.image_model, size, references
+        )
+        pending = [r for r in requests if already_done(r, target) is None]
+        skipped = len(requests) - len(pending)
+        todo = pending if limit is None else pending[:limit]
+        console.print(f"{len(requests)} requested, {skipped} already done, {len(todo)} to generate -> {target}")
+        with (
+            _client(settings) as client,
+            Progress(
+                TextColumn("[bold]generate"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[cost]}"),
+                TimeElapsedColumn(),
+                console=console,
+            ) as progress,
+        ):
+            task = progress.add_task("images", total=len(todo), cost="$0.0000")
+            spent = [0.0]
+
+            def tick(outcome) -> None:
+                if outcome.record and outcome.record.cost_usd and outcome.paid:
+                    spent[0] += outcome.record.cost_usd
+                if outcome.error:
+                    progress.console.print(f"[yellow]failed[/] {outcome.request.key}: {outcome.error}")
+                progress.update(task, advance=1, cost=f"${spent[0]:.4f}")
+
+            outcomes = generate_batch(
+                client,
+                todo,
+                target,
+                references=references,
+                concurrency=concurrency,
+                gate=MinIntervalGate(sleep) if sleep > 0 else None,
+                on_done=tick,
+            )
+        failed = [o for o in outcomes if o.status == "failed"]
+        generated = sum(o.paid for o in outcomes)
+        out.print(
+            f"generated {generated}, failed {len(failed)}, spent ${spent[0]:.4f}; manifest: {target / 'manifest.json'}"
+        )
+        if failed:
+            raise typer.Exit(code=2)
+
+
+@app.command()
+def run(
+    ctx: typer.Context,
+    prompt_bank: BankOpt = None,
+    per_scene: Annotated[int, typer.Option("--per-scene", "--per_scene", min=1)] = 12,
+) -> None:
+    """Run the whole pipeline with the defaults (the README's first command)."""
+    ctx.invoke(plan, prompt_bank=prompt_bank)
+    ctx.invoke(generate, prompt_bank=prompt_bank, per_scene=per_scene)
+
+
+def main() -> None:  # pragma: no cover - console entry for python -m
+    app(prog_name="influencer")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Dataset layout, manifest, captions, augmentation and contact sheets."""

@@ -1,0 +1,254 @@
+"""Image generation (manual step 3): content-addressed, resumable, cost-tracked.
+
+Why content addressing: the file name is a hash of everything that defines the
+request (model, prompt, negative prompt, size, variant, reference images). A
+re-run computes the same names, sees the finished files and pays nothing; a
+changed prompt gets a new name and never overwrites an older image.
+
+Write order is image first, sidecar second, both atomic. A kill between the
+two leaves an image without sidecar; the next run rebuilds that sidecar from
+the request instead of paying again (``recovered=True``, cost unknown).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ai_influencer.dataset.manifest import (
+    IMAGE_SUFFIXES,
+    ImageRecord,
+    rebuild_manifest,
+    sidecar_path,
+    write_sidecar,
+)
+from ai_influencer.io import atomic_write_bytes
+from ai_influencer.openrouter import OpenRouterClient, OpenRouterError
+from ai_influencer.prompt_bank import PromptSpec
+
+_SIZE = re.compile(r"^(\d{2,5})x(\d{2,5})$")
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    m = _SIZE.match(size.strip().lower())
+    if not m:
+        raise ValueError(f"size must look like 1024x1024, got {size!r}")
+    return int(m[1]), int(m[2])
+
+
+def aspect_ratio(size: str) -> str:
+    """OpenRouter ``image_config.aspect_ratio`` for a WxH size (reduced fraction)."""
+    from math import gcd
+
+    w, h = parse_size(size)
+    g = gcd(w, h)
+    return f"{w // g}:{h // g}"
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    model: str
+    prompt: str
+    negative_prompt: str = ""
+    size: str = "1024x1024"
+    variant: int = 0
+    reference_digests: tuple[str, ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def key(self) -> str:
+        payload = {
+            "model": self.model,
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "size": self.size,
+            "variant": self.variant,
+            "refs": list(self.reference_digests),
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def build_requests(
+    specs: Sequence[PromptSpec], model: str, size: str, references: Sequence[Path] = ()
+) -> list[ImageRequest]:
+    parse_size(size)
+    digests = tuple(file_digest(p) for p in references)
+    return [
+        ImageRequest(
+            model=model,
+            prompt=s.prompt,
+            negative_prompt=s.negative_prompt,
+            size=size,
+            variant=s.index,
+            reference_digests=digests,
+            meta=s.metadata(),
+        )
+        for s in specs
+    ]
+
+
+def find_existing(out_dir: Path, key: str) -> Path | None:
+    for suffix in IMAGE_SUFFIXES:
+        candidate = out_dir / f"{key}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _record(request: ImageRequest, file: str, **kw: Any) -> ImageRecord:
+    return ImageRecord(
+        key=request.key,
+        file=file,
+        model=request.model,
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        size=request.size,
+        variant=request.variant,
+        scene=request.meta.get("scene"),
+        lighting=request.meta.get("lighting"),
+        pose=request.meta.get("pose"),
+        outfit=request.meta.get("outfit"),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        **kw,
+    )
+
+
+@dataclass
+class GenerationOutcome:
+    request: ImageRequest
+    record: ImageRecord | None
+    status: str  # "generated" | "skipped" | "recovered" | "failed"
+    error: str | None = None
+
+    @property
+    def paid(self) -> bool:
+        return self.status == "generated"
+
+
+def already_done(request: ImageRequest, out_dir: Path) -> GenerationOutcome | None:
+    """Finished (image + sidecar), or recoverable (image only), without any paid call."""
+    existing = find_existing(out_dir, request.key)
+    if existing is None:
+        return None
+    side = sidecar_path(out_dir, request.key)
+    if side.is_file():
+        return GenerationOutcome(request, ImageRecord.model_validate_json(side.read_text()), "skipped")
+    record = _record(request, existing.name, recovered=True)
+    write_sidecar(out_dir, record)
+    return GenerationOutcome(request, record, "recovered")
+
+
+def generate_one(
+    client: OpenRouterClient,
+    request: ImageRequest,
+    out_dir: Path,
+    *,
+    references: Sequence[Path] = (),
+    gate: Callable[[], AbstractContextManager[Any]] | None = None,
+) -> GenerationOutcome:
+    """Produce one image unless it already exists. ``gate`` wraps only the paid call (rate limits)."""
+    done = already_done(request, out_dir)
+    if done is not None:
+        return done
+    with (gate or nullcontext)():
+        result = client.generate_image(
+            request.model,
+            request.prompt,
+            negative_prompt=request.negative_prompt or None,
+            reference_images=list(references),
+            aspect_ratio=aspect_ratio(request.size),
+        )
+    image = result.images[0]
+    name = f"{request.key}{image.extension}"
+    atomic_write_bytes(out_dir / name, image.data)
+    record = _record(
+        request,
+        name,
+        mime=image.mime,
+        cost_usd=result.usage.cost,
+        usage=result.usage.model_dump(),
+        generation_id=result.id,
+        elapsed_s=round(result.elapsed_s, 3),
+    )
+    write_sidecar(out_dir, record)
+    return GenerationOutcome(request, record, "generated")
+
+
+class MinIntervalGate:
+    """In-process pacing for runs without Prefect (the manual's ``--sleep``): at most one start per interval."""
+
+    def __init__(self, min_interval_s: float) -> None:
+        self.min_interval_s = min_interval_s
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> AbstractContextManager[None]:
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self.min_interval_s
+        if start > now:
+            time.sleep(start - now)
+        return nullcontext()
+
+
+def generate_batch(
+    client: OpenRouterClient,
+    requests: Sequence[ImageRequest],
+    out_dir: Path,
+    *,
+    references: Sequence[Path] = (),
+    concurrency: int = 4,
+    gate: Callable[[], AbstractContextManager[Any]] | None = None,
+    on_done: Callable[[GenerationOutcome], None] | None = None,
+) -> list[GenerationOutcome]:
+    """Generate many images in parallel; one failed image never stops the others.
+
+    Fatal errors that apply to every request (bad key, no credits) stop new work early.
+    """
+    from ai_influencer.openrouter import AuthError, InsufficientCreditsError
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outcomes: list[GenerationOutcome] = []
+    stop = threading.Event()
+
+    def work(req: ImageRequest) -> GenerationOutcome:
+        if stop.is_set():
+            return GenerationOutcome(req, None, "failed", "not attempted: run stopped by an earlier fatal error")
+        try:
+            return generate_one(client, req, out_dir, references=references, gate=gate)
+        except (AuthError, InsufficientCreditsError) as exc:
+            stop.set()
+            return GenerationOutcome(req, None, "failed", str(exc))
+        except OpenRouterError as exc:
+            return GenerationOutcome(req, None, "failed", str(exc))
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        futures = [pool.submit(work, r) for r in requests]
+        for fut in as_completed(futures):
+            outcome = fut.result()
+            outcomes.append(outcome)
+            if on_done:
+                on_done(outcome)
+    rebuild_manifest(out_dir)
+    return outcomes
+
+
+def iter_reference_images(folder: Path) -> Iterator[Path]:
+    if not folder.is_dir():
+        return iter(())
+    return (p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES)

@@ -1,0 +1,59 @@
+"""OpenRouter access: one client (sync + async), typed results and typed errors."""
+
+from ai_influencer.openrouter.client import (
+    AsyncOpenRouterClient,
+    OpenRouterClient,
+    decode_image,
+    image_to_data_url,
+)
+from ai_influencer.openrouter.errors import (
+    AuthError,
+    BadRequestError,
+    EmptyResponseError,
+    FatalError,
+    ImageDecodeError,
+    InsufficientCreditsError,
+    ModerationError,
+    NoImageError,
+    OpenRouterError,
+    RateLimitError,
+    RetryableError,
+    StructuredOutputError,
+    UpstreamError,
+)
+from ai_influencer.openrouter.types import (
+    ChatResult,
+    Credits,
+    GeneratedImage,
+    ImageResult,
+    KeyInfo,
+    ModelInfo,
+    Usage,
+)
+
+__all__ = [
+    "AsyncOpenRouterClient",
+    "AuthError",
+    "BadRequestError",
+    "ChatResult",
+    "Credits",
+    "EmptyResponseError",
+    "FatalError",
+    "GeneratedImage",
+    "ImageDecodeError",
+    "ImageResult",
+    "InsufficientCreditsError",
+    "KeyInfo",
+    "ModelInfo",
+    "ModerationError",
+    "NoImageError",
+    "OpenRouterClient",
+    "OpenRouterError",
+    "RateLimitError",
+    "RetryableError",
+    "StructuredOutputError",
+    "UpstreamError",
+    "Usage",
+    "decode_image",
+    "image_to_data_url",
+]

@@ -1,0 +1,472 @@
+"""The one OpenRouter client of the project (sync and async over httpx).
+
+Both flavours share request building, response parsing and the retry policy
+(``_Core``); only the transport call differs. Parsing happens *inside* the
+retried call, so a 200 that carries an error, no choices or an undecodable
+image is retried like a 5xx, while 400/401/402/403 never are (see errors.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, SecretStr, ValidationError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from ai_influencer import __version__
+from ai_influencer.openrouter.errors import (
+    EmptyResponseError,
+    ImageDecodeError,
+    NoImageError,
+    OpenRouterError,
+    RateLimitError,
+    StructuredOutputError,
+    UpstreamError,
+    error_from_response,
+)
+from ai_influencer.openrouter.types import (
+    ChatResult,
+    Credits,
+    GeneratedImage,
+    ImageResult,
+    KeyInfo,
+    ModelInfo,
+    Usage,
+)
+from ai_influencer.settings import Settings
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[\w-]+=[^;,]*)*(?P<b64>;base64)?,(?P<data>.*)$", re.S)
+_FORMAT_MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
+
+
+def image_to_data_url(image: bytes | str | Path) -> str:
+    """Encode a reference image as a data URL content part payload."""
+    data = Path(image).read_bytes() if isinstance(image, str | Path) else image
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            mime = _FORMAT_MIME.get(im.format or "", "image/png")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(
+            f"reference image {image if not isinstance(image, bytes) else '<bytes>'} is not an image"
+        ) from exc
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def decode_image(url: str) -> GeneratedImage:
+    """Decode an image data URL and check that the bytes really are an image."""
+    m = _DATA_URL.match(url.strip())
+    if not m:
+        raise ImageDecodeError(f"image is not a data URL: {url[:60]!r}")
+    try:
+        payload = base64.b64decode(m["data"], validate=True) if m["b64"] else m["data"].encode()
+    except (binascii.Error, ValueError) as exc:
+        raise ImageDecodeError(f"image data URL is not valid base64: {exc}") from None
+    return sniff_image(payload)
+
+
+def sniff_image(payload: bytes) -> GeneratedImage:
+    try:
+        with Image.open(io.BytesIO(payload)) as im:
+            fmt = im.format or ""
+            im.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ImageDecodeError(f"returned image bytes cannot be decoded ({len(payload)} bytes): {exc}") from None
+    return GeneratedImage(data=payload, mime=_FORMAT_MIME.get(fmt, "application/octet-stream"))
+
+
+def _extract_json(text: str) -> Any:
+    stripped = text.strip()
+    fence = re.match(r"^```(?:json)?\s*(.*?)\s*```$", stripped, re.S)
+    if fence:
+        stripped = fence.group(1)
+    return json.loads(stripped)
+
+
+class _WaitRetryAfterOrBackoff:
+    """Honour Retry-After (capped) on 429, else exponential backoff with jitter (capped)."""
+
+    def __init__(self, initial: float, cap: float) -> None:
+        self.cap = cap
+        self.backoff = wait_exponential_jitter(multiplier=initial, max=cap, jitter=initial)
+
+    def __call__(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RateLimitError) and exc.retry_after is not None:
+            return min(exc.retry_after, self.cap)
+        return float(self.backoff(state))
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, OpenRouterError) and exc.retryable
+
+
+class _Core:
+    """Configuration, request building, parsing and retry policy shared by both clients."""
+
+    def __init__(
+        self,
+        api_key: SecretStr | str | None,
+        *,
+        base_url: str = "https://openrouter.ai/api/v1",
+        app_title: str | None = "ai-influencer",
+        app_url: str | None = None,
+        timeout: float = 120.0,
+        max_retries: int = 5,
+        backoff_initial: float = 1.0,
+        retry_cap: float = 60.0,
+        models_ttl: float = 600.0,
+    ) -> None:
+        self._api_key = api_key if isinstance(api_key, SecretStr) or api_key is None else SecretStr(api_key)
+        self.base_url = base_url.rstrip("/")
+        self.app_title = app_title
+        self.app_url = app_url
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff_initial = backoff_initial
+        self.retry_cap = retry_cap
+        self.models_ttl = models_ttl
+        self._models_cache: tuple[float, list[ModelInfo]] | None = None
+        self._models_lock = threading.Lock()
+
+    @classmethod
+    def _settings_kwargs(cls, settings: Settings) -> dict[str, Any]:
+        return {
+            "api_key": settings.openrouter_api_key,
+            "base_url": settings.openrouter_base_url,
+            "app_title": settings.openrouter_app_title,
+            "app_url": settings.openrouter_app_url,
+            "timeout": settings.openrouter_timeout_s,
+            "max_retries": settings.openrouter_max_retries,
+            "retry_cap": settings.openrouter_retry_cap_s,
+            "models_ttl": settings.models_cache_ttl_s,
+        }
+
+    def __repr__(self) -> str:  # never show the key
+        return f"{type(self).__name__}(base_url={self.base_url!r}, key={'set' if self._api_key else 'unset'})"
+
+    # ---- request building ------------------------------------------------------
+    def _headers(self) -> dict[str, str]:
+        headers = {"User-Agent": f"ai-influencer/{__version__}", "Accept": "application/json"}
+        if self._api_key is not None:
+            headers["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
+        if self.app_url:
+            headers["HTTP-Referer"] = self.app_url
+        if self.app_title:
+            headers["X-Title"] = self.app_title
+        return headers
+
+    def _retry_kwargs(self) -> dict[str, Any]:
+        return {
+            "retry": retry_if_exception(_is_retryable),
+            "stop": stop_after_attempt(self.max_retries + 1),
+            "wait": _WaitRetryAfterOrBackoff(self.backoff_initial, self.retry_cap),
+            "reraise": True,
+        }
+
+    @staticmethod
+    def _chat_body(
+        model: str,
+        messages: list[dict[str, Any]],
+        *,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        response_format: dict[str, Any] | None = None,
+        fallback_models: Sequence[str] = (),
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": model, "messages": messages, "usage": {"include": True}}
+        if temperature is not None:
+            body["temperature"] = temperature
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        if response_format is not None:
+            body["response_format"] = response_format
+        if fallback_models:
+            body["models"] = list(fallback_models)
+        body.update(extra or {})
+        return body
+
+    @staticmethod
+    def _image_body(
+        model: str,
+        prompt: str,
+        *,
+        negative_prompt: str | None = None,
+        reference_images: Sequence[bytes | str | Path] = (),
+        aspect_ratio: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        text = prompt if not negative_prompt else f"{prompt}\n\nAvoid: {negative_prompt}"
+        parts: list[dict[str, Any]] = [{"type": "text", "text": text}]
+        parts += [{"type": "image_url", "image_url": {"url": image_to_data_url(r)}} for r in reference_images]
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": [{"role": "user", "content": parts}],
+            "modalities": ["image", "text"],
+            "usage": {"include": True},
+        }
+        if aspect_ratio:
+            body["image_config"] = {"aspect_ratio": aspect_ratio}
+        body.update(extra or {})
+        return body
+
+    # ---- response parsing ------------------------------------------------------
+    @staticmethod
+    def _check(response: httpx.Response) -> Any:
+        try:
+            body = response.json()
+        except ValueError:
+            body = response.text
+        if response.status_code != 200:
+            raise error_from_response(response.status_code, body, dict(response.headers))
+        if isinstance(body, dict) and "error" in body:
+            raise error_from_response(200, body, dict(response.headers))
+        if not isinstance(body, dict):
+            raise UpstreamError(f"expected a JSON object, got: {str(body)[:200]!r}", status=200)
+        return body
+
+    @staticmethod
+    def _message(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        choices = body.get("choices")
+        if not choices:
+            raise EmptyResponseError("response has no choices", status=200)
+        choice = choices[0]
+        if isinstance(choice.get("error"), dict):  # mid-generation provider error
+            raise error_from_response(200, {"error": choice["error"]})
+        return choice, choice.get("message") or {}
+
+    @classmethod
+    def _parse_chat(cls, body: dict[str, Any], elapsed: float) -> ChatResult:
+        choice, message = cls._message(body)
+        content = message.get("content")
+        if isinstance(content, list):
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        return ChatResult(
+            id=body.get("id"),
+            model=body.get("model", ""),
+            text=content or "",
+            finish_reason=choice.get("finish_reason"),
+            usage=Usage.model_validate(body.get("usage") or {}),
+            elapsed_s=elapsed,
+        )
+
+    @classmethod
+    def _parse_image(cls, body: dict[str, Any], elapsed: float) -> ImageResult:
+        _, message = cls._message(body)
+        raw_images = message.get("images") or []
+        text = message.get("content") or ""
+        if not raw_images:
+            reason = text.strip()[:300] or "no explanation"
+            raise NoImageError(f"the model returned no image ({reason})", status=200)
+        images = []
+        for item in raw_images:
+            url = (item.get("image_url") or {}).get("url") if isinstance(item, dict) else None
+            if not url:
+                raise ImageDecodeError("image entry without image_url.url", status=200)
+            images.append(decode_image(url))
+        return ImageResult(
+            id=body.get("id"),
+            model=body.get("model", ""),
+            images=images,
+            text=text if isinstance(text, str) else "",
+            usage=Usage.model_validate(body.get("usage") or {}),
+            elapsed_s=elapsed,
+        )
+
+    @staticmethod
+    def _parse_json(result: ChatResult, schema: type[M]) -> M:
+        try:
+            return schema.model_validate(_extract_json(result.text))
+        except (ValueError, ValidationError) as exc:
+            raise StructuredOutputError(
+                f"model {result.model or '?'} did not return valid {schema.__name__} JSON: {exc}"
+            ) from None
+
+    @staticmethod
+    def _json_schema_format(schema: type[BaseModel], name: str | None) -> dict[str, Any]:
+        return {
+            "type": "json_schema",
+            "json_schema": {
+                "name": name or schema.__name__,
+                "strict": True,
+                "schema": schema.model_json_schema(),
+            },
+        }
+
+    def _cached_models(self) -> list[ModelInfo] | None:
+        with self._models_lock:
+            if self._models_cache and time.monotonic() - self._models_cache[0] < self.models_ttl:
+                return self._models_cache[1]
+        return None
+
+    def _store_models(self, body: dict[str, Any]) -> list[ModelInfo]:
+        models = [ModelInfo.from_api(m) for m in body.get("data") or [] if isinstance(m, dict) and "id" in m]
+        with self._models_lock:
+            self._models_cache = (time.monotonic(), models)
+        return models
+
+    @staticmethod
+    def _filter_models(models: list[ModelInfo], output_modality: str | None) -> list[ModelInfo]:
+        if output_modality is None:
+            return models
+        return [m for m in models if output_modality in m.output_modalities]
+
+    @staticmethod
+    def _transport_error(exc: httpx.HTTPError) -> OpenRouterError:
+        if isinstance(exc, httpx.TimeoutException):
+            return UpstreamError(f"request timed out ({type(exc).__name__})", status=408)
+        return UpstreamError(f"network error ({type(exc).__name__}: {exc})", status=0)
+
+
+class OpenRouterClient(_Core):
+    """Blocking client; thread-safe (one pooled ``httpx.Client``)."""
+
+    def __init__(self, api_key: SecretStr | str | None, *, transport: httpx.BaseTransport | None = None, **kw: Any):
+        super().__init__(api_key, **kw)
+        self._http = httpx.Client(timeout=self.timeout, transport=transport)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> OpenRouterClient:
+        settings.require_api_key()
+        return cls(**{**cls._settings_kwargs(settings), **overrides})
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> OpenRouterClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, parse: Callable[[Any, float], T], **kw: Any) -> T:
+        def once() -> T:
+            start = time.perf_counter()
+            try:
+                response = self._http.request(method, f"{self.base_url}{path}", headers=self._headers(), **kw)
+            except httpx.HTTPError as exc:
+                raise self._transport_error(exc) from None
+            return parse(self._check(response), time.perf_counter() - start)
+
+        return Retrying(**self._retry_kwargs())(once)
+
+    def chat(self, model: str, messages: list[dict[str, Any]], **kw: Any) -> ChatResult:
+        return self._call("POST", "/chat/completions", self._parse_chat, json=self._chat_body(model, messages, **kw))
+
+    def chat_json(
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        schema: type[M],
+        *,
+        name: str | None = None,
+        **kw: Any,
+    ) -> tuple[M, ChatResult]:
+        result = self.chat(model, messages, response_format=self._json_schema_format(schema, name), **kw)
+        return self._parse_json(result, schema), result
+
+    def generate_image(self, model: str, prompt: str, **kw: Any) -> ImageResult:
+        return self._call("POST", "/chat/completions", self._parse_image, json=self._image_body(model, prompt, **kw))
+
+    def list_models(self, output_modality: str | None = None, *, refresh: bool = False) -> list[ModelInfo]:
+        models = None if refresh else self._cached_models()
+        if models is None:
+            models = self._call("GET", "/models", lambda body, _: self._store_models(body))
+        return self._filter_models(models, output_modality)
+
+    def key_info(self) -> KeyInfo:
+        return self._call("GET", "/key", lambda body, _: KeyInfo.model_validate(body.get("data") or {}))
+
+    def credits(self) -> Credits:
+        return self._call("GET", "/credits", lambda body, _: Credits.model_validate(body.get("data") or {}))
+
+    def generation(self, generation_id: str) -> dict[str, Any]:
+        return self._call("GET", "/generation", lambda body, _: body.get("data") or {}, params={"id": generation_id})
+
+
+class AsyncOpenRouterClient(_Core):
+    """Asyncio client for fan-out inside one event loop (hub, async flows)."""
+
+    def __init__(
+        self, api_key: SecretStr | str | None, *, transport: httpx.AsyncBaseTransport | None = None, **kw: Any
+    ):
+        super().__init__(api_key, **kw)
+        self._http = httpx.AsyncClient(timeout=self.timeout, transport=transport)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> AsyncOpenRouterClient:
+        settings.require_api_key()
+        return cls(**{**cls._settings_kwargs(settings), **overrides})
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncOpenRouterClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _call(self, method: str, path: str, parse: Callable[[Any, float], T], **kw: Any) -> T:
+        async def once() -> T:
+            start = time.perf_counter()
+            try:
+                response = await self._http.request(method, f"{self.base_url}{path}", headers=self._headers(), **kw)
+            except httpx.HTTPError as exc:
+                raise self._transport_error(exc) from None
+            return parse(self._check(response), time.perf_counter() - start)
+
+        return await AsyncRetrying(**self._retry_kwargs())(once)
+
+    async def chat(self, model: str, messages: list[dict[str, Any]], **kw: Any) -> ChatResult:
+        body = self._chat_body(model, messages, **kw)
+        return await self._call("POST", "/chat/completions", self._parse_chat, json=body)
+
+    async def chat_json(
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        schema: type[M],
+        *,
+        name: str | None = None,
+        **kw: Any,
+    ) -> tuple[M, ChatResult]:
+        result = await self.chat(model, messages, response_format=self._json_schema_format(schema, name), **kw)
+        return self._parse_json(result, schema), result
+
+    async def generate_image(self, model: str, prompt: str, **kw: Any) -> ImageResult:
+        body = self._image_body(model, prompt, **kw)
+        return await self._call("POST", "/chat/completions", self._parse_image, json=body)
+
+    async def list_models(self, output_modality: str | None = None, *, refresh: bool = False) -> list[ModelInfo]:
+        models = None if refresh else self._cached_models()
+        if models is None:
+            models = await self._call("GET", "/models", lambda body, _: self._store_models(body))
+        return self._filter_models(models, output_modality)
+
+    async def key_info(self) -> KeyInfo:
+        return await self._call("GET", "/key", lambda body, _: KeyInfo.model_validate(body.get("data") or {}))
+
+    async def credits(self) -> Credits:
+        return await self._call("GET", "/credits", lambda body, _: Credits.model_validate(body.get("data") or {}))

@@ -1,0 +1,162 @@
+"""Typed OpenRouter errors.
+
+Why a hierarchy: callers (tenacity here, Prefect retry conditions in
+``tasks/``, HTTP status mapping in the hub) must decide "retry or stop" from
+the type alone. Paying again for a request that can never succeed (bad key,
+no credits, moderation) wastes money and hides the real problem, so only
+``RetryableError`` subclasses are ever retried.
+
+No error message ever includes the API key: messages are built from the
+response body and status only.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from typing import Any
+
+
+class OpenRouterError(Exception):
+    """Base class. ``status`` is the HTTP status (or 0 for network failures)."""
+
+    retryable: bool = False
+    code: str = "openrouter_error"
+
+    def __init__(self, message: str, *, status: int = 0, metadata: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.metadata = metadata or {}
+
+    def __str__(self) -> str:
+        prefix = f"OpenRouter {self.status}" if self.status else "OpenRouter"
+        return f"{prefix} ({self.code}): {self.message}"
+
+
+class RetryableError(OpenRouterError):
+    """Transient: the same request may succeed later."""
+
+    retryable = True
+    retry_after: float | None = None
+
+
+class FatalError(OpenRouterError):
+    """Permanent for this request: retrying costs money and cannot help."""
+
+
+class BadRequestError(FatalError):
+    code = "bad_request"
+
+
+class AuthError(FatalError):
+    code = "auth"
+
+
+class InsufficientCreditsError(FatalError):
+    code = "insufficient_credits"
+
+
+class ModerationError(FatalError):
+    """403: the input was flagged. ``reasons`` and ``flagged_input`` come from the error metadata."""
+
+    code = "moderation"
+
+    @property
+    def reasons(self) -> list[str]:
+        value = self.metadata.get("reasons") or []
+        return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+    @property
+    def flagged_input(self) -> str | None:
+        value = self.metadata.get("flagged_input")
+        return None if value is None else str(value)
+
+
+class StructuredOutputError(FatalError):
+    """The model answered, but not with JSON matching the requested schema."""
+
+    code = "structured_output"
+
+
+class RateLimitError(RetryableError):
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class UpstreamError(RetryableError):
+    """408 / 5xx / timeouts / connection errors / an error inside a 200 body."""
+
+    code = "upstream"
+
+
+class EmptyResponseError(UpstreamError):
+    """200 with no choices."""
+
+    code = "empty_response"
+
+
+class NoImageError(UpstreamError):
+    """200 from an image request with no image (refusal or safety filter); retried, as outputs vary."""
+
+    code = "no_image"
+
+
+class ImageDecodeError(UpstreamError):
+    """An image came back but its data URL or bytes cannot be decoded."""
+
+    code = "image_decode"
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        dt = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if dt is None:
+        return None
+    return max(0.0, dt.timestamp() - (time.time() if now is None else now))
+
+
+def error_from_response(status: int, body: Any, headers: dict[str, str] | None = None) -> OpenRouterError:
+    """Map an HTTP status and OpenRouter error body to the right exception type."""
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict):
+        message = str(err.get("message") or "no message")
+        metadata = err.get("metadata") if isinstance(err.get("metadata"), dict) else {}
+        code = err.get("code")
+        if status == 200 and isinstance(code, int):
+            status = code  # an error delivered inside a 200 body carries its real code
+        elif status == 200 and isinstance(code, str) and code.isdigit():
+            status = int(code)
+    else:
+        message = str(body)[:500] if body else "empty body"
+        metadata = {}
+    headers = {k.lower(): v for k, v in (headers or {}).items()}
+    kw: dict[str, Any] = {"status": status, "metadata": metadata}
+    if status == 400:
+        return BadRequestError(message, **kw)
+    if status == 401:
+        return AuthError(message, **kw)
+    if status == 402:
+        return InsufficientCreditsError(message, **kw)
+    if status == 403:
+        return ModerationError(message, **kw)
+    if status == 429:
+        return RateLimitError(message, retry_after=parse_retry_after(headers.get("retry-after")), **kw)
+    if status in (408, 200) or status >= 500:
+        return UpstreamError(message, **kw)
+    if 400 <= status < 500:
+        return BadRequestError(message, **kw)
+    return UpstreamError(message, **kw)

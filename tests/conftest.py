@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ai_influencer.openrouter import OpenRouterClient
+from tests.support.openrouter_stub import StubOpenRouter
+
+TEST_KEY = "sk-or-test-key"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def stub() -> Iterator[StubOpenRouter]:
+    with StubOpenRouter(valid_keys=[TEST_KEY]) as server:
+        yield server
+
+
+@pytest.fixture
+def client(stub: StubOpenRouter) -> Iterator[OpenRouterClient]:
+    with OpenRouterClient(
+        TEST_KEY, base_url=stub.base_url, backoff_initial=0.01, retry_cap=2.0, max_retries=3, timeout=10
+    ) as c:
+        yield c
+
+
+@pytest.fixture
+def cli_env(stub: StubOpenRouter, tmp_path: Path) -> dict[str, str]:
+    """Environment for running the real ``influencer`` console script against the stub."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENROUTER_", "INFLUENCER_"))}
+    env.update(
+        OPENROUTER_API_KEY=TEST_KEY,
+        OPENROUTER_BASE_URL=stub.base_url,
+        INFLUENCER_DATA_ROOT=str(tmp_path / "data"),
+        INFLUENCER_MODELS_ROOT=str(tmp_path / "models"),
+        INFLUENCER_PROMPT_BANK=str(REPO / "prompt_bank" / "default.yaml"),
+        INFLUENCER_OPENROUTER_MAX_RETRIES="2",
+        PYTHONUNBUFFERED="1",
+    )
+    return env

@@ -1,0 +1,68 @@
+"""The real ``influencer`` console script, run as a subprocess against the stub."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.openrouter_stub import StubOpenRouter
+
+INFLUENCER = str(Path(sys.executable).with_name("influencer"))
+
+
+def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([INFLUENCER, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=180)
+
+
+def test_help_lists_the_stages(cli_env: dict[str, str], tmp_path: Path) -> None:
+    res = run(["--help"], cli_env, tmp_path)
+    assert res.returncode == 0
+    for cmd in ("models", "plan", "generate"):
+        assert cmd in res.stdout
+
+
+def test_models_lists_image_generators(cli_env: dict[str, str], tmp_path: Path) -> None:
+    res = run(["models", "--output-modality", "image", "--json"], cli_env, tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert {m["id"] for m in json.loads(res.stdout)} == {
+        "google/gemini-2.5-flash-image",
+        "black-forest-labs/flux.2-pro",
+    }
+
+
+def test_plan_writes_storyboard_with_script_and_caption_seeds(
+    cli_env: dict[str, str], tmp_path: Path, stub: StubOpenRouter
+) -> None:
+    res = run(["plan"], cli_env, tmp_path)
+    assert res.returncode == 0, res.stderr
+    board = json.loads((tmp_path / "data" / "text" / "storyboard.json").read_text())
+    assert len(board["caption_seeds"]) >= 5 and board["spoken_script"] and board["shots"]
+    assert board["_meta"]["usage"]["cost"] == stub.text_cost
+    body = stub.requests[-1].body
+    assert body["model"] == "meta-llama/llama-3.1-70b-instruct"
+    assert body["response_format"]["json_schema"]["name"] == "Storyboard"
+
+
+def test_generate_with_manual_flags_then_resume(cli_env: dict[str, str], tmp_path: Path, stub: StubOpenRouter) -> None:
+    out = tmp_path / "synth"
+    args = ["generate", "--per_scene", "1", "--size", "1024x1024", "--out", str(out), "--concurrency", "3"]
+    res = run(args, cli_env, tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "generated 6, failed 0" in res.stdout
+    assert json.loads((out / "manifest.json").read_text())["count"] == 6
+    res = run(args, cli_env, tmp_path)
+    assert "generated 0, failed 0" in res.stdout
+    assert len(stub.paid_requests) == 6
+
+
+def test_clear_errors_for_bad_bank_and_missing_key(cli_env: dict[str, str], tmp_path: Path) -> None:
+    bad = tmp_path / "bank.yaml"
+    bad.write_text("persona: {name: A}\nscenes: []\n")
+    res = run(["generate", "--prompt_bank", str(bad)], cli_env, tmp_path)
+    assert res.returncode == 1
+    assert str(bad) in res.stderr and "persona.description" in res.stderr and "Traceback" not in res.stderr
+    env = {k: v for k, v in cli_env.items() if k != "OPENROUTER_API_KEY"}
+    res = run(["plan"], env, tmp_path)
+    assert res.returncode == 1 and "OPENROUTER_API_KEY" in res.stderr and "Traceback" not in res.stderr
