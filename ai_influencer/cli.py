@@ -30,8 +30,8 @@ app = typer.Typer(
 )
 bank_app = typer.Typer(help="Prompt bank utilities.", no_args_is_help=True)
 app.add_typer(bank_app, name="bank")
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 class CliError(Exception):
@@ -221,6 +221,141 @@ def generate(
         )
         if failed:
             raise typer.Exit(code=2)
+
+
+NONCOMMERCIAL = (
+    "Face backends: dlib (default; public-domain models, offline) or insightface buffalo_l, whose pretrained "
+    "models are licensed for NON-COMMERCIAL research only."
+)
+BackendOpt = Annotated[
+    str | None, typer.Option("--backend", help="auto | dlib | insightface (buffalo_l: non-commercial models).")
+]
+
+
+def _engine(settings: Settings, backend: str | None):
+    from ai_influencer.vision.faces import create_face_engine
+
+    return create_face_engine(
+        backend or settings.face_backend, insightface_root=settings.insightface_root, providers=settings.onnx_providers
+    )
+
+
+@app.command(help=f"Prepare reference photos: EXIF fix, background removal, face-centred crop. {NONCOMMERCIAL}")
+def prepare(
+    in_dir: Annotated[Path | None, typer.Option("--in", help="Reference photos (default data/input_raw).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default data/cleaned).")] = None,
+    do_rembg: Annotated[bool, typer.Option("--do-rembg/--no-rembg", "--do_rembg", help="Remove background.")] = False,
+    do_facecrop: Annotated[
+        bool, typer.Option("--do-facecrop/--no-facecrop", "--do_facecrop", help="Face-centred square crop.")
+    ] = True,
+    size: Annotated[int, typer.Option(help="Output side in pixels.")] = 1024,
+    overwrite: Annotated[bool, typer.Option(help="Redo images already prepared.")] = False,
+    backend: BackendOpt = None,
+) -> None:
+    from ai_influencer.dataset.workspace import Workspace
+    from ai_influencer.vision.background import BackgroundRemover
+    from ai_influencer.vision.prepare import prepare_references
+
+    with _friendly_errors():
+        settings = _settings()
+        ws = Workspace.from_settings(settings)
+        src, dst = in_dir or ws.input_raw, out_dir or ws.cleaned
+        remover = (
+            BackgroundRemover(settings.rembg_model, settings.rembg_home, settings.onnx_providers) if do_rembg else None
+        )
+        engine = _engine(settings, backend) if do_facecrop else None
+        with console.status(f"preparing {src} ..."):
+            items = prepare_references(
+                src, dst, engine=engine, remover=remover, do_facecrop=do_facecrop, out_size=size, overwrite=overwrite
+            )
+        for item in items:
+            if item.status == "error":
+                console.print(f"[yellow]skipped[/] {item.source}: {item.reason}")
+        ok = sum(i.status in ("ok", "skipped") for i in items)
+        out.print(f"prepared {ok}/{len(items)} references -> {dst}")
+        if ok < 2:
+            raise CliError(f"at least 2 usable reference photos are needed in {src}, found {ok}")
+
+
+@app.command(help=f"Identity QC: score vs reference centroid, face sharpness, dedupe. {NONCOMMERCIAL}")
+def qc(
+    ref: Annotated[Path | None, typer.Option("--ref", help="References (default data/cleaned).")] = None,
+    cand: Annotated[Path | None, typer.Option("--cand", help="Candidates (default data/synth_openrouter).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Approved copies (default data/qc_passed).")] = None,
+    minsim: Annotated[float, typer.Option(help="Minimum identity score (see README calibration).")] = 0.34,
+    minblur: Annotated[float, typer.Option(help="Minimum face sharpness (Laplacian var at 256 px).")] = 80.0,
+    max_faces: Annotated[int, typer.Option("--max-faces", "--max_faces", help="Reject images with more faces.")] = 1,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")] = None,
+    backend: BackendOpt = None,
+) -> None:
+    from ai_influencer.dataset.workspace import Workspace
+    from ai_influencer.vision.qc import EngineSpec, run_qc
+
+    with _friendly_errors():
+        settings = _settings()
+        ws = Workspace.from_settings(settings)
+        spec = EngineSpec(
+            backend or settings.face_backend, str(settings.insightface_root), tuple(settings.onnx_providers)
+        )
+        with console.status("scoring candidates ..."):
+            result = run_qc(
+                ref or ws.cleaned,
+                cand or ws.synth,
+                out_dir or ws.qc_passed,
+                spec=spec,
+                minsim=minsim,
+                minblur=minblur,
+                max_faces=max_faces,
+                workers=workers,
+            )
+        counts = result.counts
+        out.print(
+            f"accepted {counts['accepted']}, rejected {counts['rejected']}, errors {counts['error']} "
+            f"(references: {result.references_used}); report {result.report}; contact sheet {result.contact_sheet}"
+        )
+
+
+@app.command()
+def augment(
+    in_dir: Annotated[Path | None, typer.Option("--in", help="Approved images (default data/qc_passed).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output (default data/augment).")] = None,
+    captions: Annotated[Path | None, typer.Option("--captions", help="Captions (default data/captions).")] = None,
+    meta: Annotated[Path | None, typer.Option("--meta", help="Generation manifest.json for captions.")] = None,
+    num_aug: Annotated[int, typer.Option("--num-aug", "--num_aug", min=0, help="Variants per image.")] = 1,
+    seed: Annotated[int, typer.Option(help="Augmentation seed.")] = 137,
+    size: Annotated[int, typer.Option(help="Side of the augmented crops.")] = 1024,
+    kohya_repeats: Annotated[
+        int | None, typer.Option("--kohya-repeats", help="Also write the kohya <repeats>_<token> layout.")
+    ] = None,
+    prompt_bank: BankOpt = None,
+) -> None:
+    """Augment approved images (albumentations) and write captions from the generation manifest."""
+    from ai_influencer.dataset.augment import augment_and_caption
+    from ai_influencer.dataset.workspace import Workspace
+    from ai_influencer.prompt_bank import load_prompt_bank
+
+    with _friendly_errors():
+        settings = _settings()
+        ws = Workspace.from_settings(settings)
+        bank = load_prompt_bank(prompt_bank or settings.prompt_bank)
+        default_meta = ws.synth / "manifest.json"
+        result = augment_and_caption(
+            in_dir or ws.qc_passed,
+            out_dir or ws.augment,
+            captions or ws.captions,
+            manifest=meta or (default_meta if default_meta.is_file() else None),
+            num_aug=num_aug,
+            seed=seed,
+            size=size,
+            trigger=bank.persona.trigger_token,
+            class_word=bank.persona.class_word,
+            bank=bank,
+            kohya_repeats=kohya_repeats,
+        )
+        for err in result.errors:
+            console.print(f"[yellow]skipped[/] {err}")
+        extra = f"; kohya layout {result.kohya_dir}" if result.kohya_dir else ""
+        out.print(f"wrote {len(result.images)} images and {len(result.captions)} captions{extra}")
 
 
 @app.command()

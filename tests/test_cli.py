@@ -66,3 +66,34 @@ def test_clear_errors_for_bad_bank_and_missing_key(cli_env: dict[str, str], tmp_
     env = {k: v for k, v in cli_env.items() if k != "OPENROUTER_API_KEY"}
     res = run(["plan"], env, tmp_path)
     assert res.returncode == 1 and "OPENROUTER_API_KEY" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_stage_commands_chain_prepare_generate_qc_augment(
+    cli_env: dict[str, str], tmp_path: Path, stub: StubOpenRouter
+) -> None:
+    import shutil
+
+    from tests.support.assets import face
+
+    raw = tmp_path / "data" / "input_raw"
+    raw.mkdir(parents=True)
+    for n in ("obama.jpg", "obama3.jpg"):
+        shutil.copy(face(n), raw / n)
+    (raw / "notes.jpg").write_text("not an image")
+    res = run(["prepare", "--do_facecrop", "--size", "512"], cli_env, tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "prepared 2/3" in res.stdout and "notes.jpg" in res.stderr
+    res = run(["generate", "--per_scene", "2", "--concurrency", "4"], cli_env, tmp_path)
+    assert res.returncode == 0, res.stderr
+    res = run(["qc", "--minsim", "0.34", "--minblur", "80"], cli_env, tmp_path)
+    assert res.returncode == 0, res.stderr
+    report = (tmp_path / "data" / "qc_passed" / "qc_report.csv").read_text().splitlines()
+    assert report[0] == "file,faces,score,sharpness,duplicate_of,verdict,reason" and len(report) == 13
+    accepted = [line for line in report[1:] if ",accepted," in line]
+    assert accepted and len(accepted) < 12  # the stub serves some other people and blurred images
+    res = run(["augment", "--num_aug", "1", "--kohya-repeats", "5"], cli_env, tmp_path)
+    assert res.returncode == 0, res.stderr
+    caps = sorted((tmp_path / "data" / "captions").glob("*.txt"))
+    assert len(caps) == 2 * len(accepted)
+    assert all(c.read_text().startswith("ohwx woman") for c in caps)
+    assert (tmp_path / "data" / "augment" / "kohya" / "5_ohwx woman").is_dir()

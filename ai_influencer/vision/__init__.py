@@ -1,0 +1,1 @@
+"""Vision: robust image decoding, face engines, background removal, sharpness, dedupe."""

@@ -1,0 +1,247 @@
+"""Face engines: one protocol, two real backends, one factory.
+
+Why two backends: InsightFace buffalo_l (ArcFace) is the stronger model but its
+weights are for non-commercial research only and must be fetched by the user;
+dlib's models (``dlib-bin`` + ``face-recognition-models``) are public domain,
+install from PyPI and run offline, so they are the default when buffalo_l is
+absent and the backend the tests use.
+
+Why one "identity score": the backends measure similarity differently (cosine
+for ArcFace, Euclidean distance for dlib, where smaller is closer), but users
+set one threshold (the manual's ``--minsim 0.34``). ``identity_score`` maps both
+to a higher-is-closer scale on which 0.34 means "same person" for each:
+
+* insightface: the cosine similarity itself (0.28-0.34 is a loose same-person
+  cut for w600k_r50; 0.45+ is high precision).
+* dlib: ``1 - distance / 0.9``. dlib's trained same-person radius 0.6 maps to
+  0.333; same person in other photos (0.32-0.43) maps to 0.52-0.64; different
+  people (0.64-0.90) map to 0.29-0.0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+DLIB_DISTANCE_SCALE = 0.9
+
+
+@dataclass
+class Face:
+    """One detected face: box (x0, y0, x1, y1) in pixels, detector score, identity embedding."""
+
+    box: tuple[int, int, int, int]
+    score: float
+    embedding: np.ndarray
+    landmarks: np.ndarray | None = None
+
+    @property
+    def area(self) -> int:
+        x0, y0, x1, y1 = self.box
+        return max(0, x1 - x0) * max(0, y1 - y0)
+
+
+class FaceModelMissingError(RuntimeError):
+    """The selected backend's model files are absent; the message says where to put them."""
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """How a backend turns embeddings into a centroid and an identity score (no models needed)."""
+
+    def centroid(self, embeddings: list[np.ndarray]) -> np.ndarray: ...
+
+    def identity_score(self, embedding: np.ndarray, reference: np.ndarray) -> float:
+        """Higher is more similar; >= 0.34 means same person on this backend (see module doc)."""
+        ...
+
+
+@runtime_checkable
+class FaceEngine(Scorer, Protocol):
+    name: str
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        """All faces in an RGB uint8 image, each with its identity embedding."""
+        ...
+
+
+class DlibScoring:
+    """Euclidean distance of 128-d dlib descriptors, mapped to ``1 - d / 0.9``."""
+
+    def centroid(self, embeddings: list[np.ndarray]) -> np.ndarray:
+        return np.mean(np.stack(embeddings), axis=0)
+
+    def identity_score(self, embedding: np.ndarray, reference: np.ndarray) -> float:
+        distance = float(np.linalg.norm(embedding - reference))
+        return float(np.clip(1.0 - distance / DLIB_DISTANCE_SCALE, 0.0, 1.0))
+
+
+class CosineScoring:
+    """Cosine similarity of L2-normalised ArcFace embeddings; the centroid is re-normalised."""
+
+    def centroid(self, embeddings: list[np.ndarray]) -> np.ndarray:
+        mean = np.mean(np.stack(embeddings), axis=0)
+        return mean / (np.linalg.norm(mean) or 1.0)
+
+    def identity_score(self, embedding: np.ndarray, reference: np.ndarray) -> float:
+        denom = float(np.linalg.norm(embedding) * np.linalg.norm(reference)) or 1.0
+        return float(np.dot(embedding, reference) / denom)
+
+
+def largest(faces: list[Face]) -> Face | None:
+    return max(faces, key=lambda f: f.area) if faces else None
+
+
+def dlib_models_dir() -> Path:
+    """Where ``face-recognition-models`` put its .dat files.
+
+    Found via the import system rather than by importing the package, whose
+    ``__init__`` needs ``pkg_resources`` (gone from recent setuptools).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("face_recognition_models")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for loc in locations:
+        models = Path(loc) / "models"
+        if (models / "dlib_face_recognition_resnet_model_v1.dat").is_file():
+            return models
+    raise FaceModelMissingError(
+        "dlib face models not found: install them with `pip install face-recognition-models` "
+        "(public-domain dlib models, ~100 MB)"
+    )
+
+
+class DlibEngine(DlibScoring):
+    """HOG detector + 5-point aligner + 128-d ResNet descriptor (dlib, offline, public-domain models)."""
+
+    name = "dlib"
+
+    def __init__(self, *, upsample: int = 1, max_side: int = 1024) -> None:
+        import dlib
+
+        models = dlib_models_dir()
+        self.upsample = upsample
+        self.max_side = max_side
+        self._detector = dlib.get_frontal_face_detector()
+        self._shape = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
+        self._encoder = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        h, w = rgb.shape[:2]
+        scale = min(1.0, self.max_side / max(h, w))
+        small = rgb
+        if scale < 1.0:
+            import cv2
+
+            small = cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+        small = np.ascontiguousarray(small)
+        rects, scores, _ = self._detector.run(small, self.upsample, 0.0)
+        faces = []
+        for rect, score in zip(rects, scores, strict=True):
+            shape = self._shape(small, rect)
+            emb = np.asarray(self._encoder.compute_face_descriptor(small, shape), dtype=np.float32)
+            box = (
+                max(0, int(rect.left() / scale)),
+                max(0, int(rect.top() / scale)),
+                min(w, int(rect.right() / scale)),
+                min(h, int(rect.bottom() / scale)),
+            )
+            pts = np.array([(p.x / scale, p.y / scale) for p in shape.parts()], dtype=np.float32)
+            faces.append(Face(box=box, score=float(score), embedding=emb, landmarks=pts))
+        return faces
+
+
+INSIGHTFACE_REQUIRED = ("detection", "recognition")
+
+
+class InsightFaceEngine(CosineScoring):
+    """InsightFace buffalo_l: SCRFD-10GF detector + ArcFace w600k_r50 (512-d). Models are NON-COMMERCIAL."""
+
+    name = "insightface"
+
+    def __init__(self, pack_dir: Path, *, providers: list[str] | None = None, det_size: int = 640) -> None:
+        check_insightface_pack(pack_dir)
+        from insightface.app import FaceAnalysis
+
+        providers = providers or ["CPUExecutionProvider"]
+        try:
+            self._app = FaceAnalysis(
+                name=str(Path(pack_dir).resolve()),
+                allowed_modules=list(INSIGHTFACE_REQUIRED),
+                providers=providers,
+            )
+        except AssertionError as exc:
+            raise FaceModelMissingError(
+                f"{pack_dir}: incomplete buffalo_l pack ({exc or 'a model is missing'})"
+            ) from None
+        ctx = 0 if any(p.startswith(("CUDA", "Tensorrt")) for p in providers) else -1
+        self._app.prepare(ctx_id=ctx, det_size=(det_size, det_size))
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+        out = []
+        for f in self._app.get(bgr):
+            x0, y0, x1, y1 = (int(v) for v in f.bbox)
+            out.append(
+                Face(
+                    box=(max(0, x0), max(0, y0), x1, y1),
+                    score=float(f.det_score),
+                    embedding=np.asarray(f.normed_embedding, dtype=np.float32),
+                    landmarks=None if f.kps is None else np.asarray(f.kps, dtype=np.float32),
+                )
+            )
+        return out
+
+
+def check_insightface_pack(pack_dir: Path) -> None:
+    """Fail early and clearly instead of InsightFace's download attempt or bare AssertionError."""
+    pack = Path(pack_dir)
+    hint = (
+        f"put the buffalo_l *.onnx files (det_10g.onnx, w600k_r50.onnx, ...) directly in {pack}/ "
+        "(InsightFace model zoo; non-commercial research licence), or use the dlib backend"
+    )
+    if not pack.is_dir():
+        raise FaceModelMissingError(f"InsightFace model pack not found at {pack}: {hint}")
+    onnx = sorted(pack.glob("*.onnx"))
+    names = {p.name for p in onnx}
+    missing = [n for n in ("det_10g.onnx", "w600k_r50.onnx") if n not in names]
+    if not onnx or (missing and len(onnx) < 2):
+        raise FaceModelMissingError(f"InsightFace model pack at {pack} is incomplete (missing {missing}): {hint}")
+
+
+def insightface_pack_dir(root: Path) -> Path:
+    return Path(root) / "models" / "buffalo_l"
+
+
+def resolve_backend(backend: str, insightface_root: Path) -> str:
+    """``auto`` means buffalo_l when its pack is present, else dlib."""
+    if backend not in ("auto", "dlib", "insightface"):
+        raise ValueError(f"unknown face backend {backend!r} (expected auto, dlib or insightface)")
+    if backend != "auto":
+        return backend
+    pack = insightface_pack_dir(insightface_root)
+    return "insightface" if pack.is_dir() and any(pack.glob("*.onnx")) else "dlib"
+
+
+def scorer_for(backend: str) -> Scorer:
+    return CosineScoring() if backend == "insightface" else DlibScoring()
+
+
+def create_face_engine(
+    backend: str = "auto", *, insightface_root: Path = Path("models/insightface"), providers: list[str] | None = None
+) -> FaceEngine:
+    if resolve_backend(backend, insightface_root) == "insightface":
+        return InsightFaceEngine(insightface_pack_dir(insightface_root), providers=providers)
+    return DlibEngine()
+
+
+def engine_from_settings(settings: object) -> FaceEngine:
+    return create_face_engine(
+        settings.face_backend,  # type: ignore[attr-defined]
+        insightface_root=settings.insightface_root,  # type: ignore[attr-defined]
+        providers=settings.onnx_providers,  # type: ignore[attr-defined]
+    )

@@ -1,0 +1,239 @@
+"""Vision stages on real photos with the real dlib face model."""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from ai_influencer.vision.background import BackgroundModelMissingError, BackgroundRemover
+from ai_influencer.vision.faces import (
+    DlibEngine,
+    FaceModelMissingError,
+    InsightFaceEngine,
+    create_face_engine,
+    largest,
+)
+from ai_influencer.vision.image_io import BadImageError, load_rgb
+from ai_influencer.vision.prepare import prepare_references
+from ai_influencer.vision.qc import EngineSpec, run_qc
+from ai_influencer.vision.quality import face_sharpness, laplacian_variance
+from tests.support.assets import face
+from tests.support.tiny_models import tiny_segmenter_onnx
+
+
+@pytest.fixture(scope="module")
+def engine() -> DlibEngine:
+    return DlibEngine()
+
+
+def embed(engine: DlibEngine, name: str) -> np.ndarray:
+    f = largest(engine.detect(load_rgb(face(name))))
+    assert f is not None, name
+    return f.embedding
+
+
+def test_identity_score_separates_same_person_from_others(engine: DlibEngine) -> None:
+    centroid = engine.centroid([embed(engine, "obama.jpg"), embed(engine, "obama3.jpg")])
+    same = engine.identity_score(embed(engine, "obama2.jpg"), centroid)
+    partial = engine.identity_score(embed(engine, "obama_partial_face.jpg"), centroid)
+    other = engine.identity_score(embed(engine, "biden.jpg"), centroid)
+    assert same > 0.45 and partial > 0.45, (same, partial)
+    assert other < 0.2
+    crowd = engine.detect(load_rgb(face("t1.jpg")))
+    assert len(crowd) == 6
+    assert max(engine.identity_score(f.embedding, centroid) for f in crowd) < 0.34
+
+
+def test_sharpness_is_measured_at_a_fixed_face_scale(engine: DlibEngine) -> None:
+    rgb = load_rgb(face("obama.jpg"))
+    f = largest(engine.detect(rgb))
+    assert f is not None
+    sharp = face_sharpness(rgb, f.box)
+    blurred = np.asarray(Image.fromarray(rgb).filter(ImageFilter.GaussianBlur(4)))
+    assert sharp > 80 > face_sharpness(blurred, f.box)
+    # The same face stored at twice the resolution: whole-image Laplacian variance drops a lot,
+    # the fixed-scale face measure stays close.
+    double = np.asarray(Image.fromarray(rgb).resize((rgb.shape[1] * 2, rgb.shape[0] * 2), Image.Resampling.LANCZOS))
+    box2 = (f.box[0] * 2, f.box[1] * 2, f.box[2] * 2, f.box[3] * 2)
+    gray, gray2 = (cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) for x in (rgb, double))
+    whole_ratio = laplacian_variance(gray2) / laplacian_variance(gray)
+    face_ratio = face_sharpness(double, box2) / sharp
+    assert whole_ratio < 0.15 and face_ratio > 0.5, (whole_ratio, face_ratio)
+    assert face_sharpness(double, box2) > 80
+
+
+def _variant(tmp: Path, name: str, convert) -> Path:
+    im = Image.open(face("obama.jpg"))
+    out = tmp / name
+    convert(im, out)
+    return out
+
+
+def test_robust_decode_of_awkward_inputs(tmp_path: Path) -> None:
+    rotated = tmp_path / "rotated.jpg"
+    src = Image.open(face("obama.jpg"))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways, display rotated 90 degrees clockwise
+    src.rotate(90, expand=True).save(rotated, exif=exif)
+    assert load_rgb(rotated).shape[:2] == (src.height, src.width)
+
+    cmyk = _variant(tmp_path, "cmyk.jpg", lambda im, p: im.convert("CMYK").save(p))
+    assert load_rgb(cmyk).shape[2] == 3
+
+    sixteen = tmp_path / "16bit.png"
+    gray16 = (np.asarray(src.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(gray16).save(sixteen)
+    decoded = load_rgb(sixteen)
+    assert decoded.dtype == np.uint8 and decoded.shape[2] == 3
+    assert abs(int(decoded.mean()) - int(np.asarray(src.convert("L")).mean())) <= 2
+
+    rgba = tmp_path / "alpha.png"
+    arr = np.dstack([np.asarray(src), np.zeros(src.size[::-1], dtype=np.uint8)])
+    Image.fromarray(arr, "RGBA").save(rgba)
+    assert (load_rgb(rgba) == 255).all()  # fully transparent -> white, not black
+
+    gray = _variant(tmp_path, "gray.png", lambda im, p: im.convert("L").save(p))
+    assert load_rgb(gray).shape[2] == 3
+
+
+def test_bad_inputs_give_specific_errors(tmp_path: Path) -> None:
+    huge = tmp_path / "huge.png"
+    Image.new("1", (20000, 20000)).save(huge)  # 400 MP, a few KB on disk: refused before decoding
+    with pytest.raises(BadImageError, match=r"huge\.png: image too large"):
+        load_rgb(huge)
+    big = tmp_path / "big.png"
+    Image.new("RGB", (4000, 3000)).save(big)
+    with pytest.raises(BadImageError, match=r"big\.png: image too large \(4000x3000 = 12 MP > 10 MP limit\)"):
+        load_rgb(big, max_pixels=10_000_000)
+    garbage = tmp_path / "garbage.jpg"
+    garbage.write_bytes(b"this is not a jpeg at all")
+    with pytest.raises(BadImageError, match=r"garbage\.jpg: not a readable image"):
+        load_rgb(garbage)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(face("obama.jpg").read_bytes()[:5000])
+    with pytest.raises(BadImageError, match=r"truncated\.jpg: corrupt or truncated"):
+        load_rgb(truncated)
+    with pytest.raises(BadImageError, match="file not found"):
+        load_rgb(tmp_path / "missing.png")
+
+
+def test_prepare_crops_faces_and_continues_past_bad_files(engine: DlibEngine, tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for n in ("obama.jpg", "obama3.jpg"):
+        shutil.copy(face(n), raw / n)
+    (raw / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    Image.new("RGB", (400, 300), (90, 140, 200)).save(raw / "sky.png")
+    items = {i.source.name: i for i in prepare_references(raw, tmp_path / "cleaned", engine=engine, out_size=512)}
+    assert items["obama.jpg"].status == items["obama3.jpg"].status == "ok"
+    assert items["broken.jpg"].status == "error" and "not a readable image" in items["broken.jpg"].reason
+    assert items["sky.png"].status == "error" and items["sky.png"].reason == "no face found"
+    out = Image.open(tmp_path / "cleaned" / "obama.png")
+    assert out.size == (512, 512) and out.format == "PNG"
+    f = largest(engine.detect(np.asarray(out.convert("RGB"))))
+    assert f is not None
+    cx = (f.box[0] + f.box[2]) / 2
+    assert abs(cx - 256) < 60  # face-centred
+    again = prepare_references(raw, tmp_path / "cleaned", engine=engine, out_size=512)
+    assert {i.source.name for i in again if i.status == "skipped"} == {"obama.jpg", "obama3.jpg"}
+
+
+def test_rembg_background_removal_with_a_reused_session(tmp_path: Path) -> None:
+    model = tiny_segmenter_onnx(tmp_path / "rembg" / "tiny.onnx")
+    remover = BackgroundRemover(str(model), tmp_path / "rembg")
+    assert remover.session_name == "u2net_custom"
+    rgb = np.zeros((200, 300, 3), dtype=np.uint8)
+    rgb[:, 150:] = 250  # bright right half = "foreground" for this model
+    mask = remover.mask(rgb)
+    assert mask.shape == (200, 300)
+    assert mask[:, 200:].mean() > mask[:, :100].mean() + 100
+    session = remover._get_session()
+    out = remover.remove(rgb, background=(0, 255, 0))
+    assert remover._get_session() is session
+    assert out[100, 20, 1] > 200 and out[100, 20, 0] < 50  # dark left half replaced by green
+
+
+def test_missing_models_give_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(BackgroundModelMissingError, match=r"u2net_human_seg\.onnx"):
+        BackgroundRemover("u2net_human_seg", tmp_path / "rembg")
+    with pytest.raises(FaceModelMissingError, match=r"model pack not found at .*buffalo_l.*det_10g\.onnx"):
+        InsightFaceEngine(tmp_path / "insightface" / "models" / "buffalo_l")
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "genderage.onnx").write_bytes(b"x")
+    with pytest.raises(FaceModelMissingError, match="incomplete"):
+        InsightFaceEngine(partial)
+    assert create_face_engine("auto", insightface_root=tmp_path / "none").name == "dlib"
+    with pytest.raises(ValueError, match="unknown face backend"):
+        create_face_engine("nope")
+
+
+@pytest.fixture(scope="module")
+def qc_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | dict[str, str]]:
+    from ai_influencer.openrouter import OpenRouterClient
+    from tests.support.openrouter_stub import StubOpenRouter
+
+    root = tmp_path_factory.mktemp("qc")
+    refs, cand = root / "cleaned", root / "synth"
+    refs.mkdir()
+    cand.mkdir()
+    for n in ("obama.jpg", "obama3.jpg"):
+        shutil.copy(face(n), refs / n)
+    kinds: dict[str, str] = {}
+    with StubOpenRouter(image_mix={"persona": 0.5, "other": 0.25, "blurred": 0.25}, image_size=640, seed=5) as s:
+        c = OpenRouterClient("sk-or-test-key", base_url=s.base_url)
+        for i in range(16):
+            data = c.generate_image("google/gemini-2.5-flash-image", f"prompt {i}").images[0].data
+            name = f"img{i:02d}.png"
+            (cand / name).write_bytes(data)
+            kinds[name] = s.requests[-1].served_kind or ""
+    first_persona = next(n for n, k in kinds.items() if k == "persona")
+    dup = Image.open(cand / first_persona).convert("RGB").resize((600, 600))
+    buf = io.BytesIO()
+    dup.save(buf, format="JPEG", quality=90)
+    (cand / "zz_dup.jpg").write_bytes(buf.getvalue())
+    (cand / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    return {"refs": refs, "cand": cand, "root": root, "kinds": kinds, "dup_of": {"zz_dup.jpg": first_persona}}
+
+
+def test_qc_accepts_persona_rejects_others_blur_duplicates(qc_data: dict) -> None:
+    out = qc_data["root"] / "qc_passed"
+    result = run_qc(qc_data["refs"], qc_data["cand"], out, spec=EngineSpec("dlib"), workers=2)
+    rows = {r.file: r for r in result.rows}
+    kinds: dict[str, str] = qc_data["kinds"]
+    assert set(kinds.values()) == {"persona", "other", "blurred"}
+    for name, kind in kinds.items():
+        row = rows[name]
+        if kind == "persona":
+            assert row.verdict == "accepted", row
+        elif kind == "other":
+            assert row.verdict == "rejected" and "identity" in row.reason, row
+        else:
+            assert row.verdict == "rejected" and ("sharpness" in row.reason or row.reason == "no face detected"), row
+    dup = rows["zz_dup.jpg"]
+    assert dup.verdict == "rejected" and dup.duplicate_of == qc_data["dup_of"]["zz_dup.jpg"]
+    assert rows["zz_broken.png"].verdict == "error" and "zz_broken" not in rows["zz_broken.png"].reason
+    accepted = sorted(p.name for p in out.glob("*.png"))
+    assert accepted == sorted(n for n, k in kinds.items() if k == "persona")
+    with result.report.open() as fh:
+        table = list(csv.DictReader(fh))
+    assert list(table[0].keys()) == ["file", "faces", "score", "sharpness", "duplicate_of", "verdict", "reason"]
+    assert len(table) == len(kinds) + 2
+    assert result.contact_sheet == out / "reports" / "contact_sheet.png"
+    sheet = Image.open(result.contact_sheet)
+    assert sheet.format == "PNG" and sheet.width > 500
+
+
+def test_qc_thresholds_are_parameters_and_rerun_mirrors_verdicts(qc_data: dict) -> None:
+    out = qc_data["root"] / "qc_strict"
+    loose = run_qc(qc_data["refs"], qc_data["cand"], out, spec=EngineSpec("dlib"), minsim=0.0, minblur=0.0, workers=1)
+    strict = run_qc(qc_data["refs"], qc_data["cand"], out, spec=EngineSpec("dlib"), minsim=0.99, workers=1)
+    assert loose.counts["accepted"] > strict.counts["accepted"] == 0
+    assert not list(out.glob("img*.png"))  # stale approvals from the loose run are gone
