@@ -360,13 +360,133 @@ def augment(
 
 @app.command()
 def run(
-    ctx: typer.Context,
     prompt_bank: BankOpt = None,
     per_scene: Annotated[int, typer.Option("--per-scene", "--per_scene", min=1)] = 12,
+    model: Annotated[str | None, typer.Option(help="Image model (default: settings.image_model).")] = None,
+    budget: Annotated[float | None, typer.Option(help="Stop new paid image requests beyond this USD spend.")] = None,
+    skip: Annotated[
+        list[str] | None, typer.Option(help="Stage to skip (prepare, plan, generate, qc, augment); repeatable.")
+    ] = None,
+    do_rembg: Annotated[bool, typer.Option("--do-rembg/--no-rembg", "--do_rembg")] = False,
 ) -> None:
-    """Run the whole pipeline with the defaults (the README's first command)."""
-    ctx.invoke(plan, prompt_bank=prompt_bank)
-    ctx.invoke(generate, prompt_bank=prompt_bank, per_scene=per_scene)
+    """Run the hybrid Prefect flow in-process (local Prefect with SQLite; no server or Docker needed)."""
+    with _friendly_errors():
+        settings = _settings()
+        from flows.hybrid import hybrid_flow
+        from flows.params import GenerateParams, HybridParams, Paths, PrepareParams
+
+        skipped = set(skip or [])
+        unknown = skipped - {"prepare", "plan", "generate", "qc", "augment"}
+        if unknown:
+            raise CliError(f"--skip: unknown stage(s) {sorted(unknown)}")
+        params = HybridParams(
+            paths=Paths(data_root=str(settings.data_root), prompt_bank=str(prompt_bank or settings.prompt_bank)),
+            run_prepare="prepare" not in skipped,
+            run_plan="plan" not in skipped,
+            run_generate="generate" not in skipped,
+            run_qc="qc" not in skipped,
+            run_augment="augment" not in skipped,
+            prepare=PrepareParams(do_rembg=do_rembg),
+            generate=GenerateParams(per_scene=per_scene, model=model or settings.image_model, budget_usd=budget),
+        )
+        result = hybrid_flow(params)
+        out.print_json(data=result)
+
+
+blocks_app = typer.Typer(help="Prefect blocks (OpenRouter credentials).", no_args_is_help=True)
+app.add_typer(blocks_app, name="blocks")
+stack_app = typer.Typer(help="Prefect server objects: work pools, limits, blocks.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+
+
+@blocks_app.command("register")
+def blocks_register() -> None:
+    """Register the OpenRouter Credentials block type on the Prefect server."""
+    from blocks.openrouter import register_blocks
+
+    register_blocks()
+    out.print("registered block type 'OpenRouter Credentials' (slug openrouter-credentials)")
+
+
+@app.command("set-key")
+def set_key(
+    block: Annotated[str, typer.Option(help="Block name.")] = "openrouter",
+    base_url: Annotated[str | None, typer.Option(help="API root stored with the key.")] = None,
+) -> None:
+    """Store the OpenRouter key in a Prefect secret block. Reads it from a hidden prompt or stdin, never argv."""
+    import getpass
+
+    with _friendly_errors():
+        key = getpass.getpass("OpenRouter API key: ") if sys.stdin.isatty() else sys.stdin.readline()
+        key = key.strip()
+        if not key:
+            raise CliError("no key given on stdin/prompt")
+        from blocks.openrouter import register_blocks, save_key
+
+        register_blocks()
+        save_key(key, name=block, base_url=base_url)
+        out.print(f"saved OpenRouter key to block 'openrouter-credentials/{block}' (…{key[-4:]})")
+
+
+@stack_app.command("init")
+def stack_init(
+    rate_per_s: Annotated[float | None, typer.Option(help="Image requests per second.")] = None,
+    max_inflight: Annotated[int | None, typer.Option(help="Image requests in flight.")] = None,
+    docker_pool: Annotated[str, typer.Option(help="Docker work pool name.")] = "gpu-docker",
+    process_pool: Annotated[str, typer.Option(help="Process work pool name.")] = "local-process",
+) -> None:
+    """Create (if missing) the work pools, rate/concurrency limits and block types the deployments use."""
+    import subprocess
+
+    with _friendly_errors():
+        settings = _settings()
+        from blocks.openrouter import register_blocks
+        from tasks.common import ensure_limit, rate_limit_burst
+
+        register_blocks()
+        per_s = rate_per_s or settings.image_rate_per_s
+        rate = ensure_limit(settings.image_rate_limit_name, rate_limit_burst(per_s), per_s)[0]
+        inflight = ensure_limit(settings.image_inflight_limit_name, max_inflight or settings.image_max_inflight)[0]
+        out.print(f"limit {settings.image_rate_limit_name}: {rate}; {settings.image_inflight_limit_name}: {inflight}")
+        prefect = str(Path(sys.executable).with_name("prefect"))
+        for name, kind in ((docker_pool, "docker"), (process_pool, "process")):
+            res = subprocess.run(
+                [prefect, "work-pool", "create", name, "--type", kind, "--overwrite"],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if res.returncode != 0:
+                raise CliError(f"creating work pool {name}: {res.stderr.strip() or res.stdout.strip()}")
+            out.print(f"work pool {name} ({kind}): ready")
+
+
+@app.command()
+def trigger(
+    deployment: Annotated[str, typer.Argument(help="flow/deployment, e.g. hybrid/hybrid-local")] = "hybrid/hybrid",
+    params_json: Annotated[str | None, typer.Option("--params", help="Flow parameters as JSON.")] = None,
+    api_url: Annotated[str | None, typer.Option(help="Prefect API URL (default PREFECT_API_URL).")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the run to finish and exit non-zero if it failed.")] = False,
+) -> None:
+    """Start a deployment through the Prefect REST API (basic auth from PREFECT_API_AUTH_STRING)."""
+    from flows.api import api_client, trigger_deployment, wait_for_run
+
+    with _friendly_errors():
+        try:
+            parameters = json.loads(params_json) if params_json else {}
+        except json.JSONDecodeError as exc:
+            raise CliError(f"--params is not valid JSON: {exc}") from None
+        try:
+            with api_client(api_url) as client:
+                run = trigger_deployment(client, deployment, parameters)
+                out.print(f"flow run {run['id']} ({run['name']}) created for {deployment}")
+                if wait:
+                    final = wait_for_run(client, run["id"])
+                    out.print(f"flow run {run['name']}: {final['state_type']}")
+                    if final["state_type"] != "COMPLETED":
+                        raise typer.Exit(code=3)
+        except (PermissionError, LookupError) as exc:
+            raise CliError(str(exc)) from None
 
 
 def main() -> None:  # pragma: no cover - console entry for python -m

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ai_influencer.costs import BudgetExceededError, CostLedger
 from ai_influencer.dataset.manifest import (
     IMAGE_SUFFIXES,
     ImageRecord,
@@ -131,7 +132,7 @@ def _record(request: ImageRequest, file: str, **kw: Any) -> ImageRecord:
 class GenerationOutcome:
     request: ImageRequest
     record: ImageRecord | None
-    status: str  # "generated" | "skipped" | "recovered" | "failed"
+    status: str  # "generated" | "skipped" | "recovered" | "failed" | "budget"
     error: str | None = None
 
     @property
@@ -159,12 +160,21 @@ def generate_one(
     *,
     references: Sequence[Path] = (),
     gate: Callable[[], AbstractContextManager[Any]] | None = None,
+    ledger: CostLedger | None = None,
+    run_id: str | None = None,
 ) -> GenerationOutcome:
-    """Produce one image unless it already exists. ``gate`` wraps only the paid call (rate limits)."""
+    """Produce one image unless it already exists.
+
+    ``gate`` wraps only the paid call (rate and concurrency limits); ``ledger``
+    reserves the expected cost before it and raises ``BudgetExceededError``
+    instead of sending a request that could cross the budget.
+    """
     done = already_done(request, out_dir)
     if done is not None:
         return done
-    with (gate or nullcontext)():
+    # The ledger is checked *inside* the gate: a call that waited for a rate-limit slot while the budget
+    # ran out, or while another call hit 401/402, is refused at the last moment before it is sent.
+    with (gate or nullcontext)(), ledger.reserve(request.model) if ledger else nullcontext([]) as actual:
         result = client.generate_image(
             request.model,
             request.prompt,
@@ -172,6 +182,7 @@ def generate_one(
             reference_images=list(references),
             aspect_ratio=aspect_ratio(request.size),
         )
+        actual.append(result.usage.cost or 0.0)
     image = result.images[0]
     name = f"{request.key}{image.extension}"
     atomic_write_bytes(out_dir / name, image.data)
@@ -183,6 +194,7 @@ def generate_one(
         usage=result.usage.model_dump(),
         generation_id=result.id,
         elapsed_s=round(result.elapsed_s, 3),
+        run_id=run_id,
     )
     write_sidecar(out_dir, record)
     return GenerationOutcome(request, record, "generated")
@@ -214,6 +226,7 @@ def generate_batch(
     references: Sequence[Path] = (),
     concurrency: int = 4,
     gate: Callable[[], AbstractContextManager[Any]] | None = None,
+    ledger: CostLedger | None = None,
     on_done: Callable[[GenerationOutcome], None] | None = None,
 ) -> list[GenerationOutcome]:
     """Generate many images in parallel; one failed image never stops the others.
@@ -228,9 +241,17 @@ def generate_batch(
 
     def work(req: ImageRequest) -> GenerationOutcome:
         if stop.is_set():
-            return GenerationOutcome(req, None, "failed", "not attempted: run stopped by an earlier fatal error")
+            return GenerationOutcome(
+                req,
+                None,
+                "budget" if ledger and ledger.exhausted else "failed",
+                "not attempted: run stopped earlier (budget reached or fatal error)",
+            )
         try:
-            return generate_one(client, req, out_dir, references=references, gate=gate)
+            return generate_one(client, req, out_dir, references=references, gate=gate, ledger=ledger)
+        except BudgetExceededError as exc:
+            stop.set()
+            return GenerationOutcome(req, None, "budget", str(exc))
         except (AuthError, InsufficientCreditsError) as exc:
             stop.set()
             return GenerationOutcome(req, None, "failed", str(exc))

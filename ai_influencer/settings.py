@@ -49,6 +49,16 @@ class Settings(BaseSettings):
     openrouter_retry_cap_s: float = Field(default=60.0, gt=0)
     models_cache_ttl_s: float = Field(default=600.0, ge=0)
 
+    credentials_block: str = "openrouter"
+
+    # --- Prefect orchestration defaults ---------------------------------------------
+    image_rate_limit_name: str = "openrouter-image-rate"
+    image_rate_per_s: float = Field(default=2.0, gt=0)
+    image_inflight_limit_name: str = "openrouter-image-inflight"
+    image_max_inflight: int = Field(default=8, ge=1)
+    task_retries: int = Field(default=3, ge=0)
+    task_retry_delay_s: float = Field(default=10.0, ge=0)
+
     # --- default models ----------------------------------------------------------
     text_model: str = "meta-llama/llama-3.1-70b-instruct"
     image_model: str = "google/gemini-2.5-flash-image"

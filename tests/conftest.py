@@ -1,6 +1,11 @@
 from __future__ import annotations
 
 import os
+
+# Before any task module is imported: short Prefect task retry delays, no server telemetry.
+os.environ.setdefault("INFLUENCER_TASK_RETRY_DELAY_S", "0.05")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 from collections.abc import Iterator
 from pathlib import Path
 

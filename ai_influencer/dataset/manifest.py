@@ -42,6 +42,7 @@ class ImageRecord(BaseModel):
     created_at: str = ""
     elapsed_s: float | None = None
     recovered: bool = False  # sidecar rebuilt after a kill; cost unknown
+    run_id: str | None = None  # the flow run (or CLI run) that paid for it
 
 
 def sidecar_path(image_dir: Path, key: str) -> Path:

@@ -1,0 +1,1 @@
+"""Prefect blocks of the project (credentials/config)."""

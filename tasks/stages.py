@@ -1,0 +1,244 @@
+"""One Prefect task per pipeline step. Each calls exactly one domain function.
+
+Retries: ``task_retries`` attempts with exponential backoff and jitter, but
+``should_retry`` stops at once on errors no retry can fix (401/402/403/400,
+budget, configuration). Caching: planning, QC and augmentation use cache keys
+built from the *content* of their inputs, so a re-run skips them (the flows
+re-create a deleted output from the cached result or with ``refresh_cache``);
+generation is cached by its content-addressed output files instead, which
+survive even a lost result store.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.concurrency.sync import concurrency, rate_limit
+from prefect.runtime import task_run
+from prefect.tasks import exponential_backoff
+
+from ai_influencer.costs import BudgetExceededError, CostLedger, RunHaltedError
+from ai_influencer.generation import GenerationOutcome, ImageRequest, generate_one
+from ai_influencer.openrouter import AuthError, InsufficientCreditsError, OpenRouterError
+from ai_influencer.prompt_bank import load_prompt_bank
+from ai_influencer.settings import Settings
+from ai_influencer.storyboard import plan_storyboard
+from tasks.common import fingerprint, openrouter_client, send_clock, should_retry
+
+_settings = Settings()
+RETRY = {
+    "retries": _settings.task_retries,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=max(_settings.task_retry_delay_s, 0.01)),
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": should_retry,
+}
+
+
+# ---- prepare -----------------------------------------------------------------------
+@task(name="prepare", tags=["vision", "prepare"], task_run_name="prepare {in_dir}", **RETRY)
+def prepare_task(in_dir: str, out_dir: str, do_rembg: bool, do_facecrop: bool, size: int, backend: str) -> dict:
+    from ai_influencer.vision.background import BackgroundRemover
+    from ai_influencer.vision.faces import create_face_engine
+    from ai_influencer.vision.prepare import prepare_references
+
+    s = Settings()
+    engine = create_face_engine(backend, insightface_root=s.insightface_root, providers=s.onnx_providers)
+    remover = BackgroundRemover(s.rembg_model, s.rembg_home, s.onnx_providers) if do_rembg else None
+    items = prepare_references(
+        Path(in_dir), Path(out_dir), engine=engine, remover=remover, do_facecrop=do_facecrop, out_size=size
+    )
+    logger = get_run_logger()
+    for item in items:
+        if item.status == "error":
+            logger.warning("skipped %s: %s", item.source, item.reason)
+    usable = sum(i.status in ("ok", "skipped") for i in items)
+    if usable < 2:
+        raise ValueError(f"at least 2 usable reference photos are needed in {in_dir}, found {usable}")
+    return {"usable": usable, "errors": [f"{i.source.name}: {i.reason}" for i in items if i.status == "error"]}
+
+
+# ---- plan ----------------------------------------------------------------------------
+def _plan_key(context: Any, p: dict[str, Any]) -> str:
+    return fingerprint(p["prompt_bank"], extra=("plan", p["model"]))
+
+
+@task(name="plan", tags=["llm", "paid"], cache_key_fn=_plan_key, persist_result=True, **RETRY)
+def plan_task(prompt_bank: str, model: str) -> dict:
+    """The paid LLM call; cached by prompt-bank content + model, so a re-run never pays twice."""
+    bank = load_prompt_bank(prompt_bank)
+    board, result = plan_storyboard(openrouter_client(), bank, model)
+    payload = board.model_dump(mode="json")
+    payload["_meta"] = {"model": result.model, "generation_id": result.id, "usage": result.usage.model_dump()}
+    return payload
+
+
+# ---- generate one image --------------------------------------------------------------
+_ledgers: dict[str, CostLedger] = {}
+
+
+def ledger_for(run_id: str, budget_usd: float | None, estimate_usd: float | None) -> CostLedger:
+    """One ledger per flow run, shared by the run's task threads (tasks run in the flow's process)."""
+    if run_id not in _ledgers:
+        _ledgers[run_id] = CostLedger(budget_usd=budget_usd, estimate_usd=estimate_usd)
+    return _ledgers[run_id]
+
+
+@task(
+    name="generate-image",
+    tags=["openrouter", "paid", "image"],
+    task_run_name="image {request.key}",
+    **RETRY,
+)
+def generate_image_task(
+    request: ImageRequest,
+    out_dir: str,
+    references: list[str],
+    rate_limit_name: str,
+    inflight_limit_name: str,
+    run_id: str,
+    budget_usd: float | None = None,
+    estimate_usd: float | None = None,
+    send_at: float | None = None,
+    send_interval: float = 0.0,
+) -> dict:
+    """One paid image behind the in-flight cap and the rate limit; the output file makes it idempotent.
+
+    Run standalone, the task takes one in-flight slot and one rate-limit slot itself. Dispatched by
+    ``generate_flow`` (``send_at`` given), the flow already holds the in-flight slots and took this
+    request's rate slot: the task only waits for its send time; a Prefect retry takes a new rate slot.
+    """
+
+    @contextmanager
+    def gate():
+        if send_at is None:
+            with concurrency(inflight_limit_name, occupy=1, strict=True):
+                rate_limit(rate_limit_name, occupy=1, strict=True)
+                yield
+            return
+        if task_run.run_count > 1:
+            rate_limit(rate_limit_name, occupy=1, strict=True)
+        else:
+            send_clock.wait(rate_limit_name, send_at, send_interval)
+        yield
+
+    ledger = ledger_for(run_id, budget_usd, estimate_usd)
+    try:
+        outcome: GenerationOutcome = generate_one(
+            openrouter_client(),
+            request,
+            Path(out_dir),
+            references=[Path(r) for r in references],
+            gate=gate,
+            ledger=ledger,
+            run_id=run_id,
+        )
+    except BudgetExceededError as exc:
+        return {"key": request.key, "status": "budget", "error": str(exc), "cost_usd": 0.0}
+    except RunHaltedError as exc:
+        return {"key": request.key, "status": "halted", "error": str(exc), "cost_usd": 0.0}
+    except (AuthError, InsufficientCreditsError) as exc:
+        ledger.halt(str(exc))  # every other image of this run would fail the same way: send no more requests
+        get_run_logger().error("image %s: %s; no further requests are sent in this run", request.key, exc)
+        raise
+    except OpenRouterError as exc:
+        get_run_logger().warning("image %s failed: %s", request.key, exc)
+        raise
+    record = outcome.record
+    return {
+        "key": request.key,
+        "status": outcome.status,
+        "file": record.file if record else None,
+        "cost_usd": (record.cost_usd or 0.0) if record and outcome.paid else 0.0,
+        "scene": request.meta.get("scene"),
+    }
+
+
+# ---- qc ------------------------------------------------------------------------------------
+def _qc_key(context: Any, p: dict[str, Any]) -> str:
+    extra = ("qc", p["out_dir"], p["minsim"], p["minblur"], p["max_faces"], p["backend"])
+    return fingerprint(p["ref_dir"], p["cand_dir"], extra=extra)
+
+
+def _sheet_markdown(sheet: Path, title: str) -> str:
+    with Image.open(sheet) as im:
+        im = im.convert("RGB")
+        im.thumbnail((1200, 1200))
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=70)
+    data = base64.b64encode(buf.getvalue()).decode()
+    return f"### {title}\n\n![contact sheet](data:image/jpeg;base64,{data})\n\nFull size: `{sheet}`"
+
+
+@task(name="qc", tags=["vision", "qc"], cache_key_fn=_qc_key, persist_result=True, **RETRY)
+def qc_task(
+    ref_dir: str, cand_dir: str, out_dir: str, minsim: float, minblur: float, max_faces: int, backend: str
+) -> dict:
+    from ai_influencer.vision.qc import EngineSpec, run_qc
+
+    s = Settings()
+    spec = EngineSpec(backend, str(s.insightface_root), tuple(s.onnx_providers))
+    result = run_qc(
+        Path(ref_dir), Path(cand_dir), Path(out_dir), spec=spec, minsim=minsim, minblur=minblur, max_faces=max_faces
+    )
+    create_table_artifact(
+        [
+            {
+                "file": r.file,
+                "faces": r.faces,
+                "score": r.score,
+                "sharpness": r.sharpness,
+                "duplicate_of": r.duplicate_of,
+                "verdict": r.verdict,
+                "reason": r.reason,
+            }
+            for r in result.rows
+        ],
+        key="qc-report",
+        description=f"QC verdicts (minsim {minsim}, minblur {minblur}): {result.counts}",
+    )
+    create_markdown_artifact(_sheet_markdown(result.contact_sheet, "QC contact sheet"), key="qc-contact-sheet")
+    return {**result.counts, "report": str(result.report), "contact_sheet": str(result.contact_sheet)}
+
+
+# ---- augment --------------------------------------------------------------------------------
+def _augment_key(context: Any, p: dict[str, Any]) -> str:
+    extra = ("augment", p["out_dir"], p["captions_dir"], p["num_aug"], p["seed"], p["size"], p["kohya_repeats"])
+    return fingerprint(p["in_dir"], p["prompt_bank"], extra=extra)
+
+
+@task(name="augment", tags=["dataset"], cache_key_fn=_augment_key, persist_result=True, **RETRY)
+def augment_task(
+    in_dir: str,
+    out_dir: str,
+    captions_dir: str,
+    manifest: str | None,
+    num_aug: int,
+    seed: int,
+    size: int,
+    prompt_bank: str,
+    kohya_repeats: int | None,
+) -> dict:
+    from ai_influencer.dataset.augment import augment_and_caption
+
+    bank = load_prompt_bank(prompt_bank)
+    result = augment_and_caption(
+        Path(in_dir),
+        Path(out_dir),
+        Path(captions_dir),
+        manifest=Path(manifest) if manifest and Path(manifest).is_file() else None,
+        num_aug=num_aug,
+        seed=seed,
+        size=size,
+        trigger=bank.persona.trigger_token,
+        class_word=bank.persona.class_word,
+        bank=bank,
+        kohya_repeats=kohya_repeats,
+    )
+    return {"images": len(result.images), "captions": len(result.captions), "errors": result.errors}

@@ -1,0 +1,242 @@
+"""Prefect orchestration against a real Prefect server (prefect_test_harness) and the stub OpenRouter."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prefect.settings import PREFECT_API_URL
+from prefect.testing.utilities import prefect_test_harness
+
+from ai_influencer.generation import build_requests
+from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
+from flows.generate import generate_flow
+from flows.hybrid import hybrid_flow
+from flows.params import GenerateParams, HybridParams, Limits, Paths
+from tests.conftest import REPO, TEST_KEY
+from tests.support.assets import face
+from tests.support.openrouter_stub import StubOpenRouter
+
+BANK = str(REPO / "prompt_bank" / "default.yaml")
+IMAGE_MODEL = "google/gemini-2.5-flash-image"
+
+
+@pytest.fixture(scope="module")
+def prefect_server() -> Iterator[str]:
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture
+def env(stub: StubOpenRouter, monkeypatch: pytest.MonkeyPatch) -> StubOpenRouter:
+    monkeypatch.setenv("OPENROUTER_API_KEY", TEST_KEY)
+    monkeypatch.setenv("OPENROUTER_BASE_URL", stub.base_url)
+    monkeypatch.setenv("INFLUENCER_OPENROUTER_MAX_RETRIES", "0")  # let Prefect's task retries do the work
+    return stub
+
+
+def paths(tmp: Path, refs: bool = True) -> Paths:
+    raw = tmp / "data" / "input_raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    if refs:
+        for n in ("obama.jpg", "obama3.jpg"):
+            shutil.copy(face(n), raw / n)
+    return Paths(data_root=str(tmp / "data"), prompt_bank=BANK)
+
+
+def limits(rate: float = 50, inflight: int = 16) -> Limits:
+    tag = uuid.uuid4().hex[:8]  # fresh limits per test: an existing limit is never overwritten
+    return Limits(
+        rate_limit_name=f"rate-{tag}", rate_per_s=rate, inflight_limit_name=f"inflight-{tag}", max_inflight=inflight
+    )
+
+
+def chat_calls(stub: StubOpenRouter) -> int:
+    return sum(r.path.endswith("/chat/completions") for r in stub.requests)
+
+
+def api(server: str, path: str, body: dict | None = None) -> list | dict:
+    with httpx.Client(base_url=server, timeout=30) as c:
+        r = c.post(path, json=body or {}) if body is not None else c.get(path)
+        r.raise_for_status()
+        return r.json()
+
+
+def test_hybrid_end_to_end_then_rerun_pays_nothing(prefect_server: str, env: StubOpenRouter, tmp_path: Path) -> None:
+    p = HybridParams(paths=paths(tmp_path), generate=GenerateParams(per_scene=2, limits=limits()))
+    result = hybrid_flow(p)
+    data = tmp_path / "data"
+    board = json.loads((data / "text" / "storyboard.json").read_text())
+    assert len(board["caption_seeds"]) >= 5
+    assert result["generate"]["generated"] == 12
+    assert json.loads((data / "synth_openrouter" / "manifest.json").read_text())["count"] == 12
+    assert (data / "qc_passed" / "qc_report.csv").is_file()
+    assert result["qc"]["accepted"] >= 1 and result["augment"]["captions"] == 2 * result["qc"]["accepted"]
+    assert (data / "augment" / "kohya" / "10_ohwx woman").is_dir()
+    keys = {a["key"] for a in api(prefect_server, "/artifacts/filter", {"limit": 200})}
+    assert {"qc-report", "qc-contact-sheet", "generate-cost", "generate-progress"} <= keys
+    paid = len(env.paid_requests)
+    again = hybrid_flow(p)
+    assert len(env.paid_requests) == paid, "a re-run must not pay for anything"
+    assert again["generate"]["already_done"] == 12 and again["generate"]["generated"] == 0
+    gcl = api(prefect_server, f"/v2/concurrency_limits/{p.generate.limits.rate_limit_name}")
+    assert gcl["slot_decay_per_second"] == pytest.approx(p.generate.limits.rate_per_s)
+
+
+def test_rate_limit_is_never_exceeded(
+    prefect_server: str, stub: StubOpenRouter, env: StubOpenRouter, tmp_path: Path
+) -> None:
+    stub.latency = 0.3
+    rate = 4.0
+    result = generate_flow(
+        GenerateParams(per_scene=4, limits=limits(rate=rate, inflight=8), use_references=False),
+        paths(tmp_path, refs=False),
+    )
+    assert result["generated"] == 24
+    assert stub.max_requests_in_window(1.0) <= rate
+    assert not any(r.status == 429 for r in stub.requests)
+
+
+def test_429_and_5xx_are_retried_by_the_tasks(prefect_server: str, env: StubOpenRouter, tmp_path: Path) -> None:
+    env.inject("429", "502", "503", path="/chat/completions")
+    result = generate_flow(GenerateParams(per_scene=1, limits=limits(), use_references=False), paths(tmp_path, False))
+    assert result["generated"] == 6 and result["failed"] == 0
+    assert chat_calls(env) == 6 + 3
+
+
+def test_bad_key_fails_fast_before_any_paid_request(
+    prefect_server: str, env: StubOpenRouter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENROUTER_API_KEY", "sk-or-wrong")
+    with pytest.raises(Exception, match=r"401 \(auth\)"):
+        generate_flow(GenerateParams(per_scene=2, limits=limits(), use_references=False), paths(tmp_path, False))
+    assert chat_calls(env) == 0
+
+
+def test_credits_running_out_halts_the_run_and_keeps_what_was_bought(
+    prefect_server: str, env: StubOpenRouter, tmp_path: Path
+) -> None:
+    env.credits_total = env.image_cost * 3.5
+    with pytest.raises(Exception, match="insufficient_credits") as info:
+        generate_flow(
+            GenerateParams(per_scene=3, limits=limits(inflight=2), use_references=False), paths(tmp_path, False)
+        )
+    images = list((tmp_path / "data" / "synth_openrouter").glob("*.png"))
+    assert len(images) == 3
+    assert "3 images generated in this run are kept" in str(info.value)
+    assert chat_calls(env) <= 3 + 2  # no retries of 402; at most the in-flight ones got it
+
+
+def test_budget_cap_is_checked_before_each_paid_call(prefect_server: str, env: StubOpenRouter, tmp_path: Path) -> None:
+    budget = env.image_cost * 3.5
+    result = generate_flow(
+        GenerateParams(per_scene=2, budget_usd=budget, limits=limits(inflight=4), use_references=False),
+        paths(tmp_path, False),
+    )
+    assert result["generated"] == 3 and result["stopped_by_budget"] == 9
+    assert result["spent_usd"] <= budget
+    assert chat_calls(env) == 3
+
+
+KILL_SCRIPT = """
+import sys
+from flows.generate import generate_flow
+from flows.params import GenerateParams, Limits, Paths
+limits = Limits(rate_limit_name=sys.argv[2], rate_per_s=4, inflight_limit_name=sys.argv[3], max_inflight=3)
+generate_flow(GenerateParams(per_scene=4, use_references=False, limits=limits),
+              Paths(data_root=sys.argv[1], prompt_bank=sys.argv[4]))
+"""
+
+
+def test_killed_generation_resumes_without_losing_or_repaying(
+    prefect_server: str, stub: StubOpenRouter, env: StubOpenRouter, tmp_path: Path
+) -> None:
+    stub.latency = 0.2
+    lim = limits(rate=4, inflight=3)
+    p = paths(tmp_path, refs=False)
+    out = Path(p.data_root) / "synth_openrouter"
+    child_env = {**os.environ, "PREFECT_API_URL": prefect_server, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, p.data_root, lim.rate_limit_name, lim.inflight_limit_name, BANK],
+        cwd=REPO,
+        env=child_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(out.glob("*.png"))) < 6:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    killed_at = time.monotonic()
+    before = {f.stem for f in out.glob("*.png")}
+    assert 6 <= len(before) < 24, "the kill must land mid-run"
+    assert not list(out.glob(".*.tmp")) or True  # temp files may remain; they are never taken for images
+
+    result = generate_flow(GenerateParams(per_scene=4, limits=lim, use_references=False), p)
+    assert result["manifest_count"] == 24 and result["already_done"] >= len(before)
+    bank = load_prompt_bank(BANK)
+    reqs = build_requests(compose_prompts(bank, 4, 0), IMAGE_MODEL, "1024x1024")
+    prompt_of = {r.key: r.prompt for r in reqs}
+    after_kill = [r for r in stub.requests if r.t > killed_at and r.path.endswith("/chat/completions")]
+    repaid = {k for k in before if any(prompt_of[k] in json.dumps(r.body) for r in after_kill)}
+    assert not repaid, "images saved before the kill were paid for again"
+    assert {f.stem for f in out.glob("*.png")} == set(prompt_of)
+    assert all((out / f"{k}.json").is_file() for k in prompt_of)  # every image has its sidecar
+
+
+def test_key_from_block_and_never_leaked(
+    prefect_server: str, stub: StubOpenRouter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from blocks.openrouter import OpenRouterCredentials
+
+    secret = "sk-or-block-only-" + uuid.uuid4().hex
+    stub.valid_keys = {secret}
+    monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)
+    monkeypatch.setenv("INFLUENCER_CREDENTIALS_BLOCK", "leaktest")
+    cli = str(Path(sys.executable).with_name("influencer"))
+    res = subprocess.run(
+        [cli, "set-key", "--block", "leaktest", "--base-url", stub.base_url],
+        input=secret + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PREFECT_API_URL": prefect_server},
+    )
+    assert res.returncode == 0, res.stderr
+    assert secret not in res.stdout + res.stderr
+    try:
+        p = HybridParams(
+            paths=paths(tmp_path), generate=GenerateParams(per_scene=1, limits=limits()), run_augment=False
+        )
+        hybrid_flow(p)
+        chats = [r for r in stub.requests if r.path.endswith("/chat/completions")]
+        assert len(stub.paid_requests) >= 6 and all(r.authorization_ok for r in chats)  # the block's key only
+        dumps = [
+            json.dumps(api(prefect_server, "/logs/filter", {"limit": 200})),
+            json.dumps(api(prefect_server, "/artifacts/filter", {"limit": 200})),
+            json.dumps(api(prefect_server, "/flow_runs/filter", {"limit": 200})),
+            json.dumps(api(prefect_server, "/task_runs/filter", {"limit": 200})),
+        ]
+        dumps += [f.read_text(errors="ignore") for f in (tmp_path / "data").rglob("*") if f.suffix in (".json", ".csv")]
+        assert not [d for d in dumps if secret in d], "the API key leaked"
+    finally:
+        OpenRouterCredentials.load("leaktest")._block_document_id  # noqa: B018 - exists
+        subprocess.run(
+            [str(Path(sys.executable).with_name("prefect")), "block", "delete", "openrouter-credentials/leaktest"],
+            env={**os.environ, "PREFECT_API_URL": prefect_server},
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
