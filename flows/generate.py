@@ -19,7 +19,7 @@ from flows.params import GenerateParams, Paths, current_params
 from tasks.common import RateDispatcher, ensure_limit, openrouter_client, rate_limit_burst
 from tasks.stages import generate_image_task
 
-INFLIGHT_LEASE_S = 30.0
+INFLIGHT_LEASE_S = 60.0  # the server accepts >= 60 s
 
 
 def _name() -> str:
