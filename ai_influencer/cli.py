@@ -347,8 +347,6 @@ def augment(
             num_aug=num_aug,
             seed=seed,
             size=size,
-            trigger=bank.persona.trigger_token,
-            class_word=bank.persona.class_word,
             bank=bank,
             kohya_repeats=kohya_repeats,
         )

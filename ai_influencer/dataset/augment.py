@@ -91,11 +91,14 @@ def augment_and_caption(
     num_aug: int = 1,
     seed: int = 137,
     size: int = 1024,
-    trigger: str = "ohwx",
-    class_word: str = "woman",
+    trigger: str | None = None,
+    class_word: str | None = None,
     bank: PromptBank | None = None,
     kohya_repeats: int | None = None,
 ) -> AugmentResult:
+    """``trigger``/``class_word`` default to the prompt bank's persona (else ``ohwx woman``)."""
+    trigger = trigger or (bank.persona.trigger_token if bank else "ohwx")
+    class_word = class_word or (bank.persona.class_word if bank else "woman")
     if num_aug < 0:
         raise ValueError("num_aug must be >= 0")
     records: dict[str, ImageRecord] = {}
