@@ -69,12 +69,21 @@ def generate_flow(params: GenerateParams | None = None, paths: Paths | None = No
     parallel = max(1, min(max_inflight, len(todo)))
     dispatcher = RateDispatcher(lim.rate_limit_name, rate, min(burst, rate_limit_burst(rate)))
     window = threading.BoundedSemaphore(parallel)
+    total, step = len(todo), max(1, len(todo) // 20)
+    finished = [0]  # completed tasks, counted by the done-callback (under the GIL; read for progress only)
+
+    def on_done(_f: object) -> None:
+        finished[0] += 1
+        window.release()
+
     futures = []
     # A short lease (renewed in the background while this process lives) frees the slots within
     # INFLIGHT_LEASE_S if the run is killed, so a resumed run is not locked out for Prefect's default 300 s.
     with concurrency(lim.inflight_limit_name, occupy=parallel, strict=True, lease_duration=INFLIGHT_LEASE_S):
-        for r in todo:
+        for i, r in enumerate(todo, 1):
             window.acquire()
+            if i % step == 0:  # live progress while dispatching, not only once everything is done
+                update_progress_artifact(progress, 100.0 * finished[0] / total)
             send_at = dispatcher.next_send_time()
             fut = generate_image_task.submit(
                 r,
@@ -88,20 +97,17 @@ def generate_flow(params: GenerateParams | None = None, paths: Paths | None = No
                 send_at,
                 dispatcher.interval,
             )
-            fut.add_done_callback(lambda _f: window.release())
+            fut.add_done_callback(on_done)
             futures.append(fut)
-        for fut in futures:
+        results, failed = [], []
+        for i, fut in enumerate(futures, 1):
             fut.wait()
-    results, failed = [], []
-    step = max(1, len(futures) // 20)
-    for i, fut in enumerate(futures, 1):
-        fut.wait()
-        if fut.state.is_completed():
-            results.append(fut.result())
-        else:
-            failed.append(str(fut.state.message or fut.state.name))
-        if i % step == 0 or i == len(futures):
-            update_progress_artifact(progress, 100.0 * i / max(1, len(futures)))
+            if fut.state.is_completed():
+                results.append(fut.result())
+            else:
+                failed.append(str(fut.state.message or fut.state.name))
+            if i % step == 0 or i == total:
+                update_progress_artifact(progress, 100.0 * i / total)
     manifest = rebuild_manifest(out_dir)
     paid = [r for r in results if r["status"] == "generated"]
     budget_stopped = sum(r["status"] == "budget" for r in results)
