@@ -365,7 +365,10 @@ class StubOpenRouter:
             for k, v in (headers or {}).items():
                 h.send_header(k, v)
             h.end_headers()
-            h.wfile.write(data)
+            try:
+                h.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):  # the client was killed mid-request
+                rec.status = -status
 
         def error(status: int, message: str, metadata: dict[str, Any] | None = None, **hdrs: str) -> None:
             err: dict[str, Any] = {"code": status, "message": message}

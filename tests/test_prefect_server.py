@@ -1,0 +1,226 @@
+"""A real, self-hosted ``prefect server start`` protected by basic auth, driven the way users do it.
+
+This is the n8n-webhook replacement end to end: ``influencer stack init`` (pools, limits,
+blocks), ``influencer set-key`` (stdin), ``prefect deploy`` from prefect.yaml, the REST
+trigger (``influencer trigger``), and a process worker that runs the hybrid flow to
+completion against the stub OpenRouter server. Unlike prefect_test_harness, a started
+server runs its background services, so this module also shows that a SIGKILLed
+generation run's in-flight slots come back (Prefect's lease repossessor).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import REPO, TEST_KEY
+from tests.support.assets import face
+from tests.support.openrouter_stub import StubOpenRouter
+
+AUTH = "admin:" + uuid.uuid4().hex[:12]
+BANK = str(REPO / "prompt_bank" / "default.yaml")
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Start ``prefect server start`` (SQLite, services on) and yield the client environment."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "OPENROUTER_", "INFLUENCER_"))}
+    base.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_UI_ENABLED="false",
+        PREFECT_LOGGING_LEVEL="WARNING",
+        INFLUENCER_TASK_RETRY_DELAY_S="0.05",
+        PYTHONUNBUFFERED="1",
+    )
+    server_env = {
+        **base,
+        "PREFECT_SERVER_API_AUTH_STRING": AUTH,
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
+        # Look for expired leases every 2 s instead of 15 s so the lease test stays short.
+        "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "2",
+    }
+    log = (home / "server.log").open("w")
+    proc = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
+        env=server_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    user, _, password = AUTH.partition(":")
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{url}/health", auth=(user, password), timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("prefect server did not start:\n" + (home / "server.log").read_text()[-3000:])
+            time.sleep(0.5)
+        yield {**base, "PREFECT_API_URL": url, "PREFECT_API_AUTH_STRING": AUTH}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def run(args: list[str], env: dict[str, str], stdin: str | None = None, timeout: float = 300) -> str:
+    res = subprocess.run(args, input=stdin, capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout)
+    assert res.returncode == 0, f"{args[:3]} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    return res.stdout
+
+
+def rest(env: dict[str, str], method: str, path: str, body: dict | None = None) -> dict | list:
+    user, _, password = env["PREFECT_API_AUTH_STRING"].partition(":")
+    r = httpx.request(method, env["PREFECT_API_URL"] + path, json=body, auth=(user, password), timeout=30)
+    r.raise_for_status()
+    return r.json()
+
+
+def test_api_trigger_runs_the_hybrid_deployment_on_a_process_worker(
+    server: dict[str, str], stub: StubOpenRouter, tmp_path: Path
+) -> None:
+    env = server
+    # The server really enforces basic auth.
+    assert httpx.get(env["PREFECT_API_URL"] + "/deployments/filter", timeout=10).status_code == 401
+
+    tag = uuid.uuid4().hex[:6]
+    stack_env = {
+        **env,
+        "INFLUENCER_IMAGE_RATE_LIMIT_NAME": f"rate-{tag}",
+        "INFLUENCER_IMAGE_INFLIGHT_LIMIT_NAME": f"in-{tag}",
+    }
+    out = run([str(BIN / "influencer"), "stack", "init", "--rate-per-s", "20", "--max-inflight", "6"], stack_env)
+    assert "gpu-docker (docker): ready" in out and "local-process (process): ready" in out
+    pools = {p["name"]: p["type"] for p in rest(env, "POST", "/work_pools/filter", {})}
+    assert pools["gpu-docker"] == "docker" and pools["local-process"] == "process"
+    rate = rest(env, "GET", f"/v2/concurrency_limits/rate-{tag}")
+    assert rate["slot_decay_per_second"] == pytest.approx(20) and rate["limit"] >= 1
+    assert rest(env, "GET", f"/v2/concurrency_limits/in-{tag}")["limit"] == 6
+
+    # The key goes into the block from stdin; the worker below has no OPENROUTER_API_KEY at all.
+    secret = "sk-or-server-" + uuid.uuid4().hex
+    stub.valid_keys = {secret, TEST_KEY}
+    out = run([str(BIN / "influencer"), "set-key", "--base-url", stub.base_url], env, stdin=secret + "\n")
+    assert secret not in out
+
+    deploy_env = {**env, "INFLUENCER_PROJECT_DIR": str(REPO)}
+    run([str(BIN / "prefect"), "--no-prompt", "deploy", "--name", "hybrid-local"], deploy_env)
+    run([str(BIN / "prefect"), "--no-prompt", "deploy", "--name", "generate-daily"], deploy_env)
+    daily = rest(env, "GET", "/deployments/name/generate/generate-daily")
+    schedule = daily["schedules"][0]["schedule"]
+    assert schedule["cron"] == "0 7 * * *" and schedule["timezone"] == "Europe/Rome"
+    assert daily["work_pool_name"] == "gpu-docker"
+
+    data = tmp_path / "data"
+    (data / "input_raw").mkdir(parents=True)
+    for name in ("obama.jpg", "obama3.jpg"):
+        (data / "input_raw" / name).write_bytes(face(name).read_bytes())
+    params = {
+        "params": {
+            "paths": {"data_root": str(data), "prompt_bank": BANK},
+            "generate": {
+                "per_scene": 1,
+                "limits": {"rate_limit_name": f"rate-{tag}", "inflight_limit_name": f"in-{tag}"},
+            },
+            "run_augment": False,
+        }
+    }
+    out = run([str(BIN / "influencer"), "trigger", "hybrid/hybrid-local", "--params", json.dumps(params)], env)
+    run_id = out.split("flow run ", 1)[1].split()[0]
+    flow_run = rest(env, "GET", f"/flow_runs/{run_id}")
+    assert flow_run["parameters"]["params"]["generate"]["per_scene"] == 1
+    assert secret not in json.dumps(flow_run)
+
+    worker_env = {**env, "INFLUENCER_OPENROUTER_MAX_RETRIES": "0"}
+    worker = subprocess.run(
+        [str(BIN / "prefect"), "worker", "start", "--pool", "local-process", "--run-once"],
+        env=worker_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=480,
+    )
+    final = rest(env, "GET", f"/flow_runs/{run_id}")
+    assert final["state_type"] == "COMPLETED", f"{final['state']}\n{worker.stdout[-4000:]}\n{worker.stderr[-4000:]}"
+    manifest = json.loads((data / "synth_openrouter" / "manifest.json").read_text())
+    assert manifest["count"] == 6
+    assert (data / "qc_passed" / "qc_report.csv").is_file()
+    assert (data / "text" / "storyboard.json").is_file()
+    chats = [r for r in stub.requests if r.path.endswith("/chat/completions")]
+    assert chats and all(r.authorization_ok for r in chats)
+
+
+KILL_SCRIPT = """
+import sys
+from flows.generate import generate_flow
+from flows.params import GenerateParams, Limits, Paths
+limits = Limits(rate_limit_name=sys.argv[2], rate_per_s=4, inflight_limit_name=sys.argv[3], max_inflight=3)
+generate_flow(GenerateParams(per_scene=4, use_references=False, limits=limits),
+              Paths(data_root=sys.argv[1], prompt_bank=sys.argv[4]))
+"""
+
+
+def test_a_killed_runs_inflight_slots_come_back_on_a_real_server(
+    server: dict[str, str], stub: StubOpenRouter, tmp_path: Path
+) -> None:
+    """Same in-flight limit before and after a SIGKILL: the server's repossessor frees the dead run's slots."""
+    stub.latency = 0.3
+    tag = uuid.uuid4().hex[:6]
+    rate_name, inflight_name = f"rate-k-{tag}", f"in-k-{tag}"
+    data = tmp_path / "data"
+    (data / "input_raw").mkdir(parents=True)
+    env = {
+        **server,
+        "OPENROUTER_API_KEY": TEST_KEY,
+        "OPENROUTER_BASE_URL": stub.base_url,
+        "INFLUENCER_CREDENTIALS_BLOCK": "none-" + tag,
+        "INFLUENCER_OPENROUTER_MAX_RETRIES": "0",
+        "PYTHONPATH": str(REPO),
+    }
+    args = [sys.executable, "-c", KILL_SCRIPT, str(data), rate_name, inflight_name, BANK]
+    log = (tmp_path / "child.log").open("w")
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=log, start_new_session=True)
+    out = data / "synth_openrouter"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and len(list(out.glob("*.png"))) < 4:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    before = len(list(out.glob("*.png")))
+    assert 4 <= before < 24, (tmp_path / "child.log").read_text()[-3000:]
+    assert rest(server, "GET", f"/v2/concurrency_limits/{inflight_name}")["active_slots"] == 3
+
+    # Resume on the very same limits: it can only finish once the server has repossessed the slots.
+    started = time.monotonic()
+    res = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(list(out.glob("*.png"))) == 24
+    assert rest(server, "GET", f"/v2/concurrency_limits/{inflight_name}")["active_slots"] == 0
+    print(f"resumed run finished {time.monotonic() - started:.0f} s after the kill")
