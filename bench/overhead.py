@@ -1,0 +1,178 @@
+"""What Prefect costs: the hybrid flow vs the same domain calls without Prefect, on ~200 images.
+
+    .venv/bin/python bench/overhead.py [--images 200] [--latency 2] [--rate 10] [--inflight 32]
+
+Both sides start from the same two reference photos and talk to their own stub
+OpenRouter server (real photos as images, ``latency`` seconds per image, a hard
+``rate`` req/s limit). The bare side calls prepare_references, plan_storyboard,
+generate_batch (paced by MinIntervalGate at the same rate, same parallelism),
+run_qc and augment_and_caption directly. The Prefect side runs ``hybrid_flow``
+under a real Prefect server (prefect_test_harness, SQLite). Goal: <= 1.25x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
+
+from ai_influencer.dataset.augment import augment_and_caption
+from ai_influencer.generation import MinIntervalGate, build_requests, generate_batch, iter_reference_images
+from ai_influencer.openrouter import OpenRouterClient
+from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
+from ai_influencer.settings import Settings
+from ai_influencer.storyboard import plan_storyboard, write_storyboard
+from ai_influencer.vision.faces import create_face_engine
+from ai_influencer.vision.prepare import prepare_references
+from ai_influencer.vision.qc import EngineSpec, run_qc
+from tests.support.assets import face
+from tests.support.openrouter_stub import StubOpenRouter
+
+ROOT = Path(__file__).resolve().parents[1]
+BANK = ROOT / "prompt_bank" / "default.yaml"
+KEY = "sk-or-bench"
+STAGES = ("prepare", "plan", "generate", "qc", "augment")
+
+
+def workspace(tmp: str) -> Path:
+    data = Path(tmp) / "data"
+    (data / "input_raw").mkdir(parents=True)
+    for name in ("obama.jpg", "obama3.jpg"):
+        shutil.copy(face(name), data / "input_raw" / name)
+    return data
+
+
+def bare(data: Path, stub: StubOpenRouter, per_scene: int, rate: float, inflight: int) -> dict[str, float]:
+    """The pipeline as plain function calls; seconds per stage."""
+    s = Settings()
+    bank = load_prompt_bank(BANK)
+    times: dict[str, float] = {}
+    t = time.perf_counter()
+    engine = create_face_engine("auto", insightface_root=s.insightface_root, providers=s.onnx_providers)
+    prepare_references(data / "input_raw", data / "cleaned", engine=engine, remover=None, do_facecrop=True)
+    times["prepare"] = time.perf_counter() - t
+    with OpenRouterClient(KEY, base_url=stub.base_url) as client:
+        t = time.perf_counter()
+        board, result = plan_storyboard(client, bank, s.text_model)
+        write_storyboard(board, result, data / "text" / "storyboard.json")
+        times["plan"] = time.perf_counter() - t
+        t = time.perf_counter()
+        refs = list(iter_reference_images(data / "cleaned"))
+        reqs = build_requests(compose_prompts(bank, per_scene, 0), s.image_model, "1024x1024", refs)
+        outcomes = generate_batch(
+            client,
+            reqs,
+            data / "synth_openrouter",
+            references=refs,
+            concurrency=inflight,
+            gate=MinIntervalGate(1.0 / rate),
+        )
+        assert all(o.status == "generated" for o in outcomes), {o.status for o in outcomes}
+        times["generate"] = time.perf_counter() - t
+    t = time.perf_counter()
+    run_qc(
+        data / "cleaned",
+        data / "synth_openrouter",
+        data / "qc_passed",
+        spec=EngineSpec("auto", str(s.insightface_root), tuple(s.onnx_providers)),
+        minsim=0.34,
+        minblur=80,
+        max_faces=1,
+    )
+    times["qc"] = time.perf_counter() - t
+    t = time.perf_counter()
+    augment_and_caption(
+        data / "qc_passed",
+        data / "augment",
+        data / "captions",
+        manifest=data / "synth_openrouter" / "manifest.json",
+        num_aug=1,
+        seed=137,
+        size=1024,
+        bank=bank,
+        kohya_repeats=10,
+    )
+    times["augment"] = time.perf_counter() - t
+    return times
+
+
+def with_prefect(data: Path, per_scene: int, rate: float, inflight: int) -> tuple[float, dict[str, float]]:
+    """The hybrid flow under a real Prefect server; wall time and each stage subflow's run time."""
+    from prefect.client.orchestration import get_client
+
+    from flows.hybrid import hybrid_flow
+    from flows.params import GenerateParams, HybridParams, Limits, Paths
+
+    tag = uuid.uuid4().hex[:6]
+    params = HybridParams(
+        paths=Paths(data_root=str(data), prompt_bank=str(BANK)),
+        generate=GenerateParams(
+            per_scene=per_scene,
+            limits=Limits(
+                rate_limit_name=f"ovh-rate-{tag}",
+                rate_per_s=rate,
+                inflight_limit_name=f"ovh-inflight-{tag}",
+                max_inflight=inflight,
+            ),
+        ),
+    )
+    t = time.perf_counter()
+    result = hybrid_flow(params)
+    wall = time.perf_counter() - t
+    assert result["generate"]["failed"] == 0, result["generate"]
+    stages: dict[str, float] = {}
+    with get_client(sync_client=True) as client:
+        names = {f.id: f.name for f in client.read_flows()}
+        for run in client.read_flow_runs():
+            name = names.get(run.flow_id, "")
+            if name in STAGES and run.start_time and run.end_time:
+                stages[name] = (run.end_time - run.start_time).total_seconds()
+    return wall, stages
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=200)
+    ap.add_argument("--latency", type=float, default=2.0)
+    ap.add_argument("--rate", type=float, default=10.0)
+    ap.add_argument("--inflight", type=int, default=32)
+    args = ap.parse_args()
+    per_scene = -(-args.images // len(load_prompt_bank(BANK).scenes))
+
+    def stub() -> StubOpenRouter:
+        return StubOpenRouter(valid_keys=[KEY], latency=args.latency, rps_limit=args.rate, image_size=512)
+
+    with tempfile.TemporaryDirectory() as tmp, stub() as server:
+        bare_times = bare(workspace(tmp), server, per_scene, args.rate, args.inflight)
+        n = sum(1 for _ in (Path(tmp) / "data" / "synth_openrouter").glob("*.png"))
+
+    from prefect.testing.utilities import prefect_test_harness
+
+    with tempfile.TemporaryDirectory() as tmp, stub() as server, prefect_test_harness(server_startup_timeout=120):
+        os.environ.update(OPENROUTER_API_KEY=KEY, OPENROUTER_BASE_URL=server.base_url)
+        os.environ["INFLUENCER_CREDENTIALS_BLOCK"] = "bench-none"
+        wall, stage_times = with_prefect(workspace(tmp), per_scene, args.rate, args.inflight)
+
+    bare_total = sum(bare_times.values())
+    print(
+        f"overhead benchmark: {n} images, stub latency {args.latency}s, limit {args.rate} req/s, {os.cpu_count()} CPUs"
+    )
+    print(f"{'stage':<10} | {'bare s':>8} | {'Prefect s':>9} | {'ratio':>6}")
+    print("-" * 44)
+    for name in STAGES:
+        b, p = bare_times[name], stage_times.get(name, float("nan"))
+        print(f"{name:<10} | {b:>8.1f} | {p:>9.1f} | {p / b:>5.2f}x")
+    print(f"{'total':<10} | {bare_total:>8.1f} | {wall:>9.1f} | {wall / bare_total:>5.2f}x   (goal <= 1.25x)")
+
+
+if __name__ == "__main__":
+    main()
