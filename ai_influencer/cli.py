@@ -363,7 +363,8 @@ def run(
     model: Annotated[str | None, typer.Option(help="Image model (default: settings.image_model).")] = None,
     budget: Annotated[float | None, typer.Option(help="Stop new paid image requests beyond this USD spend.")] = None,
     skip: Annotated[
-        list[str] | None, typer.Option(help="Stage to skip (prepare, plan, generate, qc, augment); repeatable.")
+        list[str] | None,
+        typer.Option(help="Stage to skip (prepare, plan, generate, qc, augment, train, evaluate); repeatable."),
     ] = None,
     do_rembg: Annotated[bool, typer.Option("--do-rembg/--no-rembg", "--do_rembg")] = False,
 ) -> None:
@@ -374,21 +375,175 @@ def run(
         from flows.params import GenerateParams, HybridParams, Paths, PrepareParams
 
         skipped = set(skip or [])
-        unknown = skipped - {"prepare", "plan", "generate", "qc", "augment"}
+        unknown = skipped - {"prepare", "plan", "generate", "qc", "augment", "train", "evaluate"}
         if unknown:
             raise CliError(f"--skip: unknown stage(s) {sorted(unknown)}")
         params = HybridParams(
-            paths=Paths(data_root=str(settings.data_root), prompt_bank=str(prompt_bank or settings.prompt_bank)),
+            paths=Paths(
+                data_root=str(settings.data_root),
+                prompt_bank=str(prompt_bank or settings.prompt_bank),
+                models_root=str(settings.models_root),
+            ),
             run_prepare="prepare" not in skipped,
             run_plan="plan" not in skipped,
             run_generate="generate" not in skipped,
             run_qc="qc" not in skipped,
             run_augment="augment" not in skipped,
+            run_train="train" not in skipped,
+            run_evaluate="evaluate" not in skipped,
             prepare=PrepareParams(do_rembg=do_rembg),
             generate=GenerateParams(per_scene=per_scene, model=model or settings.image_model, budget_usd=budget),
         )
         result = hybrid_flow(params)
         out.print_json(data=result)
+
+
+@app.command()
+def train(
+    dataset: Annotated[Path | None, typer.Option(help="Images + .txt captions (default data/augment/kohya).")] = None,
+    base: Annotated[Path | None, typer.Option(help="SDXL .safetensors or diffusers folder.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default models/lora).")] = None,
+    dim: Annotated[int, typer.Option("--dim", "--network_dim", min=1, help="LoRA rank.")] = 32,
+    alpha: Annotated[float, typer.Option("--alpha", "--network_alpha", help="LoRA alpha (scale alpha/dim).")] = 16.0,
+    resolution: Annotated[int, typer.Option(min=16)] = 1024,
+    steps: Annotated[int | None, typer.Option("--steps", "--max_train_steps", min=1)] = None,
+    epochs: Annotated[int, typer.Option(min=1)] = 10,
+    lr: Annotated[float, typer.Option("--lr", "--unet_lr")] = 1e-4,
+    batch: Annotated[int, typer.Option("--batch", "--train_batch_size", min=1)] = 1,
+    precision: Annotated[str, typer.Option("--precision", "--mixed_precision", help="no | fp16 | bf16")] = "bf16",
+    train_te: Annotated[bool, typer.Option("--train-text-encoder/--unet-only")] = False,
+    optimizer: Annotated[str, typer.Option(help="adamw | adamw8bit (needs bitsandbytes)")] = "adamw",
+    checkpoint_every: Annotated[int, typer.Option(min=1)] = 250,
+    sample_every: Annotated[int | None, typer.Option(min=1)] = None,
+    sample_prompt: Annotated[list[str] | None, typer.Option(help="Prompt for the samples; repeatable.")] = None,
+    resume: Annotated[bool, typer.Option("--resume/--restart")] = True,
+    kohya: Annotated[Path | None, typer.Option(help="kohya sd-scripts checkout: train with it instead.")] = None,
+    seed: int = 42,
+) -> None:
+    """Train the SDXL LoRA (built-in diffusers+peft trainer, or kohya sd-scripts with --kohya)."""
+    from ai_influencer.dataset.workspace import Workspace
+    from ai_influencer.training.config import TrainConfig
+
+    with _friendly_errors():
+        settings = _settings()
+        ws = Workspace.from_settings(settings)
+        default_ds = ws.augment / "kohya"
+        try:
+            cfg = TrainConfig(
+                base_model=base or ws.base_model,
+                dataset=dataset or (default_ds if default_ds.is_dir() else ws.augment),
+                captions_dir=ws.captions,
+                output_dir=out_dir or ws.lora_dir,
+                rank=dim,
+                alpha=alpha,
+                resolution=resolution,
+                max_train_steps=steps,
+                epochs=epochs,
+                unet_lr=lr,
+                batch_size=batch,
+                mixed_precision=precision,
+                train_text_encoder=train_te,
+                optimizer=optimizer,
+                checkpoint_every=checkpoint_every,
+                sample_every=sample_every,
+                sample_prompts=sample_prompt or [],
+                resume=resume,
+                seed=seed,
+            )
+        except ValueError as exc:
+            raise CliError(str(exc).replace("\n", " ")) from None
+        kohya = kohya or settings.kohya_path
+        if kohya:
+            from ai_influencer.training.kohya_backend import train_with_kohya
+
+            out.print(f"LoRA written: {train_with_kohya(cfg, kohya, on_line=out.print)}")
+            return
+        from ai_influencer.training.trainer import train_lora
+
+        result = train_lora(cfg)
+        for problem in result.problems:
+            console.print(f"[yellow]skipped[/] {problem}")
+        last = f"{result.losses[-1]:.4f}" if result.losses else "n/a"
+        out.print(
+            f"LoRA written: {result.output} ({result.steps} steps, resumed at {result.resumed_from}, "
+            f"last loss {last}, {len(result.checkpoints)} checkpoints, {result.seconds:.0f} s)"
+        )
+
+
+@app.command()
+def sample(
+    prompt: Annotated[list[str], typer.Option(help="Prompt; repeatable.")],
+    lora: Annotated[
+        Path | None, typer.Option(help="LoRA file (default models/lora/influencer_lora.safetensors).")
+    ] = None,
+    no_lora: Annotated[bool, typer.Option("--no-lora", help="Base model only, for comparison.")] = False,
+    strength: Annotated[float, typer.Option(min=0, max=2)] = 1.0,
+    base: Annotated[Path | None, typer.Option(help="SDXL .safetensors or diffusers folder.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Default data/samples.")] = None,
+    steps: Annotated[int, typer.Option(min=1)] = 30,
+    guidance: float = 6.0,
+    size: Annotated[int, typer.Option(min=16)] = 1024,
+    seed: int = 0,
+) -> None:
+    """Generate images locally with the user's SDXL and the trained LoRA (fully offline)."""
+    from ai_influencer.dataset.workspace import Workspace
+
+    with _friendly_errors():
+        from ai_influencer.training.inference import LocalGenerator, LocalGenParams, save_images
+
+        ws = Workspace.from_settings(_settings())
+        gen = LocalGenerator(base or ws.base_model)
+        gen.use_lora(None if no_lora else (lora or ws.lora_file), strength)
+        params = LocalGenParams(steps=steps, guidance=guidance, width=size, height=size, strength=strength, seed=seed)
+        paths = save_images(gen.generate(prompt, params), out_dir or ws.data_root / "samples", "sample")
+        for p in paths:
+            out.print(str(p))
+
+
+@app.command()
+def evaluate(
+    lora: Annotated[list[Path] | None, typer.Option(help="LoRA file(s); default: final + its checkpoints.")] = None,
+    samples: Annotated[int, typer.Option("--samples", "-k", min=1, help="Images per LoRA.")] = 8,
+    steps: Annotated[int, typer.Option(min=1)] = 30,
+    size: Annotated[int, typer.Option(min=16)] = 1024,
+    strength: Annotated[float, typer.Option(min=0, max=2)] = 1.0,
+    base: Annotated[Path | None, typer.Option(help="SDXL .safetensors or diffusers folder.")] = None,
+    prompt_bank: BankOpt = None,
+) -> None:
+    """Identity evaluation: K bank prompts per LoRA, face score vs the references, best checkpoint."""
+    from ai_influencer.dataset.workspace import Workspace
+
+    with _friendly_errors():
+        settings = _settings()
+        ws = Workspace.from_settings(settings)
+        from ai_influencer.prompt_bank import load_prompt_bank
+        from ai_influencer.training.evaluate import default_candidates, evaluate_loras
+        from ai_influencer.training.inference import LocalGenParams
+
+        choice = evaluate_loras(
+            lora or default_candidates(ws.lora_dir),
+            base=base or ws.base_model,
+            config_dir=None,
+            bank=load_prompt_bank(prompt_bank or settings.prompt_bank),
+            refs_dir=ws.cleaned,
+            out_dir=ws.lora_dir / "evaluation",
+            engine=_engine(settings, None),
+            k=samples,
+            params=LocalGenParams(steps=steps, width=size, height=size, strength=strength),
+        )
+        result = {
+            "candidates": [
+                {"lora": str(p), "median": e.median, "p10": e.p10, "face_rate": e.face_rate, "best": p == choice.best}
+                for p, e in choice.evaluations
+            ]
+        }
+        table = Table("LoRA", "median", "p10", "faces", "best")
+        for row in result["candidates"]:
+            fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+            table.add_row(
+                row["lora"], fmt(row["median"]), fmt(row["p10"]), f"{row['face_rate']:.0%}", "*" if row["best"] else ""
+            )
+        out.print(table)
 
 
 blocks_app = typer.Typer(help="Prefect blocks (OpenRouter credentials).", no_args_is_help=True)

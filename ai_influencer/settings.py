@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     rembg_model: str = "u2net_human_seg"
     rembg_home: Path = Path("models/rembg")
 
+    # --- training ---------------------------------------------------------------------
+    kohya_path: Path | None = None  # an sd-scripts checkout: train with kohya instead of the built-in trainer
+
     def require_api_key(self) -> SecretStr:
         """Return the key or fail with the exact variable to set (never the value)."""
         if self.openrouter_api_key is None or not self.openrouter_api_key.get_secret_value().strip():

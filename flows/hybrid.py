@@ -1,4 +1,4 @@
-"""The hybrid pipeline: prepare -> plan -> generate -> qc -> augment, each stage skippable.
+"""The hybrid pipeline: prepare -> plan -> generate -> qc -> augment -> train -> evaluate, each skippable.
 
 Stages run as subflows so each appears in the UI with its own state, logs and
 artifacts, and a re-run of the whole pipeline skips finished work stage by
@@ -11,7 +11,7 @@ from prefect import flow
 
 from flows.generate import generate_flow
 from flows.params import HybridParams, current_params
-from flows.stages import augment_flow, plan_flow, prepare_flow, qc_flow
+from flows.stages import augment_flow, base_model_path, evaluate_flow, plan_flow, prepare_flow, qc_flow, train_flow
 
 
 def _name() -> str:
@@ -34,5 +34,16 @@ def hybrid_flow(params: HybridParams | None = None) -> dict:
         out["qc"] = qc_flow(p.qc, p.paths)
     if p.run_augment:
         out["augment"] = augment_flow(p.augment, p.paths)
+    base = base_model_path(p.train, p.paths)
+    if (p.run_train or p.run_evaluate) and not base.exists():
+        # A fresh machine has no SDXL checkpoint (licence: users bring their own). The dataset is
+        # done; say exactly what is missing instead of failing the whole run at its last step.
+        print(f"train/evaluate skipped: no base SDXL model at {base} (see README 'Training a LoRA')")
+        out["train"] = out["evaluate"] = {"skipped": f"no base model at {base}"}
+        return out
+    if p.run_train:
+        out["train"] = train_flow(p.train, p.paths)
+    if p.run_evaluate:
+        out["evaluate"] = evaluate_flow(p.evaluate, p.paths, p.train)
     print(f"hybrid pipeline finished: {out}")
     return out

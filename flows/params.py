@@ -26,6 +26,7 @@ def current_params(name: str = "params") -> dict:
 class Paths(BaseModel):
     data_root: str = Field(default=str(_s.data_root), description="Workspace data folder.")
     prompt_bank: str = Field(default=str(_s.prompt_bank), description="Prompt bank YAML.")
+    models_root: str = Field(default=str(_s.models_root), description="Models folder (base/, lora/).")
 
     def sub(self, name: str) -> str:
         return f"{self.data_root.rstrip('/')}/{name}"
@@ -74,6 +75,34 @@ class AugmentParams(BaseModel):
     kohya_repeats: int | None = Field(default=10, ge=1)
 
 
+class TrainParams(BaseModel):
+    """The manual's train_lora.sh defaults; every other trainer setting is in ``overrides``."""
+
+    base_model: str | None = Field(default=None, description="Default: <models_root>/base/sdxl.safetensors.")
+    rank: int = Field(default=32, ge=1, description="network_dim")
+    alpha: float = Field(default=16.0, gt=0, description="network_alpha")
+    resolution: int = Field(default=1024, ge=16)
+    max_train_steps: int | None = Field(default=None, ge=1)
+    epochs: int = Field(default=10, ge=1)
+    unet_lr: float = Field(default=1e-4, gt=0)
+    batch_size: int = Field(default=1, ge=1)
+    mixed_precision: str = Field(default="bf16", pattern="^(no|fp16|bf16)$")
+    train_text_encoder: bool = False
+    checkpoint_every: int = Field(default=250, ge=1)
+    use_kohya: bool = Field(default=False, description="Train with kohya sd-scripts (INFLUENCER_KOHYA_PATH).")
+    overrides: dict = Field(default_factory=dict, description="Any other TrainConfig field, e.g. noise_offset.")
+
+
+class EvaluateParams(BaseModel):
+    samples: int = Field(default=8, ge=1, le=200, description="K images per LoRA, prompts from the prompt bank.")
+    steps: int = Field(default=30, ge=1)
+    guidance: float = Field(default=6.0, ge=0)
+    size: int = Field(default=1024, ge=16)
+    strength: float = Field(default=1.0, ge=0, le=2)
+    checkpoints: bool = Field(default=True, description="Also evaluate every saved checkpoint and pick the best.")
+    backend: str = _s.face_backend
+
+
 class HybridParams(BaseModel):
     paths: Paths = Field(default_factory=Paths)
     run_prepare: bool = True
@@ -81,8 +110,12 @@ class HybridParams(BaseModel):
     run_generate: bool = True
     run_qc: bool = True
     run_augment: bool = True
+    run_train: bool = Field(default=True, description="Skipped with a warning when no base SDXL model exists.")
+    run_evaluate: bool = True
     prepare: PrepareParams = Field(default_factory=PrepareParams)
     plan: PlanParams = Field(default_factory=PlanParams)
     generate: GenerateParams = Field(default_factory=GenerateParams)
     qc: QCParams = Field(default_factory=QCParams)
     augment: AugmentParams = Field(default_factory=AugmentParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)

@@ -240,3 +240,89 @@ def augment_task(
         kohya_repeats=kohya_repeats,
     )
     return {"images": len(result.images), "captions": len(result.captions), "errors": result.errors}
+
+
+# ---- train / evaluate -------------------------------------------------------------------------
+@task(name="train", tags=["gpu", "train"], task_run_name="train {output_name}", **RETRY)
+def train_task(config: dict, output_name: str, kohya_path: str | None = None) -> dict:
+    """Trains or resumes (a retry continues from the last checkpoint, it does not start over)."""
+    from ai_influencer.training.config import TrainConfig
+
+    cfg = TrainConfig.model_validate({**config, "output_name": output_name})
+    logger = get_run_logger()
+    if kohya_path:
+        from ai_influencer.training.kohya_backend import train_with_kohya
+
+        out = train_with_kohya(cfg, Path(kohya_path), on_line=logger.info)
+        return {"output": str(out), "backend": "kohya", "checkpoints": []}
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+    from ai_influencer.training.trainer import train_lora
+
+    progress = create_progress_artifact(0.0, key="train-progress", description="LoRA training steps")
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        if step == total or step % max(1, total // 50) == 0:
+            update_progress_artifact(progress, 100.0 * step / total)
+            logger.info("step %d/%d loss %.4f", step, total, loss)
+
+    result = train_lora(cfg, on_step=on_step, progress=False)
+    for problem in result.problems:
+        logger.warning("skipped %s", problem)
+    return {
+        "output": str(result.output),
+        "backend": "built-in",
+        "steps": result.steps,
+        "resumed_from": result.resumed_from,
+        "final_loss": result.losses[-1] if result.losses else None,
+        "seconds": round(result.seconds, 1),
+        "checkpoints": [str(p) for p in result.checkpoints],
+        "run_dir": str(result.run_dir) if result.run_dir else None,
+    }
+
+
+@task(name="evaluate", tags=["gpu", "evaluate"], **RETRY)
+def evaluate_task(
+    loras: list[str],
+    base_model: str,
+    refs_dir: str,
+    out_dir: str,
+    prompt_bank: str,
+    samples: int,
+    steps: int,
+    guidance: float,
+    size: int,
+    strength: float,
+    backend: str,
+) -> dict:
+    from ai_influencer.training.evaluate import evaluate_loras
+    from ai_influencer.training.inference import LocalGenParams
+    from ai_influencer.vision.faces import create_face_engine
+
+    s = Settings()
+    engine = create_face_engine(backend, insightface_root=s.insightface_root, providers=s.onnx_providers)
+    choice = evaluate_loras(
+        [Path(p) for p in loras],
+        base=Path(base_model),
+        config_dir=None,
+        bank=load_prompt_bank(prompt_bank),
+        refs_dir=Path(refs_dir),
+        out_dir=Path(out_dir),
+        engine=engine,
+        k=samples,
+        params=LocalGenParams(steps=steps, guidance=guidance, width=size, height=size, strength=strength),
+    )
+    rows = [
+        {"lora": str(p), "median": e.median, "p10": e.p10, "face_rate": e.face_rate, "best": p == choice.best}
+        for p, e in choice.evaluations
+    ]
+    create_table_artifact(rows, key="identity-evaluation", description="Identity score per LoRA checkpoint")
+    best_dir = Path(out_dir) / (
+        choice.best.parent.name if choice.best.parent.name.startswith("step-") else choice.best.stem
+    )
+    sheet = best_dir / "contact_sheet.png"
+    if sheet.is_file():
+        create_markdown_artifact(
+            _sheet_markdown(sheet, f"Samples of the best LoRA ({choice.best.name})"), key="identity-contact-sheet"
+        )
+    return {"best": str(choice.best), "candidates": rows}
