@@ -5,13 +5,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
-EXTRAS=${INFLUENCER_EXTRAS:-hub,dev}
+EXTRAS=${INFLUENCER_EXTRAS:-train,hub,dev}
+# PyTorch is pinned and installed first, so the `train` extra never pulls a different (multi-GB CUDA) build.
+# On this project's CI machine torch==2.13.0 resolves to the local CPU wheel; on a GPU host set
+# INFLUENCER_TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" (or "skip").
+TORCH=${INFLUENCER_TORCH:-torch==2.13.0}
 
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 VPIP=(.venv/bin/python -m pip --disable-pip-version-check)
 "${VPIP[@]}" install -q --upgrade pip setuptools wheel
+if [[ "$EXTRAS" == *train* && "$TORCH" != skip ]] && ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  # shellcheck disable=SC2086 # TORCH may carry pip options
+  "${VPIP[@]}" install -q $TORCH
+fi
 "${VPIP[@]}" install -q -e ".[${EXTRAS}]"
 
 # insightface depends on the GUI build `opencv-python`, which writes the same cv2/ package as

@@ -51,7 +51,7 @@ def paths(tmp: Path, refs: bool = True) -> Paths:
     if refs:
         for n in ("obama.jpg", "obama3.jpg"):
             shutil.copy(face(n), raw / n)
-    return Paths(data_root=str(tmp / "data"), prompt_bank=BANK)
+    return Paths(data_root=str(tmp / "data"), prompt_bank=BANK, models_root=str(tmp / "models"))
 
 
 def limits(rate: float = 50, inflight: int = 16) -> Limits:
@@ -83,6 +83,7 @@ def test_hybrid_end_to_end_then_rerun_pays_nothing(prefect_server: str, env: Stu
     assert (data / "qc_passed" / "qc_report.csv").is_file()
     assert result["qc"]["accepted"] >= 1 and result["augment"]["captions"] == 2 * result["qc"]["accepted"]
     assert (data / "augment" / "kohya" / "10_ohwx woman").is_dir()
+    assert "no base model" in result["train"]["skipped"]  # a fresh machine has no SDXL: said, not crashed
     keys = {a["key"] for a in api(prefect_server, "/artifacts/filter", {"limit": 200})}
     assert {"qc-report", "qc-contact-sheet", "generate-cost", "generate-progress"} <= keys
     paid = len(env.paid_requests)
@@ -245,3 +246,35 @@ def test_key_from_block_and_never_leaked(
             timeout=60,
             check=False,
         )
+
+
+def test_train_and_evaluate_flows_on_a_tiny_sdxl(prefect_server: str, tmp_path: Path) -> None:
+    pytest.importorskip("diffusers")
+    from PIL import Image
+
+    from flows.params import EvaluateParams, TrainParams
+    from flows.stages import evaluate_flow, train_flow
+    from tests.support.tiny_sdxl import build_tiny_sdxl
+
+    base = build_tiny_sdxl(tmp_path / "tiny")
+    p = paths(tmp_path)
+    data = Path(p.data_root)
+    shutil.copytree(data / "input_raw", data / "cleaned")
+    kohya = data / "augment" / "kohya" / "3_ohwx woman"
+    kohya.mkdir(parents=True)
+    for n in ("obama.jpg", "obama2.jpg"):
+        Image.open(face(n)).convert("RGB").resize((80, 80)).save(kohya / n.replace(".jpg", ".png"))
+        (kohya / n.replace(".jpg", ".txt")).write_text("ohwx woman, lower")
+    train = TrainParams(
+        base_model=str(base), rank=4, alpha=2, resolution=64, max_train_steps=2, mixed_precision="no",
+        checkpoint_every=1,
+        overrides={"min_bucket_reso": 32, "max_bucket_reso": 128, "bucket_step": 16, "gradient_checkpointing": False,
+                   "device": "cpu"},
+    )  # fmt: skip
+    result = train_flow(train, p)
+    lora = Path(p.models_root) / "lora" / "influencer_lora.safetensors"
+    assert result["steps"] == 2 and result["output"] == str(lora) and lora.is_file()
+    ev = evaluate_flow(EvaluateParams(samples=2, steps=2, size=64, backend="dlib"), p, train)
+    assert len(ev["candidates"]) == 3 and sum(c["best"] for c in ev["candidates"]) == 1  # 2 checkpoints + final
+    keys = {a["key"] for a in api(prefect_server, "/artifacts/filter", {"limit": 200})}
+    assert {"train-progress", "identity-evaluation"} <= keys

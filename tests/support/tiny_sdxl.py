@@ -78,7 +78,9 @@ def build_tiny_sdxl(out: Path, seed: int = 0) -> Path:
     tok_dir.mkdir(parents=True, exist_ok=True)
     (tok_dir / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(VOCAB)}))
     (tok_dir / "merges.txt").write_text(MERGES)
-    tok = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), unk_token="<unk>", model_max_length=77)
+    tok = CLIPTokenizer(
+        str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), unk_token="<unk>", model_max_length=77
+    )
     pipe = StableDiffusionXLPipeline(
         unet=unet,
         scheduler=scheduler,
