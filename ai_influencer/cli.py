@@ -546,6 +546,32 @@ def evaluate(
         out.print(table)
 
 
+@app.command()
+def hub(
+    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+) -> None:
+    """Start the Control Hub (FastAPI + pages) with uvicorn."""
+    import secrets
+
+    import uvicorn
+    from pydantic import SecretStr
+
+    with _friendly_errors():
+        settings = _settings()
+        if settings.hub_token is None:
+            # Every POST needs a token; without a configured one, make one for this start and show it once.
+            settings = settings.model_copy(update={"hub_token": SecretStr(secrets.token_urlsafe(18))})
+            out.print(
+                f"hub token for this run (set INFLUENCER_HUB_TOKEN to fix one): {settings.hub_token.get_secret_value()}"
+            )
+        from ai_influencer.hub.app import create_app
+
+        h, p = host or settings.hub_host, port or settings.hub_port
+        out.print(f"Control Hub on http://{h}:{p}/  (API docs: /docs)")
+        uvicorn.run(create_app(settings), host=h, port=p, log_level="info")
+
+
 blocks_app = typer.Typer(help="Prefect blocks (OpenRouter credentials).", no_args_is_help=True)
 app.add_typer(blocks_app, name="blocks")
 stack_app = typer.Typer(help="Prefect server objects: work pools, limits, blocks.", no_args_is_help=True)

@@ -76,6 +76,13 @@ class Settings(BaseSettings):
     rembg_model: str = "u2net_human_seg"
     rembg_home: Path = Path("models/rembg")
 
+    # --- control hub -------------------------------------------------------------------
+    hub_token: SecretStr | None = None  # required on every POST; `influencer hub` makes one per start if unset
+    hub_host: str = "127.0.0.1"
+    hub_port: int = 8000
+    hub_max_upload_mb: float = 10.0
+    hub_deployment: str = "hybrid/hybrid-local"
+
     # --- training ---------------------------------------------------------------------
     kohya_path: Path | None = None  # an sd-scripts checkout: train with kohya instead of the built-in trainer
 
