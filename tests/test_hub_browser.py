@@ -1,0 +1,115 @@
+"""The hub pages in a real headless Chromium (Debian's chromium driven by Playwright).
+
+Screenshots go to test-output/screenshots/ (git-ignored) so a reviewer can look at them.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ai_influencer.hub.app import create_app
+from tests.conftest import REPO
+from tests.support.assets import face
+from tests.support.hub_server import serve
+from tests.support.openrouter_stub import StubOpenRouter
+from tests.test_hub import POSTS, PROFILES, TOKEN, hub_settings
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SHOTS = REPO / "test-output" / "screenshots"
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+            ],
+        )
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: object, stub: StubOpenRouter, tmp_path: Path) -> Iterator[tuple[object, str]]:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with serve(create_app(hub_settings(stub, tmp_path))) as url:
+        context = browser.new_context(viewport={"width": 1200, "height": 900})  # type: ignore[attr-defined]
+        pg = context.new_page()
+        pg.set_default_timeout(20_000)
+        yield pg, url
+        context.close()
+
+
+def set_token(pg: object, value: str = TOKEN) -> None:
+    pg.fill("#token", value)  # type: ignore[attr-defined]
+    pg.dispatch_event("#token", "change")  # type: ignore[attr-defined]
+
+
+def test_generate_page_shows_the_generated_image(page: tuple[object, str], stub: StubOpenRouter) -> None:
+    pg, url = page
+    pg.goto(url + "/")
+    pg.click("#load-models")
+    pg.wait_for_selector("#models-count:has-text('models')")
+    # without the token the page shows the hub's refusal, and nothing is paid for
+    pg.click("#generate")
+    assert "hub token" in pg.text_content("#generate-error", timeout=20_000)
+    assert stub.paid_requests == []
+    set_token(pg)
+    pg.click("#generate")
+    img = pg.wait_for_selector("#result-image")
+    assert pg.evaluate("el => el.naturalWidth", img) > 0
+    assert "cost $" in pg.text_content("#result-usage")
+    pg.screenshot(path=str(SHOTS / "hub-generate.png"), full_page=True)
+    assert len(stub.paid_requests) == 1
+
+
+def test_insights_page_shows_profiles_sorted_by_success_score(page: tuple[object, str], tmp_path: Path) -> None:
+    pg, url = page
+    (tmp_path / "posts.csv").write_text(POSTS)
+    (tmp_path / "profiles.csv").write_text(PROFILES)
+    pg.goto(url + "/influencer")
+    set_token(pg)
+    pg.set_input_files("#files", [str(tmp_path / "posts.csv"), str(tmp_path / "profiles.csv")])
+    pg.click("#analyze")
+    pg.wait_for_selector("#insights tbody tr")
+    handles = pg.eval_on_selector_all("#insights tbody tr", "rows => rows.map(r => r.dataset.handle)")
+    scores = pg.eval_on_selector_all("#insights tbody tr td:nth-child(3)", "cells => cells.map(c => +c.textContent)")
+    assert handles == ["alice", "carol", "bob"] and scores == sorted(scores, reverse=True)
+    pg.screenshot(path=str(SHOTS / "hub-insights.png"), full_page=True)
+    # a broken file is named in the page's error
+    (tmp_path / "posts.csv").write_text(POSTS.replace("120,12", "lots,12"))
+    pg.set_input_files("#files", [str(tmp_path / "posts.csv")])
+    pg.click("#analyze")
+    pg.wait_for_selector("#insights-error:has-text('posts.csv line 3')")
+
+
+def test_pipeline_page_shows_the_dataset_with_verdicts(page: tuple[object, str], tmp_path: Path) -> None:
+    pg, url = page
+    synth = tmp_path / "data" / "synth_openrouter"
+    synth.mkdir(parents=True)
+    shutil.copy(face("obama.jpg"), synth / "a.jpg")
+    shutil.copy(face("biden.jpg"), synth / "b.jpg")
+    (tmp_path / "data" / "qc_passed").mkdir()
+    (tmp_path / "data" / "qc_passed" / "qc_report.csv").write_text(
+        "file,faces,score,sharpness,duplicate_of,verdict,reason\na.jpg,1,0.8,120,,accepted,\nb.jpg,1,0.1,90,,rejected,id\n"
+    )
+    pg.goto(url + "/pipeline")
+    pg.wait_for_selector(".tile.accepted img")
+    pg.wait_for_function("() => [...document.querySelectorAll('.tile img')].every(i => i.complete && i.naturalWidth)")
+    assert "1 accepted · 1 rejected" in pg.text_content("#dataset-summary")
+    # no Prefect server configured for this hub: the runs table says so instead of failing silently
+    assert "no Prefect server configured" in pg.text_content("#runs-error")
+    pg.screenshot(path=str(SHOTS / "hub-pipeline.png"), full_page=True)
