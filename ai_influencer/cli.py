@@ -572,6 +572,17 @@ def hub(
         uvicorn.run(create_app(settings), host=h, port=p, log_level="info")
 
 
+@app.command()
+def gui() -> None:
+    """Open the desktop GUI (Tk): folders, key, models, QC thresholds, a button per stage, live logs."""
+    with _friendly_errors():
+        try:
+            from ai_influencer.desktop.app import main as gui_main
+        except ImportError as exc:  # python built without Tk
+            raise CliError(f"Tk is not available in this Python ({exc}); install python3-tk") from None
+        gui_main(_settings())
+
+
 blocks_app = typer.Typer(help="Prefect blocks (OpenRouter credentials).", no_args_is_help=True)
 app.add_typer(blocks_app, name="blocks")
 stack_app = typer.Typer(help="Prefect server objects: work pools, limits, blocks.", no_args_is_help=True)
