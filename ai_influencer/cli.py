@@ -531,14 +531,8 @@ def evaluate(
             k=samples,
             params=LocalGenParams(steps=steps, width=size, height=size, strength=strength),
         )
-        result = {
-            "candidates": [
-                {"lora": str(p), "median": e.median, "p10": e.p10, "face_rate": e.face_rate, "best": p == choice.best}
-                for p, e in choice.evaluations
-            ]
-        }
         table = Table("LoRA", "median", "p10", "faces", "best")
-        for row in result["candidates"]:
+        for row in choice.rows():
             fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
             table.add_row(
                 row["lora"], fmt(row["median"]), fmt(row["p10"]), f"{row['face_rate']:.0%}", "*" if row["best"] else ""

@@ -295,7 +295,7 @@ def evaluate_task(
     strength: float,
     backend: str,
 ) -> dict:
-    from ai_influencer.training.evaluate import evaluate_loras
+    from ai_influencer.training.evaluate import evaluate_loras, report_dir
     from ai_influencer.training.inference import LocalGenParams
     from ai_influencer.vision.faces import create_face_engine
 
@@ -312,15 +312,9 @@ def evaluate_task(
         k=samples,
         params=LocalGenParams(steps=steps, guidance=guidance, width=size, height=size, strength=strength),
     )
-    rows = [
-        {"lora": str(p), "median": e.median, "p10": e.p10, "face_rate": e.face_rate, "best": p == choice.best}
-        for p, e in choice.evaluations
-    ]
+    rows = choice.rows()
     create_table_artifact(rows, key="identity-evaluation", description="Identity score per LoRA checkpoint")
-    best_dir = Path(out_dir) / (
-        choice.best.parent.name if choice.best.parent.name.startswith("step-") else choice.best.stem
-    )
-    sheet = best_dir / "contact_sheet.png"
+    sheet = report_dir(Path(out_dir), choice.best) / "contact_sheet.png"
     if sheet.is_file():
         create_markdown_artifact(
             _sheet_markdown(sheet, f"Samples of the best LoRA ({choice.best.name})"), key="identity-contact-sheet"

@@ -117,10 +117,22 @@ def reference_images(folder: Path) -> list[Path]:
     return refs
 
 
+def report_dir(out_dir: Path, lora: Path) -> Path:
+    """Where one LoRA's evaluation goes: named by its checkpoint step, or by the file for a final LoRA."""
+    return out_dir / (lora.parent.name if lora.parent.name.startswith("step-") else lora.stem)
+
+
 @dataclass
 class CheckpointChoice:
     best: Path
     evaluations: list[tuple[Path, Evaluation]]
+
+    def rows(self) -> list[dict]:
+        """One summary row per evaluated LoRA (for tables, artifacts and checkpoints.json)."""
+        return [
+            {"lora": str(c), "median": e.median, "p10": e.p10, "face_rate": e.face_rate, "best": c == self.best}
+            for c, e in self.evaluations
+        ]
 
 
 def pick_best(
@@ -131,12 +143,9 @@ def pick_best(
         raise ValueError("no LoRA files to evaluate")
     results = [(c, evaluate_one(c)) for c in candidates]
     best = max(results, key=lambda r: (r[1].median or 0.0, r[1].p10 or 0.0, r[1].face_rate))[0]
-    table = [
-        {"lora": str(c), "median": e.median, "p10": e.p10, "face_rate": e.face_rate, "best": c == best}
-        for c, e in results
-    ]
-    atomic_write_json(out_dir / "checkpoints.json", {"best": str(best), "candidates": table})
-    return CheckpointChoice(best, results)
+    choice = CheckpointChoice(best, results)
+    atomic_write_json(out_dir / "checkpoints.json", {"best": str(best), "candidates": choice.rows()})
+    return choice
 
 
 def evaluation_text(ev: Evaluation) -> str:
@@ -165,8 +174,7 @@ def evaluate_loras(
     gen = LocalGenerator(base, config_dir, device=device)
 
     def one(lora: Path) -> Evaluation:
-        name = lora.parent.name if lora.parent.name.startswith("step-") else lora.stem
-        folder = out_dir / name
+        folder = report_dir(out_dir, lora)
         gen.use_lora(lora, gp.strength)
         images = save_images(gen.generate(prompts, gp), folder / "images", "sample")
         ev = score_images(engine, refs, images, prompts, str(lora))
