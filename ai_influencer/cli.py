@@ -531,6 +531,16 @@ def evaluate(
             k=samples,
             params=LocalGenParams(steps=steps, width=size, height=size, strength=strength),
         )
+        from ai_influencer.analytics.history import IdentityHistory, dataset_version_of, record_choice
+
+        bank = load_prompt_bank(prompt_bank or settings.prompt_bank)
+        record_choice(
+            IdentityHistory(ws.lora_dir / "identity_history.sqlite"),
+            choice,
+            persona=bank.persona.name,
+            dataset_version=dataset_version_of(ws.augment / "kohya"),
+            params={"samples": samples, "steps": steps, "size": size, "strength": strength},
+        )
         table = Table("LoRA", "median", "p10", "faces", "best")
         for row in choice.rows():
             fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
@@ -575,6 +585,106 @@ def gui() -> None:
         except ImportError as exc:  # python built without Tk
             raise CliError(f"Tk is not available in this Python ({exc}); install python3-tk") from None
         gui_main(_settings())
+
+
+report_app = typer.Typer(help="Analytics: cost per accepted image, drift per prompt value.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
+
+
+def _joined() -> list:
+    from ai_influencer.analytics.report import join
+    from ai_influencer.dataset.workspace import Workspace
+
+    ws = Workspace.from_settings(_settings())
+    items, problems = join(ws.synth, ws.qc_passed / "qc_report.csv")
+    for problem in problems:
+        console.print(f"[yellow]skipped[/] {problem}")
+    return items
+
+
+def _usd(v: float | None) -> str:
+    return "n/a" if v is None else f"${v:.4f}"
+
+
+@report_app.command("costs")
+def report_costs(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Spend, accepted images and cost per accepted image, per run and per model."""
+    from ai_influencer.analytics.report import cost_report
+
+    with _friendly_errors():
+        report = cost_report(_joined())
+        if as_json:
+            out.print_json(data={k: [r.as_dict() for r in v] for k, v in report.items()})
+            return
+        for section in ("by_run", "by_model", "total"):
+            table = Table(
+                section.replace("_", " "), "images", "checked", "accepted", "spend", "per accepted", "unpriced"
+            )
+            for r in report[section]:
+                table.add_row(
+                    r.group, str(r.images), str(r.checked), str(r.accepted), _usd(r.spend_usd),
+                    _usd(r.cost_per_accepted_usd), str(r.unpriced),
+                )  # fmt: skip
+            out.print(table)
+
+
+@report_app.command("drift")
+def report_drift(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    write_bank: Annotated[Path | None, typer.Option(help="Also write a down-weighted prompt bank here.")] = None,
+    min_n: Annotated[int, typer.Option(min=1, help="Only values seen this often are down-weighted.")] = 4,
+    below: Annotated[float, typer.Option(help="... and accepted less often than this.")] = 0.34,
+    prompt_bank: BankOpt = None,
+) -> None:
+    """QC acceptance and identity score per prompt-bank value (scene, lighting, pose, outfit) and model."""
+    from ai_influencer.analytics.report import drift_report, write_downweighted_bank
+    from ai_influencer.prompt_bank import load_prompt_bank
+
+    with _friendly_errors():
+        rows = drift_report(_joined())
+        if as_json:
+            out.print_json(data=[r.as_dict() for r in rows])
+        else:
+            table = Table("category", "value", "n", "accepted", "rate", "median", "p10", "no face", "main reasons")
+            fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+            for r in rows:
+                reasons = ", ".join(f"{k} {v}" for k, v in sorted(r.reasons.items(), key=lambda kv: -kv[1])[:2])
+                table.add_row(
+                    r.category, r.value, str(r.n), str(r.accepted), f"{r.acceptance_rate:.0%}", fmt(r.score_median),
+                    fmt(r.score_p10), str(r.no_face), reasons,
+                )  # fmt: skip
+            out.print(table)
+        if write_bank:
+            bank = load_prompt_bank(prompt_bank or _settings().prompt_bank)
+            path, changes = write_downweighted_bank(bank, rows, write_bank, min_n=min_n, below_rate=below)
+            out.print(f"wrote {path}: " + ("; ".join(changes) or "no value failed often enough to change"))
+
+
+@app.command()
+def history(
+    plot: Annotated[Path | None, typer.Option(help="Draw identity score over versions into this PNG.")] = None,
+    persona: Annotated[str | None, typer.Option(help="Only this persona.")] = None,
+) -> None:
+    """Identity history of every evaluated LoRA and checkpoint (models/lora/identity_history.sqlite)."""
+    from ai_influencer.analytics.history import IdentityHistory
+    from ai_influencer.dataset.workspace import Workspace
+
+    with _friendly_errors():
+        db = Workspace.from_settings(_settings()).lora_dir / "identity_history.sqlite"
+        if not db.is_file():
+            raise CliError(f"{db} not found: no LoRA has been evaluated yet (influencer evaluate)")
+        hist = IdentityHistory(db)
+        table = Table("#", "when", "persona", "checkpoint", "dataset", "n", "median", "p10", "faces", "promoted")
+        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+        rows = hist.rows(persona)
+        for r in rows:
+            table.add_row(
+                str(r.id), r.created_at, r.persona, r.checkpoint, r.dataset_version[:8], str(r.n), fmt(r.median),
+                fmt(r.p10), f"{(r.face_rate or 0):.0%}", "*" if r.promoted else "",
+            )  # fmt: skip
+        out.print(table)
+        if plot:
+            out.print(f"plot: {hist.plot(plot, persona)}")
 
 
 blocks_app = typer.Typer(help="Prefect blocks (OpenRouter credentials).", no_args_is_help=True)

@@ -11,7 +11,9 @@ from prefect import flow
 
 from flows.generate import generate_flow
 from flows.params import HybridParams, current_params
+from flows.rounds import generate_until_flow
 from flows.stages import augment_flow, base_model_path, evaluate_flow, plan_flow, prepare_flow, qc_flow, train_flow
+from tasks.stages import analytics_task
 
 
 def _name() -> str:
@@ -28,10 +30,16 @@ def hybrid_flow(params: HybridParams | None = None) -> dict:
         out["prepare"] = prepare_flow(p.prepare, p.paths)
     if p.run_plan:
         out["plan"] = plan_flow(p.plan, p.paths)
-    if p.run_generate:
+    if p.run_generate and p.target_accepted:
+        out["generate"] = generate_until_flow(
+            p.target_accepted, p.generate, p.qc, p.paths, p.max_rounds, p.downweight_failing
+        )
+    elif p.run_generate:
         out["generate"] = generate_flow(p.generate, p.paths)
-    if p.run_qc:
+    if p.run_qc and not (p.run_generate and p.target_accepted):  # the rounds already ran QC
         out["qc"] = qc_flow(p.qc, p.paths)
+    if p.run_qc or (p.run_generate and p.target_accepted):
+        out["analytics"] = analytics_task(p.paths.sub("synth_openrouter"), p.paths.sub("qc_passed/qc_report.csv"))
     if p.run_augment:
         out["augment"] = augment_flow(p.augment, p.paths)
     base = base_model_path(p.train, p.paths)

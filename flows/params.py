@@ -73,6 +73,8 @@ class AugmentParams(BaseModel):
     seed: int = 137
     size: int = Field(default=1024, ge=64, le=4096)
     kohya_repeats: int | None = Field(default=10, ge=1)
+    vlm_captions: bool = Field(default=False, description="Caption with an OpenRouter vision model (paid, cached).")
+    vlm_model: str = Field(default=_s.vision_model, description="Vision model for VLM captions.")
 
 
 class TrainParams(BaseModel):
@@ -110,6 +112,13 @@ class HybridParams(BaseModel):
     run_generate: bool = True
     run_qc: bool = True
     run_augment: bool = True
+    target_accepted: int | None = Field(
+        default=None, ge=1, description="Keep generating in rounds until this many images pass QC."
+    )
+    max_rounds: int = Field(default=5, ge=1, le=100, description="Round cap for target_accepted.")
+    downweight_failing: bool = Field(
+        default=False, description="Halve the weight of prompt values that keep failing QC before the next round."
+    )
     run_train: bool = Field(default=True, description="Skipped with a warning when no base SDXL model exists.")
     run_evaluate: bool = True
     prepare: PrepareParams = Field(default_factory=PrepareParams)

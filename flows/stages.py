@@ -64,6 +64,7 @@ def augment_flow(params: AugmentParams | None = None, paths: Paths | None = None
         p.size,
         paths.prompt_bank,
         p.kohya_repeats,
+        p.vlm_model if p.vlm_captions else None,
     )
     print(f"augment: {summary}")
     return summary
@@ -128,6 +129,9 @@ def evaluate_flow(
         p.size,
         p.strength,
         p.backend,
+        str(lora_dir / "identity_history.sqlite"),
+        train_config(train, paths)["dataset"],
+        train.model_dump(exclude={"overrides"}) | {"overrides": train.overrides},
     )
     print(f"evaluate: best {summary['best']}")
     return summary

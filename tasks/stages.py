@@ -210,6 +210,7 @@ def qc_task(
 # ---- augment --------------------------------------------------------------------------------
 def _augment_key(context: Any, p: dict[str, Any]) -> str:
     extra = ("augment", p["out_dir"], p["captions_dir"], p["num_aug"], p["seed"], p["size"], p["kohya_repeats"])
+    extra += (p.get("vlm_model"),)
     return fingerprint(p["in_dir"], p["prompt_bank"], extra=extra)
 
 
@@ -224,10 +225,22 @@ def augment_task(
     size: int,
     prompt_bank: str,
     kohya_repeats: int | None,
+    vlm_model: str | None = None,
 ) -> dict:
     from ai_influencer.dataset.augment import augment_and_caption
 
     bank = load_prompt_bank(prompt_bank)
+    captioner = None
+    if vlm_model:
+        from ai_influencer.dataset.vlm_captions import VlmCaptioner
+
+        captioner = VlmCaptioner(
+            openrouter_client(),
+            vlm_model,
+            trigger=bank.persona.trigger_token,
+            class_word=bank.persona.class_word,
+            cache_dir=Path(captions_dir) / ".vlm_cache",
+        )
     result = augment_and_caption(
         Path(in_dir),
         Path(out_dir),
@@ -238,8 +251,15 @@ def augment_task(
         size=size,
         bank=bank,
         kohya_repeats=kohya_repeats,
+        caption_for=captioner,
     )
-    return {"images": len(result.images), "captions": len(result.captions), "errors": result.errors}
+    out = {"images": len(result.images), "captions": len(result.captions), "errors": result.errors}
+    if captioner is not None:
+        st = captioner.stats
+        out["vlm"] = {"cached": st.cached, "paid": st.paid, "fallback": st.fallback, "cost_usd": st.cost_usd}
+        for err in st.errors:
+            get_run_logger().warning("VLM caption fell back to the manifest caption: %s", err)
+    return out
 
 
 # ---- train / evaluate -------------------------------------------------------------------------
@@ -294,7 +314,12 @@ def evaluate_task(
     size: int,
     strength: float,
     backend: str,
+    history_db: str | None = None,
+    dataset_dir: str | None = None,
+    train_params: dict | None = None,
 ) -> dict:
+    """Scores every LoRA on the same prompts and seeds; each result also goes into the identity history."""
+    from ai_influencer.analytics.history import IdentityHistory, dataset_version_of, record_choice
     from ai_influencer.training.evaluate import evaluate_loras, report_dir
     from ai_influencer.training.inference import LocalGenParams
     from ai_influencer.vision.faces import create_face_engine
@@ -313,6 +338,18 @@ def evaluate_task(
         params=LocalGenParams(steps=steps, guidance=guidance, width=size, height=size, strength=strength),
     )
     rows = choice.rows()
+    if history_db:
+        version = dataset_version_of(Path(dataset_dir) if dataset_dir else None)
+        bank = load_prompt_bank(prompt_bank)
+        ids = record_choice(
+            IdentityHistory(Path(history_db)),
+            choice,
+            persona=bank.persona.name,
+            dataset_version=version,
+            params=train_params or {},
+        )
+        for row in rows:
+            row["history_id"] = ids[row["lora"]]
     create_table_artifact(rows, key="identity-evaluation", description="Identity score per LoRA checkpoint")
     sheet = report_dir(Path(out_dir), choice.best) / "contact_sheet.png"
     if sheet.is_file():
@@ -320,3 +357,67 @@ def evaluate_task(
             _sheet_markdown(sheet, f"Samples of the best LoRA ({choice.best.name})"), key="identity-contact-sheet"
         )
     return {"best": str(choice.best), "candidates": rows}
+
+
+# ---- analytics ---------------------------------------------------------------------------------
+@task(name="analytics", tags=["analytics"], **RETRY)
+def analytics_task(synth_dir: str, qc_report: str) -> dict:
+    """Cost per accepted image and drift per prompt value, as table artifacts."""
+    from ai_influencer.analytics.report import cost_report, drift_report, join
+
+    items, problems = join(Path(synth_dir), Path(qc_report))
+    costs = cost_report(items)
+    drift = drift_report(items)
+    create_table_artifact(
+        [{"by": "run", **r.as_dict()} for r in costs["by_run"]]
+        + [{"by": "model", **r.as_dict()} for r in costs["by_model"]]
+        + [{"by": "total", **r.as_dict()} for r in costs["total"]],
+        key="cost-per-accepted",
+        description="Spend, accepted images and cost per accepted image",
+    )
+    create_table_artifact(
+        [{k: v for k, v in r.as_dict().items() if k != "reasons"} for r in drift],
+        key="prompt-drift",
+        description="QC acceptance and identity score per prompt-bank value (worst first)",
+    )
+    total = costs["total"][0] if costs["total"] else None
+    return {
+        "spend_usd": total.spend_usd if total else 0.0,
+        "accepted": total.accepted if total else 0,
+        "cost_per_accepted_usd": total.cost_per_accepted_usd if total else None,
+        "worst_values": [f"{r.category}={r.value} ({r.acceptance_rate:.0%} of {r.n})" for r in drift[:3]],
+        "problems": problems,
+    }
+
+
+@task(name="downweight-bank", tags=["analytics"], **RETRY)
+def downweight_task(prompt_bank: str, synth_dir: str, qc_report: str, out: str) -> dict:
+    from ai_influencer.analytics.report import drift_report, join, write_downweighted_bank
+
+    items, _ = join(Path(synth_dir), Path(qc_report))
+    path, changes = write_downweighted_bank(load_prompt_bank(prompt_bank), drift_report(items), Path(out))
+    return {"prompt_bank": str(path), "changes": changes}
+
+
+@task(name="promote", tags=["train"], **RETRY)
+def promote_task(
+    candidate: str,
+    candidate_score: tuple[float | None, float | None],
+    live: str,
+    live_score: tuple[float | None, float | None] | None,
+    history_db: str,
+    candidate_history_id: int | None,
+) -> dict:
+    from ai_influencer.analytics.history import IdentityHistory
+    from ai_influencer.training.promote import promote_if_better
+
+    result = promote_if_better(Path(candidate), candidate_score, Path(live), live_score)
+    if result.promoted and candidate_history_id:
+        IdentityHistory(Path(history_db)).mark_promoted(candidate_history_id)
+    get_run_logger().info(result.reason)
+    return {
+        "promoted": result.promoted,
+        "reason": result.reason,
+        "live": str(result.live),
+        "previous": str(result.previous) if result.previous else None,
+    }

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,8 +96,13 @@ def augment_and_caption(
     class_word: str | None = None,
     bank: PromptBank | None = None,
     kohya_repeats: int | None = None,
+    caption_for: Callable[[Path, str], str] | None = None,
 ) -> AugmentResult:
-    """``trigger``/``class_word`` default to the prompt bank's persona (else ``ohwx woman``)."""
+    """``trigger``/``class_word`` default to the prompt bank's persona (else ``ohwx woman``).
+
+    ``caption_for(source_image, manifest_caption)`` may replace the manifest caption (VLM captions);
+    every variant of one source image shares its caption.
+    """
     trigger = trigger or (bank.persona.trigger_token if bank else "ohwx")
     class_word = class_word or (bank.persona.class_word if bank else "woman")
     if num_aug < 0:
@@ -126,6 +132,8 @@ def augment_and_caption(
                 except ValueError:
                     record = None
         caption = make_caption(record, trigger=trigger, class_word=class_word, bank=bank)
+        if caption_for is not None:
+            caption = caption_for(src, caption)
         original = out_dir / src.name
         atomic_write_bytes(original, src.read_bytes())
         outputs = [original]

@@ -145,3 +145,11 @@ def epoch_batches(
         batches += [members[i : i + batch_size] for i in range(0, len(members), batch_size)]
     rng.shuffle(batches)
     return batches
+
+
+def dataset_version(items: list[Item]) -> str:
+    """Content version of a training set (images + captions + repeats), for the identity history."""
+    h = hashlib.sha256()
+    for digest, caption, repeats in sorted((it.digest, it.caption, it.repeats) for it in items):
+        h.update(f"{digest}:{repeats}:{caption}\n".encode())
+    return h.hexdigest()[:16]

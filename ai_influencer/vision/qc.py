@@ -251,6 +251,23 @@ def _label(r: QCRow) -> str:
     return f"id {score}  sharp {sharp}\n{r.reason or r.verdict}"
 
 
+def read_report(path: Path) -> dict[str, QCRow]:
+    """qc_report.csv back into rows, by file name (what analytics and the hub join on)."""
+    rows: dict[str, QCRow] = {}
+    with path.open(newline="", encoding="utf-8") as fh:
+        for d in csv.DictReader(fh):
+            rows[d["file"]] = QCRow(
+                file=d["file"],
+                faces=int(d["faces"] or 0),
+                score=float(d["score"]) if d.get("score") else None,
+                sharpness=float(d["sharpness"]) if d.get("sharpness") else None,
+                duplicate_of=d.get("duplicate_of") or "",
+                verdict=d["verdict"],
+                reason=d.get("reason") or "",
+            )
+    return rows
+
+
 def write_report(rows: list[QCRow], path: Path) -> Path:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=REPORT_FIELDS, lineterminator="\n")

@@ -227,6 +227,8 @@ class StubOpenRouter:
         self.timeout_sleep = timeout_sleep
         self.seed = seed
         self.chat_reply = chat_reply
+        # Optional: pick the served image kind from the request (e.g. "other" for one outfit), else image_mix.
+        self.kind_for: Callable[[dict[str, Any]], str | None] | None = None
         self.models = models or DEFAULT_MODELS
         self.usage_total = 0.0
         self.requests: list[RecordedRequest] = []
@@ -465,6 +467,8 @@ class StubOpenRouter:
             rng = random.Random(int.from_bytes(digest[:8], "big"))
             kinds, weights = zip(*self.image_mix.items(), strict=True)
             kind = rng.choices(kinds, weights=weights, k=1)[0]
+            if self.kind_for is not None:
+                kind = self.kind_for(body) or kind
             rec.served_kind = kind
             if rec.fault == "no-image":
                 message["content"] = "I can't create that image."

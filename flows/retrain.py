@@ -1,0 +1,73 @@
+"""Scheduled end-to-end retraining: top up the dataset, retrain, evaluate, promote only if better.
+
+The new LoRA is trained under another name (``influencer_lora_candidate``), then it,
+its checkpoints and the live ``influencer_lora.safetensors`` are evaluated together
+(same prompts, same seeds). The best candidate replaces the live file only if its
+identity score beats the live one's; the previous live file is kept as
+``influencer_lora.prev-<time>.safetensors``. Every evaluation lands in the identity
+history (models/lora/identity_history.sqlite).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+from pydantic import BaseModel, Field
+
+from flows.params import AugmentParams, EvaluateParams, GenerateParams, Paths, QCParams, TrainParams
+from flows.rounds import generate_until_flow
+from flows.stages import augment_flow, base_model_path, evaluate_flow, train_flow
+from tasks.stages import promote_task
+
+CANDIDATE = "influencer_lora_candidate"
+LIVE = "influencer_lora"
+
+
+class RetrainParams(BaseModel):
+    paths: Paths = Field(default_factory=Paths)
+    target_accepted: int = Field(default=40, ge=1, description="Top the dataset up to this many QC-passed images.")
+    max_rounds: int = Field(default=3, ge=1)
+    downweight_failing: bool = False
+    generate: GenerateParams = Field(default_factory=lambda: GenerateParams(per_scene=4, budget_usd=2.0))
+    qc: QCParams = Field(default_factory=QCParams)
+    augment: AugmentParams = Field(default_factory=AugmentParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+
+
+@flow(name="retrain", log_prints=True)
+def retrain_flow(params: RetrainParams | None = None) -> dict:
+    p = params or RetrainParams()
+    base = base_model_path(p.train, p.paths)
+    if not base.exists():
+        raise FileNotFoundError(f"retraining needs the base SDXL model at {base}")
+    out: dict[str, object] = {}
+    out["top_up"] = generate_until_flow(
+        p.target_accepted, p.generate, p.qc, p.paths, p.max_rounds, p.downweight_failing
+    )
+    out["augment"] = augment_flow(p.augment, p.paths)
+    trained = train_flow(p.train, p.paths, output_name=CANDIDATE)
+    out["train"] = trained
+    lora_dir = Path(p.paths.models_root) / "lora"
+    live = lora_dir / f"{LIVE}.safetensors"
+    from ai_influencer.training.trainer import checkpoint_files
+
+    candidates = [str(f) for f in checkpoint_files(Path(trained["run_dir"]))] if trained.get("run_dir") else []
+    candidates.append(trained["output"])
+    loras = candidates + ([str(live)] if live.is_file() else [])
+    ev = evaluate_flow(p.evaluate, p.paths, p.train, loras=loras)
+    rows = {r["lora"]: r for r in ev["candidates"]}
+    best = max(candidates, key=lambda c: (rows[c]["median"] or 0.0, rows[c]["p10"] or 0.0))
+    live_row = rows.get(str(live))
+    out["evaluate"] = ev
+    out["promotion"] = promote_task(
+        best,
+        (rows[best]["median"], rows[best]["p10"]),
+        str(live),
+        (live_row["median"], live_row["p10"]) if live_row else None,
+        str(lora_dir / "identity_history.sqlite"),
+        rows[best].get("history_id"),
+    )
+    print(f"retrain: {out['promotion']}")
+    return out
