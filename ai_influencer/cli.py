@@ -755,6 +755,57 @@ def stack_init(
             out.print(f"work pool {name} ({kind}): ready")
 
 
+def compose_command() -> list[str]:
+    """``docker compose`` (v2 plugin) or the older ``docker-compose``; the project's compose file."""
+    import shutil
+    import subprocess
+
+    compose_file = str(Path(__file__).resolve().parents[1] / "docker" / "compose.yaml")
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True, check=False).returncode == 0:
+        return [docker, "compose", "-f", compose_file]
+    legacy = shutil.which("docker-compose")
+    if legacy:
+        return [legacy, "-f", compose_file]
+    raise CliError("neither `docker compose` nor `docker-compose` is installed (see README 'Running on a GPU server')")
+
+
+def _compose(args: list[str]) -> None:
+    import subprocess
+
+    cmd = compose_command() + args
+    out.print("$ " + " ".join(cmd))
+    code = subprocess.run(cmd, check=False).returncode
+    if code != 0:
+        raise CliError(f"docker compose exited with {code}")
+
+
+@stack_app.command("up")
+def stack_up(
+    recreate: Annotated[bool, typer.Option("--recreate", help="Recreate containers (and rebuild the image).")] = False,
+    build: Annotated[bool, typer.Option(help="Build the image first.")] = True,
+) -> None:
+    """Start the Docker stack: Prefect server on PostgreSQL, the gpu-docker worker, the Control Hub."""
+    with _friendly_errors():
+        args = ["up", "-d"]
+        if build:
+            args.append("--build")
+        if recreate:
+            args.append("--force-recreate")
+        _compose(args)
+
+
+@stack_app.command("down")
+def stack_down(
+    remove_volumes: Annotated[
+        bool, typer.Option("--remove-volumes", help="Also delete the data, models and database volumes.")
+    ] = False,
+) -> None:
+    """Stop the Docker stack (volumes are kept unless --remove-volumes)."""
+    with _friendly_errors():
+        _compose(["down", *(["--volumes"] if remove_volumes else [])])
+
+
 @app.command()
 def trigger(
     deployment: Annotated[str, typer.Argument(help="flow/deployment, e.g. hybrid/hybrid-local")] = "hybrid/hybrid",

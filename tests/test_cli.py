@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import REPO
 from tests.support.openrouter_stub import StubOpenRouter
 
 INFLUENCER = str(Path(sys.executable).with_name("influencer"))
@@ -97,3 +99,32 @@ def test_stage_commands_chain_prepare_generate_qc_augment(
     assert len(caps) == 2 * len(accepted)
     assert all(c.read_text().startswith("ohwx woman") for c in caps)
     assert (tmp_path / "data" / "augment" / "kohya" / "5_ohwx woman").is_dir()
+
+
+def test_stack_up_and_down_drive_docker_compose(tmp_path: Path) -> None:
+    """The command lines `stack up/down` hand to docker compose (a recording `docker` stands in for it)."""
+    import yaml
+
+    log = tmp_path / "docker.log"
+    fake = tmp_path / "bin" / "docker"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\nexit 0\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"}
+    cli = str(Path(sys.executable).with_name("influencer"))
+    res = subprocess.run([cli, "stack", "up", "--recreate"], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 0, res.stderr
+    res = subprocess.run([cli, "stack", "down", "--remove-volumes"], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    calls = log.read_text().splitlines()
+    compose_file = str(REPO / "docker" / "compose.yaml")
+    assert f"compose -f {compose_file} up -d --build --force-recreate" in calls
+    assert f"compose -f {compose_file} down --volumes" in calls
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = subprocess.run([cli, "stack", "up"], capture_output=True, text=True, env={**env, "PATH": str(empty)})
+    assert res.returncode == 1 and "docker compose" in res.stderr
+    services = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())["services"]
+    assert {"postgres", "prefect-server", "worker", "hub"} <= set(services)
+    assert "postgresql+asyncpg" in services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
+    assert services["worker"]["command"][-3:] == ["gpu-docker", "--type", "docker"]

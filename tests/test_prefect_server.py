@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,67 +26,19 @@ import pytest
 from tests.conftest import REPO, TEST_KEY
 from tests.support.assets import face
 from tests.support.openrouter_stub import StubOpenRouter
+from tests.support.prefect_server import BIN, prefect_server
 
 AUTH = "admin:" + uuid.uuid4().hex[:12]
 BANK = str(REPO / "prompt_bank" / "default.yaml")
-BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """Start ``prefect server start`` (SQLite, services on) and yield the client environment."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "OPENROUTER_", "INFLUENCER_"))}
-    base.update(
-        PREFECT_HOME=str(home),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_SERVER_UI_ENABLED="false",
-        PREFECT_LOGGING_LEVEL="WARNING",
-        INFLUENCER_TASK_RETRY_DELAY_S="0.05",
-        PYTHONUNBUFFERED="1",
-    )
-    server_env = {
-        **base,
-        "PREFECT_SERVER_API_AUTH_STRING": AUTH,
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
-        # Look for expired leases every 2 s instead of 15 s so the lease test stays short.
-        "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "2",
-    }
-    log = (home / "server.log").open("w")
-    proc = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
-        env=server_env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}/api"
-    user, _, password = AUTH.partition(":")
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/health", auth=(user, password), timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("prefect server did not start:\n" + (home / "server.log").read_text()[-3000:])
-            time.sleep(0.5)
-        yield {**base, "PREFECT_API_URL": url, "PREFECT_API_AUTH_STRING": AUTH}
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+    """A started server with basic auth; the repossessor checks for expired leases every 2 s."""
+    with prefect_server(
+        tmp_path_factory.mktemp("prefect-home"), AUTH, PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS="2"
+    ) as env:
+        yield env
 
 
 def run(args: list[str], env: dict[str, str], stdin: str | None = None, timeout: float = 300) -> str:

@@ -1,0 +1,159 @@
+"""A real Docker work pool run: our image, a docker worker, the hybrid deployment, triggered over the API.
+
+Opt-in (it builds an image: minutes): ``INFLUENCER_DOCKER_TEST=1 .venv/bin/python -m pytest
+tests/test_docker_pool.py`` as root on a machine where ``dockerd`` and ``debootstrap`` are installed
+(``apt-get install docker.io debootstrap``). The test starts dockerd itself if it is not running
+(``--bridge=none --iptables=false``; every container uses the host network), builds a Debian
+bookworm base with debootstrap + ``docker import`` (no registry needed), builds docker/Dockerfile on
+it from wheels built here, then: a started Prefect server, ``prefect work-pool create --type docker``,
+``prefect deploy`` of prefect.yaml's ``hybrid`` deployment onto that pool with GPU requests disabled,
+``influencer trigger``, ``prefect worker start --run-once`` -> a job container runs the flow against
+the stub OpenRouter server and writes the images into a bind-mounted data folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from tests.support.assets import face
+from tests.support.openrouter_stub import StubOpenRouter
+from tests.support.prefect_server import BIN, prefect_server
+
+IMAGE = "ai-influencer:test"
+BASE = "ai-influencer-base:bookworm"
+pytestmark = pytest.mark.skipif(
+    os.environ.get("INFLUENCER_DOCKER_TEST") != "1",
+    reason="builds a Docker image (minutes): run with INFLUENCER_DOCKER_TEST=1 (see README 'Running on a GPU server')",
+)
+
+
+def sh(
+    *args: str, timeout: float = 1800, env: dict[str, str] | None = None, cwd: Path = REPO, stdin: str | None = None
+) -> str:
+    res = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd, input=stdin)
+    if res.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args[:4])} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+        )
+    return res.stdout
+
+
+def docker_ok() -> bool:
+    return (
+        shutil.which("docker") is not None and subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+    )
+
+
+@pytest.fixture(scope="module")
+def docker() -> Iterator[None]:
+    started = None
+    if not docker_ok():
+        if shutil.which("dockerd") is None or os.geteuid() != 0:
+            pytest.skip("no Docker engine: install docker.io and run as root (or start dockerd yourself)")
+        started = subprocess.Popen(
+            ["dockerd", "--bridge=none", "--iptables=false"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 60
+        while not docker_ok():
+            if started.poll() is not None or time.monotonic() > deadline:
+                pytest.skip("dockerd could not start here")
+            time.sleep(0.5)
+    yield
+    if started is not None:
+        started.terminate()
+        started.wait(30)
+
+
+@pytest.fixture(scope="module")
+def image(docker: None, tmp_path_factory: pytest.TempPathFactory) -> str:
+    if subprocess.run(["docker", "image", "inspect", BASE], capture_output=True).returncode != 0:
+        if shutil.which("debootstrap") is None:
+            pytest.skip("debootstrap is needed to build a base image without a registry (apt-get install debootstrap)")
+        rootfs = tmp_path_factory.mktemp("rootfs")
+        sh("debootstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates,tini,libglib2.0-0,"
+           "libgomp1", "bookworm", str(rootfs), "http://deb.debian.org/debian")  # fmt: skip
+        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+        sh_import = subprocess.run(["docker", "import", "-", BASE], stdin=tar.stdout, capture_output=True, timeout=600)
+        tar.wait()
+        assert sh_import.returncode == 0, sh_import.stderr
+    wheels = REPO / "docker" / "wheels"
+    if not any(wheels.glob("prefect-*.whl")):
+        wheels.mkdir(parents=True, exist_ok=True)
+        sh(str(BIN / "pip"), "wheel", "-q", "-w", str(wheels), ".[hub]")
+        # build tools for the project itself, and what Debian's Python 3.11.2 needs beyond this 3.11.x
+        sh(str(BIN / "pip"), "download", "-q", "-d", str(wheels), "setuptools>=69", "wheel", "async-timeout>=4.0.3")
+        for stale in wheels.glob("ai_influencer-*.whl"):
+            stale.unlink()
+    sh("docker", "build", "--network", "host", "-f", "docker/Dockerfile", "-t", IMAGE,
+       "--build-arg", f"BASE_IMAGE={BASE}", "--build-arg", "EXTRAS=hub", "--build-arg", f"UID={os.getuid() or 1000}",
+       ".")  # fmt: skip
+    return IMAGE
+
+
+def test_hybrid_runs_in_a_docker_job_container(image: str, stub: StubOpenRouter, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "input_raw").mkdir(parents=True)
+    for n in ("obama.jpg", "obama3.jpg"):
+        shutil.copy(face(n), data / "input_raw" / n)
+    for d in (tmp_path, data, data / "input_raw"):
+        os.chmod(d, 0o777)  # the job container runs as the image's non-root user
+    home = tmp_path / "prefect-home"
+    home.mkdir(mode=0o777)
+    with prefect_server(home) as env:
+        pool = "docker-" + uuid.uuid4().hex[:6]
+        sh(str(BIN / "prefect"), "work-pool", "create", pool, "--type", "docker", env=env)
+        secret = "sk-or-docker-" + uuid.uuid4().hex
+        stub.valid_keys = {secret}
+        sh(str(BIN / "influencer"), "set-key", "--base-url", stub.base_url, env=env, stdin=secret + "\n")
+        job = {
+            "image": image,
+            "image_pull_policy": "Never",
+            "network_mode": "host",  # this machine allows host networking only
+            "volumes": [f"{data}:/opt/ai-influencer/data"],
+            "container_create_kwargs": {},  # GPU device requests off: no GPU here
+            "auto_remove": False,
+        }
+        # prefect.yaml's own `hybrid` deployment, pointed at this pool with the test's job variables
+        project = yaml.safe_load((REPO / "prefect.yaml").read_text())
+        hybrid = next(d for d in project["deployments"] if d["name"] == "hybrid")
+        hybrid["work_pool"] = {"name": pool, "job_variables": {**hybrid["work_pool"]["job_variables"], **job}}
+        project["deployments"] = [hybrid]
+        (tmp_path / "prefect.yaml").write_text(yaml.safe_dump(project))
+        sh(str(BIN / "prefect"), "--no-prompt", "deploy", "--prefect-file", str(tmp_path / "prefect.yaml"),
+           "--name", "hybrid", env=env)  # fmt: skip
+        dep = httpx.get(env["PREFECT_API_URL"] + "/deployments/name/hybrid/hybrid").json()
+        assert dep["work_pool_name"] == pool and dep["job_variables"]["network_mode"] == "host"
+
+        params = {"params": {"generate": {"per_scene": 1}, "run_augment": False, "run_train": False,
+                             "run_evaluate": False}}  # fmt: skip
+        out = sh(str(BIN / "influencer"), "trigger", "hybrid/hybrid", "--params", json.dumps(params), env=env)
+        run_id = out.split("flow run ", 1)[1].split()[0]
+        worker = subprocess.run(
+            [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--run-once"],
+            env={**env, "PREFECT_LOGGING_LEVEL": "INFO"},
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        final = httpx.get(env["PREFECT_API_URL"] + f"/flow_runs/{run_id}").json()
+        logs = httpx.post(
+            env["PREFECT_API_URL"] + "/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}
+        ).json()
+        detail = "\n".join(entry["message"] for entry in logs)[-4000:] + worker.stdout[-3000:] + worker.stderr[-3000:]
+        assert final["state_type"] == "COMPLETED", detail
+        assert secret not in json.dumps(dep) and secret not in json.dumps(final) and secret not in detail
+    manifest = json.loads((data / "synth_openrouter" / "manifest.json").read_text())
+    assert manifest["count"] == 6 and len(list((data / "synth_openrouter").glob("*.png"))) == 6
+    assert (data / "qc_passed" / "qc_report.csv").is_file()
