@@ -327,9 +327,11 @@ def augment(
     kohya_repeats: Annotated[
         int | None, typer.Option("--kohya-repeats", help="Also write the kohya <repeats>_<token> layout.")
     ] = None,
+    vlm: Annotated[bool, typer.Option("--vlm-captions", help="Caption with an OpenRouter vision model.")] = False,
+    vlm_model: Annotated[str | None, typer.Option(help="Vision model (default: settings.vision_model).")] = None,
     prompt_bank: BankOpt = None,
 ) -> None:
-    """Augment approved images (albumentations) and write captions from the generation manifest."""
+    """Augment approved images (albumentations) and write captions from the generation manifest (or a VLM)."""
     from ai_influencer.dataset.augment import augment_and_caption
     from ai_influencer.dataset.workspace import Workspace
     from ai_influencer.prompt_bank import load_prompt_bank
@@ -339,6 +341,17 @@ def augment(
         ws = Workspace.from_settings(settings)
         bank = load_prompt_bank(prompt_bank or settings.prompt_bank)
         default_meta = ws.synth / "manifest.json"
+        captioner = None
+        if vlm:
+            from ai_influencer.dataset.vlm_captions import VlmCaptioner
+
+            captioner = VlmCaptioner(
+                _client(settings),
+                vlm_model or settings.vision_model,
+                trigger=bank.persona.trigger_token,
+                class_word=bank.persona.class_word,
+                cache_dir=(captions or ws.captions) / ".vlm_cache",
+            )
         result = augment_and_caption(
             in_dir or ws.qc_passed,
             out_dir or ws.augment,
@@ -349,9 +362,15 @@ def augment(
             size=size,
             bank=bank,
             kohya_repeats=kohya_repeats,
+            caption_for=captioner,
         )
         for err in result.errors:
             console.print(f"[yellow]skipped[/] {err}")
+        if captioner is not None:
+            st = captioner.stats
+            out.print(f"VLM captions: {st.paid} paid (${st.cost_usd:.4f}), {st.cached} cached, {st.fallback} fell back")
+            for err in st.errors:
+                console.print(f"[yellow]caption fallback[/] {err}")
         extra = f"; kohya layout {result.kohya_dir}" if result.kohya_dir else ""
         out.print(f"wrote {len(result.images)} images and {len(result.captions)} captions{extra}")
 

@@ -171,3 +171,19 @@ def test_vlm_captions_keep_the_trigger_are_cached_and_fall_back(stub: StubOpenRo
         cap, captions = augment(client, "aug3")
         assert cap.stats.fallback == accepted and len(cap.stats.errors) == accepted
         assert all(c.startswith("ohwx woman, ") and "red coat" not in c for c in captions)  # manifest captions
+
+
+def test_cli_augment_with_vlm_captions(stub: StubOpenRouter, cli_env: dict[str, str], tmp_path: Path) -> None:
+    stub.chat_reply = lambda body: json.dumps({"caption": "wearing a green scarf, city street", "tags": []})
+    qc = tmp_path / "data" / "qc_passed"
+    qc.mkdir(parents=True)
+    for n in ("obama.jpg", "obama2.jpg"):
+        shutil.copy(face(n), qc / n)
+    cli = str(Path(sys.executable).with_name("influencer"))
+    res = subprocess.run(
+        [cli, "augment", "--vlm-captions", "--num-aug", "0"], capture_output=True, text=True, env=cli_env, timeout=120
+    )
+    assert res.returncode == 0, res.stderr
+    assert "VLM captions: 2 paid" in res.stdout
+    captions = sorted((tmp_path / "data" / "captions").glob("*.txt"))
+    assert [c.read_text().strip() for c in captions] == ["ohwx woman, wearing a green scarf, city street"] * 2
