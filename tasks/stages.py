@@ -20,6 +20,7 @@ from typing import Any
 from PIL import Image
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency, rate_limit
 from prefect.runtime import task_run
 from prefect.tasks import exponential_backoff
@@ -94,6 +95,10 @@ def ledger_for(run_id: str, budget_usd: float | None, estimate_usd: float | None
     name="generate-image",
     tags=["openrouter", "paid", "image"],
     task_run_name="image {request.key}",
+    # The content-addressed output file is this task's cache; Prefect's input hashing and result
+    # store lookups would only add per-image overhead.
+    cache_policy=NO_CACHE,
+    persist_result=False,
     **RETRY,
 )
 def generate_image_task(
