@@ -22,7 +22,7 @@ from ai_influencer.generation import build_requests
 from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
 from flows.generate import generate_flow
 from flows.hybrid import hybrid_flow
-from flows.params import GenerateParams, HybridParams, Limits, Paths
+from flows.params import GenerateParams, HybridParams, Limits, Paths, TrainParams
 from tests.conftest import REPO, TEST_KEY
 from tests.support.assets import face
 from tests.support.openrouter_stub import StubOpenRouter
@@ -59,6 +59,16 @@ def limits(rate: float = 50, inflight: int = 16) -> Limits:
     return Limits(
         rate_limit_name=f"rate-{tag}", rate_per_s=rate, inflight_limit_name=f"inflight-{tag}", max_inflight=inflight
     )
+
+
+def tiny_train(base: Path) -> TrainParams:
+    """Train settings for the tiny random SDXL: 64 px, 2 steps, a checkpoint per step, CPU."""
+    return TrainParams(
+        base_model=str(base), rank=4, alpha=2, resolution=64, max_train_steps=2, mixed_precision="no",
+        checkpoint_every=1,
+        overrides={"min_bucket_reso": 32, "max_bucket_reso": 128, "bucket_step": 16, "gradient_checkpointing": False,
+                   "device": "cpu"},
+    )  # fmt: skip
 
 
 def chat_calls(stub: StubOpenRouter) -> int:
@@ -252,7 +262,7 @@ def test_train_and_evaluate_flows_on_a_tiny_sdxl(prefect_server: str, tmp_path: 
     pytest.importorskip("diffusers")
     from PIL import Image
 
-    from flows.params import EvaluateParams, TrainParams
+    from flows.params import EvaluateParams
     from flows.stages import evaluate_flow, train_flow
     from tests.support.tiny_sdxl import build_tiny_sdxl
 
@@ -265,12 +275,7 @@ def test_train_and_evaluate_flows_on_a_tiny_sdxl(prefect_server: str, tmp_path: 
     for n in ("obama.jpg", "obama2.jpg"):
         Image.open(face(n)).convert("RGB").resize((80, 80)).save(kohya / n.replace(".jpg", ".png"))
         (kohya / n.replace(".jpg", ".txt")).write_text("ohwx woman, lower")
-    train = TrainParams(
-        base_model=str(base), rank=4, alpha=2, resolution=64, max_train_steps=2, mixed_precision="no",
-        checkpoint_every=1,
-        overrides={"min_bucket_reso": 32, "max_bucket_reso": 128, "bucket_step": 16, "gradient_checkpointing": False,
-                   "device": "cpu"},
-    )  # fmt: skip
+    train = tiny_train(base)
     result = train_flow(train, p)
     lora = Path(p.models_root) / "lora" / "influencer_lora.safetensors"
     assert result["steps"] == 2 and result["output"] == str(lora) and lora.is_file()
@@ -333,19 +338,14 @@ def test_retrain_promotes_only_when_identity_improves(prefect_server: str, env: 
     import yaml
 
     from ai_influencer.analytics.history import IdentityHistory
-    from flows.params import AugmentParams, EvaluateParams, QCParams, TrainParams
+    from flows.params import AugmentParams, EvaluateParams, QCParams
     from flows.retrain import RetrainParams, retrain_flow
     from tests.support.tiny_sdxl import build_tiny_sdxl
 
     base = build_tiny_sdxl(tmp_path / "tiny")
     p = paths(tmp_path)
     shutil.copytree(Path(p.data_root) / "input_raw", Path(p.data_root) / "cleaned")
-    train = TrainParams(
-        base_model=str(base), rank=4, alpha=2, resolution=64, max_train_steps=2, mixed_precision="no",
-        checkpoint_every=1,
-        overrides={"min_bucket_reso": 32, "max_bucket_reso": 128, "bucket_step": 16, "gradient_checkpointing": False,
-                   "device": "cpu"},
-    )  # fmt: skip
+    train = tiny_train(base)
     params = RetrainParams(
         paths=p,
         target_accepted=2,

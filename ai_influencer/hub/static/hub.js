@@ -22,6 +22,16 @@ const Hub = {
     if (text !== "") e.textContent = text;
     return e;
   },
+  // One navigation bar for every page, with the token box the page scripts read.
+  renderNav() {
+    const nav = document.getElementById("nav");
+    for (const [href, label] of [["/", "Generate"], ["/influencer", "Insights"], ["/pipeline", "Pipeline"], ["/docs", "API"]])
+      nav.appendChild(Hub.el("a", { href }, label));
+    const label = Hub.el("label", {}, "hub token ");
+    label.appendChild(Hub.el("input", { id: "token", type: "password", size: "24", autocomplete: "off" }));
+    nav.appendChild(label);
+    Hub.initToken();
+  },
   initToken() {
     const input = document.getElementById("token");
     input.value = Hub.token();
