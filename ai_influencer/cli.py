@@ -345,12 +345,8 @@ def augment(
         if vlm:
             from ai_influencer.dataset.vlm_captions import VlmCaptioner
 
-            captioner = VlmCaptioner(
-                _client(settings),
-                vlm_model or settings.vision_model,
-                trigger=bank.persona.trigger_token,
-                class_word=bank.persona.class_word,
-                cache_dir=(captions or ws.captions) / ".vlm_cache",
+            captioner = VlmCaptioner.for_bank(
+                _client(settings), vlm_model or settings.vision_model, bank, captions or ws.captions
             )
         result = augment_and_caption(
             in_dir or ws.qc_passed,

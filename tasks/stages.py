@@ -239,13 +239,7 @@ def augment_task(
     if vlm_model:
         from ai_influencer.dataset.vlm_captions import VlmCaptioner
 
-        captioner = VlmCaptioner(
-            openrouter_client(),
-            vlm_model,
-            trigger=bank.persona.trigger_token,
-            class_word=bank.persona.class_word,
-            cache_dir=Path(captions_dir) / ".vlm_cache",
-        )
+        captioner = VlmCaptioner.for_bank(openrouter_client(), vlm_model, bank, Path(captions_dir))
     result = augment_and_caption(
         Path(in_dir),
         Path(out_dir),

@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 from ai_influencer.io import atomic_write_json
 from ai_influencer.openrouter import OpenRouterClient, OpenRouterError
 from ai_influencer.openrouter.client import image_to_data_url
+from ai_influencer.prompt_bank import PromptBank
 
 log = logging.getLogger(__name__)
 INSTRUCTION_VERSION = "v1"
@@ -58,6 +59,17 @@ class VlmCaptioner:
         self.trigger = trigger
         self.cache_dir = cache_dir
         self.stats = CaptionStats()
+
+    @classmethod
+    def for_bank(cls, client: OpenRouterClient, model: str, bank: PromptBank, captions_dir: Path) -> VlmCaptioner:
+        """The persona's trigger phrase, and the cache in ``<captions>/.vlm_cache`` (one convention for all callers)."""
+        return cls(
+            client,
+            model,
+            trigger=bank.persona.trigger_token,
+            class_word=bank.persona.class_word,
+            cache_dir=captions_dir / ".vlm_cache",
+        )
 
     def _cache_file(self, image: Path) -> Path:
         digest = hashlib.sha256(image.read_bytes()).hexdigest()
