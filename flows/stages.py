@@ -131,7 +131,7 @@ def evaluate_flow(
         p.backend,
         str(lora_dir / "identity_history.sqlite"),
         train_config(train, paths)["dataset"],
-        train.model_dump(exclude={"overrides"}) | {"overrides": train.overrides},
+        train.model_dump(),
     )
     print(f"evaluate: best {summary['best']}")
     return summary

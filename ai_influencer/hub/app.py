@@ -10,7 +10,6 @@ the data root; uploads are size-limited. OpenAPI docs are at /docs.
 from __future__ import annotations
 
 import base64
-import csv
 import io
 import secrets
 from pathlib import Path
@@ -31,6 +30,7 @@ from ai_influencer.openrouter import (
     RateLimitError,
 )
 from ai_influencer.settings import MissingApiKeyError, Settings
+from ai_influencer.vision.qc import read_report
 
 STATIC = Path(__file__).with_name("static")
 SERVABLE = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".csv", ".json", ".txt"}
@@ -299,32 +299,29 @@ def create_app(
     def dataset(folder: str = "synth_openrouter") -> dict[str, Any]:
         """The generated images with their QC verdicts (from qc_passed/qc_report.csv when QC ran)."""
         root = inside_data(folder)
-        verdicts: dict[str, dict[str, str]] = {}
         report = data_root / "qc_passed" / "qc_report.csv"
-        if report.is_file():
-            with report.open(newline="", encoding="utf-8") as fh:
-                verdicts = {row["file"]: row for row in csv.DictReader(fh)}
+        verdicts = read_report(report) if report.is_file() else {}
         images = []
         if root.is_dir():
             for p in sorted(root.iterdir()):
                 if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp"}:
                     rel = p.relative_to(data_root).as_posix()
-                    row = verdicts.get(p.name, {})
+                    row = verdicts.get(p.name)
                     images.append(
                         {
                             "file": p.name,
                             "url": f"/files/{rel}",
                             "thumb": f"/api/thumb?path={rel}",
-                            "verdict": row.get("verdict"),
-                            "score": row.get("score"),
-                            "reason": row.get("reason"),
+                            "verdict": row.verdict if row else None,
+                            "score": row.score if row else None,
+                            "reason": row.reason if row else None,
                         }
                     )
         return {
             "folder": folder,
             "images": images,
             "qc_report": "/files/qc_passed/qc_report.csv" if report.is_file() else None,
-            "counts": {v: sum(1 for r in verdicts.values() if r.get("verdict") == v) for v in ("accepted", "rejected")},
+            "counts": {v: sum(1 for r in verdicts.values() if r.verdict == v) for v in ("accepted", "rejected")},
         }
 
     @app.get("/files/{relative:path}", include_in_schema=True, tags=["pipeline"])

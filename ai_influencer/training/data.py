@@ -7,6 +7,7 @@ import math
 import random
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +29,9 @@ class Item:
     repeats: int
     size: tuple[int, int]  # (width, height) of the source image
 
-    @property
+    @cached_property
     def digest(self) -> str:
+        """Content hash; read once per item (the run key, the latent cache and the dataset version use it)."""
         return hashlib.sha256(self.path.read_bytes()).hexdigest()[:24]
 
 

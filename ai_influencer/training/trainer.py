@@ -244,7 +244,8 @@ def train_lora(
 
     # ---- schedule ----
     reps = [(i, item_bucket[i]) for i, it in enumerate(items) for _ in range(it.repeats)]
-    per_epoch = math.ceil(len(epoch_batches(reps, cfg.batch_size, cfg.seed, 0)) / cfg.grad_accum)
+    epoch_len = len(epoch_batches(reps, cfg.batch_size, cfg.seed, 0))  # batches per epoch: same every epoch
+    per_epoch = math.ceil(epoch_len / cfg.grad_accum)
     total = cfg.max_train_steps or per_epoch * cfg.epochs
     lr_scheduler = get_scheduler(
         cfg.lr_scheduler, optimizer=optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=total
@@ -325,11 +326,13 @@ def train_lora(
 
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not progress)
     unet.train()
-    epoch_len = len(epoch_batches(reps, cfg.batch_size, cfg.seed, 0))
     micro = step * cfg.grad_accum  # micro-batches consumed so far, identical on resume
+    order: tuple[int, list[list[int]]] = (-1, [])  # (epoch, its batches): shuffled once per epoch
     while step < total:
         epoch, pos = divmod(micro, epoch_len)
-        batch_idx = epoch_batches(reps, cfg.batch_size, cfg.seed, epoch)[pos]
+        if order[0] != epoch:
+            order = (epoch, epoch_batches(reps, cfg.batch_size, cfg.seed, epoch))
+        batch_idx = order[1][pos]
         micro += 1
         with accelerator.accumulate(unet):
             lat = torch.stack([latents[i]["latent"] for i in batch_idx]).to(device, dtype=weight_dtype)
