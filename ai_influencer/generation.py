@@ -162,12 +162,14 @@ def generate_one(
     gate: Callable[[], AbstractContextManager[Any]] | None = None,
     ledger: CostLedger | None = None,
     run_id: str | None = None,
+    pace: Callable[[], None] | None = None,
 ) -> GenerationOutcome:
     """Produce one image unless it already exists.
 
-    ``gate`` wraps only the paid call (rate and concurrency limits); ``ledger``
-    reserves the expected cost before it and raises ``BudgetExceededError``
-    instead of sending a request that could cross the budget.
+    ``gate`` wraps only the paid call (e.g. an in-flight slot); ``pace`` runs before every attempt
+    of it, the client's own retries included (a rate limit counts every request); ``ledger``
+    reserves the expected cost before it and raises ``BudgetExceededError`` instead of sending a
+    request that could cross the budget.
     """
     done = already_done(request, out_dir)
     if done is not None:
@@ -181,6 +183,7 @@ def generate_one(
             negative_prompt=request.negative_prompt or None,
             reference_images=list(references),
             aspect_ratio=aspect_ratio(request.size),
+            before_send=pace,
         )
         actual.append(result.usage.cost or 0.0)
     image = result.images[0]

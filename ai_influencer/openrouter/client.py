@@ -360,8 +360,18 @@ class OpenRouterClient(_Core):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, parse: Callable[[Any, float], T], **kw: Any) -> T:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        parse: Callable[[Any, float], T],
+        *,
+        before_send: Callable[[], None] | None = None,
+        **kw: Any,
+    ) -> T:
         def once() -> T:
+            if before_send is not None:
+                before_send()
             start = time.perf_counter()
             try:
                 response = self._http.request(method, f"{self.base_url}{path}", headers=self._headers(), **kw)
@@ -386,8 +396,18 @@ class OpenRouterClient(_Core):
         result = self.chat(model, messages, response_format=self._json_schema_format(schema, name), **kw)
         return self._parse_json(result, schema), result
 
-    def generate_image(self, model: str, prompt: str, **kw: Any) -> ImageResult:
-        return self._call("POST", "/chat/completions", self._parse_image, json=self._image_body(model, prompt, **kw))
+    def generate_image(
+        self, model: str, prompt: str, *, before_send: Callable[[], None] | None = None, **kw: Any
+    ) -> ImageResult:
+        """``before_send`` runs before every attempt, retries included: a provider's rate limit counts
+        each request, so a pacer must see each one."""
+        return self._call(
+            "POST",
+            "/chat/completions",
+            self._parse_image,
+            before_send=before_send,
+            json=self._image_body(model, prompt, **kw),
+        )
 
     def list_models(self, output_modality: str | None = None, *, refresh: bool = False) -> list[ModelInfo]:
         models = None if refresh else self._cached_models()
