@@ -204,6 +204,7 @@ class StubOpenRouter:
         *,
         valid_keys: Iterable[str] = ("sk-or-test-key",),
         latency: float = 0.0,
+        latency_paths: tuple[str, ...] | None = None,
         rps_limit: float | None = None,
         retry_after: str = "1",
         image_mix: dict[str, float] | None = None,
@@ -218,6 +219,8 @@ class StubOpenRouter:
     ) -> None:
         self.valid_keys = set(valid_keys)
         self.latency = latency
+        # Only these path suffixes are slow (e.g. image generation); None: every path.
+        self.latency_paths = latency_paths
         self.rps_limit = rps_limit
         self.retry_after = retry_after
         self.image_mix = image_mix or {"persona": 0.7, "other": 0.15, "blurred": 0.15}
@@ -382,7 +385,7 @@ class StubOpenRouter:
             return error(401, "No auth credentials found" if not auth else "User not found.")
         if self._rate_limited(now):
             return error(429, "Rate limit exceeded", Retry_After=self.retry_after)
-        if self.latency:
+        if self.latency and (self.latency_paths is None or path.endswith(self.latency_paths)):
             time.sleep(self.latency)
         fault = self._take_fault(path)
         rec.fault = fault
