@@ -750,11 +750,11 @@ def stack_init(
     with _friendly_errors():
         settings = _settings()
         from blocks.openrouter import register_blocks
-        from tasks.common import ensure_limit, rate_limit_burst
+        from tasks.common import ensure_limit, rate_limit_capacity
 
         register_blocks()
         per_s = rate_per_s or settings.image_rate_per_s
-        rate = ensure_limit(settings.image_rate_limit_name, rate_limit_burst(per_s), per_s)[0]
+        rate = ensure_limit(settings.image_rate_limit_name, rate_limit_capacity(per_s), per_s)[0]
         inflight = ensure_limit(settings.image_inflight_limit_name, max_inflight or settings.image_max_inflight)[0]
         out.print(f"limit {settings.image_rate_limit_name}: {rate}; {settings.image_inflight_limit_name}: {inflight}")
         prefect = str(Path(sys.executable).with_name("prefect"))
