@@ -3,8 +3,8 @@
     .venv/bin/python bench/overhead.py [--images 200] [--latency 2] [--rate 10] [--inflight 32]
 
 Both sides start from the same two reference photos and talk to their own stub
-OpenRouter server (real photos as images, ``latency`` seconds per image, a hard
-``rate`` req/s limit). The bare side calls prepare_references, plan_storyboard,
+OpenRouter server (real photos as images, ``latency`` seconds per chat/image
+call, a hard ``rate`` req/s limit). The bare side calls prepare_references, plan_storyboard,
 generate_batch (paced by MinIntervalGate at the same rate, same parallelism),
 run_qc and augment_and_caption directly. The Prefect side runs ``hybrid_flow``
 under a real Prefect server (prefect_test_harness, SQLite). Goal: <= 1.25x.
@@ -149,15 +149,28 @@ def main() -> None:
     per_scene = -(-args.images // len(load_prompt_bank(BANK).scenes))
 
     def stub() -> StubOpenRouter:
-        return StubOpenRouter(valid_keys=[KEY], latency=args.latency, rps_limit=args.rate, image_size=512)
+        return StubOpenRouter(
+            valid_keys=[KEY],
+            latency=args.latency,
+            latency_paths=("/chat/completions",),  # the paid calls; GET /key and /models answer at once
+            rps_limit=args.rate,
+            image_size=512,
+        )
 
     with tempfile.TemporaryDirectory() as tmp, stub() as server:
         bare_times = bare(workspace(tmp), server, per_scene, args.rate, args.inflight)
         n = sum(1 for _ in (Path(tmp) / "data" / "synth_openrouter").glob("*.png"))
 
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with tempfile.TemporaryDirectory() as tmp, stub() as server, prefect_test_harness(server_startup_timeout=120):
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        stub() as server,
+        prefect_test_harness(server_startup_timeout=120),
+        # A fresh result store: a cached plan from an earlier run must not make Prefect look faster.
+        temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: Path(tmp) / "prefect-results"}),
+    ):
         os.environ.update(OPENROUTER_API_KEY=KEY, OPENROUTER_BASE_URL=server.base_url)
         os.environ["INFLUENCER_CREDENTIALS_BLOCK"] = "bench-none"
         wall, stage_times = with_prefect(workspace(tmp), per_scene, args.rate, args.inflight)
