@@ -211,7 +211,7 @@ def generate(
                 target,
                 references=references,
                 concurrency=concurrency,
-                gate=MinIntervalGate(sleep) if sleep > 0 else None,
+                pace=MinIntervalGate(sleep).wait if sleep > 0 else None,
                 on_done=tick,
             )
         failed = [o for o in outcomes if o.status == "failed"]

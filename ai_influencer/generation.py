@@ -204,20 +204,27 @@ def generate_one(
 
 
 class MinIntervalGate:
-    """In-process pacing for runs without Prefect (the manual's ``--sleep``): at most one start per interval."""
+    """In-process pacing for runs without Prefect (the manual's ``--sleep``): at most one start per interval.
+
+    Pass ``gate.wait`` as ``pace`` so that the client's own retries are spaced too: a 429 retried at
+    once would otherwise land in the same second as the request that caused it.
+    """
 
     def __init__(self, min_interval_s: float) -> None:
         self.min_interval_s = min_interval_s
         self._next = 0.0
         self._lock = threading.Lock()
 
-    def __call__(self) -> AbstractContextManager[None]:
+    def wait(self) -> None:
         with self._lock:
             now = time.monotonic()
             start = max(now, self._next)
             self._next = start + self.min_interval_s
         if start > now:
             time.sleep(start - now)
+
+    def __call__(self) -> AbstractContextManager[None]:
+        self.wait()
         return nullcontext()
 
 
@@ -229,12 +236,14 @@ def generate_batch(
     references: Sequence[Path] = (),
     concurrency: int = 4,
     gate: Callable[[], AbstractContextManager[Any]] | None = None,
+    pace: Callable[[], None] | None = None,
     ledger: CostLedger | None = None,
     on_done: Callable[[GenerationOutcome], None] | None = None,
 ) -> list[GenerationOutcome]:
     """Generate many images in parallel; one failed image never stops the others.
 
-    Fatal errors that apply to every request (bad key, no credits) stop new work early.
+    Fatal errors that apply to every request (bad key, no credits) stop new work early. ``gate`` and
+    ``pace`` mean what they mean for :func:`generate_one`.
     """
     from ai_influencer.openrouter import AuthError, InsufficientCreditsError
 
@@ -251,7 +260,7 @@ def generate_batch(
                 "not attempted: run stopped earlier (budget reached or fatal error)",
             )
         try:
-            return generate_one(client, req, out_dir, references=references, gate=gate, ledger=ledger)
+            return generate_one(client, req, out_dir, references=references, gate=gate, ledger=ledger, pace=pace)
         except BudgetExceededError as exc:
             stop.set()
             return GenerationOutcome(req, None, "budget", str(exc))

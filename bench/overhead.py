@@ -5,7 +5,7 @@
 Both sides start from the same two reference photos and talk to their own stub
 OpenRouter server (real photos as images, ``latency`` seconds per chat/image
 call, a hard ``rate`` req/s limit). The bare side calls prepare_references, plan_storyboard,
-generate_batch (paced by MinIntervalGate at the same rate, same parallelism),
+generate_batch (paced by MinIntervalGate at the same send rate, same parallelism),
 run_qc and augment_and_caption directly. The Prefect side runs ``hybrid_flow``
 under a real Prefect server (prefect_test_harness, SQLite). Goal: <= 1.25x.
 """
@@ -34,6 +34,7 @@ from ai_influencer.storyboard import plan_storyboard, write_storyboard
 from ai_influencer.vision.faces import create_face_engine
 from ai_influencer.vision.prepare import prepare_references
 from ai_influencer.vision.qc import EngineSpec, run_qc
+from tasks.common import SEND_SAFETY
 from tests.support.assets import face
 from tests.support.openrouter_stub import StubOpenRouter
 
@@ -74,7 +75,8 @@ def bare(data: Path, stub: StubOpenRouter, per_scene: int, rate: float, inflight
             data / "synth_openrouter",
             references=refs,
             concurrency=inflight,
-            gate=MinIntervalGate(1.0 / rate),
+            # Same send rate as the Prefect side (SEND_SAFETY below the limit), retries paced too.
+            pace=MinIntervalGate(1.0 / (rate * SEND_SAFETY)).wait,
         )
         assert all(o.status == "generated" for o in outcomes), {o.status for o in outcomes}
         times["generate"] = time.perf_counter() - t

@@ -82,3 +82,16 @@ def test_min_interval_gate_paces_request_starts(client: OpenRouterClient, stub: 
     times = sorted(r.t for r in stub.requests if r.path.endswith("/chat/completions"))
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert min(gaps) >= 0.25
+
+
+def test_min_interval_pace_spaces_retries_too(tmp_path: Path) -> None:
+    # Retry-After: 0 makes the client retry at once; only the pace keeps the retry off the limit.
+    with StubOpenRouter(valid_keys=[TEST_KEY], retry_after="0") as stub:
+        stub.inject("429", "429", path="/chat/completions")
+        with OpenRouterClient(TEST_KEY, base_url=stub.base_url) as c:
+            outcomes = generate_batch(c, requests_for()[:3], tmp_path, concurrency=3, pace=MinIntervalGate(0.3).wait)
+        times = sorted(r.t for r in stub.requests if r.path.endswith("/chat/completions"))
+    assert [o.status for o in outcomes] == ["generated"] * 3
+    assert len(times) == 5  # two of them were 429s, retried
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= 0.25
