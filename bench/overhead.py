@@ -6,7 +6,7 @@ Both sides start from the same two reference photos and talk to their own stub
 OpenRouter server (real photos as images, ``latency`` seconds per chat/image
 call, a hard ``rate`` req/s limit). The bare side calls prepare_references, plan_storyboard,
 generate_batch (paced by MinIntervalGate at the same send rate, same parallelism),
-run_qc and augment_and_caption directly. The Prefect side runs ``hybrid_flow``
+run_qc, the analytics reports and augment_and_caption directly. The Prefect side runs ``hybrid_flow``
 under a real Prefect server (prefect_test_harness, SQLite). Goal: <= 1.25x.
 """
 
@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
 
+from ai_influencer.analytics.report import cost_report, drift_report, join
 from ai_influencer.dataset.augment import augment_and_caption
 from ai_influencer.generation import MinIntervalGate, build_requests, generate_batch, iter_reference_images
 from ai_influencer.openrouter import OpenRouterClient
@@ -41,7 +42,7 @@ from tests.support.openrouter_stub import StubOpenRouter
 ROOT = Path(__file__).resolve().parents[1]
 BANK = ROOT / "prompt_bank" / "default.yaml"
 KEY = "sk-or-bench"
-STAGES = ("prepare", "plan", "generate", "qc", "augment")
+STAGES = ("prepare", "plan", "generate", "qc", "analytics", "augment")
 
 
 def workspace(tmp: str) -> Path:
@@ -92,6 +93,11 @@ def bare(data: Path, stub: StubOpenRouter, per_scene: int, rate: float, inflight
     )
     times["qc"] = time.perf_counter() - t
     t = time.perf_counter()
+    items, _ = join(data / "synth_openrouter", data / "qc_passed" / "qc_report.csv")
+    cost_report(items)
+    drift_report(items)
+    times["analytics"] = time.perf_counter() - t
+    t = time.perf_counter()
     augment_and_caption(
         data / "qc_passed",
         data / "augment",
@@ -110,6 +116,7 @@ def bare(data: Path, stub: StubOpenRouter, per_scene: int, rate: float, inflight
 def with_prefect(data: Path, per_scene: int, rate: float, inflight: int) -> tuple[float, dict[str, float]]:
     """The hybrid flow under a real Prefect server; wall time and each stage subflow's run time."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
     from flows.hybrid import hybrid_flow
     from flows.params import GenerateParams, HybridParams, Limits, Paths
@@ -138,6 +145,12 @@ def with_prefect(data: Path, per_scene: int, rate: float, inflight: int) -> tupl
             name = names.get(run.flow_id, "")
             if name in STAGES and run.start_time and run.end_time:
                 stages[name] = (run.end_time - run.start_time).total_seconds()
+        # analytics is a task of the hybrid flow, not a subflow: from its creation (the tag-slot call
+        # comes before the start) to its end
+        only = TaskRunFilter(name=TaskRunFilterName(like_="analytics"))
+        for task_run in client.read_task_runs(task_run_filter=only):
+            if task_run.end_time:
+                stages["analytics"] = (task_run.end_time - task_run.created).total_seconds()
     return wall, stages
 
 

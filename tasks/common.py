@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 from prefect.client.orchestration import SyncPrefectClient, get_client
@@ -130,9 +132,19 @@ def ensure_limit(name: str, limit: int, slot_decay_per_second: float = 0.0) -> t
             return "created", limit, slot_decay_per_second
 
 
+BURST_S = 2.0
+
+
 def rate_limit_capacity(rate_per_s: float) -> int:
-    """Slots of a rate limit we create: one second of requests, the burst a provider allows."""
-    return max(1, math.ceil(rate_per_s - 1e-9))
+    """Slots of a rate limit we create: two seconds of requests.
+
+    Why two: the dispatcher takes, about once a second, what has decayed since its last grant. When a
+    busy server keeps it waiting (SQLite "database is locked" answers, measured up to 1.4 s in a row),
+    the late take catches up with everything that decayed meanwhile; a one-second limit would have
+    dropped it, since its active slots cannot decay below zero (measured: 7.7 of 9.3 req/s). Sends
+    stay paced by the send clock whatever the limit's size.
+    """
+    return max(1, math.ceil(BURST_S * rate_per_s - 1e-9))
 
 
 # The dispatcher's grid runs at 93% of the configured rate; the send clock's window allows 95%
@@ -202,14 +214,24 @@ class RateSlotsError(RuntimeError):
 
 
 def take_rate_slots(
-    client: SyncPrefectClient, name: str, slots: int, *, timeout_s: float = 600.0, block: bool = True
+    client: SyncPrefectClient,
+    name: str,
+    slots: int | Callable[[], int],
+    *,
+    timeout_s: float = 600.0,
+    block: bool = True,
 ) -> tuple[float, float]:
     """Take ``slots`` of the global rate limit ``name`` with one POST.
 
-    Returns ``(0.0, sent_at)``: the ``time.monotonic()`` at which the granted request was sent (the
-    server's decay clock starts then, not at the first, refused attempt). While the limit is busy
-    (423) this waits the server's Retry-After and asks again, or with ``block=False`` returns
-    ``(retry_after, sent_at)`` at once, so a caller that still holds slots can go on.
+    ``slots`` may be a callable, asked again before every attempt: a caller that takes what has
+    decayed so far asks for more after the server kept it waiting.
+
+    Returns ``(0.0, answered_at)``: the ``time.monotonic()`` at which the grant arrived. The server's
+    decay clock restarts at its write, somewhere between our send and its answer; a busy server queues
+    a request before it writes, so the answer is the bound to count from (counting from the send gave
+    a refused early take every few seconds, and each refusal restarts the clock again). While the
+    limit is busy (423) this waits the server's Retry-After and asks again, or with ``block=False``
+    returns ``(retry_after, answered_at)`` at once, so a caller that still holds slots can go on.
 
     Why not ``prefect.concurrency.sync.rate_limit``: on a SQLite-backed server a write that meets
     another writer fails with "database is locked", which the server answers with 503, and
@@ -222,28 +244,29 @@ def take_rate_slots(
     http = getattr(client, "_client", None)
     add_csrf = getattr(http, "_add_csrf_headers", None)
     direct = isinstance(http, httpx.Client) and callable(add_csrf)
-    payload = {"names": [name], "slots": slots, "mode": "rate_limit"}
     deadline = time.monotonic() + timeout_s
     busy = 0
     while True:
-        sent_at = time.monotonic()
+        payload = {"names": [name], "slots": slots() if callable(slots) else slots, "mode": "rate_limit"}
         if direct:
             assert isinstance(http, httpx.Client)
             request = http.build_request("POST", "/v2/concurrency_limits/increment", json=payload)
             add_csrf(request)  # type: ignore[misc]  # a token if the server asks for one, as Prefect does
             response = httpx.Client.send(http, request)  # the plain send: no 2 s back-off on 503
         else:
-            response = client.increment_concurrency_slots(names=[name], slots=slots, mode="rate_limit")
+            response = client.increment_concurrency_slots(names=[name], slots=payload["slots"], mode="rate_limit")
+        answered_at = time.monotonic()
         if response.status_code == 200:
             if not response.json():
                 raise RateSlotsError(f"global concurrency limit {name!r} does not exist (or is inactive)")
-            return 0.0, sent_at
+            return 0.0, answered_at
         if response.status_code == 423:
             wait = max(0.01, float(response.headers.get("Retry-After") or 0.1))
             if not block:
-                return wait, sent_at
+                return wait, answered_at
         elif response.status_code in (502, 503, 504):
-            wait = min(0.05 * 2**busy, 0.25)
+            # A locked SQLite write is refused at once, without a write: asking again soon costs nothing.
+            wait = min(0.03 * 2**busy, 0.12) * random.uniform(0.75, 1.25)
             busy += 1
         else:
             response.raise_for_status()
@@ -257,14 +280,15 @@ class RateDispatcher:
     """Spends a server-side rate limit (global concurrency limit with slot decay) evenly.
 
     Why not one ``rate_limit()`` call per request: the server answers a busy limit with a jittered
-    Retry-After and every denied attempt restarts its decay clock, so many fine-grained waiters reach
-    well under the configured rate (measured: 4 of 10 req/s). Here a background thread takes the
-    limit's whole ``capacity`` each time the server has refilled it (``capacity / rate`` later:
-    the server decays ``floor(rate * seconds)`` slots from its last write, so fewer, larger takes
-    lose less to rounding), while the dispatch loop hands out send times on an even grid at
-    ``rate * SEND_SAFETY``, under the refill. Up to one capacity of slots stays in hand, so a slow or
-    refused call to the server (a busy SQLite server answers 503 now and then, measured up to 1.5 s
-    in a row) seldom delays a send. The server stays the authority shared by all workers.
+    Retry-After and every refused attempt restarts its decay clock, so many fine-grained waiters reach
+    well under the configured rate (measured: 4 of 10 req/s). Here a background thread takes, about
+    once a second, every slot that has decayed since its last grant (the server decays
+    ``floor(rate * seconds)`` slots from its last write, counted here from the grant's answer, so the
+    ask always fits and is never refused for being early), while the dispatch loop hands out send
+    times on an even grid at ``rate * SEND_SAFETY``. Slots in hand keep the sends going while a call to
+    a busy server (SQLite answers 503 now and then) is slow, and the next take catches up on what
+    decayed meanwhile. The server stays the authority shared by all workers: another worker's slots
+    make a take fail (423), after which this one waits a second and asks for what has decayed since.
     Use it as a context manager: it runs the thread and holds its API client.
     """
 
@@ -283,11 +307,30 @@ class RateDispatcher:
         self._client: SyncPrefectClient | None = None
         self._thread = threading.Thread(target=self._refill_loop, name=f"rate-slots-{name}", daemon=True)
 
+    _active: ClassVar[dict[str, RateDispatcher]] = {}
+    _active_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    @classmethod
+    def active(cls, name: str) -> RateDispatcher | None:
+        """The dispatcher spending limit ``name`` in this process, if one is running.
+
+        A retried request in the same process takes its slot here instead of from the server: a take of
+        its own would be a second writer on the limit, and every write the server refuses restarts the
+        limit's decay clock, starving the dispatcher (measured: five retries stalled all sends for 2 s).
+        """
+        with cls._active_lock:
+            return cls._active.get(name)
+
     def __enter__(self) -> RateDispatcher:
         self._client = get_client(sync_client=True).__enter__()
+        with self._active_lock:
+            self._active.setdefault(self.name, self)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        with self._active_lock:
+            if self._active.get(self.name) is self:
+                del self._active[self.name]
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
@@ -298,26 +341,41 @@ class RateDispatcher:
             self._client = None
 
     def _refill_loop(self) -> None:
-        """Take the capacity whenever the server has refilled it, while fewer than ``capacity`` are in hand."""
+        """Take what has decayed since the last grant, about once a second, while fewer than a second's
+        worth of slots are in hand."""
         assert self._client is not None
-        slots, next_acquire = self.capacity, 0.0  # the whole capacity each time it has decayed
+        step = max(1, math.floor(self.rate_per_s + 1e-9))  # one second of requests: the usual take
+        anchor: float | None = None  # when the server last answered a take of ours (its clock restarted)
+        owed = 0  # slots of our last grant the server still counts until they decay
+        asked: list[int] = []
+
+        def decayed() -> int:
+            """Asked again before each attempt: after a slow, refused-as-busy attempt it asks for more."""
+            ask = step if anchor is None else math.floor(self.rate_per_s * (time.monotonic() - anchor) + 1e-9)
+            asked.append(min(self.capacity, max(1, ask)))
+            return asked[-1]
+
         try:
             while not self._stop.is_set():
                 with self._cond:
-                    while self._tokens >= self.capacity and not self._stop.is_set():
+                    while self._tokens >= step and not self._stop.is_set():
                         self._cond.wait()
-                if self._stop.wait(max(0.0, next_acquire - time.monotonic())):
-                    return
-                retry_after, sent_at = take_rate_slots(self._client, self.name, slots, block=False)
+                if anchor is not None:
+                    due = anchor + max(owed, step) / self.rate_per_s + self.REFILL_MARGIN_S
+                    if self._stop.wait(max(0.0, due - time.monotonic())):
+                        return
+                asked.clear()
+                retry_after, answered_at = take_rate_slots(self._client, self.name, decayed, block=False)
+                anchor = answered_at
                 if retry_after:
-                    # Early on the server's clock, or shared with another worker: the slots in hand keep
-                    # the sends going; each refused try restarts the server's decay, so do not hammer.
-                    next_acquire = time.monotonic() + min(retry_after, 0.5 * self.capacity / self.rate_per_s)
+                    # Another worker holds slots. The refusal was a write: the server restarted its decay
+                    # clock without decaying, so what we may ask is counted from now.
+                    owed = 0
                     continue
+                owed = asked[-1]
                 with self._cond:
-                    self._tokens += slots
+                    self._tokens += owed
                     self._cond.notify_all()
-                next_acquire = sent_at + self.capacity / self.rate_per_s + self.REFILL_MARGIN_S
         except BaseException as exc:  # surfaced to the dispatch loop, which must not wait forever
             with self._cond:
                 self._error = exc
@@ -336,10 +394,10 @@ class RateDispatcher:
                     raise RateSlotsError(f"rate limit {self.name!r}: {self._error}") from self._error
                 self._cond.wait(0.5)
             self._tokens -= 1
+            now = time.monotonic()
+            send_at = max(now, self._next_send)
+            self._next_send = send_at + self.interval
             self._cond.notify_all()
-        now = time.monotonic()
-        send_at = max(now, self._next_send)
         if send_at - lead_s > now:
             time.sleep(send_at - lead_s - now)
-        self._next_send = send_at + self.interval
         return send_at

@@ -32,7 +32,7 @@ from ai_influencer.openrouter import AuthError, InsufficientCreditsError, OpenRo
 from ai_influencer.prompt_bank import load_prompt_bank
 from ai_influencer.settings import Settings
 from ai_influencer.storyboard import plan_storyboard
-from tasks.common import fingerprint, openrouter_client, send_clock, should_retry, take_rate_slots
+from tasks.common import RateDispatcher, fingerprint, openrouter_client, send_clock, should_retry, take_rate_slots
 
 _settings = Settings()
 RETRY = {
@@ -144,9 +144,13 @@ def generate_image_task(
             return
         not_before = send_at
         if attempts > 1 or task_run.run_count > 1:
-            with get_client(sync_client=True) as client:
-                take_rate_slots(client, rate_limit_name, 1)
-            not_before = 0.0
+            dispatcher = RateDispatcher.active(rate_limit_name)
+            if dispatcher is not None:  # the flow's own process: its dispatcher hands out the slot
+                not_before = dispatcher.next_send_time(lead_s=0.0)
+            else:
+                with get_client(sync_client=True) as client:
+                    take_rate_slots(client, rate_limit_name, 1)
+                not_before = 0.0
         send_clock.wait(rate_limit_name, not_before, send_rate_per_s)
 
     ledger = ledger_for(run_id, budget_usd, estimate_usd)

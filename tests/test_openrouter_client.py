@@ -7,7 +7,9 @@ import io
 import threading
 import time
 from email.utils import formatdate
+from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from pydantic import BaseModel, Field
@@ -25,6 +27,8 @@ from ai_influencer.openrouter import (
     RateLimitError,
     StructuredOutputError,
     UpstreamError,
+    decode_image,
+    image_to_data_url,
 )
 from ai_influencer.openrouter.errors import parse_retry_after
 from tests.conftest import TEST_KEY
@@ -93,6 +97,30 @@ def test_image_generation_returns_decoded_bytes_and_sends_references(
     assert parts[0]["type"] == "text" and "Avoid: blurry" in parts[0]["text"]
     assert parts[1]["image_url"]["url"].startswith("data:image/jpeg;base64,")
     assert result.usage.cost == pytest.approx(stub.image_cost)
+
+
+def test_a_large_png_reference_is_sent_as_jpeg_and_encoded_once(tmp_path: Path) -> None:
+    from ai_influencer.openrouter.client import REFERENCE_INLINE_MAX_BYTES
+
+    rng = np.random.default_rng(0)
+    noisy = rng.integers(0, 255, (700, 700, 4), dtype=np.uint8)  # noise: a PNG far over the threshold
+    noisy[..., 3] = 255
+    noisy[:50, :50, 3] = 0  # a transparent corner, flattened onto white
+    big = tmp_path / "ref.png"
+    Image.fromarray(noisy, "RGBA").save(big)
+    assert big.stat().st_size > REFERENCE_INLINE_MAX_BYTES
+    url = image_to_data_url(big)
+    assert url.startswith("data:image/jpeg;base64,")
+    decoded = decode_image(url)
+    assert len(decoded.data) < big.stat().st_size / 2
+    with Image.open(io.BytesIO(decoded.data)) as im:
+        assert im.size == (700, 700) and im.getpixel((10, 10)) == pytest.approx((255, 255, 255), abs=3)
+    assert image_to_data_url(big) is url, "encoded once while the file is unchanged"
+    small = tmp_path / "small.png"
+    Image.fromarray(noisy[:64, :64], "RGBA").save(small)
+    assert image_to_data_url(small).startswith("data:image/png;base64,"), "small files go as they are"
+    Image.fromarray(noisy[:80, :80], "RGBA").save(small)  # changed file: read again
+    assert decode_image(image_to_data_url(small)).data == small.read_bytes()
 
 
 def test_models_are_cached_for_the_ttl_and_filtered_by_modality(stub: StubOpenRouter) -> None:
