@@ -148,6 +148,15 @@ def test_rate_slots_retry_a_locked_server_within_a_second() -> None:
     assert took < 1.3
 
 
+def test_rate_slots_ask_again_on_every_attempt() -> None:
+    """A caller taking what has decayed asks for more after a busy server kept it waiting."""
+    asks = iter(range(5, 100))
+    fake = BusyServer([(503, {}), (503, {}), (200, {})])
+    with fake as client:
+        take_rate_slots(client, "r", lambda: next(asks))
+    assert [body["slots"] for _, body in fake.calls] == [5, 6, 7]
+
+
 def test_rate_slots_report_a_busy_limit_without_blocking_and_fail_on_a_missing_one() -> None:
     with BusyServer([(423, {"Retry-After": "0.7"})]) as client:
         retry_after, _ = take_rate_slots(client, "r", 3, block=False)
