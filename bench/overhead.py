@@ -198,7 +198,8 @@ def main() -> None:
     print("-" * 44)
     for name in STAGES:
         b, p = bare_times[name], stage_times.get(name, float("nan"))
-        print(f"{name:<10} | {b:>8.1f} | {p:>9.1f} | {p / b:>5.2f}x")
+        ratio = f"{p / b:>5.2f}x" if b >= 0.05 else f"{'-':>6}"  # a ratio of two near-zero times says nothing
+        print(f"{name:<10} | {b:>8.1f} | {p:>9.1f} | {ratio}")
     print(f"{'total':<10} | {bare_total:>8.1f} | {wall:>9.1f} | {wall / bare_total:>5.2f}x   (goal <= 1.25x)")
 
 
