@@ -80,7 +80,7 @@ def image_to_data_url(image: bytes | str | Path) -> str:
 
 
 # Reference files above this size that are not JPEG already are sent as JPEG at this quality (same
-# pixels size). Why: `prepare` writes lossless 1024 px PNGs of ~1.2 MB; two of them made every image
+# pixel size). Why: `prepare` writes lossless 1024 px PNGs of ~1.2 MB; two of them made every image
 # request 3.2 MB of base64, 30 MB/s of upload at 10 requests/s, more than most home uplinks carry.
 # As JPEG q92 the same references are ~8x smaller, with no visible change for a face reference.
 REFERENCE_INLINE_MAX_BYTES = 512 * 1024
