@@ -147,6 +147,12 @@ def rate_limit_capacity(rate_per_s: float) -> int:
     return max(1, math.ceil(BURST_S * rate_per_s - 1e-9))
 
 
+def requests_per_second(rate_per_s: float) -> int:
+    """Whole requests in one second at ``rate_per_s`` (at least one): the send clock's window and the
+    dispatcher's usual take."""
+    return max(1, math.floor(rate_per_s + 1e-9))
+
+
 # The dispatcher's grid runs at 93% of the configured rate; the send clock's window allows 95%
 # (10 requests per 1.05 s at 10/s). The 5% margin absorbs most of the jitter between our send and
 # the provider's clock (on a busy 2-core machine with the stub in-process: p90 27 ms, p99 88 ms), so a
@@ -175,7 +181,7 @@ class _SendClock:
     @staticmethod
     def window(rate_per_s: float) -> tuple[int, float]:
         """(capacity, span): at most ``capacity`` sends within any ``span`` seconds."""
-        capacity = max(1, math.floor(rate_per_s + 1e-9))
+        capacity = requests_per_second(rate_per_s)
         return capacity, capacity / (rate_per_s * WINDOW_SAFETY)
 
     @staticmethod
@@ -345,7 +351,7 @@ class RateDispatcher:
         """Take what has decayed since the last grant, about once a second, while fewer than a second's
         worth of slots are in hand."""
         assert self._client is not None
-        step = max(1, math.floor(self.rate_per_s + 1e-9))  # one second of requests: the usual take
+        step = requests_per_second(self.rate_per_s)  # the usual take
         anchor: float | None = None  # when the server last answered a take of ours (its clock restarted)
         owed = 0  # slots of our last grant the server still counts until they decay
         ask = 0
