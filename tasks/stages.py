@@ -5,8 +5,10 @@ Retries: ``task_retries`` attempts with exponential backoff and jitter, but
 budget, configuration). Caching: planning, QC and augmentation use cache keys
 built from the *content* of their inputs, so a re-run skips them (the flows
 re-create a deleted output from the cached result or with ``refresh_cache``);
-generation is cached by its content-addressed output files instead, which
-survive even a lost result store.
+preparation and generation are cached by their output files instead, which
+survive even a lost result store: an image is named by a hash of its request,
+and a prepared reference records the source's hash and the options it was
+made with (a replaced photo or changed option makes it again).
 """
 
 from __future__ import annotations

@@ -145,6 +145,23 @@ def test_prepare_crops_faces_and_continues_past_bad_files(engine: DlibEngine, tm
     assert {i.source.name for i in again if i.status == "skipped"} == {"obama.jpg", "obama3.jpg"}
 
 
+def test_prepare_redoes_a_reference_whose_photo_or_options_changed(engine: DlibEngine, tmp_path: Path) -> None:
+    raw, cleaned = tmp_path / "raw", tmp_path / "cleaned"
+    raw.mkdir()
+    shutil.copy(face("obama.jpg"), raw / "a.jpg")
+    shutil.copy(face("obama3.jpg"), raw / "b.jpg")
+    assert [i.status for i in prepare_references(raw, cleaned, engine=engine, out_size=256)] == ["ok", "ok"]
+    before = (cleaned / "a.png").read_bytes()
+    shutil.copy(face("obama2.jpg"), raw / "a.jpg")  # another photo under the same name
+    status = {i.source.name: i.status for i in prepare_references(raw, cleaned, engine=engine, out_size=256)}
+    assert status == {"a.jpg": "ok", "b.jpg": "skipped"}
+    assert (cleaned / "a.png").read_bytes() != before
+    resized = prepare_references(raw, cleaned, engine=engine, out_size=320)  # another option: all again
+    assert [i.status for i in resized] == ["ok", "ok"]
+    with Image.open(cleaned / "b.png") as im:
+        assert im.size == (320, 320)
+
+
 def test_rembg_background_removal_with_a_reused_session(tmp_path: Path) -> None:
     model = tiny_segmenter_onnx(tmp_path / "rembg" / "tiny.onnx")
     remover = BackgroundRemover(str(model), tmp_path / "rembg")

@@ -8,13 +8,15 @@ goes on; the caller decides whether too few references remain.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from ai_influencer.io import atomic_write_bytes
 from ai_influencer.vision.background import BackgroundRemover
@@ -47,10 +49,42 @@ def square_face_crop(
     return cv2.resize(canvas, (out_size, out_size), interpolation=interp)
 
 
-def encode_png(rgb: np.ndarray) -> bytes:
+# PNG text chunk that records what a prepared reference was made from.
+RECIPE_KEY = "ai-influencer:prepare"
+
+
+def encode_png(rgb: np.ndarray, recipe: dict[str, object] | None = None) -> bytes:
+    info = None
+    if recipe is not None:
+        info = PngImagePlugin.PngInfo()
+        info.add_text(RECIPE_KEY, json.dumps(recipe, sort_keys=True))
     buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG", compress_level=3)
+    Image.fromarray(rgb).save(buf, format="PNG", compress_level=3, pnginfo=info)
     return buf.getvalue()
+
+
+def _recipe(
+    src: Path, *, do_facecrop: bool, crop_scale: float, out_size: int, remover: BackgroundRemover | None
+) -> dict[str, object]:
+    """What an output depends on: the source's bytes and the options, not its name or mtime."""
+    return {
+        "source_sha256": hashlib.sha256(src.read_bytes()).hexdigest(),
+        "facecrop": do_facecrop,
+        "crop_scale": crop_scale,
+        "size": out_size,
+        # The model's name, not its absolute path: the same models/ folder mounted elsewhere (a job
+        # container) must not make every reference stale.
+        "rembg": f"{remover.session_name}:{remover.model_path.name}" if remover is not None else None,
+    }
+
+
+def _recipe_of(target: Path) -> dict[str, object] | None:
+    try:
+        with Image.open(target) as im:
+            raw = getattr(im, "text", {}).get(RECIPE_KEY)
+        return json.loads(raw) if raw else None
+    except (OSError, ValueError):
+        return None
 
 
 def prepare_references(
@@ -70,7 +104,14 @@ def prepare_references(
     items: list[PrepareItem] = []
     for src in list_images(in_dir):
         target = out_dir / f"{src.stem}.png"
-        if target.exists() and not overwrite:
+        try:
+            recipe = _recipe(src, do_facecrop=do_facecrop, crop_scale=crop_scale, out_size=out_size, remover=remover)
+        except OSError as exc:
+            items.append(PrepareItem(src, None, "error", f"cannot be read: {exc.strerror or exc}"))
+            continue
+        # Skipped only when the output was made from these exact bytes with these options: a photo
+        # replaced under the same name, or a changed crop/size/background model, is prepared again.
+        if not overwrite and target.exists() and _recipe_of(target) == recipe:
             items.append(PrepareItem(src, target, "skipped", "already prepared"))
             continue
         try:
@@ -86,7 +127,7 @@ def prepare_references(
                 rgb = square_face_crop(rgb, face.box, scale=crop_scale, out_size=out_size)
             if remover is not None:
                 rgb = remover.remove(rgb)
-            atomic_write_bytes(target, encode_png(rgb))
+            atomic_write_bytes(target, encode_png(rgb, recipe))
             items.append(PrepareItem(src, target, "ok", faces=n_faces))
         except BadImageError as exc:
             items.append(PrepareItem(src, None, "error", exc.reason))
