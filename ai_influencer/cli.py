@@ -384,7 +384,9 @@ def run(
     do_rembg: Annotated[bool, typer.Option("--do-rembg/--no-rembg", "--do_rembg")] = False,
 ) -> None:
     """Run the hybrid Prefect flow in-process (local Prefect with SQLite; no server or Docker needed)."""
-    with _friendly_errors():
+    from tasks.common import durable_local_leases
+
+    with _friendly_errors(), durable_local_leases():
         settings = _settings()
         from flows.hybrid import hybrid_flow
         from flows.params import GenerateParams, HybridParams, Paths, PrepareParams

@@ -11,7 +11,6 @@ from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
-from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -20,7 +19,7 @@ from ai_influencer.generation import already_done, build_requests, iter_referenc
 from ai_influencer.openrouter import BadRequestError, InsufficientCreditsError
 from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
 from flows.params import GenerateParams, Paths, current_params
-from tasks.common import RateDispatcher, ensure_limit, openrouter_client, rate_limit_capacity
+from tasks.common import RateDispatcher, ensure_limit, inflight_slots, openrouter_client, rate_limit_capacity
 from tasks.stages import generate_image_task
 
 INFLIGHT_LEASE_S = 60.0  # the server accepts >= 60 s
@@ -79,10 +78,11 @@ def generate_flow(params: GenerateParams | None = None, paths: Paths | None = No
 
     futures = []
     # A short lease (renewed in the background while this process lives) frees the slots within
-    # INFLIGHT_LEASE_S if the run is killed, so a resumed run is not locked out for Prefect's default 300 s.
+    # INFLIGHT_LEASE_S if the run is killed, so a resumed run is not locked out for Prefect's default 300 s;
+    # on a server without a repossessor (the embedded one) inflight_slots frees expired leases itself.
     with (
         frozen_heap(),
-        concurrency(lim.inflight_limit_name, occupy=parallel, strict=True, lease_duration=INFLIGHT_LEASE_S),
+        inflight_slots(lim.inflight_limit_name, parallel, INFLIGHT_LEASE_S, logger),
         RateDispatcher(lim.rate_limit_name, rate, burst) as dispatcher,
         progress,
     ):

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectNotFound
+from prefect.settings import get_current_settings, temporary_settings
+from prefect.utilities.asyncutils import run_coro_as_sync
 
 from ai_influencer.costs import BudgetExceededError, RunHaltedError
 from ai_influencer.openrouter import FatalError, OpenRouterClient
@@ -130,6 +135,100 @@ def ensure_limit(name: str, limit: int, slot_decay_per_second: float = 0.0) -> t
                 )
             )
             return "created", limit, slot_decay_per_second
+
+
+FILESYSTEM_LEASES = "prefect.server.concurrency.lease_storage.filesystem"
+
+
+def durable_local_leases() -> AbstractContextManager[Any]:
+    """Settings under which a killed run on the embedded server does not lock its successors out.
+
+    Why: with no ``PREFECT_API_URL``, Prefect starts a temporary server for each process on the same
+    SQLite database, keeps concurrency leases in that server's memory and runs no background services,
+    so nothing ever repossesses the in-flight slots of a run killed with SIGKILL (or by the OOM killer,
+    or a reboot): the next ``influencer run`` waited for them forever (seen here). Kept on disk under
+    ``PREFECT_HOME``, the leases outlive the process, and ``reclaim_expired_leases`` frees the expired
+    ones. Against a configured server this changes nothing: its own repossessor does that job.
+    """
+    if get_current_settings().api.url:
+        return nullcontext()
+    return temporary_settings(updates={"server.concurrency.lease_storage": FILESYSTEM_LEASES})
+
+
+def reclaim_expired_leases(client: SyncPrefectClient) -> int:
+    """Free the slots of expired concurrency leases kept on disk; returns how many slots were freed.
+
+    This is the server's lease repossessor done by the client, for servers that run none (the embedded
+    one, ``prefect_test_harness``) and keep leases in the filesystem storage shared through
+    ``PREFECT_HOME``. Each lease is released through the API (``decrement-with-lease``), so the server
+    decrements the right limits by the lease's own slot count. A lease that is still being renewed
+    is not expired and is left alone. Does nothing with any other lease storage.
+    """
+    if get_current_settings().server.concurrency.lease_storage != FILESYSTEM_LEASES:
+        return 0
+    from prefect.server.concurrency.lease_storage.filesystem import ConcurrencyLeaseStorage
+
+    storage = ConcurrencyLeaseStorage()
+    if not storage.storage_path.is_dir():
+        return 0
+    freed = 0
+    for lease_id in run_coro_as_sync(storage.read_expired_lease_ids(limit=1000)) or []:
+        lease = run_coro_as_sync(storage.read_lease(lease_id))
+        if lease is not None and lease.resource_ids and lease.metadata is not None:
+            freed += lease.metadata.slots  # leases without limits (a task's tags match none) free nothing
+        client.release_concurrency_slots_with_lease(lease_id)
+    return freed
+
+
+INFLIGHT_POLL_S = 2.0
+
+
+@contextmanager
+def inflight_slots(
+    name: str, occupy: int, lease_duration: float, logger: logging.Logger | logging.LoggerAdapter | None = None
+) -> Iterator[None]:
+    """Hold ``occupy`` slots of the in-flight limit ``name`` for the block, under a renewed lease.
+
+    Until the slots are free it looks again every ``INFLIGHT_POLL_S`` seconds, freeing expired leases
+    each time (see ``reclaim_expired_leases``), so a run that resumes right after a killed one starts
+    as soon as the dead run's lease runs out (``lease_duration``) instead of never. It asks for the
+    slots only once the limit shows them free: a timed-out ``concurrency()`` call makes Prefect log an
+    error each time, which would fill the log while another run legitimately holds the slots.
+    """
+    with get_client(sync_client=True) as client, ExitStack() as stack:
+        waiting = False
+        while True:
+            freed = reclaim_expired_leases(client)
+            if freed and logger is not None:
+                logger.info("freed %d in-flight slot(s) whose lease expired (a killed run held them)", freed)
+            limit = client.read_global_concurrency_limit_by_name(name)
+            if limit.limit - limit.active_slots >= occupy:
+                try:
+                    stack.enter_context(
+                        concurrency(
+                            name,
+                            occupy=occupy,
+                            strict=True,
+                            lease_duration=lease_duration,
+                            timeout_seconds=INFLIGHT_POLL_S,
+                        )
+                    )
+                    break
+                except TimeoutError:  # another run took them between the look and the ask
+                    pass
+            if not waiting and logger is not None:
+                logger.info(
+                    "waiting for %d of %d slot(s) of in-flight limit %r: other runs hold %d "
+                    "(a killed run's lease runs out within %.0f s)",
+                    occupy,
+                    limit.limit,
+                    name,
+                    limit.active_slots,
+                    lease_duration,
+                )
+            waiting = True
+            time.sleep(INFLIGHT_POLL_S)
+        yield
 
 
 BURST_S = 2.0

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.conftest import REPO
@@ -57,6 +60,53 @@ def test_generate_with_manual_flags_then_resume(cli_env: dict[str, str], tmp_pat
     res = run(args, cli_env, tmp_path)
     assert "generated 0, failed 0" in res.stdout
     assert len(stub.paid_requests) == 6
+
+
+def test_main_job_killed_mid_generation_resumes_on_the_embedded_server(
+    cli_env: dict[str, str], tmp_path: Path, stub: StubOpenRouter
+) -> None:
+    """README's first command, `influencer run`, with no Prefect server configured: killed with SIGKILL
+    while generating, then run again. The killed run's in-flight slots must come back (Prefect's
+    embedded server has no lease repossessor), and nothing saved before the kill is paid again."""
+    from tests.support.assets import face
+
+    stub.latency, stub.latency_paths = 0.5, ("/chat/completions",)
+    raw = tmp_path / "data" / "input_raw"
+    raw.mkdir(parents=True)
+    for name in ("obama.jpg", "obama3.jpg"):
+        shutil.copy(face(name), raw / name)
+    env = {k: v for k, v in cli_env.items() if not k.startswith("PREFECT_API_")}
+    env.update(
+        PREFECT_HOME=str(tmp_path / "prefect-home"), INFLUENCER_IMAGE_RATE_PER_S="4", PREFECT_LOGGING_LEVEL="INFO"
+    )
+    args = ["run", "--per-scene", "4", *(f"--skip={s}" for s in ("qc", "augment", "train", "evaluate"))]
+    out = tmp_path / "data" / "synth_openrouter"
+    with (tmp_path / "killed.log").open("w") as log:
+        proc = subprocess.Popen(
+            [INFLUENCER, *args], env=env, cwd=tmp_path, stdout=log, stderr=log, start_new_session=True
+        )
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and len(list(out.glob("*.png"))) < 4 and proc.poll() is None:
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    killed_at = time.monotonic()
+    saved = {f.stem: json.loads(f.with_suffix(".json").read_text())["prompt"] for f in out.glob("*.png")}
+    assert 4 <= len(saved) < 24, "the kill must land mid-run: " + (tmp_path / "killed.log").read_text()[-3000:]
+    leases = tmp_path / "prefect-home" / "concurrency_leases"
+    assert any(leases.glob("*-*.json")), "the killed run's in-flight lease is kept on disk"
+
+    res = subprocess.run([INFLUENCER, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    logs = res.stdout + res.stderr
+    assert res.returncode == 0, logs[-3000:]
+    assert "freed 8 in-flight slot(s) whose lease expired" in logs
+    assert time.monotonic() - killed_at < 200  # the 60 s lease, two server starts, 20 images at 4/s
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["count"] == 24 and len(list(out.glob("*.png"))) == 24
+    after_kill = [json.dumps(r.body) for r in stub.paid_requests if r.t > killed_at]
+    repaid = [k for k, prompt in saved.items() if any(json.dumps(prompt)[1:-1] in body for body in after_kill)]
+    assert not repaid, "images saved before the kill were paid for again"
+    assert len(after_kill) == 24 - len(saved)
 
 
 def test_clear_errors_for_bad_bank_and_missing_key(cli_env: dict[str, str], tmp_path: Path) -> None:
