@@ -33,7 +33,7 @@ from ai_influencer.dataset.manifest import (
     sidecar_path,
     write_sidecar,
 )
-from ai_influencer.io import atomic_write_bytes
+from ai_influencer.io import atomic_write_bytes, file_sha256
 from ai_influencer.openrouter import OpenRouterClient, OpenRouterError
 from ai_influencer.prompt_bank import PromptSpec
 
@@ -79,15 +79,11 @@ class ImageRequest:
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def build_requests(
     specs: Sequence[PromptSpec], model: str, size: str, references: Sequence[Path] = ()
 ) -> list[ImageRequest]:
     parse_size(size)
-    digests = tuple(file_digest(p) for p in references)
+    digests = tuple(file_sha256(p) for p in references)
     return [
         ImageRequest(
             model=model,

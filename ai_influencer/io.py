@@ -1,4 +1,4 @@
-"""Atomic file writes.
+"""Atomic file writes, and the one content hash of a file.
 
 A killed run must never leave a half-written image, sidecar or report that a
 later run would mistake for finished work, so every write goes to a temporary
@@ -8,6 +8,7 @@ file in the same directory, is fsynced, and is renamed over the target
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -38,3 +39,9 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes, streamed (LoRA files and photos can be large)."""
+    with Path(path).open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()

@@ -9,7 +9,6 @@ help?" is a query, not a memory.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -18,6 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from ai_influencer.io import file_sha256
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS evaluations (
@@ -54,14 +55,6 @@ class HistoryRow:
     face_rate: float | None
     promoted: bool
     created_at: str
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class IdentityHistory:

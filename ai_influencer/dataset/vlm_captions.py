@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from ai_influencer.io import atomic_write_json
+from ai_influencer.io import atomic_write_json, file_sha256
 from ai_influencer.openrouter import OpenRouterClient, OpenRouterError
 from ai_influencer.openrouter.client import image_to_data_url
 from ai_influencer.prompt_bank import PromptBank
@@ -72,7 +72,7 @@ class VlmCaptioner:
         )
 
     def _cache_file(self, image: Path) -> Path:
-        digest = hashlib.sha256(image.read_bytes()).hexdigest()
+        digest = file_sha256(image)
         key = hashlib.sha256(f"{digest}:{self.model}:{INSTRUCTION_VERSION}".encode()).hexdigest()[:32]
         return self.cache_dir / f"{key}.json"
 

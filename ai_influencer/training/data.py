@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ai_influencer.io import file_sha256
 from ai_influencer.vision.image_io import BadImageError, list_images, load_rgb
 
 KOHYA_DIR = re.compile(r"^(\d+)_(.+)$")
@@ -32,7 +33,7 @@ class Item:
     @cached_property
     def digest(self) -> str:
         """Content hash; read once per item (the run key, the latent cache and the dataset version use it)."""
-        return hashlib.sha256(self.path.read_bytes()).hexdigest()[:24]
+        return file_sha256(self.path)[:24]
 
 
 def make_buckets(resolution: int, min_reso: int, max_reso: int, step: int) -> list[tuple[int, int]]:

@@ -8,7 +8,6 @@ goes on; the caller decides whether too few references remain.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from ai_influencer.io import atomic_write_bytes
+from ai_influencer.io import atomic_write_bytes, file_sha256
 from ai_influencer.vision.background import BackgroundRemover
 from ai_influencer.vision.faces import FaceEngine, largest
 from ai_influencer.vision.image_io import DEFAULT_MAX_PIXELS, BadImageError, list_images, load_rgb
@@ -68,7 +67,7 @@ def _recipe(
 ) -> dict[str, object]:
     """What an output depends on: the source's bytes and the options, not its name or mtime."""
     return {
-        "source_sha256": hashlib.sha256(src.read_bytes()).hexdigest(),
+        "source_sha256": file_sha256(src),
         "facecrop": do_facecrop,
         "crop_scale": crop_scale,
         "size": out_size,
