@@ -150,7 +150,17 @@ def generate(
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder.")] = None,
     per_scene: Annotated[int, typer.Option("--per-scene", "--per_scene", min=1, help="Images per scene.")] = 12,
     size: Annotated[str, typer.Option(help="WxH; sent as aspect ratio.")] = "1024x1024",
-    sleep: Annotated[float, typer.Option(help="Minimum seconds between request starts (manual's pacing).")] = 0.0,
+    sleep: Annotated[
+        float, typer.Option(min=0, help="Minimum seconds between request starts (the manual's pacing; = --rate 1/s).")
+    ] = 0.0,
+    rate: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="Most requests per second (default: settings.image_rate_per_s; 0: no ceiling). "
+            "Lowered automatically on 429s, then slowly raised again.",
+        ),
+    ] = None,
     concurrency: Annotated[int, typer.Option(min=1, max=64, help="Requests in flight.")] = 4,
     seed: Annotated[int, typer.Option(help="Prompt composition seed.")] = 0,
     ref: Annotated[
@@ -158,16 +168,22 @@ def generate(
         typer.Option("--ref", help="Reference photos sent with each request (e.g. data/cleaned)."),
     ] = None,
     limit: Annotated[int | None, typer.Option(help="Generate at most this many (after skipping done ones).")] = None,
+    budget: Annotated[
+        float | None, typer.Option(min=0, help="Send no paid request that could take the spend beyond this (USD).")
+    ] = None,
+    estimate_usd: Annotated[
+        float | None, typer.Option("--estimate-usd", min=0, help="Expected cost of one image (default: listed price).")
+    ] = None,
 ) -> None:
-    """Generate images through OpenRouter: content-addressed, resumable, with a manifest."""
+    """Generate images through OpenRouter: content-addressed, resumable, with a manifest.
+
+    Ctrl-C or SIGTERM stops sending new requests; the ones already sent finish and are saved
+    (a second Ctrl-C stops at once).
+    """
+    from ai_influencer.costs import CostLedger
     from ai_influencer.dataset.workspace import Workspace
-    from ai_influencer.generation import (
-        MinIntervalGate,
-        already_done,
-        build_requests,
-        generate_batch,
-        iter_reference_images,
-    )
+    from ai_influencer.generation import already_done, build_requests, generate_batch, iter_reference_images, preflight
+    from ai_influencer.pacing import AdaptiveRate, StopFlag, drain_on_signals
     from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
 
     with _friendly_errors():
@@ -177,49 +193,64 @@ def generate(
         references = list(iter_reference_images(ref)) if ref else []
         if ref and not references:
             raise CliError(f"--ref {ref}: no images found")
-        requests = build_requests(
-            compose_prompts(bank, per_scene, seed), model or settings.image_model, size, references
-        )
+        model = model or settings.image_model
+        requests = build_requests(compose_prompts(bank, per_scene, seed), model, size, references)
         pending = [r for r in requests if already_done(r, target) is None]
         skipped = len(requests) - len(pending)
         todo = pending if limit is None else pending[:limit]
         console.print(f"{len(requests)} requested, {skipped} already done, {len(todo)} to generate -> {target}")
-        with (
-            _client(settings) as client,
-            Progress(
-                TextColumn("[bold]generate"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[cost]}"),
-                TimeElapsedColumn(),
-                console=console,
-            ) as progress,
-        ):
-            task = progress.add_task("images", total=len(todo), cost="$0.0000")
-            spent = [0.0]
+        if not todo:
+            out.print(f"nothing to generate; manifest: {target / 'manifest.json'}")
+            return
+        ceiling = 1.0 / sleep if sleep > 0 else (settings.image_rate_per_s if rate is None else rate)
+        stop = StopFlag()
+        pacer = AdaptiveRate(ceiling or None, stop=stop)
+        with _client(settings) as client:
+            estimate = preflight(client, model, estimate_usd)
+            if budget is not None and estimate is None:
+                raise CliError(f"--budget needs a price: {model} lists none; pass --estimate-usd")
+            ledger = CostLedger(budget_usd=budget, estimate_usd=estimate)
+            with (
+                drain_on_signals(stop, redeliver=False),
+                Progress(
+                    TextColumn("[bold]generate"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TextColumn("{task.fields[cost]}"),
+                    TimeElapsedColumn(),
+                    console=console,
+                ) as progress,
+            ):
+                task = progress.add_task("images", total=len(todo), cost="$0.0000")
 
-            def tick(outcome) -> None:
-                if outcome.record and outcome.record.cost_usd and outcome.paid:
-                    spent[0] += outcome.record.cost_usd
-                if outcome.error:
-                    progress.console.print(f"[yellow]failed[/] {outcome.request.key}: {outcome.error}")
-                progress.update(task, advance=1, cost=f"${spent[0]:.4f}")
+                def tick(outcome) -> None:
+                    if outcome.error and outcome.status != "stopped":
+                        progress.console.print(f"[yellow]{outcome.status}[/] {outcome.request.key}: {outcome.error}")
+                    progress.update(task, advance=1, cost=f"${ledger.spent_usd:.4f}")
 
-            outcomes = generate_batch(
-                client,
-                todo,
-                target,
-                references=references,
-                concurrency=concurrency,
-                pace=MinIntervalGate(sleep).wait if sleep > 0 else None,
-                on_done=tick,
-            )
-        failed = [o for o in outcomes if o.status == "failed"]
-        generated = sum(o.paid for o in outcomes)
+                outcomes = generate_batch(
+                    client,
+                    todo,
+                    target,
+                    references=references,
+                    concurrency=concurrency,
+                    pacer=pacer,
+                    ledger=ledger,
+                    stop=stop,
+                    on_done=tick,
+                )
+        counts = {k: sum(o.status == k for o in outcomes) for k in ("generated", "failed", "budget", "stopped")}
+        money = ledger.summary()
+        unpriced = f" ({money['unpriced_calls']} unpriced, counted at the estimate)" if money["unpriced_calls"] else ""
         out.print(
-            f"generated {generated}, failed {len(failed)}, spent ${spent[0]:.4f}; manifest: {target / 'manifest.json'}"
+            f"generated {counts['generated']}, failed {counts['failed']}, refused by budget {counts['budget']}, "
+            f"not sent after stop {counts['stopped']}; spent ${money['spent_usd']:.4f}{unpriced}; "
+            f"{pacer.finish().describe()}; manifest: {target / 'manifest.json'}"
         )
-        if failed:
+        if stop.is_set():
+            console.print(f"[yellow]stopped:[/] {stop.reason}; every image already paid for is saved")
+            raise typer.Exit(code=128 + (stop.signal or 15))
+        if counts["failed"]:
             raise typer.Exit(code=2)
 
 
@@ -565,6 +596,29 @@ def evaluate(
                 row["lora"], fmt(row["median"]), fmt(row["p10"]), f"{row['face_rate']:.0%}", "*" if row["best"] else ""
             )
         out.print(table)
+
+
+@app.command()
+def doctor(
+    fix: Annotated[
+        bool, typer.Option("--fix/--check", help="Move damaged images aside (default) or only list them.")
+    ] = True,
+) -> None:
+    """Check the workspace: images that do not decode are moved to .quarantine/ so the next run redoes them."""
+    from ai_influencer.dataset.integrity import find_damaged, quarantine_damaged
+    from ai_influencer.dataset.workspace import Workspace
+
+    with _friendly_errors():
+        ws = Workspace.from_settings(_settings())
+        folders = [ws.cleaned, ws.synth, ws.qc_passed, ws.augment]
+        damaged = quarantine_damaged(folders) if fix else find_damaged(folders)
+        for item in damaged:
+            where = f" -> {item.moved_to}" if item.moved_to else ""
+            console.print(f"[yellow]damaged[/] {item.path}: {item.reason}{where}")
+        verdict = "moved aside; re-run the stage to redo them" if fix else "run `influencer doctor` to move them aside"
+        out.print(f"images: {len(damaged)} damaged" + (f" ({verdict})" if damaged else ", all decode"))
+        if damaged and not fix:
+            raise typer.Exit(code=1)
 
 
 @app.command()

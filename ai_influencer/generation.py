@@ -8,6 +8,12 @@ changed prompt gets a new name and never overwrites an older image.
 Write order is image first, sidecar second, both atomic. A kill between the
 two leaves an image without sidecar; the next run rebuilds that sidecar from
 the request instead of paying again (``recovered=True``, cost unknown).
+
+Only complete images are saved (the client decodes every image fully), and the
+sidecar records the image's byte count. A file on disk that no sidecar vouches
+for is decoded before it counts as done; one that does not decode (saved by an
+older version, or damaged on disk) is moved to ``.quarantine/`` and generated
+again instead of being skipped forever.
 """
 
 from __future__ import annotations
@@ -16,7 +22,6 @@ import hashlib
 import json
 import re
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import AbstractContextManager, nullcontext
@@ -33,9 +38,11 @@ from ai_influencer.dataset.manifest import (
     sidecar_path,
     write_sidecar,
 )
-from ai_influencer.io import atomic_write_bytes, file_sha256
+from ai_influencer.io import atomic_write_bytes, file_sha256, quarantine
 from ai_influencer.openrouter import OpenRouterClient, OpenRouterError
+from ai_influencer.pacing import Pacer, StopFlag, StopRequested
 from ai_influencer.prompt_bank import PromptSpec
+from ai_influencer.vision.image_io import IncompleteImageError, verify_image_file
 
 _SIZE = re.compile(r"^(\d{2,5})x(\d{2,5})$")
 
@@ -128,7 +135,7 @@ def _record(request: ImageRequest, file: str, **kw: Any) -> ImageRecord:
 class GenerationOutcome:
     request: ImageRequest
     record: ImageRecord | None
-    status: str  # "generated" | "skipped" | "recovered" | "failed" | "budget"
+    status: str  # "generated" | "skipped" | "recovered" | "failed" | "budget" | "stopped"
     error: str | None = None
 
     @property
@@ -136,15 +143,41 @@ class GenerationOutcome:
         return self.status == "generated"
 
 
+def _vouched(record: ImageRecord, image: Path) -> bool:
+    """A sidecar written after a fully decoded image records its size; a matching file is that image."""
+    return record.bytes is not None and record.file == image.name and image.stat().st_size == record.bytes
+
+
 def already_done(request: ImageRequest, out_dir: Path) -> GenerationOutcome | None:
-    """Finished (image + sidecar), or recoverable (image only), without any paid call."""
+    """Finished (image + sidecar), or recoverable (image only), without any paid call.
+
+    An image no sidecar vouches for is decoded first; an undecodable one is quarantined and the
+    request counts as not done (it will be generated, and paid, again: the old file was unusable).
+    """
     existing = find_existing(out_dir, request.key)
     if existing is None:
         return None
     side = sidecar_path(out_dir, request.key)
+    record = None
     if side.is_file():
-        return GenerationOutcome(request, ImageRecord.model_validate_json(side.read_text()), "skipped")
-    record = _record(request, existing.name, recovered=True)
+        try:
+            record = ImageRecord.model_validate_json(side.read_text(encoding="utf-8"))
+        except ValueError:
+            record = None  # an unreadable sidecar is rebuilt below
+        if record is not None and _vouched(record, existing):
+            return GenerationOutcome(request, record, "skipped")
+    try:
+        verify_image_file(existing)
+    except IncompleteImageError as exc:
+        quarantine(existing, str(exc))
+        side.unlink(missing_ok=True)
+        return None
+    size = existing.stat().st_size
+    if record is not None:
+        record = record.model_copy(update={"file": existing.name, "bytes": size})
+        write_sidecar(out_dir, record)
+        return GenerationOutcome(request, record, "skipped")
+    record = _record(request, existing.name, recovered=True, bytes=size)
     write_sidecar(out_dir, record)
     return GenerationOutcome(request, record, "recovered")
 
@@ -158,14 +191,14 @@ def generate_one(
     gate: Callable[[], AbstractContextManager[Any]] | None = None,
     ledger: CostLedger | None = None,
     run_id: str | None = None,
-    pace: Callable[[], None] | None = None,
+    pacer: Pacer | None = None,
 ) -> GenerationOutcome:
     """Produce one image unless it already exists.
 
-    ``gate`` wraps only the paid call (e.g. an in-flight slot); ``pace`` runs before every attempt
-    of it, the client's own retries included (a rate limit counts every request); ``ledger``
-    reserves the expected cost before it and raises ``BudgetExceededError`` instead of sending a
-    request that could cross the budget.
+    ``gate`` wraps only the paid call (e.g. an in-flight slot); ``pacer`` sees every attempt of
+    it, the client's own retries included (a rate limit counts every request), and may refuse to
+    send it (``StopRequested``, when the run drains); ``ledger`` reserves the expected cost before
+    it and raises ``BudgetExceededError`` instead of sending a request that could cross the budget.
     """
     done = already_done(request, out_dir)
     if done is not None:
@@ -179,15 +212,16 @@ def generate_one(
             negative_prompt=request.negative_prompt or None,
             reference_images=list(references),
             aspect_ratio=aspect_ratio(request.size),
-            before_send=pace,
+            pacer=pacer,
         )
-        actual.append(result.usage.cost or 0.0)
+        actual.append(result.usage.cost)
     image = result.images[0]
     name = f"{request.key}{image.extension}"
     atomic_write_bytes(out_dir / name, image.data)
     record = _record(
         request,
         name,
+        bytes=len(image.data),
         mime=image.mime,
         cost_usd=result.usage.cost,
         usage=result.usage.model_dump(),
@@ -199,31 +233,6 @@ def generate_one(
     return GenerationOutcome(request, record, "generated")
 
 
-class MinIntervalGate:
-    """In-process pacing for runs without Prefect (the manual's ``--sleep``): at most one start per interval.
-
-    Pass ``gate.wait`` as ``pace`` so that the client's own retries are spaced too: a 429 retried at
-    once would otherwise land in the same second as the request that caused it.
-    """
-
-    def __init__(self, min_interval_s: float) -> None:
-        self.min_interval_s = min_interval_s
-        self._next = 0.0
-        self._lock = threading.Lock()
-
-    def wait(self) -> None:
-        with self._lock:
-            now = time.monotonic()
-            start = max(now, self._next)
-            self._next = start + self.min_interval_s
-        if start > now:
-            time.sleep(start - now)
-
-    def __call__(self) -> AbstractContextManager[None]:
-        self.wait()
-        return nullcontext()
-
-
 def generate_batch(
     client: OpenRouterClient,
     requests: Sequence[ImageRequest],
@@ -232,36 +241,49 @@ def generate_batch(
     references: Sequence[Path] = (),
     concurrency: int = 4,
     gate: Callable[[], AbstractContextManager[Any]] | None = None,
-    pace: Callable[[], None] | None = None,
+    pacer: Pacer | None = None,
     ledger: CostLedger | None = None,
+    stop: StopFlag | None = None,
+    run_id: str | None = None,
     on_done: Callable[[GenerationOutcome], None] | None = None,
 ) -> list[GenerationOutcome]:
     """Generate many images in parallel; one failed image never stops the others.
 
-    Fatal errors that apply to every request (bad key, no credits) stop new work early. ``gate`` and
-    ``pace`` mean what they mean for :func:`generate_one`.
+    Fatal errors that apply to every request (bad key, no credits) stop new work early. ``gate``,
+    ``pacer`` and ``ledger`` mean what they mean for :func:`generate_one`. Once ``stop`` is set
+    (a signal, see ``pacing.drain_on_signals``) no new request is sent; requests already sent
+    finish and are saved, and the others come back as ``stopped``.
     """
     from ai_influencer.openrouter import AuthError, InsufficientCreditsError
 
     out_dir.mkdir(parents=True, exist_ok=True)
     outcomes: list[GenerationOutcome] = []
-    stop = threading.Event()
+    halt = threading.Event()
+    halted_as = ["failed", ""]  # the status and reason of what stopped new work (budget or a fatal error)
+    halt_lock = threading.Lock()
+
+    def halt_with(status: str, reason: str) -> None:
+        with halt_lock:
+            if not halt.is_set():
+                halted_as[:] = [status, reason]
+                halt.set()
 
     def work(req: ImageRequest) -> GenerationOutcome:
-        if stop.is_set():
-            return GenerationOutcome(
-                req,
-                None,
-                "budget" if ledger and ledger.exhausted else "failed",
-                "not attempted: run stopped earlier (budget reached or fatal error)",
-            )
+        if stop is not None and stop.is_set():
+            return GenerationOutcome(req, None, "stopped", f"not sent: {stop.reason}")
+        if halt.is_set():
+            return GenerationOutcome(req, None, halted_as[0], f"not sent: {halted_as[1]}")
         try:
-            return generate_one(client, req, out_dir, references=references, gate=gate, ledger=ledger, pace=pace)
+            return generate_one(
+                client, req, out_dir, references=references, gate=gate, ledger=ledger, pacer=pacer, run_id=run_id
+            )
+        except StopRequested as exc:
+            return GenerationOutcome(req, None, "stopped", str(exc))
         except BudgetExceededError as exc:
-            stop.set()
+            halt_with("budget", str(exc))
             return GenerationOutcome(req, None, "budget", str(exc))
         except (AuthError, InsufficientCreditsError) as exc:
-            stop.set()
+            halt_with("failed", str(exc))
             return GenerationOutcome(req, None, "failed", str(exc))
         except OpenRouterError as exc:
             return GenerationOutcome(req, None, "failed", str(exc))
@@ -281,3 +303,28 @@ def iter_reference_images(folder: Path) -> Iterator[Path]:
     if not folder.is_dir():
         return iter(())
     return (p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def preflight(client: OpenRouterClient, model: str, estimate_usd: float | None) -> float | None:
+    """Free checks before any paid call: the key works (GET /key), the model exists and makes images.
+
+    Returns the price estimate per image: the caller's, else the model's listed image price. A bad
+    or exhausted key fails here, with zero paid requests.
+    """
+    from ai_influencer.openrouter import BadRequestError, InsufficientCreditsError
+
+    info = client.key_info()
+    if info.limit_remaining is not None and info.limit_remaining <= 0:
+        raise InsufficientCreditsError("the OpenRouter key has no credit left (GET /key limit_remaining <= 0)")
+    models = {m.id: m for m in client.list_models()}
+    if model not in models:
+        raise BadRequestError(f"unknown OpenRouter model {model!r}; see `influencer models -m image`")
+    if "image" not in models[model].output_modalities:
+        raise BadRequestError(f"model {model!r} does not output images")
+    if estimate_usd is not None:
+        return estimate_usd
+    price = models[model].pricing.get("image")
+    try:
+        return float(price) if price not in (None, "", "0") else None
+    except (TypeError, ValueError):
+        return None

@@ -45,3 +45,25 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     """Hex SHA-256 of a file's bytes, streamed (LoRA files and photos can be large)."""
     with Path(path).open("rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+QUARANTINE_DIR = ".quarantine"
+
+
+def quarantine(path: str | os.PathLike[str], reason: str) -> Path:
+    """Move a damaged file into ``.quarantine/`` next to it, with a note saying why.
+
+    Why move, not delete: the file may have been paid for, and a user may want to look at it;
+    out of the folder, no stage mistakes it for finished work.
+    """
+    src = Path(path)
+    folder = src.parent / QUARANTINE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / src.name
+    n = 1
+    while target.exists():
+        target = folder / f"{src.stem}.{n}{src.suffix}"
+        n += 1
+    os.replace(src, target)
+    atomic_write_text(target.with_name(target.name + ".reason.txt"), reason + "\n")
+    return target

@@ -15,12 +15,19 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from ai_influencer.dataset.manifest import rebuild_manifest
-from ai_influencer.generation import already_done, build_requests, iter_reference_images
-from ai_influencer.openrouter import BadRequestError, InsufficientCreditsError
+from ai_influencer.generation import already_done, build_requests, iter_reference_images, preflight
+from ai_influencer.pacing import AdaptiveRate, PacingStats, StopRequested, drain_on_signals
 from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
 from flows.params import GenerateParams, Paths, current_params
-from tasks.common import RateDispatcher, ensure_limit, inflight_slots, openrouter_client, rate_limit_capacity
-from tasks.stages import generate_image_task
+from tasks.common import (
+    RUN_STOP,
+    RateDispatcher,
+    ensure_limit,
+    inflight_slots,
+    openrouter_client,
+    rate_limit_capacity,
+)
+from tasks.stages import generate_image_task, release_ledger
 
 INFLIGHT_LEASE_S = 60.0  # the server accepts >= 60 s
 
@@ -33,7 +40,12 @@ def _name() -> str:
 
 @flow(name="generate", flow_run_name=_name, log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=64))
 def generate_flow(params: GenerateParams | None = None, paths: Paths | None = None) -> dict:
-    """Generate ``per_scene`` images per scene; finished images are never paid for again."""
+    """Generate ``per_scene`` images per scene; finished images are never paid for again.
+
+    SIGTERM (a Prefect cancellation, a stopped worker) or Ctrl-C drains the run: nothing new is
+    sent, requests already sent finish (each within the client's deadline) and are saved, the
+    manifest is rebuilt, and only then is the signal passed on to Prefect.
+    """
     params, paths = params or GenerateParams(), paths or Paths()
     logger = get_run_logger()
     out_dir = Path(paths.sub("synth_openrouter"))
@@ -62,8 +74,30 @@ def generate_flow(params: GenerateParams | None = None, paths: Paths | None = No
     )
     estimate = params.estimate_usd
     if todo:
-        estimate = preflight(params.model, estimate)
+        estimate = preflight(openrouter_client(), params.model, estimate)
+        if params.budget_usd is not None and estimate is None:
+            raise ValueError(f"budget_usd needs a price: {params.model} lists none; set estimate_usd")
     run_id = str(flow_run.id or "local")
+    RUN_STOP.clear()
+    with drain_on_signals(RUN_STOP):
+        return _dispatch(params, requests, todo, out_dir, refs, run_id, estimate, burst, rate, max_inflight)
+
+
+def _dispatch(
+    params: GenerateParams,
+    requests: list,
+    todo: list,
+    out_dir: Path,
+    refs: list[Path],
+    run_id: str,
+    estimate: float | None,
+    burst: int,
+    rate: float,
+    max_inflight: int,
+) -> dict:
+    """Submit one task per image at its send time, wait for all, summarise (see generate_flow)."""
+    logger = get_run_logger()
+    lim = params.limits
     # The in-flight cap: this run holds `parallel` slots of the global limit for its whole duration, so
     # all runs and workers together never exceed it. (Taking a slot per request costs ~2 s of server
     # round-trips each, measured, more than an image's latency.) The rate limit is spent per request by
@@ -76,45 +110,56 @@ def generate_flow(params: GenerateParams | None = None, paths: Paths | None = No
         progress.one_done()
         window.release()
 
-    futures = []
-    # A short lease (renewed in the background while this process lives) frees the slots within
-    # INFLIGHT_LEASE_S if the run is killed, so a resumed run is not locked out for Prefect's default 300 s;
-    # on a server without a repossessor (the embedded one) inflight_slots frees expired leases itself.
-    with (
-        frozen_heap(),
-        inflight_slots(lim.inflight_limit_name, parallel, INFLIGHT_LEASE_S, logger),
-        RateDispatcher(lim.rate_limit_name, rate, burst) as dispatcher,
-        progress,
-    ):
-        for r in todo:
-            window.acquire()
-            send_at = dispatcher.next_send_time()
-            fut = generate_image_task.submit(
-                r,
-                str(out_dir),
-                [str(p) for p in refs],
-                lim.rate_limit_name,
-                lim.inflight_limit_name,
-                run_id,
-                params.budget_usd,
-                estimate,
-                send_at,
-                dispatcher.rate_per_s,
-            )
-            fut.add_done_callback(on_done)
-            futures.append(fut)
-        results, failed = [], []
-        for fut in futures:
-            fut.wait()
-            if fut.state.is_completed():
-                results.append(fut.result())
-            else:
-                failed.append(str(fut.state.message or fut.state.name))
+    futures: list = []
+    results: list[dict] = []
+    failed: list[str] = []
+    pacing = PacingStats()
+    try:
+        # A short lease (renewed in the background while this process lives) frees the slots within
+        # INFLIGHT_LEASE_S if the run is killed, so a resumed run is not locked out for Prefect's default 300 s;
+        # on a server without a repossessor (the embedded one) inflight_slots frees expired leases itself.
+        with (
+            frozen_heap(),
+            inflight_slots(lim.inflight_limit_name, parallel, INFLIGHT_LEASE_S, logger, stop=RUN_STOP),
+            RateDispatcher(lim.rate_limit_name, rate, burst, AdaptiveRate(rate, stop=RUN_STOP)) as dispatcher,
+            progress,
+        ):
+            for r in todo:
+                window.acquire()
+                if RUN_STOP.is_set():
+                    window.release()
+                    break
+                send_at = dispatcher.next_send_time()
+                fut = generate_image_task.submit(
+                    r,
+                    str(out_dir),
+                    [str(p) for p in refs],
+                    lim.rate_limit_name,
+                    lim.inflight_limit_name,
+                    run_id,
+                    params.budget_usd,
+                    estimate,
+                    send_at,
+                    dispatcher.rate_per_s,
+                )
+                fut.add_done_callback(on_done)
+                futures.append(fut)
+            for fut in futures:
+                fut.wait()
+                if fut.state.is_completed():
+                    results.append(fut.result())
+                else:
+                    failed.append(str(fut.state.message or fut.state.name))
+            pacing = dispatcher.adaptive.finish()
+    except StopRequested:  # stopped while waiting for in-flight slots: nothing was sent
+        pass
+    ledger = release_ledger(run_id)
     manifest = rebuild_manifest(out_dir)
     paid = [r for r in results if r["status"] == "generated"]
     budget_stopped = sum(r["status"] == "budget" for r in results)
     halted = sum(r["status"] == "halted" for r in results)
-    spent = round(sum(r["cost_usd"] for r in paid), 6)
+    stopped = sum(r["status"] == "stopped" for r in results) + len(todo) - len(futures)
+    spent = round(ledger.spent_usd if ledger else sum(r["cost_usd"] for r in paid), 6)
     by_scene: dict[str, list[float]] = {}
     for r in paid:
         by_scene.setdefault(r.get("scene") or "?", []).append(r["cost_usd"])
@@ -131,11 +176,18 @@ def generate_flow(params: GenerateParams | None = None, paths: Paths | None = No
         "failed": len(failed),
         "stopped_by_budget": budget_stopped,
         "not_sent_after_fatal_error": halted,
+        "not_sent_after_stop": stopped,
+        "stopped_by": RUN_STOP.reason,
         "spent_usd": spent,
+        "unpriced": sum(bool(r.get("unpriced")) for r in paid),
+        "rate_limited_429": pacing.rate_limited,
+        "settled_rate_per_s": round(pacing.settled_rate, 3) if pacing.settled_rate else None,
         "manifest_count": manifest["count"],
     }
     print(f"generation summary: {summary}")
-    if failed and (halted or len(failed) == len(futures)):
+    if pacing.decreases:
+        logger.warning("the provider answered 429 to %d requests: %s", pacing.rate_limited, pacing.describe())
+    if failed and (halted or len(failed) == len(futures)) and not RUN_STOP.is_set():
         raise RuntimeError(
             f"generation stopped: {failed[0]} ({len(paid)} images generated in this run are kept; "
             f"{halted} requests were not sent)"
@@ -204,26 +256,3 @@ class ProgressReporter:
     def _loop(self) -> None:
         while not self._stop.wait(self.PERIOD_S):
             self._push()
-
-
-def preflight(model: str, estimate_usd: float | None) -> float | None:
-    """Free checks before any paid call: the key works (GET /key) and the model exists; price estimate.
-
-    A bad key or an exhausted key fails the run here, with zero paid requests.
-    """
-    client = openrouter_client()
-    info = client.key_info()
-    if info.limit_remaining is not None and info.limit_remaining <= 0:
-        raise InsufficientCreditsError("the OpenRouter key has no credit left (GET /key limit_remaining <= 0)")
-    if estimate_usd is not None:
-        return estimate_usd
-    models = {m.id: m for m in client.list_models()}
-    if model not in models:
-        raise BadRequestError(f"unknown OpenRouter model {model!r}; see `influencer models -m image`")
-    if "image" not in models[model].output_modalities:
-        raise BadRequestError(f"model {model!r} does not output images")
-    price = models[model].pricing.get("image")
-    try:
-        return float(price) if price not in (None, "", "0") else None
-    except (TypeError, ValueError):
-        return None

@@ -22,15 +22,19 @@ from prefect.settings import get_current_settings, temporary_settings
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from ai_influencer.costs import BudgetExceededError, RunHaltedError
-from ai_influencer.openrouter import FatalError, OpenRouterClient
+from ai_influencer.openrouter import OpenRouterClient, OpenRouterError
+from ai_influencer.pacing import AdaptiveRate, StopFlag, StopRequested
 from ai_influencer.prompt_bank import PromptBankError
 from ai_influencer.settings import MissingApiKeyError, Settings
 from blocks.openrouter import resolve_settings
 
-# Errors that no retry can fix; retrying them costs money (auth, credits, moderation, bad request)
-# or just time (bad configuration, budget reached).
+# Errors a Prefect task retry must not retry. OpenRouter errors: the client already owns them
+# (its own jittered retries of 429/5xx/deadline/cut bodies; fatal 4xx are never retried); a task
+# retry on top multiplied the attempts (5 client x 3 task retries = up to 24 per image during an
+# outage). The rest no retry can fix: budget, a drained run, configuration.
 NEVER_RETRY: tuple[type[BaseException], ...] = (
-    FatalError,
+    OpenRouterError,
+    StopRequested,
     BudgetExceededError,
     RunHaltedError,
     MissingApiKeyError,
@@ -41,7 +45,11 @@ NEVER_RETRY: tuple[type[BaseException], ...] = (
 
 
 def should_retry(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect ``retry_condition_fn``: retry transient failures only."""
+    """Prefect ``retry_condition_fn``: one retry owner per error class.
+
+    HTTP-level faults belong to the OpenRouter client; Prefect retries what the client cannot
+    see (an OSError writing a file, a crashed worker thread, a broken Prefect API call).
+    """
     try:
         state.result()
     except NEVER_RETRY:
@@ -81,6 +89,10 @@ def fingerprint(*paths: Path | str | None, extra: Any = None) -> str:
                 h.update(f"missing:{f}".encode())
     return h.hexdigest()
 
+
+# Set when the flow process is asked to stop (SIGTERM from a cancellation, Ctrl-C): no task of this
+# process sends a new paid request after it; requests already sent finish and are saved.
+RUN_STOP = StopFlag()
 
 _clients: dict[tuple[str, str], OpenRouterClient] = {}
 _clients_lock = threading.Lock()
@@ -185,7 +197,11 @@ INFLIGHT_POLL_S = 2.0
 
 @contextmanager
 def inflight_slots(
-    name: str, occupy: int, lease_duration: float, logger: logging.Logger | logging.LoggerAdapter | None = None
+    name: str,
+    occupy: int,
+    lease_duration: float,
+    logger: logging.Logger | logging.LoggerAdapter | None = None,
+    stop: StopFlag | None = None,
 ) -> Iterator[None]:
     """Hold ``occupy`` slots of the in-flight limit ``name`` for the block, under a renewed lease.
 
@@ -193,11 +209,14 @@ def inflight_slots(
     each time (see ``reclaim_expired_leases``), so a run that resumes right after a killed one starts
     as soon as the dead run's lease runs out (``lease_duration``) instead of never. It asks for the
     slots only once the limit shows them free: a timed-out ``concurrency()`` call makes Prefect log an
-    error each time, which would fill the log while another run legitimately holds the slots.
+    error each time, which would fill the log while another run legitimately holds the slots. A set
+    ``stop`` ends the wait with ``StopRequested`` (nothing was sent yet).
     """
     with get_client(sync_client=True) as client, ExitStack() as stack:
         waiting = False
         while True:
+            if stop is not None:
+                stop.check()
             freed = reclaim_expired_leases(client)
             if freed and logger is not None:
                 logger.info("freed %d in-flight slot(s) whose lease expired (a killed run held them)", freed)
@@ -400,11 +419,13 @@ class RateDispatcher:
 
     REFILL_MARGIN_S = 0.03
 
-    def __init__(self, name: str, rate_per_s: float, capacity: int) -> None:
+    def __init__(self, name: str, rate_per_s: float, capacity: int, adaptive: AdaptiveRate | None = None) -> None:
         self.name = name
         self.rate_per_s = rate_per_s
-        self.interval = 1.0 / (rate_per_s * SEND_SAFETY)
         self.capacity = max(1, capacity)
+        # The provider's own limit may be lower than the configured one: 429s lower the send rate of
+        # this process (AIMD, see ai_influencer.pacing), and the grid follows it.
+        self.adaptive = adaptive or AdaptiveRate(rate_per_s)
         self._tokens = 0
         self._next_send = 0.0
         self._cond = threading.Condition()
@@ -487,6 +508,11 @@ class RateDispatcher:
                 self._error = exc
                 self._cond.notify_all()
 
+    @property
+    def send_rate(self) -> float:
+        """The rate sends are spaced at now: the configured one, lowered while the provider answers 429."""
+        return min(self.rate_per_s, self.adaptive.rate or self.rate_per_s)
+
     def next_send_time(self, lead_s: float = 0.6) -> float:
         """Take a slot and return the ``time.monotonic()`` at which to send; returns ``lead_s`` early so
         the task (which waits for that instant itself) has started by then."""
@@ -502,7 +528,7 @@ class RateDispatcher:
             self._tokens -= 1
             now = time.monotonic()
             send_at = max(now, self._next_send)
-            self._next_send = send_at + self.interval
+            self._next_send = send_at + 1.0 / (self.send_rate * SEND_SAFETY)
             self._cond.notify_all()
         if send_at - lead_s > now:
             time.sleep(send_at - lead_s - now)

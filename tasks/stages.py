@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,10 +32,19 @@ from prefect.tasks import exponential_backoff
 from ai_influencer.costs import BudgetExceededError, CostLedger, RunHaltedError
 from ai_influencer.generation import GenerationOutcome, ImageRequest, generate_one
 from ai_influencer.openrouter import AuthError, InsufficientCreditsError, OpenRouterError
+from ai_influencer.pacing import AdaptiveRate, StopRequested
 from ai_influencer.prompt_bank import load_prompt_bank
 from ai_influencer.settings import Settings
 from ai_influencer.storyboard import plan_storyboard
-from tasks.common import RateDispatcher, fingerprint, openrouter_client, send_clock, should_retry, take_rate_slots
+from tasks.common import (
+    RUN_STOP,
+    RateDispatcher,
+    fingerprint,
+    openrouter_client,
+    send_clock,
+    should_retry,
+    take_rate_slots,
+)
 
 _settings = Settings()
 RETRY = {
@@ -85,13 +95,67 @@ def plan_task(prompt_bank: str, model: str) -> dict:
 
 # ---- generate one image --------------------------------------------------------------
 _ledgers: dict[str, CostLedger] = {}
+_ledgers_lock = threading.Lock()
 
 
 def ledger_for(run_id: str, budget_usd: float | None, estimate_usd: float | None) -> CostLedger:
-    """One ledger per flow run, shared by the run's task threads (tasks run in the flow's process)."""
-    if run_id not in _ledgers:
-        _ledgers[run_id] = CostLedger(budget_usd=budget_usd, estimate_usd=estimate_usd)
-    return _ledgers[run_id]
+    """The one ledger of a flow run, shared by the run's task threads (tasks run in the flow's process).
+
+    Created under a lock: two threads checking and inserting at once made two ledgers that each
+    allowed the whole budget.
+    """
+    with _ledgers_lock:
+        ledger = _ledgers.get(run_id)
+        if ledger is None:
+            ledger = _ledgers[run_id] = CostLedger(budget_usd=budget_usd, estimate_usd=estimate_usd)
+        return ledger
+
+
+def release_ledger(run_id: str) -> CostLedger | None:
+    """Forget a finished run's ledger (a long-lived worker process runs many flows)."""
+    with _ledgers_lock:
+        return _ledgers.pop(run_id, None)
+
+
+class _TaskPacer:
+    """The pacer of one image task: every attempt at its exact send time, 429s slow the process down.
+
+    The first attempt of the first task run goes at the dispatcher's send time (its rate slot is
+    already taken); any other (a retry) takes a slot of its own first: from the flow's dispatcher
+    in this process, else from the server. Sends are spaced by the per-process send clock at the
+    adaptive rate, and a 429 pause holds every task of the process.
+    """
+
+    def __init__(self, rate_limit_name: str, send_at: float | None, send_rate_per_s: float) -> None:
+        self.name = rate_limit_name
+        self.send_at = send_at
+        self.rate = send_rate_per_s
+        self.attempts = 0
+        self.dispatcher = RateDispatcher.active(rate_limit_name)
+        self.adaptive = self.dispatcher.adaptive if self.dispatcher else AdaptiveRate(send_rate_per_s or None)
+        self.adaptive.stop = self.adaptive.stop or RUN_STOP
+
+    def before_send(self) -> None:
+        RUN_STOP.check()
+        self.attempts += 1
+        if self.send_at is None:
+            rate_limit(self.name, occupy=1, strict=True)
+            self.adaptive.hold()
+            return
+        not_before = self.send_at
+        if self.attempts > 1 or task_run.run_count > 1:
+            if self.dispatcher is not None:  # the flow's own process: its dispatcher hands out the slot
+                not_before = self.dispatcher.next_send_time(lead_s=0.0)
+            else:
+                with get_client(sync_client=True) as client:
+                    take_rate_slots(client, self.name, 1)
+                not_before = 0.0
+        self.adaptive.hold()
+        send_clock.wait(self.name, not_before, min(self.rate, self.adaptive.rate or self.rate))
+        RUN_STOP.check()
+
+    def on_response(self, rate_limited: bool, retry_after: float | None = None) -> None:
+        self.adaptive.on_response(rate_limited, retry_after)
 
 
 @task(
@@ -123,10 +187,9 @@ def generate_image_task(
 
     Run standalone, the task takes one in-flight slot and one rate-limit slot itself. Dispatched by
     ``generate_flow`` (``send_at`` given), the flow already holds the in-flight slots and took this
-    request's rate slot: the task only waits for its send time; any retry (the HTTP client's or
-    Prefect's) takes a new rate slot and goes through the same per-process send clock.
+    request's rate slot: the task only waits for its send time (see ``_TaskPacer``). HTTP faults are
+    retried by the client only; a drained run (SIGTERM, cancellation) sends nothing new.
     """
-    attempts = 0
 
     @contextmanager
     def gate():
@@ -136,25 +199,6 @@ def generate_image_task(
         else:
             yield
 
-    def pace() -> None:
-        """Before every request: the first one of the first run goes at the dispatcher's send time
-        (its rate slot is already taken); any other (a retry) takes a slot of its own first."""
-        nonlocal attempts
-        attempts += 1
-        if send_at is None:
-            rate_limit(rate_limit_name, occupy=1, strict=True)
-            return
-        not_before = send_at
-        if attempts > 1 or task_run.run_count > 1:
-            dispatcher = RateDispatcher.active(rate_limit_name)
-            if dispatcher is not None:  # the flow's own process: its dispatcher hands out the slot
-                not_before = dispatcher.next_send_time(lead_s=0.0)
-            else:
-                with get_client(sync_client=True) as client:
-                    take_rate_slots(client, rate_limit_name, 1)
-                not_before = 0.0
-        send_clock.wait(rate_limit_name, not_before, send_rate_per_s)
-
     ledger = ledger_for(run_id, budget_usd, estimate_usd)
     try:
         outcome: GenerationOutcome = generate_one(
@@ -163,10 +207,12 @@ def generate_image_task(
             Path(out_dir),
             references=[Path(r) for r in references],
             gate=gate,
-            pace=pace,
+            pacer=_TaskPacer(rate_limit_name, send_at, send_rate_per_s),
             ledger=ledger,
             run_id=run_id,
         )
+    except StopRequested as exc:
+        return {"key": request.key, "status": "stopped", "error": str(exc), "cost_usd": 0.0}
     except BudgetExceededError as exc:
         return {"key": request.key, "status": "budget", "error": str(exc), "cost_usd": 0.0}
     except RunHaltedError as exc:
@@ -184,6 +230,7 @@ def generate_image_task(
         "status": outcome.status,
         "file": record.file if record else None,
         "cost_usd": (record.cost_usd or 0.0) if record and outcome.paid else 0.0,
+        "unpriced": bool(record and outcome.paid and record.cost_usd is None),
         "scene": request.meta.get("scene"),
     }
 

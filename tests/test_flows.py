@@ -41,7 +41,7 @@ def prefect_server() -> Iterator[str]:
 def env(stub: StubOpenRouter, monkeypatch: pytest.MonkeyPatch) -> StubOpenRouter:
     monkeypatch.setenv("OPENROUTER_API_KEY", TEST_KEY)
     monkeypatch.setenv("OPENROUTER_BASE_URL", stub.base_url)
-    monkeypatch.setenv("INFLUENCER_OPENROUTER_MAX_RETRIES", "0")  # let Prefect's task retries do the work
+    monkeypatch.setenv("INFLUENCER_OPENROUTER_MAX_RETRIES", "2")  # the client owns HTTP-level retries
     return stub
 
 
@@ -118,11 +118,24 @@ def test_rate_limit_is_never_exceeded(
     assert not any(r.status == 429 for r in stub.requests)
 
 
-def test_429_and_5xx_are_retried_by_the_tasks(prefect_server: str, env: StubOpenRouter, tmp_path: Path) -> None:
+def test_429_and_5xx_are_retried_by_the_client_and_attempts_do_not_multiply(
+    prefect_server: str, env: StubOpenRouter, tmp_path: Path
+) -> None:
+    env.retry_after = "0"
     env.inject("429", "502", "503", path="/chat/completions")
     result = generate_flow(GenerateParams(per_scene=1, limits=limits(), use_references=False), paths(tmp_path, False))
     assert result["generated"] == 6 and result["failed"] == 0
     assert chat_calls(env) == 6 + 3
+    # An outage on one image: the client's 3 attempts, and no Prefect task retry on top
+    # (it was 3 x (1 + task_retries 3) = 12 attempts before one retry owner per error class).
+    env.reset()
+    env.inject(*["502"] * 18, path="/chat/completions")  # 6 images x 3 client attempts
+    with pytest.raises(RuntimeError, match="generation stopped"):
+        generate_flow(
+            GenerateParams(per_scene=1, seed=9, limits=limits(), use_references=False), paths(tmp_path, False)
+        )
+    time.sleep(0.5)
+    assert chat_calls(env) == 18, "a task retry would have sent more (and then succeeded)"
 
 
 def test_bad_key_fails_fast_before_any_paid_request(

@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 from ai_influencer.dataset.manifest import rebuild_manifest, sidecar_path
-from ai_influencer.generation import MinIntervalGate, build_requests, generate_batch, generate_one
+from ai_influencer.generation import build_requests, generate_batch, generate_one
 from ai_influencer.openrouter import OpenRouterClient
+from ai_influencer.pacing import AdaptiveRate
 from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
 from tests.conftest import REPO, TEST_KEY
 from tests.support.assets import face
@@ -77,19 +78,19 @@ def test_bad_key_stops_new_requests_early(stub: StubOpenRouter, tmp_path: Path) 
     assert sum(r.path.endswith("/chat/completions") for r in stub.requests) == 1
 
 
-def test_min_interval_gate_paces_request_starts(client: OpenRouterClient, stub: StubOpenRouter, tmp_path: Path) -> None:
-    generate_batch(client, requests_for()[:4], tmp_path, concurrency=4, gate=MinIntervalGate(0.3))
+def test_rate_ceiling_paces_request_starts(client: OpenRouterClient, stub: StubOpenRouter, tmp_path: Path) -> None:
+    generate_batch(client, requests_for()[:4], tmp_path, concurrency=4, pacer=AdaptiveRate(1 / 0.3))
     times = sorted(r.t for r in stub.requests if r.path.endswith("/chat/completions"))
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert min(gaps) >= 0.25
 
 
-def test_min_interval_pace_spaces_retries_too(tmp_path: Path) -> None:
+def test_the_pacer_spaces_retries_too(tmp_path: Path) -> None:
     # Retry-After: 0 makes the client retry at once; only the pace keeps the retry off the limit.
     with StubOpenRouter(valid_keys=[TEST_KEY], retry_after="0") as stub:
         stub.inject("429", "429", path="/chat/completions")
         with OpenRouterClient(TEST_KEY, base_url=stub.base_url) as c:
-            outcomes = generate_batch(c, requests_for()[:3], tmp_path, concurrency=3, pace=MinIntervalGate(0.3).wait)
+            outcomes = generate_batch(c, requests_for()[:3], tmp_path, concurrency=3, pacer=AdaptiveRate(1 / 0.3))
         times = sorted(r.t for r in stub.requests if r.path.endswith("/chat/completions"))
     assert [o.status for o in outcomes] == ["generated"] * 3
     assert len(times) == 5  # two of them were 429s, retried

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import base64
 import io
 import threading
 import time
@@ -15,7 +15,6 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from ai_influencer.openrouter import (
-    AsyncOpenRouterClient,
     AuthError,
     BadRequestError,
     EmptyResponseError,
@@ -221,7 +220,7 @@ def test_timeout_is_retried() -> None:
         assert c.chat(TEXT, HELLO).text
         strict = OpenRouterClient(TEST_KEY, base_url=s.base_url, timeout=0.5, max_retries=0)
         s.inject("timeout")
-        with pytest.raises(UpstreamError, match="timed out") as info:
+        with pytest.raises(UpstreamError, match=r"deadline|timed out") as info:
             strict.chat(TEXT, HELLO)
         assert info.value.status == 408
 
@@ -279,19 +278,74 @@ def test_server_rate_limit_is_survived_by_retrying_clients() -> None:
         assert s.max_requests_in_window(1.0) <= 3
 
 
-def test_async_client_covers_chat_images_models_and_errors(stub: StubOpenRouter) -> None:
-    async def scenario() -> None:
-        async with AsyncOpenRouterClient(TEST_KEY, base_url=stub.base_url, backoff_initial=0.01) as c:
-            results = await asyncio.gather(*(c.generate_image(IMAGE, f"p{i}") for i in range(4)))
-            assert all(r.images[0].mime == "image/png" for r in results)
-            plan, _ = await c.chat_json(TEXT, HELLO, Plan)
-            assert len(plan.captions) >= 5
-            assert len(await c.list_models("image")) == 2
-            stub.inject("503")
-            assert (await c.chat(TEXT, HELLO)).text
-            stub.inject("401")
-            with pytest.raises(AuthError):
-                await c.chat(TEXT, HELLO)
-            assert (await c.credits()).total_usage > 0
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ("truncated-jpeg", "incomplete or corrupt image data"),
+        ("html-data-url", "is an HTML page, not an image"),
+        ("cut-json", "incomplete JSON"),
+        ("html-502", r"HTML page \(502 Bad Gateway"),
+        ("html-503", r"HTML page \(503 Service Temporarily Unavailable"),
+    ],
+)
+def test_provider_faults_are_retried_and_explained_in_one_line(fault: str, message: str) -> None:
+    with StubOpenRouter(valid_keys=[TEST_KEY]) as s:
+        c = OpenRouterClient(TEST_KEY, base_url=s.base_url, backoff_initial=0.01, max_retries=1)
+        s.inject(fault)
+        result = c.generate_image(IMAGE, "x")
+        with Image.open(io.BytesIO(result.images[0].data)) as im:
+            im.load()  # the image the retry brought is complete
+        assert chat_calls(s) == 2
+        s.inject(fault)
+        strict = OpenRouterClient(TEST_KEY, base_url=s.base_url, max_retries=0)
+        with pytest.raises(UpstreamError, match=message) as info:
+            strict.generate_image(IMAGE, "y")
+        text = str(info.value)
+        assert "\n" not in text and len(text) < 300, text
+        assert "<html" not in text.lower() and "object at 0x" not in text
 
-    asyncio.run(scenario())
+
+def test_a_jpeg_cut_on_a_base64_boundary_is_never_accepted() -> None:
+    """PIL's verify() passes such a JPEG; only a full decode sees the missing end."""
+    ok = io.BytesIO()
+    Image.open(face("obama.jpg")).convert("RGB").save(ok, format="JPEG", quality=90)
+    data = ok.getvalue()
+    b64 = base64.b64encode(data).decode()
+    for cut in range(len(b64) // 10, len(b64), max(4, len(b64) // 37 // 4 * 4)):
+        cut -= cut % 4
+        with pytest.raises(ImageDecodeError, match="incomplete or corrupt"):
+            decode_image(f"data:image/jpeg;base64,{b64[:cut]}")
+    assert decode_image(f"data:image/jpeg;base64,{b64}").data == data
+
+
+def test_the_deadline_bounds_a_body_that_drips_forever() -> None:
+    """httpx's timeout is the gap between chunks; a body dripping a chunk every 0.15 s never trips it."""
+    with StubOpenRouter(valid_keys=[TEST_KEY], drip_seconds=6.0) as s:
+        c = OpenRouterClient(TEST_KEY, base_url=s.base_url, timeout=1.0, max_retries=0)
+        s.inject("drip")
+        start = time.monotonic()
+        with pytest.raises(UpstreamError, match="deadline") as info:
+            c.generate_image(IMAGE, "x")
+        waited = time.monotonic() - start
+        assert info.value.status == 408 and info.value.retryable
+        assert waited < 3.0, f"waited {waited:.1f} s for a body that drips for 6 s"
+        # a retry after the abandoned attempt gets a whole image
+        s.inject("drip")
+        retrying = OpenRouterClient(TEST_KEY, base_url=s.base_url, timeout=1.0, backoff_initial=0.01, max_retries=1)
+        assert retrying.generate_image(IMAGE, "y").images
+
+
+def test_retry_after_gets_jitter_so_throttled_workers_do_not_return_together() -> None:
+    with StubOpenRouter(valid_keys=[TEST_KEY], retry_after="1") as s:
+        c = OpenRouterClient(TEST_KEY, base_url=s.base_url, backoff_initial=0.01, max_retries=3)
+        s.rate_limit_burst(0.3)  # every request of the next 0.3 s is answered 429, Retry-After: 1
+        threads = [
+            threading.Thread(target=c.chat, args=(TEXT, [{"role": "user", "content": f"m{i}"}])) for i in range(8)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        retries = sorted(r.t for r in s.requests if r.status == 200)
+    assert len(retries) == 8
+    assert retries[-1] - retries[0] > 0.2, "all eight came back in the same instant"

@@ -36,7 +36,8 @@ class ImageRecord(BaseModel):
     pose: str | None = None
     outfit: str | None = None
     mime: str = "image/png"
-    cost_usd: float | None = None
+    bytes: int | None = None  # size of the fully decoded image as written; vouches for the file on disk
+    cost_usd: float | None = None  # as the provider reported it (None: not reported; the ledger used an estimate)
     usage: dict[str, Any] = Field(default_factory=dict)
     generation_id: str | None = None
     created_at: str = ""

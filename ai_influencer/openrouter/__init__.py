@@ -1,7 +1,6 @@
-"""OpenRouter access: one client (sync + async), typed results and typed errors."""
+"""OpenRouter access: one client, typed results and typed errors."""
 
 from ai_influencer.openrouter.client import (
-    AsyncOpenRouterClient,
     OpenRouterClient,
     decode_image,
     image_to_data_url,
@@ -9,6 +8,7 @@ from ai_influencer.openrouter.client import (
 from ai_influencer.openrouter.errors import (
     AuthError,
     BadRequestError,
+    DeadlineExceededError,
     EmptyResponseError,
     FatalError,
     ImageDecodeError,
@@ -32,11 +32,11 @@ from ai_influencer.openrouter.types import (
 )
 
 __all__ = [
-    "AsyncOpenRouterClient",
     "AuthError",
     "BadRequestError",
     "ChatResult",
     "Credits",
+    "DeadlineExceededError",
     "EmptyResponseError",
     "FatalError",
     "GeneratedImage",

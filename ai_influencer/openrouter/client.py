@@ -1,9 +1,15 @@
-"""The one OpenRouter client of the project (sync and async over httpx).
+"""The one OpenRouter client of the project (blocking, thread-safe, over httpx).
 
-Both flavours share request building, response parsing and the retry policy
-(``_Core``); only the transport call differs. Parsing happens *inside* the
-retried call, so a 200 that carries an error, no choices or an undecodable
-image is retried like a 5xx, while 400/401/402/403 never are (see errors.py).
+Parsing happens *inside* the retried call, so a 200 that carries an error, no
+choices, a cut body or an image that does not fully decode is retried like a
+5xx, while 400/401/402/403 never are (see errors.py). This client is the one
+retry owner for HTTP-level faults: callers (Prefect tasks) must not retry them
+again, or attempts multiply (5 client x 3 task retries was 24 per image).
+
+Every attempt has a whole-request deadline (``timeout``): connect, upload, the
+provider's think time and the body download together. httpx's own timeouts are
+per network operation, so a body dripped a few bytes at a time was waited out
+for as long as the provider kept dripping.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import binascii
 import functools
 import io
 import json
+import random
 import re
 import threading
 import time
@@ -24,7 +31,6 @@ import httpx
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, SecretStr, ValidationError
 from tenacity import (
-    AsyncRetrying,
     RetryCallState,
     Retrying,
     retry_if_exception,
@@ -34,6 +40,7 @@ from tenacity import (
 
 from ai_influencer import __version__
 from ai_influencer.openrouter.errors import (
+    DeadlineExceededError,
     EmptyResponseError,
     ImageDecodeError,
     NoImageError,
@@ -41,6 +48,7 @@ from ai_influencer.openrouter.errors import (
     RateLimitError,
     StructuredOutputError,
     UpstreamError,
+    describe_body,
     error_from_response,
 )
 from ai_influencer.openrouter.types import (
@@ -52,7 +60,9 @@ from ai_influencer.openrouter.types import (
     ModelInfo,
     Usage,
 )
+from ai_influencer.pacing import Pacer
 from ai_influencer.settings import Settings
+from ai_influencer.vision.image_io import IncompleteImageError, verify_image_bytes
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -123,7 +133,7 @@ def _encode_data_url(data: bytes, label: str) -> str:
 
 
 def decode_image(url: str) -> GeneratedImage:
-    """Decode an image data URL and check that the bytes really are an image."""
+    """Decode an image data URL; the bytes must decode to a complete image (see ``verify_image_bytes``)."""
     m = _DATA_URL.match(url.strip())
     if not m:
         raise ImageDecodeError(f"image is not a data URL: {url[:60]!r}")
@@ -131,16 +141,11 @@ def decode_image(url: str) -> GeneratedImage:
         payload = base64.b64decode(m["data"], validate=True) if m["b64"] else m["data"].encode()
     except (binascii.Error, ValueError) as exc:
         raise ImageDecodeError(f"image data URL is not valid base64: {exc}") from None
-    return sniff_image(payload)
-
-
-def sniff_image(payload: bytes) -> GeneratedImage:
     try:
-        with Image.open(io.BytesIO(payload)) as im:
-            fmt = im.format or ""
-            im.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ImageDecodeError(f"returned image bytes cannot be decoded ({len(payload)} bytes): {exc}") from None
+        fmt, _ = verify_image_bytes(payload)
+    except IncompleteImageError as exc:
+        declared = f" (declared {m['mime']})" if m["mime"] else ""
+        raise ImageDecodeError(f"returned image{declared} is unusable: {exc}") from None
     return GeneratedImage(data=payload, mime=_FORMAT_MIME.get(fmt, "application/octet-stream"))
 
 
@@ -153,7 +158,13 @@ def _extract_json(text: str) -> Any:
 
 
 class _WaitRetryAfterOrBackoff:
-    """Honour Retry-After (capped) on 429, else exponential backoff with jitter (capped)."""
+    """Retry-After (capped) plus up to 50 % jitter on 429, else exponential backoff with jitter (capped).
+
+    Why jitter on Retry-After too: every worker refused in the same second gets the same
+    Retry-After; obeyed exactly, they all come back in the same second and are refused again.
+    """
+
+    RETRY_AFTER_JITTER = 0.5
 
     def __init__(self, initial: float, cap: float) -> None:
         self.cap = cap
@@ -162,7 +173,8 @@ class _WaitRetryAfterOrBackoff:
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, RateLimitError) and exc.retry_after is not None:
-            return min(exc.retry_after, self.cap)
+            base = min(exc.retry_after, self.cap)
+            return base * (1.0 + random.uniform(0.0, self.RETRY_AFTER_JITTER)) + random.uniform(0.0, 0.1)
         return float(self.backoff(state))
 
 
@@ -282,17 +294,17 @@ class _Core:
 
     # ---- response parsing ------------------------------------------------------
     @staticmethod
-    def _check(response: httpx.Response) -> Any:
+    def _check(status: int, headers: httpx.Headers, raw: bytes) -> Any:
         try:
-            body = response.json()
+            body: Any = json.loads(raw)
         except ValueError:
-            body = response.text
-        if response.status_code != 200:
-            raise error_from_response(response.status_code, body, dict(response.headers))
+            body = raw.decode("utf-8", "replace")
+        if status != 200:
+            raise error_from_response(status, body, dict(headers))
         if isinstance(body, dict) and "error" in body:
-            raise error_from_response(200, body, dict(response.headers))
+            raise error_from_response(200, body, dict(headers))
         if not isinstance(body, dict):
-            raise UpstreamError(f"expected a JSON object, got: {str(body)[:200]!r}", status=200)
+            raise UpstreamError(f"expected a JSON object, got {describe_body(raw)}", status=200)
         return body
 
     @staticmethod
@@ -385,6 +397,8 @@ class _Core:
     def _transport_error(exc: httpx.HTTPError) -> OpenRouterError:
         if isinstance(exc, httpx.TimeoutException):
             return UpstreamError(f"request timed out ({type(exc).__name__})", status=408)
+        if isinstance(exc, httpx.RemoteProtocolError):
+            return UpstreamError(f"the connection closed before the response was complete ({exc})", status=0)
         return UpstreamError(f"network error ({type(exc).__name__}: {exc})", status=0)
 
 
@@ -409,31 +423,77 @@ class OpenRouterClient(_Core):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _send(self, method: str, url: str, headers: dict[str, str], kw: dict[str, Any]) -> tuple[int, Any, bytes]:
+        """One attempt, finished or abandoned within the deadline ``self.timeout``.
+
+        The exchange runs on a helper thread that streams the body and checks a cancel flag
+        between chunks; the caller waits at most the deadline for it. An abandoned attempt stops
+        at its next chunk (or httpx's per-read timeout) and closes its connection, so a provider
+        that never finishes cannot hold a worker, nor a connection, for good.
+        """
+        box: dict[str, Any] = {}
+        done = threading.Event()
+        cancelled = threading.Event()
+
+        def exchange() -> None:
+            try:
+                with self._http.stream(method, url, headers=headers, **kw) as response:
+                    chunks = []
+                    for chunk in response.iter_bytes():
+                        if cancelled.is_set():
+                            return
+                        chunks.append(chunk)
+                    box["result"] = (response.status_code, response.headers, b"".join(chunks))
+            except BaseException as exc:  # handed to the caller's thread
+                box["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=exchange, name="openrouter-request", daemon=True).start()
+        if not done.wait(self.timeout):
+            cancelled.set()
+            raise DeadlineExceededError(
+                f"no complete response within the {self.timeout:g} s deadline (INFLUENCER_OPENROUTER_TIMEOUT_S)",
+                status=408,
+            )
+        if "error" in box:
+            exc = box["error"]
+            if isinstance(exc, httpx.HTTPError):
+                raise self._transport_error(exc) from None
+            raise exc
+        return box["result"]
+
     def _call(
         self,
         method: str,
         path: str,
         parse: Callable[[Any, float], T],
         *,
-        before_send: Callable[[], None] | None = None,
+        pacer: Pacer | None = None,
         **kw: Any,
     ) -> T:
         headers = self._headers()
         if "json" in kw:
             # Serialized once, before pacing: a body with reference images is megabytes of JSON, and
-            # encoding it between ``before_send`` and the send put tens of ms of jitter on the send time.
+            # encoding it between the pacer's go and the send put tens of ms of jitter on the send time.
             kw["content"] = json.dumps(kw.pop("json"), separators=(",", ":"), ensure_ascii=False).encode()
             headers["Content-Type"] = "application/json"
+        url = f"{self.base_url}{path}"
 
         def once() -> T:
-            if before_send is not None:
-                before_send()
+            if pacer is not None:
+                pacer.before_send()
             start = time.perf_counter()
+            status, response_headers, raw = self._send(method, url, headers, kw)
             try:
-                response = self._http.request(method, f"{self.base_url}{path}", headers=headers, **kw)
-            except httpx.HTTPError as exc:
-                raise self._transport_error(exc) from None
-            return parse(self._check(response), time.perf_counter() - start)
+                result = parse(self._check(status, response_headers, raw), time.perf_counter() - start)
+            except RateLimitError as exc:
+                if pacer is not None:
+                    pacer.on_response(True, exc.retry_after)
+                raise
+            if pacer is not None:
+                pacer.on_response(False)
+            return result
 
         return Retrying(**self._retry_kwargs())(once)
 
@@ -452,16 +512,13 @@ class OpenRouterClient(_Core):
         result = self.chat(model, messages, response_format=self._json_schema_format(schema, name), **kw)
         return self._parse_json(result, schema), result
 
-    def generate_image(
-        self, model: str, prompt: str, *, before_send: Callable[[], None] | None = None, **kw: Any
-    ) -> ImageResult:
-        """``before_send`` runs before every attempt, retries included: a provider's rate limit counts
-        each request, so a pacer must see each one."""
+    def generate_image(self, model: str, prompt: str, *, pacer: Pacer | None = None, **kw: Any) -> ImageResult:
+        """``pacer`` sees every attempt, retries included: a provider's rate limit counts each request."""
         return self._call(
             "POST",
             "/chat/completions",
             self._parse_image,
-            before_send=before_send,
+            pacer=pacer,
             json=self._image_body(model, prompt, **kw),
         )
 
@@ -476,73 +533,3 @@ class OpenRouterClient(_Core):
 
     def credits(self) -> Credits:
         return self._call("GET", "/credits", lambda body, _: Credits.model_validate(body.get("data") or {}))
-
-    def generation(self, generation_id: str) -> dict[str, Any]:
-        return self._call("GET", "/generation", lambda body, _: body.get("data") or {}, params={"id": generation_id})
-
-
-class AsyncOpenRouterClient(_Core):
-    """Asyncio client for fan-out inside one event loop (hub, async flows)."""
-
-    def __init__(
-        self, api_key: SecretStr | str | None, *, transport: httpx.AsyncBaseTransport | None = None, **kw: Any
-    ):
-        super().__init__(api_key, **kw)
-        self._http = httpx.AsyncClient(timeout=self.timeout, transport=transport)
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> AsyncOpenRouterClient:
-        settings.require_api_key()
-        return cls(**{**cls._settings_kwargs(settings), **overrides})
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    async def __aenter__(self) -> AsyncOpenRouterClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def _call(self, method: str, path: str, parse: Callable[[Any, float], T], **kw: Any) -> T:
-        async def once() -> T:
-            start = time.perf_counter()
-            try:
-                response = await self._http.request(method, f"{self.base_url}{path}", headers=self._headers(), **kw)
-            except httpx.HTTPError as exc:
-                raise self._transport_error(exc) from None
-            return parse(self._check(response), time.perf_counter() - start)
-
-        return await AsyncRetrying(**self._retry_kwargs())(once)
-
-    async def chat(self, model: str, messages: list[dict[str, Any]], **kw: Any) -> ChatResult:
-        body = self._chat_body(model, messages, **kw)
-        return await self._call("POST", "/chat/completions", self._parse_chat, json=body)
-
-    async def chat_json(
-        self,
-        model: str,
-        messages: list[dict[str, Any]],
-        schema: type[M],
-        *,
-        name: str | None = None,
-        **kw: Any,
-    ) -> tuple[M, ChatResult]:
-        result = await self.chat(model, messages, response_format=self._json_schema_format(schema, name), **kw)
-        return self._parse_json(result, schema), result
-
-    async def generate_image(self, model: str, prompt: str, **kw: Any) -> ImageResult:
-        body = self._image_body(model, prompt, **kw)
-        return await self._call("POST", "/chat/completions", self._parse_image, json=body)
-
-    async def list_models(self, output_modality: str | None = None, *, refresh: bool = False) -> list[ModelInfo]:
-        models = None if refresh else self._cached_models()
-        if models is None:
-            models = await self._call("GET", "/models", lambda body, _: self._store_models(body))
-        return self._filter_models(models, output_modality)
-
-    async def key_info(self) -> KeyInfo:
-        return await self._call("GET", "/key", lambda body, _: KeyInfo.model_validate(body.get("data") or {}))
-
-    async def credits(self) -> Credits:
-        return await self._call("GET", "/credits", lambda body, _: Credits.model_validate(body.get("data") or {}))

@@ -13,8 +13,13 @@ response body and status only.
 from __future__ import annotations
 
 import email.utils
+import html
+import re
 import time
 from typing import Any
+
+_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.I | re.S)
+_TAGS = re.compile(r"<[^>]+>")
 
 
 class OpenRouterError(Exception):
@@ -111,6 +116,37 @@ class ImageDecodeError(UpstreamError):
     code = "image_decode"
 
 
+class DeadlineExceededError(UpstreamError):
+    """The whole request (connect, send, wait, read) took longer than the client's deadline."""
+
+    code = "deadline"
+
+
+def describe_body(raw: bytes | str, limit: int = 200) -> str:
+    """A one-line description of a response body that is not the JSON we expected.
+
+    Why: a proxy's 502/503 is a whole HTML page, and printing it buried the one line a user
+    needs; a body cut off mid-way only said "expected a JSON object".
+    """
+    data = raw.encode("utf-8", "replace") if isinstance(raw, str) else raw
+    stripped = data.strip()
+    if not stripped:
+        return "empty body"
+    low = stripped[:200].lower()
+    if low.startswith((b"<!doctype", b"<html")) or b"<html" in low:
+        m = _TITLE.search(stripped[:4096])
+        title = html.unescape(m.group(1).decode("utf-8", "replace")).strip() if m else ""
+        if not title:
+            text = _TAGS.sub(" ", stripped[:2048].decode("utf-8", "replace"))
+            title = " ".join(text.split())[:limit]
+        return f"an HTML page ({title or 'no title'}; {len(data)} bytes)"
+    text = stripped.decode("utf-8", "replace")
+    if text[:1] in "{[":
+        return f"incomplete JSON ({len(data)} bytes; the body ends mid-document: cut off in transit?)"
+    one_line = " ".join(text.split())
+    return one_line[:limit] + ("..." if len(one_line) > limit else "")
+
+
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or HTTP date)."""
     if not value:
@@ -141,7 +177,7 @@ def error_from_response(status: int, body: Any, headers: dict[str, str] | None =
         elif status == 200 and isinstance(code, str) and code.isdigit():
             status = int(code)
     else:
-        message = str(body)[:500] if body else "empty body"
+        message = describe_body(body) if isinstance(body, str | bytes) else (str(body)[:500] if body else "empty body")
         metadata = {}
     headers = {k.lower(): v for k, v in (headers or {}).items()}
     kw: dict[str, Any] = {"status": status, "metadata": metadata}

@@ -10,6 +10,8 @@ reason, so a batch can report it and continue.
 
 from __future__ import annotations
 
+import io
+import re
 import warnings
 from pathlib import Path
 
@@ -80,3 +82,53 @@ def load_rgb(path: Path | str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nd
     if min(rgb.size) < 16:
         raise BadImageError(p, f"image too small ({rgb.size[0]}x{rgb.size[1]})")
     return np.asarray(rgb, dtype=np.uint8)
+
+
+class IncompleteImageError(ValueError):
+    """Bytes that do not decode to a complete image (truncated, not an image, or empty)."""
+
+
+# What an image's first bytes say when they are really an error page or a JSON message.
+_TEXT_STARTS = (b"<!doctype", b"<html", b"<?xml", b"<head", b"<body", b"{", b"[")
+
+
+def verify_image_bytes(data: bytes) -> tuple[str, tuple[int, int]]:
+    """(format, size) of bytes that decode *completely*; ``IncompleteImageError`` otherwise.
+
+    Why a full decode: PIL's ``verify()`` checks PNG chunk CRCs but nothing of a JPEG's entropy
+    data, so a JPEG cut anywhere (for instance base64 cut on a 4-character boundary, which still
+    decodes as base64) passed as a finished image and every later run skipped it. ``load()``
+    decodes every scanline and raises on a missing end.
+    """
+    head = data[:64].lstrip().lower()
+    if not data:
+        raise IncompleteImageError("empty image data")
+    if head.startswith(_TEXT_STARTS):
+        if head.startswith((b"<!doctype", b"<html", b"<head", b"<body")):
+            title = re.search(rb"<title[^>]*>(.*?)</title>", data[:4096], re.I | re.S)
+            what = title.group(1).decode("utf-8", "replace").strip()[:80] if title else "no title"
+            raise IncompleteImageError(f"the image data is an HTML page, not an image (title: {what!r})")
+        snippet = " ".join(data[:60].decode("utf-8", "replace").split())
+        raise IncompleteImageError(f"the image data is text, not an image (starts {snippet!r})")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                fmt = im.format or "?"
+                im.load()
+                size = im.size
+    except UnidentifiedImageError:
+        raise IncompleteImageError(f"not a known image format ({len(data)} bytes, starts {data[:8]!r})") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise IncompleteImageError(f"{len(data)} bytes of incomplete or corrupt image data ({exc})") from None
+    if min(size) < 1:
+        raise IncompleteImageError(f"image has no pixels ({size[0]}x{size[1]})")
+    return fmt, size
+
+
+def verify_image_file(path: Path) -> tuple[str, tuple[int, int]]:
+    """``verify_image_bytes`` on a file; the error names the file."""
+    try:
+        return verify_image_bytes(Path(path).read_bytes())
+    except IncompleteImageError as exc:
+        raise IncompleteImageError(f"{path}: {exc}") from None

@@ -48,6 +48,13 @@ FAULTS = (
     "bad-image",
     "timeout",
     "disconnect",
+    # Faults an independent look-alike of the provider injects (and ours must survive):
+    "truncated-jpeg",  # a JPEG whose base64 is cut on a 4-character boundary: valid base64, truncated image
+    "html-data-url",  # an HTML error page inside the image's data URL
+    "html-502",  # a 502 answered by a proxy's HTML page
+    "html-503",
+    "cut-json",  # a 200 whose JSON body stops half-way, sent without Content-Length
+    "drip",  # a 200 whose body trickles in over ``drip_seconds`` (each chunk well inside any read timeout)
 )
 
 DEFAULT_MODELS: list[dict[str, Any]] = [
@@ -175,7 +182,7 @@ class _PhotoPool:
         self.persona = [(Image.open(root / n).convert("RGB"), box) for n, box in self.PERSONA.items()]
         self.other = [(Image.open(root / n).convert("RGB"), box) for n, box in self.OTHER.items()]
 
-    def render(self, kind: str, rng: random.Random) -> bytes:
+    def render(self, kind: str, rng: random.Random, fmt: str = "PNG") -> bytes:
         source = self.other if kind == "other" else self.persona
         image, (left, top, right, bottom) = source[rng.randrange(len(source))]
         fw = right - left
@@ -192,7 +199,10 @@ class _PhotoPool:
         if kind == "blurred":
             crop = crop.filter(ImageFilter.GaussianBlur(radius=self.size / 90))
         buf = io.BytesIO()
-        crop.save(buf, format="PNG", compress_level=1)
+        if fmt == "JPEG":
+            crop.save(buf, format="JPEG", quality=90)
+        else:
+            crop.save(buf, format="PNG", compress_level=1)
         return buf.getvalue()
 
 
@@ -213,6 +223,8 @@ class StubOpenRouter:
         text_cost: float = 0.0005,
         credits_total: float = 100.0,
         timeout_sleep: float = 5.0,
+        drip_seconds: float = 60.0,
+        report_cost: bool = True,
         seed: int = 0,
         chat_reply: Callable[[dict[str, Any]], str] | None = None,
         models: list[dict[str, Any]] | None = None,
@@ -228,7 +240,10 @@ class StubOpenRouter:
         self.text_cost = text_cost
         self.credits_total = credits_total
         self.timeout_sleep = timeout_sleep
+        self.drip_seconds = drip_seconds
+        self.report_cost = report_cost  # False: usage carries no cost (some providers/BYOK keys)
         self.seed = seed
+        self._limited_until = 0.0  # every request is answered 429 until then (see ``rate_limit_burst``)
         self.chat_reply = chat_reply
         # Optional: pick the served image kind from the request (e.g. "other" for one outfit), else image_mix.
         self.kind_for: Callable[[dict[str, Any]], str | None] | None = None
@@ -293,6 +308,11 @@ class StubOpenRouter:
             if fault not in FAULTS:
                 raise ValueError(f"unknown fault {fault!r}; known: {FAULTS}")
             self._faults.append((fault, path))
+
+    def rate_limit_burst(self, seconds: float) -> None:
+        """Answer every request with 429 + Retry-After for the next ``seconds``: what many workers see
+        together when a provider throttles an account."""
+        self._limited_until = time.monotonic() + seconds
 
     def reset(self) -> None:
         with self._lock:
@@ -363,16 +383,26 @@ class StubOpenRouter:
 
         def reply(status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
             rec.status = status
-            data = json.dumps(payload).encode()
+            data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
             h.send_response(status)
-            h.send_header("Content-Type", "application/json")
-            h.send_header("Content-Length", str(len(data)))
+            h.send_header("Content-Type", "application/json" if not isinstance(payload, bytes) else "text/html")
+            cut = rec.fault == "cut-json" and status == 200
+            if cut:  # no length, connection closed after half the body: only the JSON parser can tell
+                data = data[: len(data) // 2]
+                h.send_header("Connection", "close")
+                h.close_connection = True
+            else:
+                h.send_header("Content-Length", str(len(data)))
             for k, v in (headers or {}).items():
                 h.send_header(k, v)
             h.end_headers()
             try:
-                h.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError):  # the client was killed mid-request
+                if rec.fault == "drip" and status == 200:
+                    self._drip(h, data)
+                else:
+                    h.wfile.write(data)
+                h.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):  # the client was killed or gave up mid-request
                 rec.status = -status
 
         def error(status: int, message: str, metadata: dict[str, Any] | None = None, **hdrs: str) -> None:
@@ -383,7 +413,7 @@ class StubOpenRouter:
 
         if not rec.authorization_ok and path != "/api/v1/models":
             return error(401, "No auth credentials found" if not auth else "User not found.")
-        if self._rate_limited(now):
+        if now < self._limited_until or self._rate_limited(now):
             return error(429, "Rate limit exceeded", Retry_After=self.retry_after)
         if self.latency and (self.latency_paths is None or path.endswith(self.latency_paths)):
             time.sleep(self.latency)
@@ -418,7 +448,27 @@ class StubOpenRouter:
             return self._chat(body, rec, reply, error)
         return error(404 if method == "GET" else 400, f"unknown endpoint {method} {path}")
 
+    def _drip(self, h: BaseHTTPRequestHandler, data: bytes) -> None:
+        """Send ``data`` in ~40 pieces spread over ``drip_seconds``; stop early if the client hangs up."""
+        pieces = 40
+        step = max(1, -(-len(data) // pieces))
+        for i in range(0, len(data), step):
+            h.wfile.write(data[i : i + step])
+            h.wfile.flush()
+            time.sleep(self.drip_seconds / pieces)
+
     def _apply_fault(self, fault: str, h: BaseHTTPRequestHandler, rec: RecordedRequest, error: Any, reply: Any) -> bool:
+        if fault in ("html-502", "html-503"):
+            status = int(fault[-3:])
+            title = {502: "502 Bad Gateway", 503: "503 Service Temporarily Unavailable"}[status]
+            page = (
+                f"<!DOCTYPE html>\n<html><head><title>{title}</title><style>body{{font:14px sans-serif}}</style>"
+                f"</head><body><center><h1>{title}</h1></center><hr><center>cloudflare</center>"
+                + "<!-- padding -->" * 40
+                + "</body></html>"
+            ).encode()
+            reply(status, page)
+            return True
         if fault.isdigit():
             status = int(fault)
             meta = {"reasons": ["violence"], "flagged_input": "flagged text"} if status == 403 else None
@@ -464,6 +514,8 @@ class StubOpenRouter:
             "total_tokens": 100 if not is_image else 1330,
             "cost": cost,
         }
+        if not self.report_cost:
+            del usage["cost"]
         message: dict[str, Any] = {"role": "assistant", "content": ""}
         if is_image:
             digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode() + str(self.seed).encode()).digest()
@@ -479,6 +531,13 @@ class StubOpenRouter:
                 message["images"] = [
                     {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgoAAAA"}}
                 ]
+            elif rec.fault == "truncated-jpeg":
+                b64 = base64.b64encode(self._pool.render(kind, rng, fmt="JPEG")).decode()
+                cut = (len(b64) * 2 // 3) // 4 * 4  # valid base64 that decodes to the first 2/3 of the JPEG
+                message["images"] = [{"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{b64[:cut]}"}}]
+            elif rec.fault == "html-data-url":
+                page = base64.b64encode(b"<!DOCTYPE html><html><head><title>Error</title></head></html>").decode()
+                message["images"] = [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{page}"}}]
             else:
                 b64 = base64.b64encode(self._pool.render(kind, rng)).decode()
                 message["images"] = [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64}"}}]

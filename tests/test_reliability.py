@@ -1,0 +1,226 @@
+"""Unattended-run guarantees against the stub provider: no corrupt image kept, budgets that cap,
+pacing that adapts to a lower provider limit, and a stop that keeps every paid image."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from ai_influencer.costs import BudgetExceededError, BudgetUnenforceableError, CostLedger
+from ai_influencer.dataset.manifest import sidecar_path
+from ai_influencer.generation import build_requests, generate_batch, generate_one
+from ai_influencer.openrouter import OpenRouterClient
+from ai_influencer.pacing import AdaptiveRate, StopFlag
+from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
+from tests.conftest import REPO, TEST_KEY
+from tests.support.openrouter_stub import StubOpenRouter
+
+MODEL = "google/gemini-2.5-flash-image"
+INFLUENCER = str(Path(sys.executable).with_name("influencer"))
+
+
+def requests_for(per_scene: int = 1, seed: int = 3) -> list:
+    bank = load_prompt_bank(REPO / "prompt_bank" / "default.yaml")
+    return build_requests(compose_prompts(bank, per_scene, seed=seed), MODEL, "1024x1024")
+
+
+def chat_calls(stub: StubOpenRouter) -> int:
+    return sum(r.path.endswith("/chat/completions") for r in stub.requests)
+
+
+def test_a_truncated_jpeg_from_the_provider_is_never_saved(tmp_path: Path) -> None:
+    with StubOpenRouter(valid_keys=[TEST_KEY]) as stub:
+        stub.inject("truncated-jpeg", "truncated-jpeg", path="/chat/completions")
+        with OpenRouterClient(TEST_KEY, base_url=stub.base_url, backoff_initial=0.01, max_retries=1) as c:
+            outcomes = generate_batch(c, requests_for()[:2], tmp_path, concurrency=1)
+    assert [o.status for o in outcomes] == ["failed", "generated"]
+    assert "incomplete or corrupt image" in (outcomes[0].error or "")
+    images = [p for p in tmp_path.iterdir() if p.suffix in (".png", ".jpg")]
+    assert len(images) == 1, "only the complete image is on disk"
+    with Image.open(images[0]) as im:
+        im.load()
+
+
+def test_an_undecodable_image_already_on_disk_is_quarantined_and_generated_again(
+    client: OpenRouterClient, stub: StubOpenRouter, tmp_path: Path
+) -> None:
+    """As an older version left it: a truncated file with a sidecar that cannot vouch for it."""
+    req = requests_for()[0]
+    first = generate_one(client, req, tmp_path)
+    assert first.record is not None
+    image = tmp_path / first.record.file
+    data = image.read_bytes()
+    image.write_bytes(data[: len(data) // 2])
+    side = sidecar_path(tmp_path, req.key)
+    legacy = json.loads(side.read_text())
+    legacy.pop("bytes")
+    side.write_text(json.dumps(legacy))
+    paid = len(stub.paid_requests)
+
+    again = generate_one(client, req, tmp_path)
+
+    assert again.status == "generated" and len(stub.paid_requests) == paid + 1
+    with Image.open(tmp_path / again.record.file) as im:
+        im.load()
+    moved = list((tmp_path / ".quarantine").iterdir())
+    assert {p.name for p in moved} == {image.name, image.name + ".reason.txt"}
+    assert "incomplete or corrupt" in (tmp_path / ".quarantine" / (image.name + ".reason.txt")).read_text()
+    # a vouched-for file is trusted without decoding it again, and a re-run pays nothing
+    assert generate_one(client, req, tmp_path).status == "skipped"
+    assert len(stub.paid_requests) == paid + 1
+
+
+def test_doctor_moves_undecodable_files_aside(cli_env: dict[str, str], tmp_path: Path) -> None:
+    synth = tmp_path / "data" / "synth_openrouter"
+    synth.mkdir(parents=True)
+    good = synth / "good.png"
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(good)
+    bad = synth / "bad.jpg"
+    Image.new("RGB", (256, 256), (10, 200, 10)).save(bad, format="JPEG")
+    bad.write_bytes(bad.read_bytes()[:-100])
+    (synth / "bad.json").write_text("{}")
+
+    check = subprocess.run([INFLUENCER, "doctor", "--check"], env=cli_env, capture_output=True, text=True, timeout=120)
+    assert check.returncode == 1 and "bad.jpg" in check.stdout + check.stderr and bad.is_file()
+    fixed = subprocess.run([INFLUENCER, "doctor"], env=cli_env, capture_output=True, text=True, timeout=120)
+    assert fixed.returncode == 0, fixed.stderr
+    assert not bad.exists() and not (synth / "bad.json").exists() and good.is_file()
+    assert (synth / ".quarantine" / "bad.jpg").is_file()
+    assert "1 damaged" in fixed.stdout
+
+
+def test_the_budget_caps_when_the_provider_reports_no_cost(tmp_path: Path) -> None:
+    with StubOpenRouter(valid_keys=[TEST_KEY], report_cost=False) as stub:
+        ledger = CostLedger(budget_usd=0.10, estimate_usd=0.039)
+        with OpenRouterClient(TEST_KEY, base_url=stub.base_url) as c:
+            outcomes = generate_batch(c, requests_for(9), tmp_path, concurrency=4, ledger=ledger)
+        paid = len(stub.paid_requests)
+    assert paid == 2, "two calls at the $0.039 estimate fit under $0.10, a third would not"
+    assert sum(o.status == "budget" for o in outcomes) == len(outcomes) - 2
+    assert ledger.unpriced == 2 and ledger.spent_usd == pytest.approx(0.078)
+    sidecars = [json.loads(p.read_text()) for p in tmp_path.glob("*.json") if p.name != "manifest.json"]
+    assert [s["cost_usd"] for s in sidecars] == [None, None], "the sidecar keeps what the provider said"
+
+
+def test_a_budget_with_no_price_at_all_is_refused_instead_of_ignored() -> None:
+    ledger = CostLedger(budget_usd=0.10)
+    with ledger.reserve(MODEL) as actual:  # the first call may go: its answer could tell the price
+        actual.append(None)
+    with pytest.raises(BudgetUnenforceableError, match="cannot be enforced"), ledger.reserve(MODEL):
+        pass
+    assert isinstance(BudgetUnenforceableError("x"), BudgetExceededError)
+
+
+def test_adaptive_pacing_settles_under_a_lower_provider_limit(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """The CLI with 8 workers and no rate ceiling against a provider that allows 3 requests/s."""
+    with StubOpenRouter(valid_keys=[TEST_KEY], rps_limit=3, retry_after="1") as stub:
+        env = {**cli_env, "OPENROUTER_BASE_URL": stub.base_url, "INFLUENCER_OPENROUTER_MAX_RETRIES": "5"}
+        run = subprocess.run(
+            [INFLUENCER, "generate", "--per-scene", "5", "--concurrency", "8", "--rate", "0"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        image_calls = [r for r in stub.requests if r.path.endswith("/chat/completions")]
+        limited = sum(r.status == 429 for r in image_calls)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "generated 30, failed 0" in run.stdout
+    assert "pacing settled at" in run.stdout
+    settled = float(run.stdout.split("pacing settled at ")[1].split(" ")[0])
+    assert 0.5 < settled <= 3.5, run.stdout
+    # Obeying Retry-After alone, half of all requests were answered 429 (measured: 368 of 757).
+    assert limited < 0.25 * len(image_calls), f"{limited} of {len(image_calls)} requests got 429"
+
+
+def test_adaptive_rate_lowers_on_429_once_per_burst_and_recovers_slowly() -> None:
+    pacer = AdaptiveRate(10.0)
+    for _ in range(5):  # five 429s of one burst are one signal
+        pacer.on_response(True, 0.0)
+    assert pacer.rate == pytest.approx(6.0)
+    for _ in range(20):
+        pacer.on_response(False)
+    assert 6.0 < pacer.rate < 7.6
+    for _ in range(500):
+        pacer.on_response(False)
+    assert pacer.rate == 10.0, "never above the configured ceiling"
+    stats = pacer.finish()
+    assert stats.rate_limited == 5 and stats.decreases == 1
+
+
+def test_a_set_stop_flag_sends_nothing_new(client: OpenRouterClient, stub: StubOpenRouter, tmp_path: Path) -> None:
+    stop = StopFlag()
+    stop.request("test")
+    outcomes = generate_batch(client, requests_for(), tmp_path, concurrency=2, stop=stop, pacer=AdaptiveRate(None))
+    assert {o.status for o in outcomes} == {"stopped"} and chat_calls(stub) == 0
+
+
+def images_on_disk(folder: Path) -> set[str]:
+    return {p.stem for p in folder.glob("*.png")}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stopping_generate_keeps_every_paid_image(cli_env: dict[str, str], tmp_path: Path, sig: int) -> None:
+    """Stopped mid-run, the CLI sends nothing new, lets the requests in flight finish and saves them."""
+    out = tmp_path / "data" / "synth_openrouter"
+    with StubOpenRouter(valid_keys=[TEST_KEY], latency=1.5, latency_paths=("/chat/completions",)) as stub:
+        env = {**cli_env, "OPENROUTER_BASE_URL": stub.base_url}
+        proc = subprocess.Popen(
+            [INFLUENCER, "generate", "--per-scene", "4", "--concurrency", "4", "--rate", "4"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(images_on_disk(out)) < 2:
+            time.sleep(0.05)
+        assert len(images_on_disk(out)) >= 2, "generation did not start"
+        time.sleep(0.3)  # requests are in flight now
+        in_flight_at_stop = chat_calls(stub) - len(images_on_disk(out))
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=60)
+        time.sleep(0.2)
+        paid = len(stub.paid_requests)
+        calls = chat_calls(stub)
+    assert in_flight_at_stop > 0, "the stop must land while requests are in flight"
+    assert proc.returncode == 128 + sig, stdout + stderr
+    assert paid == calls, "no request was cut off after the provider accepted it"
+    assert len(images_on_disk(out)) == paid, "every paid image is on disk"
+    assert paid < 24, "nothing new was sent after the stop"
+    assert "every image already paid for is saved" in stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["count"] == paid
+    # a re-run finishes the rest and pays only for what is missing
+    with StubOpenRouter(valid_keys=[TEST_KEY]) as stub2:
+        env = {**cli_env, "OPENROUTER_BASE_URL": stub2.base_url}
+        again = subprocess.run(
+            [INFLUENCER, "generate", "--per-scene", "4"], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert again.returncode == 0, again.stderr
+        assert len(stub2.paid_requests) == 24 - paid
+
+
+def test_signals_outside_the_drain_keep_their_usual_meaning() -> None:
+    code = (
+        "import os, signal, time\n"
+        "from ai_influencer.pacing import StopFlag, drain_on_signals\n"
+        "flag = StopFlag()\n"
+        "with drain_on_signals(flag, redeliver=False):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(0.2)\n"
+        "    assert flag.is_set() and flag.signal == signal.SIGTERM\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)  # a second one: stop now\n"
+        "    time.sleep(5)\n"
+        "print('not reached')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=os.environ)
+    assert run.returncode == -signal.SIGTERM and "not reached" not in run.stdout
