@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from ai_influencer.io import atomic_write_json
 from ai_influencer.storyboard import Storyboard
 from flows.params import AugmentParams, EvaluateParams, Paths, PlanParams, PrepareParams, QCParams, TrainParams
+from tasks.caching import call_with_intact_outputs
 from tasks.stages import augment_task, evaluate_task, plan_task, prepare_task, qc_task, train_task
 
 
@@ -38,7 +39,8 @@ def plan_flow(params: PlanParams | None = None, paths: Paths | None = None) -> d
 @flow(name="qc", log_prints=True)
 def qc_flow(params: QCParams | None = None, paths: Paths | None = None) -> dict:
     p, paths = params or QCParams(), paths or Paths()
-    summary = qc_task(
+    summary = call_with_intact_outputs(
+        qc_task,
         paths.sub("cleaned"),
         paths.sub("synth_openrouter"),
         paths.sub("qc_passed"),
@@ -46,15 +48,17 @@ def qc_flow(params: QCParams | None = None, paths: Paths | None = None) -> dict:
         p.minblur,
         p.max_faces,
         p.backend,
+        log=get_run_logger().info,
     )
-    print(f"qc: {summary}")
+    print(f"qc: { {k: v for k, v in summary.items() if k != 'outputs'} }")
     return summary
 
 
 @flow(name="augment", log_prints=True)
 def augment_flow(params: AugmentParams | None = None, paths: Paths | None = None) -> dict:
     p, paths = params or AugmentParams(), paths or Paths()
-    summary = augment_task(
+    summary = call_with_intact_outputs(
+        augment_task,
         paths.sub("qc_passed"),
         paths.sub("augment"),
         paths.sub("captions"),
@@ -65,8 +69,9 @@ def augment_flow(params: AugmentParams | None = None, paths: Paths | None = None
         paths.prompt_bank,
         p.kohya_repeats,
         p.vlm_model if p.vlm_captions else None,
+        log=get_run_logger().info,
     )
-    print(f"augment: {summary}")
+    print(f"augment: { {k: v for k, v in summary.items() if k != 'outputs'} }")
     return summary
 
 

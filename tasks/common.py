@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
-from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
@@ -57,37 +56,6 @@ def should_retry(task: Any, task_run: Any, state: Any) -> bool:
     except Exception:
         return True
     return False
-
-
-# Files every run rewrites (derived outputs): they must not change an input fingerprint.
-DERIVED_FILES = frozenset({"manifest.json", "qc_report.csv"})
-
-
-def _file_digest(path: Path, head: int = 1 << 20) -> str:
-    with path.open("rb") as fh:
-        return hashlib.sha256(fh.read(head)).hexdigest()
-
-
-def fingerprint(*paths: Path | str | None, extra: Any = None) -> str:
-    """Content fingerprint of input files/folders plus parameters, for Prefect cache keys.
-
-    Content (not mtimes) is hashed, so copying or touching files does not invalidate a cache,
-    while any changed, added or removed input does.
-    """
-    h = hashlib.sha256(repr(extra).encode())
-    for p in paths:
-        if p is None:
-            continue
-        path = Path(p)
-        files = sorted(f for f in path.iterdir() if f.is_file()) if path.is_dir() else [path]
-        for f in files:
-            if f.name in DERIVED_FILES:
-                continue
-            if f.is_file():
-                h.update(f"{f.name}:{f.stat().st_size}:{_file_digest(f)};".encode())
-            else:
-                h.update(f"missing:{f}".encode())
-    return h.hexdigest()
 
 
 # Set when the flow process is asked to stop (SIGTERM from a cancellation, Ctrl-C): no task of this

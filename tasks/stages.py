@@ -36,10 +36,10 @@ from ai_influencer.pacing import AdaptiveRate, StopRequested
 from ai_influencer.prompt_bank import load_prompt_bank
 from ai_influencer.settings import Settings
 from ai_influencer.storyboard import plan_storyboard
+from tasks.caching import fingerprint, outputs_record
 from tasks.common import (
     RUN_STOP,
     RateDispatcher,
-    fingerprint,
     openrouter_client,
     send_clock,
     should_retry,
@@ -279,7 +279,12 @@ def qc_task(
         description=f"QC verdicts (minsim {minsim}, minblur {minblur}): {result.counts}",
     )
     create_markdown_artifact(_sheet_markdown(result.contact_sheet, "QC contact sheet"), key="qc-contact-sheet")
-    return {**result.counts, "report": str(result.report), "contact_sheet": str(result.contact_sheet)}
+    return {
+        **result.counts,
+        "report": str(result.report),
+        "contact_sheet": str(result.contact_sheet),
+        "outputs": outputs_record([*result.accepted, result.report, result.contact_sheet]),
+    }
 
 
 # ---- augment --------------------------------------------------------------------------------
@@ -322,7 +327,12 @@ def augment_task(
         kohya_repeats=kohya_repeats,
         caption_for=captioner,
     )
-    out = {"images": len(result.images), "captions": len(result.captions), "errors": result.errors}
+    out = {
+        "images": len(result.images),
+        "captions": len(result.captions),
+        "errors": result.errors,
+        "outputs": outputs_record([*result.images, *result.captions]),
+    }
     if captioner is not None:
         st = captioner.stats
         out["vlm"] = {"cached": st.cached, "paid": st.paid, "fallback": st.fallback, "cost_usd": st.cost_usd}

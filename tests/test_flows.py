@@ -100,6 +100,17 @@ def test_hybrid_end_to_end_then_rerun_pays_nothing(prefect_server: str, env: Stu
     again = hybrid_flow(p)
     assert len(env.paid_requests) == paid, "a re-run must not pay for anything"
     assert again["generate"]["already_done"] == 12 and again["generate"]["generated"] == 0
+    # Outputs deleted behind the cache's back: the cached QC and augment results must not come back
+    # as if the folders were there (augment then ran on a missing folder); they are rebuilt.
+    accepted = sorted(f.name for f in (data / "qc_passed").glob("*.png"))
+    shutil.rmtree(data / "qc_passed")
+    shutil.rmtree(data / "augment")
+    rebuilt = hybrid_flow(p)
+    assert sorted(f.name for f in (data / "qc_passed").glob("*.png")) == accepted
+    assert (data / "qc_passed" / "qc_report.csv").is_file()
+    assert rebuilt["augment"]["captions"] == again["augment"]["captions"]
+    assert (data / "augment" / "kohya" / "10_ohwx woman").is_dir()
+    assert len(env.paid_requests) == paid
     gcl = api(prefect_server, f"/v2/concurrency_limits/{p.generate.limits.rate_limit_name}")
     assert gcl["slot_decay_per_second"] == pytest.approx(p.generate.limits.rate_per_s)
 
