@@ -833,11 +833,12 @@ def compose_command() -> list[str]:
 
     compose_file = str(Path(__file__).resolve().parents[1] / "docker" / "compose.yaml")
     docker = shutil.which("docker")
+    project = ["-p", "ai-influencer", "-f", compose_file]
     if docker and subprocess.run([docker, "compose", "version"], capture_output=True, check=False).returncode == 0:
-        return [docker, "compose", "-f", compose_file]
+        return [docker, "compose", *project]
     legacy = shutil.which("docker-compose")
     if legacy:
-        return [legacy, "-f", compose_file]
+        return [legacy, *project]
     raise CliError("neither `docker compose` nor `docker-compose` is installed (see README 'Running on a GPU server')")
 
 

@@ -168,8 +168,8 @@ def test_stack_up_and_down_drive_docker_compose(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     calls = log.read_text().splitlines()
     compose_file = str(REPO / "docker" / "compose.yaml")
-    assert f"compose -f {compose_file} up -d --build --force-recreate" in calls
-    assert f"compose -f {compose_file} down --volumes" in calls
+    assert f"compose -p ai-influencer -f {compose_file} up -d --build --force-recreate" in calls
+    assert f"compose -p ai-influencer -f {compose_file} down --volumes" in calls
     empty = tmp_path / "empty"
     empty.mkdir()
     res = subprocess.run([cli, "stack", "up"], capture_output=True, text=True, env={**env, "PATH": str(empty)})
@@ -178,3 +178,30 @@ def test_stack_up_and_down_drive_docker_compose(tmp_path: Path) -> None:
     assert {"postgres", "prefect-server", "worker", "hub"} <= set(services)
     assert "postgresql+asyncpg" in services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
     assert services["worker"]["command"][-3:] == ["gpu-docker", "--type", "docker"]
+    # Locked down by default: ports on 127.0.0.1 only, no fallback secrets.
+    ports = [p for svc in services.values() for p in svc.get("ports", [])]
+    assert ports and all(p.startswith("${BIND_ADDRESS:-127.0.0.1}:") for p in ports)
+    text = (REPO / "docker" / "compose.yaml").read_text()
+    assert "change-me" not in text and ":-prefect}" not in text
+    for var in ("POSTGRES_PASSWORD", "PREFECT_AUTH", "INFLUENCER_HUB_TOKEN"):
+        assert "${" + var + ":?" in text, f"{var} must be required"
+
+
+def test_compose_refuses_to_start_without_its_secrets(tmp_path: Path) -> None:
+    """docker-compose 1.29 (what Debian ships; .ci/run installs it) reads the file and names the missing secret."""
+    compose = [
+        shutil.which("docker-compose") or "docker-compose",
+        "-p",
+        "ai-influencer",
+        "-f",
+        str(REPO / "docker" / "compose.yaml"),
+    ]
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("POSTGRES_PASSWORD", "PREFECT_AUTH", "INFLUENCER_HUB_TOKEN")
+    }
+    bare = subprocess.run([*compose, "config"], capture_output=True, text=True, env=env, timeout=60)
+    assert bare.returncode != 0 and "POSTGRES_PASSWORD" in bare.stderr
+    full = {**env, "POSTGRES_PASSWORD": "pw", "PREFECT_AUTH": "admin:pw", "INFLUENCER_HUB_TOKEN": "tok"}
+    ok = subprocess.run([*compose, "config"], capture_output=True, text=True, env=full, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert "127.0.0.1:4200:4200" in ok.stdout and "127.0.0.1:8000:8000" in ok.stdout

@@ -55,11 +55,11 @@ def hub(stub: StubOpenRouter, tmp_path: Path) -> Iterator[str]:
 
 
 def test_models_are_filtered_and_cached(hub: str, stub: StubOpenRouter) -> None:
-    r = httpx.get(f"{hub}/api/models", params={"output_modality": "image"})
+    r = httpx.get(f"{hub}/api/models", params={"output_modality": "image"}, headers=AUTH)
     assert r.status_code == 200
     models = r.json()["models"]
     assert models and all("image" in m["output_modalities"] for m in models)
-    all_models = httpx.get(f"{hub}/api/models").json()
+    all_models = httpx.get(f"{hub}/api/models", headers=AUTH).json()
     assert all_models["count"] > len(models)
     assert sum(rq.path.endswith("/models") for rq in stub.requests) == 1  # TTL cache: one upstream call
 
@@ -161,17 +161,54 @@ def test_dataset_browser_and_files_stay_inside_the_data_root(hub: str, tmp_path:
         "file,faces,score,sharpness,duplicate_of,verdict,reason\na.jpg,1,0.8,120,,accepted,\nb.jpg,1,0.1,90,,rejected,identity\n"
     )
     (tmp_path / "secret.txt").write_text("outside")
-    ds = httpx.get(f"{hub}/api/dataset").json()
+    c = httpx.Client(base_url=hub, headers=AUTH, timeout=30)
+    ds = c.get("/api/dataset").json()
     assert [(i["file"], i["verdict"]) for i in ds["images"]] == [("a.jpg", "accepted"), ("b.jpg", "rejected")]
     assert ds["counts"] == {"accepted": 1, "rejected": 1}
-    assert httpx.get(hub + ds["images"][0]["url"]).content == (synth / "a.jpg").read_bytes()
-    thumb = httpx.get(hub + ds["images"][0]["thumb"])
+    assert c.get(ds["images"][0]["url"]).content == (synth / "a.jpg").read_bytes()
+    thumb = c.get(ds["images"][0]["thumb"])
     assert thumb.headers["content-type"] == "image/jpeg" and max(Image.open(io.BytesIO(thumb.content)).size) <= 256
     for evil in ("/files/../secret.txt", "/files/%2e%2e/secret.txt", "/files/..%2fsecret.txt"):
-        r = httpx.get(hub + evil)
+        r = c.get(evil)
         assert r.status_code in (403, 404) and "outside" not in r.text
-    assert httpx.get(f"{hub}/api/thumb", params={"path": "../secret.txt"}).status_code == 403
-    assert httpx.get(f"{hub}/api/dataset", params={"folder": "../.."}).status_code == 403
+    assert c.get("/api/thumb", params={"path": "../secret.txt"}).status_code == 403
+    assert c.get("/api/dataset", params={"folder": "../.."}).status_code == 403
+
+
+def test_every_data_route_needs_the_token_reads_included(hub: str, stub: StubOpenRouter, tmp_path: Path) -> None:
+    synth = tmp_path / "data" / "synth_openrouter"
+    synth.mkdir(parents=True)
+    shutil.copy(face("obama.jpg"), synth / "a.jpg")
+    reads = [
+        "/api/dataset",
+        "/api/thumb?path=synth_openrouter/a.jpg",
+        "/files/synth_openrouter/a.jpg",
+        "/api/runs",
+        "/api/models?refresh=true",  # spends the hub's key upstream
+    ]
+    for path in reads:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-Hub-Token": "wrong"}):
+            r = httpx.get(hub + path, headers=headers, timeout=30)
+            assert r.status_code == 401, (path, headers, r.status_code)
+            assert b"\xff\xd8" not in r.content[:4]
+    assert not any(rq.path.endswith("/models") for rq in stub.requests), "refused before any upstream call"
+    assert httpx.get(f"{hub}/files/synth_openrouter/a.jpg", headers={"X-Hub-Token": TOKEN}).status_code == 200
+    # The pages' cookie: set from the header, good for reads (img tags, links), never for spending.
+    browser = httpx.Client(base_url=hub, timeout=30)
+    assert browser.post("/api/session").status_code == 401
+    session = browser.post("/api/session", headers=AUTH)
+    assert session.status_code == 200
+    assert (
+        "httponly" in session.headers["set-cookie"].lower()
+        and "samesite=strict" in session.headers["set-cookie"].lower()
+    )
+    assert browser.get("/files/synth_openrouter/a.jpg").content == (synth / "a.jpg").read_bytes()
+    body = {"model": "google/gemini-2.5-flash-image", "prompt": "x"}
+    assert browser.post("/api/generate/image", json=body).status_code == 401, "a cookie alone never spends money"
+    assert stub.paid_requests == []
+    # the page shells and API docs carry no data
+    for page in ("/", "/pipeline", "/influencer", "/static/hub.js", "/docs"):
+        assert httpx.get(hub + page).status_code == 200, page
 
 
 def test_openapi_docs(hub: str) -> None:
@@ -197,7 +234,7 @@ def test_pipeline_run_starts_a_deployment_and_lists_runs(stub: StubOpenRouter, t
             assert run["deployment"] == "hybrid/hybrid-local" and run["state"] == "SCHEDULED"
             stored = httpx.get(f"{api}/flow_runs/{run['id']}").json()
             assert stored["parameters"] == params
-            runs = httpx.get(f"{hub}/api/runs").json()["runs"]
+            runs = httpx.get(f"{hub}/api/runs", headers=AUTH).json()["runs"]
             assert runs[0]["id"] == run["id"] and runs[0]["flow"] == "hybrid" and runs[0]["state"] == "SCHEDULED"
             missing = httpx.post(f"{hub}/api/pipeline/run", json={"deployment": "hybrid/nope"}, headers=AUTH)
             assert missing.status_code == 404 and "not found" in missing.json()["detail"]

@@ -61,13 +61,16 @@ def set_token(pg: object, value: str = TOKEN) -> None:
 def test_generate_page_shows_the_generated_image(page: tuple[object, str], stub: StubOpenRouter) -> None:
     pg, url = page
     pg.goto(url + "/")
+    # without the token the page shows the hub's refusal: no model list (it spends the hub's key),
+    # no generation, nothing paid for
     pg.click("#load-models")
-    pg.wait_for_selector("#models-count:has-text('models')")
-    # without the token the page shows the hub's refusal, and nothing is paid for
+    pg.wait_for_selector("#models-error:has-text('hub token')")
     pg.click("#generate")
     assert "hub token" in pg.text_content("#generate-error", timeout=20_000)
-    assert stub.paid_requests == []
+    assert stub.paid_requests == [] and not any(r.path.endswith("/models") for r in stub.requests)
     set_token(pg)
+    pg.click("#load-models")
+    pg.wait_for_selector("#models-count:has-text('models')")
     pg.click("#generate")
     img = pg.wait_for_selector("#result-image")
     assert pg.evaluate("el => el.naturalWidth", img) > 0
@@ -107,6 +110,10 @@ def test_pipeline_page_shows_the_dataset_with_verdicts(page: tuple[object, str],
         "file,faces,score,sharpness,duplicate_of,verdict,reason\na.jpg,1,0.8,120,,accepted,\nb.jpg,1,0.1,90,,rejected,id\n"
     )
     pg.goto(url + "/pipeline")
+    # without the token the hub shows nothing of the dataset, only what to do
+    pg.wait_for_selector("#dataset-summary:has-text('hub token')")
+    assert pg.query_selector(".tile") is None
+    set_token(pg)
     pg.wait_for_selector(".tile.accepted img")
     pg.wait_for_function("() => [...document.querySelectorAll('.tile img')].every(i => i.complete && i.naturalWidth)")
     assert "1 accepted · 1 rejected" in pg.text_content("#dataset-summary")

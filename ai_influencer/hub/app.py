@@ -3,8 +3,16 @@
 No pipeline logic lives here: models and generation go through the one
 OpenRouter client, insights through ``ai_influencer.insights``, runs through
 Prefect's REST API (``flows.api``), and the dataset view reads the files the
-stages wrote. Every POST needs the hub token; files are served only from inside
-the data root; uploads are size-limited. OpenAPI docs are at /docs.
+stages wrote.
+
+Security: every ``/api`` and ``/files`` route needs the hub token, reads included
+(the dataset, run list and thumbnails are the user's data, and ``/api/models``
+spends the hub's key). A script sends it as ``Authorization: Bearer`` (or
+``X-Hub-Token``); the pages also get an HttpOnly, SameSite=Strict cookie from
+``POST /api/session`` so that ``<img>`` tags and links work. State-changing calls
+(POST) accept the header only, never the cookie, so another site cannot make a
+browser spend money. Files are served only from inside the data root; uploads are
+size-limited. The page shells and /docs carry no data and stay open.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import secrets
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
@@ -33,6 +41,7 @@ from ai_influencer.settings import MissingApiKeyError, Settings
 from ai_influencer.vision.qc import read_report
 
 STATIC = Path(__file__).with_name("static")
+COOKIE = "hub_token"
 SERVABLE = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".csv", ".json", ".txt"}
 
 
@@ -114,15 +123,27 @@ def create_app(
                 raise HTTPException(503, detail=str(exc)) from None
         return state["client"]
 
-    def require_token(request: Request) -> None:
-        if token is None:
-            raise HTTPException(403, detail="the hub has no token configured (set INFLUENCER_HUB_TOKEN)")
+    def sent_token(request: Request) -> str:
+        """The token from the header; for reads (GET) also from the session cookie."""
         sent = request.headers.get("x-hub-token") or ""
         auth = request.headers.get("authorization") or ""
         if auth.lower().startswith("bearer "):
             sent = auth[7:]
-        if not secrets.compare_digest(sent.encode(), token.encode()):
-            raise HTTPException(401, detail="missing or wrong hub token", headers={"WWW-Authenticate": "Bearer"})
+        if not sent and request.method in ("GET", "HEAD"):
+            sent = request.cookies.get(COOKIE) or ""
+        return sent
+
+    def require_token(request: Request) -> None:
+        if token is None:
+            raise HTTPException(403, detail="the hub has no token configured (set INFLUENCER_HUB_TOKEN)")
+        if not secrets.compare_digest(sent_token(request).encode(), token.encode()):
+            raise HTTPException(
+                401,
+                detail="missing or wrong hub token (enter it in the hub token box)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    api = APIRouter(dependencies=[Depends(require_token)])
 
     # ---- pages -------------------------------------------------------------------------------
     for route, page in (("/", "index.html"), ("/influencer", "influencer.html"), ("/pipeline", "pipeline.html")):
@@ -140,7 +161,7 @@ def create_app(
         return FileResponse(path)
 
     # ---- OpenRouter ------------------------------------------------------------------------------
-    @app.get("/api/models", tags=["openrouter"])
+    @api.get("/api/models", tags=["openrouter"])
     def models(
         output_modality: str | None = Query(default=None, description="text | image | ..."),
         refresh: bool = False,
@@ -170,12 +191,7 @@ def create_app(
         body = GenerateResponse(ok=False, kind=kind, model=model, error=ApiError(code=code, message=message))  # type: ignore[arg-type]
         return JSONResponse(body.model_dump(), status_code=status)
 
-    @app.post(
-        "/api/generate/{kind}",
-        response_model=GenerateResponse,
-        tags=["openrouter"],
-        dependencies=[Depends(require_token)],
-    )
+    @api.post("/api/generate/{kind}", response_model=GenerateResponse, tags=["openrouter"])
     def generate(kind: Literal["text", "image", "video"], req: GenerateRequest) -> Any:
         if kind == "video":
             return failure(
@@ -221,7 +237,7 @@ def create_app(
             return JSONResponse({"detail": f"request larger than {settings.hub_max_upload_mb:g} MB"}, status_code=413)
         return await call_next(request)
 
-    @app.post("/api/influencer", tags=["insights"], dependencies=[Depends(require_token)])
+    @api.post("/api/influencer", tags=["insights"])
     async def influencer(files: list[UploadFile]) -> dict[str, Any]:
         """Upload posts (and optionally profiles) as CSV/JSON; returns profiles sorted by success_score."""
         payload = {(f.filename or f"upload-{i}"): await read_limited(f) for i, f in enumerate(files)}
@@ -246,7 +262,7 @@ def create_app(
         except ValueError as exc:
             raise HTTPException(503, detail=f"no Prefect server configured: {exc}") from None
 
-    @app.post("/api/pipeline/run", tags=["pipeline"], dependencies=[Depends(require_token)])
+    @api.post("/api/pipeline/run", tags=["pipeline"])
     def run_pipeline(req: RunRequest) -> dict[str, Any]:
         """Start a deployment (default: the hybrid pipeline) with parameters, through Prefect's API."""
         from flows.api import trigger_deployment
@@ -263,7 +279,7 @@ def create_app(
                 raise HTTPException(502, detail=f"Prefect API: {exc}") from None
         return {"id": run["id"], "name": run["name"], "state": run.get("state_type"), "deployment": deployment}
 
-    @app.get("/api/runs", tags=["pipeline"])
+    @api.get("/api/runs", tags=["pipeline"])
     def runs(limit: int = Query(default=20, ge=1, le=200)) -> dict[str, Any]:
         """Recent flow runs and their states, newest first."""
         with prefect_client() as c:
@@ -295,7 +311,7 @@ def create_app(
             raise HTTPException(403, detail="path escapes the data root")
         return path
 
-    @app.get("/api/dataset", tags=["pipeline"])
+    @api.get("/api/dataset", tags=["pipeline"])
     def dataset(folder: str = "synth_openrouter") -> dict[str, Any]:
         """The generated images with their QC verdicts (from qc_passed/qc_report.csv when QC ran)."""
         root = inside_data(folder)
@@ -324,7 +340,7 @@ def create_app(
             "counts": {v: sum(1 for r in verdicts.values() if r.verdict == v) for v in ("accepted", "rejected")},
         }
 
-    @app.get("/files/{relative:path}", include_in_schema=True, tags=["pipeline"])
+    @api.get("/files/{relative:path}", tags=["pipeline"])
     def files(relative: str) -> FileResponse:
         """A file under the data root (images, CSV, JSON, captions only)."""
         path = inside_data(relative)
@@ -332,7 +348,7 @@ def create_app(
             raise HTTPException(404, detail="no such file")
         return FileResponse(path)
 
-    @app.get("/api/thumb", tags=["pipeline"])
+    @api.get("/api/thumb", tags=["pipeline"])
     def thumb(path: str, size: int = Query(default=256, ge=32, le=1024)) -> Response:
         from PIL import Image
 
@@ -344,6 +360,21 @@ def create_app(
             im.thumbnail((size, size))
             buf = io.BytesIO()
             im.save(buf, format="JPEG", quality=85)
-        return Response(buf.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "max-age=300"})
+        return Response(buf.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
 
+    @api.post("/api/session", tags=["hub"])
+    def session(request: Request) -> JSONResponse:
+        """Exchange the token (header) for an HttpOnly cookie, so the pages' images and links load."""
+        response = JSONResponse({"ok": True})
+        response.set_cookie(
+            COOKIE,
+            sent_token(request),
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            path="/",
+        )
+        return response
+
+    app.include_router(api)
     return app

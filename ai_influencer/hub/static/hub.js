@@ -1,8 +1,17 @@
 // Shared by the hub pages: the token (kept in this browser only) and a fetch wrapper.
+// Every /api and /files call needs the token: fetches send it as a header; images and links get it
+// from the HttpOnly cookie POST /api/session sets. Pages reload their data on the "hubtoken" event.
 const Hub = {
   token() { return localStorage.getItem("hubToken") || ""; },
-  setToken(v) { localStorage.setItem("hubToken", v.trim()); },
+  async setToken(v) {
+    localStorage.setItem("hubToken", v.trim());
+    Hub.session = Hub.api("/api/session", { method: "POST" });
+    await Hub.session;
+    document.dispatchEvent(new Event("hubtoken"));
+  },
+  session: Promise.resolve(),
   async api(path, opts = {}) {
+    if (path !== "/api/session") await Hub.session;  // the cookie the page's images need is set first
     const headers = Object.assign({}, opts.headers || {});
     if (Hub.token()) headers["Authorization"] = "Bearer " + Hub.token();
     const res = await fetch(path, Object.assign({}, opts, { headers }));
@@ -36,5 +45,6 @@ const Hub = {
     const input = document.getElementById("token");
     input.value = Hub.token();
     input.addEventListener("change", () => Hub.setToken(input.value));
+    if (Hub.token()) Hub.session = Hub.api("/api/session", { method: "POST" });
   },
 };
