@@ -9,6 +9,7 @@ one clear line and exit non-zero instead of a traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,8 +39,54 @@ class CliError(Exception):
     """An expected failure reported as one line."""
 
 
+# Prefect's embedded server gets 20 s to start by default; on a busy 2-core machine the first
+# `influencer run` on a fresh PREFECT_HOME missed it twice in a row (measured). Set before Prefect starts.
+EPHEMERAL_STARTUP_TIMEOUT_S = "180"
+
+
+@app.callback()
+def _startup() -> None:
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_TIMEOUT_S)
+
+
+def _one_line(exc: BaseException, *, first_line_only: bool = False) -> str:
+    """An exception as the line(s) a user needs; HTTP failures name the server and what to do.
+
+    Our own errors are written to be read (a prompt bank lists each problem on its own line) and
+    are kept whole unless ``first_line_only``.
+    """
+    import httpx
+
+    request = getattr(exc, "request", None) if isinstance(exc, httpx.HTTPError) else None
+    if request is None and type(exc).__name__ == "PrefectHTTPStatusError":
+        request = getattr(exc, "request", None)
+    if request is not None:
+        where = f"{request.url.scheme}://{request.url.netloc.decode()}"
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        what = f"HTTP {status}" if status else (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        hint = (
+            "check the user:password in PREFECT_API_AUTH_STRING"
+            if status == 401
+            else "is the Prefect server running (`prefect server start`)? check PREFECT_API_URL, or unset it to "
+            "use the embedded server"
+        )
+        return f"Prefect API at {where}: {what}; {hint}"
+    if isinstance(exc, TimeoutError) and "ephemeral" in str(exc).lower():
+        return (
+            f"{str(exc).splitlines()[0]} (raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or start "
+            "`prefect server start` and set PREFECT_API_URL)"
+        )
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    return text.splitlines()[0] if first_line_only else text
+
+
 @contextmanager
 def _friendly_errors() -> Iterator[None]:
+    import httpx
+    from prefect.exceptions import PrefectHTTPStatusError
+
     from ai_influencer.openrouter import OpenRouterError
     from ai_influencer.prompt_bank import PromptBankError
 
@@ -52,8 +99,10 @@ def _friendly_errors() -> Iterator[None]:
         OpenRouterError,
         ValueError,
         FileNotFoundError,
+        httpx.HTTPError,
+        PrefectHTTPStatusError,
     ) as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {_one_line(exc)}", highlight=False, markup=True, soft_wrap=True)
         raise typer.Exit(code=1) from None
 
 
@@ -62,9 +111,11 @@ def _settings() -> Settings:
 
 
 def _client(settings: Settings):
+    """The OpenRouter client with the key from the Prefect block, else the environment (one resolver)."""
     from ai_influencer.openrouter import OpenRouterClient
+    from blocks.openrouter import resolve_settings
 
-    return OpenRouterClient.from_settings(settings)
+    return OpenRouterClient.from_settings(resolve_settings(settings)[0])
 
 
 BankOpt = Annotated[
@@ -402,6 +453,33 @@ def augment(
         out.print(f"wrote {len(result.images)} images and {len(result.captions)} captions{extra}")
 
 
+def _check_run_inputs(settings: Settings, prompt_bank: Path, skipped: set[str]) -> None:
+    """What `run` needs, checked in seconds before Prefect starts (it used to take ~50 s to say
+    that data/input_raw was empty)."""
+    from ai_influencer.dataset.workspace import Workspace
+    from ai_influencer.prompt_bank import load_prompt_bank
+    from ai_influencer.vision.image_io import list_images
+
+    ws = Workspace.from_settings(settings)
+    load_prompt_bank(prompt_bank)
+    if "prepare" not in skipped:
+        raw = ws.input_raw
+        found = list_images(raw) if raw.is_dir() else []
+        if len(found) < 2:
+            raise CliError(
+                f"put at least 2 photos of the persona (JPEG/PNG/WEBP, one face each) in {raw}/ "
+                f"(found {len(found)}); then run again"
+            )
+    paid = {"plan", "generate"} - skipped
+    if paid and settings.openrouter_api_key is None:
+        from blocks.openrouter import blocks_possible
+
+        if not blocks_possible():
+            raise CliError(
+                "no OpenRouter key: set OPENROUTER_API_KEY (environment or .env) or store it with `influencer set-key`"
+            )
+
+
 @app.command()
 def run(
     prompt_bank: BankOpt = None,
@@ -414,23 +492,25 @@ def run(
     ] = None,
     do_rembg: Annotated[bool, typer.Option("--do-rembg/--no-rembg", "--do_rembg")] = False,
 ) -> None:
-    """Run the hybrid Prefect flow in-process (local Prefect with SQLite; no server or Docker needed)."""
-    from tasks.common import durable_local_leases
+    """Run the hybrid Prefect flow in-process (local Prefect with SQLite; no server or Docker needed).
 
-    with _friendly_errors(), durable_local_leases():
+    Ctrl-C or SIGTERM during generation stops new paid requests and saves the ones in flight.
+    """
+    with _friendly_errors():
         settings = _settings()
-        from flows.hybrid import hybrid_flow
-        from flows.params import GenerateParams, HybridParams, Paths, PrepareParams
-
         skipped = set(skip or [])
         unknown = skipped - {"prepare", "plan", "generate", "qc", "augment", "train", "evaluate"}
         if unknown:
             raise CliError(f"--skip: unknown stage(s) {sorted(unknown)}")
+        bank = Path(prompt_bank or settings.prompt_bank)
+        _check_run_inputs(settings, bank, skipped)
+
+        from flows.params import GenerateParams, HybridParams, Paths, PrepareParams
+        from tasks.common import durable_local_leases
+
         params = HybridParams(
             paths=Paths(
-                data_root=str(settings.data_root),
-                prompt_bank=str(prompt_bank or settings.prompt_bank),
-                models_root=str(settings.models_root),
+                data_root=str(settings.data_root), prompt_bank=str(bank), models_root=str(settings.models_root)
             ),
             run_prepare="prepare" not in skipped,
             run_plan="plan" not in skipped,
@@ -442,7 +522,19 @@ def run(
             prepare=PrepareParams(do_rembg=do_rembg),
             generate=GenerateParams(per_scene=per_scene, model=model or settings.image_model, budget_usd=budget),
         )
-        result = hybrid_flow(params)
+        try:
+            with durable_local_leases():
+                from flows.hybrid import hybrid_flow
+
+                result = hybrid_flow(params)
+        except KeyboardInterrupt:
+            console.print("[yellow]stopped:[/] every image already paid for is saved; run again to continue")
+            raise typer.Exit(code=130) from None
+        except (CliError, typer.Exit):
+            raise
+        except Exception as exc:  # a failed stage: one line here, the details are in the Prefect run's logs
+            said = _one_line(exc, first_line_only=True)
+            raise CliError(f"{said} (details: the run's logs in the Prefect UI or above)") from None
         out.print_json(data=result)
 
 
@@ -767,10 +859,11 @@ app.add_typer(stack_app, name="stack")
 @blocks_app.command("register")
 def blocks_register() -> None:
     """Register the OpenRouter Credentials block type on the Prefect server."""
-    from blocks.openrouter import register_blocks
+    with _friendly_errors():
+        from blocks.openrouter import register_blocks
 
-    register_blocks()
-    out.print("registered block type 'OpenRouter Credentials' (slug openrouter-credentials)")
+        register_blocks()
+        out.print("registered block type 'OpenRouter Credentials' (slug openrouter-credentials)")
 
 
 @app.command("set-key")
@@ -800,30 +893,49 @@ def stack_init(
     docker_pool: Annotated[str, typer.Option(help="Docker work pool name.")] = "gpu-docker",
     process_pool: Annotated[str, typer.Option(help="Process work pool name.")] = "local-process",
 ) -> None:
-    """Create (if missing) the work pools, rate/concurrency limits and block types the deployments use."""
+    """Create what is missing: work pools, rate/concurrency limits, block types. What exists is kept as is."""
     import subprocess
 
     with _friendly_errors():
         settings = _settings()
+        from prefect.client.orchestration import get_client
+        from prefect.exceptions import ObjectNotFound
+
         from blocks.openrouter import register_blocks
         from tasks.common import ensure_limit, rate_limit_capacity
 
         register_blocks()
         per_s = rate_per_s or settings.image_rate_per_s
-        rate = ensure_limit(settings.image_rate_limit_name, rate_limit_capacity(per_s), per_s)[0]
-        inflight = ensure_limit(settings.image_inflight_limit_name, max_inflight or settings.image_max_inflight)[0]
-        out.print(f"limit {settings.image_rate_limit_name}: {rate}; {settings.image_inflight_limit_name}: {inflight}")
+        rate = ensure_limit(settings.image_rate_limit_name, rate_limit_capacity(per_s), per_s)
+        inflight = ensure_limit(settings.image_inflight_limit_name, max_inflight or settings.image_max_inflight)
+        out.print(
+            f"limit {settings.image_rate_limit_name}: {rate[0]} ({rate[2]:g}/s); "
+            f"{settings.image_inflight_limit_name}: {inflight[0]} ({inflight[1]} in flight)"
+        )
         prefect = str(Path(sys.executable).with_name("prefect"))
         for name, kind in ((docker_pool, "docker"), (process_pool, "process")):
+            with get_client(sync_client=True) as client:
+                try:
+                    pool = client.read_work_pool(name)
+                except ObjectNotFound:
+                    pool = None
+            if pool is not None:
+                # An operator may have tuned its job template, concurrency or paused it: never reset that.
+                note = f" (type differs: expected {kind})" if pool.type != kind else ""
+                paused = ", paused" if pool.is_paused else ""
+                out.print(f"work pool {name} ({pool.type}{paused}): exists, kept as is{note}")
+                continue
             res = subprocess.run(
-                [prefect, "work-pool", "create", name, "--type", kind, "--overwrite"],
+                [prefect, "work-pool", "create", name, "--type", kind],
                 capture_output=True,
                 text=True,
                 check=False,
             )
             if res.returncode != 0:
-                raise CliError(f"creating work pool {name}: {res.stderr.strip() or res.stdout.strip()}")
-            out.print(f"work pool {name} ({kind}): ready")
+                raise CliError(
+                    f"creating work pool {name}: {(res.stderr.strip() or res.stdout.strip()).splitlines()[-1]}"
+                )
+            out.print(f"work pool {name} ({kind}): created")
 
 
 def compose_command() -> list[str]:

@@ -10,10 +10,18 @@ baked into an image. The block stores it encrypted server-side as a
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
+import httpx
 from prefect.blocks.core import Block
+from prefect.exceptions import PrefectHTTPStatusError
+from prefect.settings import get_current_settings
 from pydantic import Field, SecretStr
 
 from ai_influencer.settings import DEFAULT_BASE_URL, Settings
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BLOCK_NAME = "openrouter"
 
@@ -32,17 +40,41 @@ class OpenRouterCredentials(Block):
     app_url: str | None = Field(default=None, description="Sent as HTTP-Referer.")
 
 
+def blocks_possible() -> bool:
+    """Whether a block can exist at all: a configured Prefect API, or the embedded server's database.
+
+    Why ask: with no ``PREFECT_API_URL`` a block lookup starts Prefect's embedded server (seconds on
+    a small machine); on a machine where ``set-key`` never ran there is nothing to find.
+    """
+    settings = get_current_settings()
+    if settings.api.url:
+        return True
+    url = settings.server.database.connection_url
+    raw = url.get_secret_value() if url is not None else ""
+    if raw.startswith("sqlite"):
+        db = raw.split(":///", 1)[-1]
+        return db == ":memory:" or Path(db).is_file()
+    return True
+
+
 def resolve_settings(settings: Settings | None = None, block_name: str | None = None) -> tuple[Settings, str]:
     """Settings with the key taken from the block if it exists, else from the environment.
 
-    Returns the settings and where the key came from ("block:<name>", "env" or "none").
+    The one key resolver of every entry point (CLI commands, the hub, the GUI's child processes, the
+    flows): block first, then ``OPENROUTER_API_KEY``. An unreachable Prefect API is not fatal here:
+    the environment's key is used and a warning says why. Returns the settings and where the key came
+    from ("block:<name>", "env" or "none").
     """
     settings = settings or Settings()
     name = block_name or settings.credentials_block
-    try:
-        creds = OpenRouterCredentials.load(name, validate=True)
-    except (ValueError, RuntimeError):  # no such block, or no reachable API to ask
-        creds = None
+    creds = None
+    if blocks_possible():
+        try:
+            creds = OpenRouterCredentials.load(name, validate=True)
+        except (ValueError, RuntimeError):  # no such block
+            creds = None
+        except (httpx.HTTPError, PrefectHTTPStatusError, OSError) as exc:
+            log.warning("Prefect API unreachable (%s); using OPENROUTER_API_KEY from the environment", exc)
     if creds is not None:
         merged = settings.model_copy(
             update={

@@ -20,7 +20,8 @@ if [[ "$EXTRAS" == *train* && "$TORCH" != skip ]] && ! .venv/bin/python -c "impo
   # shellcheck disable=SC2086 # TORCH may carry pip options
   "${VPIP[@]}" install -q $TORCH
 fi
-"${VPIP[@]}" install -q -e ".[${EXTRAS}]"
+# constraints.txt: the exact versions CI ran with (scripts/lock.sh), so installs are reproducible.
+"${VPIP[@]}" install -q -c constraints.txt -e ".[${EXTRAS}]"
 
 # insightface depends on the GUI build `opencv-python`, which writes the same cv2/ package as
 # `opencv-python-headless` (ours; no libGL needed). Keep exactly one: the headless build.

@@ -12,13 +12,11 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from typing import Any, ClassVar
 
-import httpx
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import get_current_settings, temporary_settings
-from prefect.utilities.asyncutils import run_coro_as_sync
 
 from ai_influencer.costs import BudgetExceededError, RunHaltedError
 from ai_influencer.openrouter import OpenRouterClient, OpenRouterError
@@ -26,6 +24,7 @@ from ai_influencer.pacing import AdaptiveRate, StopFlag, StopRequested
 from ai_influencer.prompt_bank import PromptBankError
 from ai_influencer.settings import MissingApiKeyError, Settings
 from blocks.openrouter import resolve_settings
+from tasks.prefect_compat import FILESYSTEM_LEASES, expired_filesystem_leases, post_increment
 
 # Errors a Prefect task retry must not retry. OpenRouter errors: the client already owns them
 # (its own jittered retries of 429/5xx/deadline/cut bodies; fatal 4xx are never retried); a task
@@ -117,9 +116,6 @@ def ensure_limit(name: str, limit: int, slot_decay_per_second: float = 0.0) -> t
             return "created", limit, slot_decay_per_second
 
 
-FILESYSTEM_LEASES = "prefect.server.concurrency.lease_storage.filesystem"
-
-
 def durable_local_leases() -> AbstractContextManager[Any]:
     """Settings under which a killed run on the embedded server does not lock its successors out.
 
@@ -146,16 +142,9 @@ def reclaim_expired_leases(client: SyncPrefectClient) -> int:
     """
     if get_current_settings().server.concurrency.lease_storage != FILESYSTEM_LEASES:
         return 0
-    from prefect.server.concurrency.lease_storage.filesystem import ConcurrencyLeaseStorage
-
-    storage = ConcurrencyLeaseStorage()
-    if not storage.storage_path.is_dir():
-        return 0
     freed = 0
-    for lease_id in run_coro_as_sync(storage.read_expired_lease_ids(limit=1000)) or []:
-        lease = run_coro_as_sync(storage.read_lease(lease_id))
-        if lease is not None and lease.resource_ids and lease.metadata is not None:
-            freed += lease.metadata.slots  # leases without limits (a task's tags match none) free nothing
+    for lease_id, slots in expired_filesystem_leases():
+        freed += slots  # leases without limits (a task's tags match none) free nothing
         client.release_concurrency_slots_with_lease(lease_id)
     return freed
 
@@ -331,23 +320,14 @@ def take_rate_slots(
     Prefect's HTTP client waits ``2 ** attempt`` seconds before asking again. Measured with 10 req/s
     and 200 images, one increment in eight met a 503, and each one stalled every request behind it by
     2 s. This sends the same ``POST /v2/concurrency_limits/increment`` through the client Prefect
-    configured (URL, auth, headers, CSRF token) but retries a 503 after 30-120 ms. Should a future
-    Prefect client lack those internals, it falls back to Prefect's own call.
+    configured (URL, auth, headers, CSRF token) but retries a 503 after 30-120 ms (see
+    ``prefect_compat.post_increment``, which falls back to Prefect's own call).
     """
-    http = getattr(client, "_client", None)
-    add_csrf = getattr(http, "_add_csrf_headers", None)
-    direct = isinstance(http, httpx.Client) and callable(add_csrf)
     deadline = time.monotonic() + timeout_s
     busy = 0
     while True:
         payload = {"names": [name], "slots": slots() if callable(slots) else slots, "mode": "rate_limit"}
-        if direct:
-            assert isinstance(http, httpx.Client)
-            request = http.build_request("POST", "/v2/concurrency_limits/increment", json=payload)
-            add_csrf(request)  # type: ignore[misc]  # a token if the server asks for one, as Prefect does
-            response = httpx.Client.send(http, request)  # the plain send: no 2 s back-off on 503
-        else:
-            response = client.increment_concurrency_slots(names=[name], slots=payload["slots"], mode="rate_limit")
+        response = post_increment(client, payload)  # the plain send: no 2 s back-off on 503
         answered_at = time.monotonic()
         if response.status_code == 200:
             if not response.json():

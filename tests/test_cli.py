@@ -205,3 +205,27 @@ def test_compose_refuses_to_start_without_its_secrets(tmp_path: Path) -> None:
     ok = subprocess.run([*compose, "config"], capture_output=True, text=True, env=full, timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert "127.0.0.1:4200:4200" in ok.stdout and "127.0.0.1:8000:8000" in ok.stdout
+
+
+def test_run_checks_its_inputs_before_starting_prefect(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """A newcomer's first `influencer run` with nothing in data/input_raw: told what to put where, at once."""
+    env = {**cli_env, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    res = run(["run"], env, tmp_path)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "put at least 2 photos of the persona" in res.stderr and "input_raw" in res.stderr
+    assert not (tmp_path / "prefect-home" / "prefect.db").exists(), "Prefect was not even started"
+    no_key = {k: v for k, v in env.items() if k != "OPENROUTER_API_KEY"}
+    res = run(["run", "--skip", "prepare"], no_key, tmp_path)
+    assert res.returncode == 1 and "no OpenRouter key" in res.stderr and "influencer set-key" in res.stderr
+
+
+def test_prefect_outside_the_tested_range_is_named_at_start_up() -> None:
+    import warnings
+
+    from tasks.prefect_compat import check_prefect_version
+
+    assert check_prefect_version() is None, "the installed Prefect is the tested one"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        text = check_prefect_version("3.4.10")
+    assert text and "3.4.10" in text and "tested" in text and caught

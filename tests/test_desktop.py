@@ -101,7 +101,7 @@ def test_stop_ends_a_long_step_and_the_key_is_not_on_the_command_line(
     app = gui
     (tmp_path / "data" / "cleaned").mkdir(parents=True)
     shutil.copy(face("obama.jpg"), tmp_path / "data" / "cleaned" / "obama.jpg")
-    stub.latency = 30  # every image takes 30 s: generation of 6 x 12 images would run for minutes
+    stub.latency, stub.latency_paths = 4, ("/chat/completions",)  # 6 x 12 images would run for minutes
     app.vars["per_scene"].set("12")  # type: ignore[attr-defined]
     app.buttons["generate"].invoke()  # type: ignore[attr-defined]
     pump(
@@ -114,9 +114,35 @@ def test_stop_ends_a_long_step_and_the_key_is_not_on_the_command_line(
     cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode(errors="replace")
     assert TEST_KEY not in cmdline and TEST_KEY not in app.log_text()  # type: ignore[attr-defined]
     assert os.environ.get("OPENROUTER_API_KEY") is None  # the key went to the child's env only
+    time.sleep(1.0)  # requests are in flight
+    app.stop_button.invoke()  # type: ignore[attr-defined]
+    pump(app, lambda: "[stopped]" in app.log_text(), timeout=60)  # type: ignore[attr-defined]
+    assert proc.poll() is not None
+    # Stop drained the step: the requests the provider accepted finished and every one is on disk.
+    time.sleep(0.2)
+    paid = len(stub.paid_requests)
+    synth = Path(app.vars["synth"].get())  # type: ignore[attr-defined]
+    assert paid >= 1 and len(list(synth.glob("*.png"))) == paid, app.log_text()  # type: ignore[attr-defined]
+    assert paid < 72 and "every image already paid for is saved" in app.log_text()  # type: ignore[attr-defined]
+    assert app.status.get().startswith("stopped")  # type: ignore[attr-defined]
+    assert str(app.buttons["qc"].cget("state")) == "normal"  # type: ignore[attr-defined]
+
+
+def test_a_second_stop_kills_at_once(gui: object, stub: StubOpenRouter, tmp_path: Path) -> None:
+    app = gui
+    (tmp_path / "data" / "cleaned").mkdir(parents=True)
+    shutil.copy(face("obama.jpg"), tmp_path / "data" / "cleaned" / "obama.jpg")
+    stub.latency, stub.latency_paths = 60, ("/chat/completions",)  # a provider that takes a minute per image
+    app.vars["per_scene"].set("12")  # type: ignore[attr-defined]
+    app.buttons["generate"].invoke()  # type: ignore[attr-defined]
+    pump(app, lambda: any(r.path.endswith("/chat/completions") for r in stub.requests), timeout=120)
+    proc = app.runner.proc  # type: ignore[attr-defined]
+    app.stop_button.invoke()  # type: ignore[attr-defined]
+    pump(app, lambda: app.status.get().startswith("stopping"), timeout=10)  # type: ignore[attr-defined]
+    assert "press Stop again" in app.status.get()  # type: ignore[attr-defined]
+    time.sleep(1.0)
+    assert proc.poll() is None, "still finishing the request in flight"
     started = time.monotonic()
     app.stop_button.invoke()  # type: ignore[attr-defined]
     pump(app, lambda: "[stopped]" in app.log_text(), timeout=30)  # type: ignore[attr-defined]
-    assert time.monotonic() - started < 15 and proc.poll() is not None
-    assert app.status.get().startswith("stopped")  # type: ignore[attr-defined]
-    assert str(app.buttons["qc"].cget("state")) == "normal"  # type: ignore[attr-defined]
+    assert proc.poll() is not None and time.monotonic() - started < 20

@@ -91,7 +91,7 @@ def image(docker: None, tmp_path_factory: pytest.TempPathFactory) -> str:
     wheels = REPO / "docker" / "wheels"
     if not any(wheels.glob("prefect-*.whl")):
         wheels.mkdir(parents=True, exist_ok=True)
-        sh(str(BIN / "pip"), "wheel", "-q", "-w", str(wheels), ".[hub]")
+        sh(str(BIN / "pip"), "wheel", "-q", "-w", str(wheels), "-c", "constraints.txt", ".[hub]")
         # build tools for the project itself, and what Debian's Python 3.11.2 needs beyond this 3.11.x
         sh(str(BIN / "pip"), "download", "-q", "-d", str(wheels), "setuptools>=69", "wheel", "async-timeout>=4.0.3")
         for stale in wheels.glob("ai_influencer-*.whl"):

@@ -51,7 +51,7 @@ def rest(env: dict[str, str], method: str, path: str, body: dict | None = None) 
     user, _, password = env["PREFECT_API_AUTH_STRING"].partition(":")
     r = httpx.request(method, env["PREFECT_API_URL"] + path, json=body, auth=(user, password), timeout=30)
     r.raise_for_status()
-    return r.json()
+    return r.json() if r.content else {}
 
 
 def test_api_trigger_runs_the_hybrid_deployment_on_a_process_worker(
@@ -68,9 +68,28 @@ def test_api_trigger_runs_the_hybrid_deployment_on_a_process_worker(
         "INFLUENCER_IMAGE_INFLIGHT_LIMIT_NAME": f"in-{tag}",
     }
     out = run([str(BIN / "influencer"), "stack", "init", "--rate-per-s", "20", "--max-inflight", "6"], stack_env)
-    assert "gpu-docker (docker): ready" in out and "local-process (process): ready" in out
+    assert "gpu-docker (docker): created" in out and "local-process (process): created" in out
     pools = {p["name"]: p["type"] for p in rest(env, "POST", "/work_pools/filter", {})}
     assert pools["gpu-docker"] == "docker" and pools["local-process"] == "process"
+    # An operator tunes the GPU pool (paused, a concurrency cap, its own job template); init again keeps it.
+    tuned = rest(env, "GET", "/work_pools/gpu-docker")
+    template = tuned["base_job_template"]
+    template["variables"]["properties"]["image"]["default"] = "registry.example/ai-influencer:tuned"
+    rest(
+        env,
+        "PATCH",
+        "/work_pools/gpu-docker",
+        {"is_paused": True, "concurrency_limit": 2, "base_job_template": template},
+    )
+    out = run([str(BIN / "influencer"), "stack", "init"], stack_env)
+    assert "gpu-docker (docker, paused): exists, kept as is" in out
+    kept = rest(env, "GET", "/work_pools/gpu-docker")
+    assert kept["is_paused"] and kept["concurrency_limit"] == 2
+    assert (
+        kept["base_job_template"]["variables"]["properties"]["image"]["default"]
+        == "registry.example/ai-influencer:tuned"
+    )
+    rest(env, "PATCH", "/work_pools/gpu-docker", {"is_paused": False})
     rate = rest(env, "GET", f"/v2/concurrency_limits/rate-{tag}")
     assert rate["slot_decay_per_second"] == pytest.approx(20) and rate["limit"] >= 1
     assert rest(env, "GET", f"/v2/concurrency_limits/in-{tag}")["limit"] == 6
@@ -80,6 +99,21 @@ def test_api_trigger_runs_the_hybrid_deployment_on_a_process_worker(
     stub.valid_keys = {secret, TEST_KEY}
     out = run([str(BIN / "influencer"), "set-key", "--base-url", stub.base_url], env, stdin=secret + "\n")
     assert secret not in out
+    # The stored key is the key of the CLI's stage commands too, not only of flows.
+    no_env_key = {k: v for k, v in env.items() if not k.startswith("OPENROUTER_")}
+    board = tmp_path / "board.json"
+    run([str(BIN / "influencer"), "plan", "--prompt-bank", BANK, "--out", str(board)], no_env_key)
+    assert board.is_file() and any(r.authorization_ok for r in stub.requests if r.path.endswith("/chat/completions"))
+    # A server that is not there: one line that says what to do, not a traceback.
+    down = {**env, "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    for args, stdin in ((["set-key"], "sk-or-x\n"), (["trigger", "hybrid/hybrid-local"], None)):
+        res = subprocess.run(
+            [str(BIN / "influencer"), *args], input=stdin, capture_output=True, text=True, env=down, timeout=120
+        )
+        assert res.returncode == 1, res.stderr
+        lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        assert len(lines) <= 2 and "Prefect API at http://127.0.0.1:9" in res.stderr, res.stderr
+        assert "prefect server start" in res.stderr and "Traceback" not in res.stderr
 
     deploy_env = {**env, "INFLUENCER_PROJECT_DIR": str(REPO)}
     run([str(BIN / "prefect"), "--no-prompt", "deploy", "--name", "hybrid-local"], deploy_env)

@@ -4,8 +4,10 @@ Each button runs one ``influencer`` CLI command as a child process, exactly what
 user would type, so the GUI holds no pipeline logic. The API key travels to the
 child in its environment (never on the command line, where ``ps`` shows it). A
 reader thread puts output lines on a thread-safe queue; the Tk main loop drains
-it every 50 ms (Tk must only be touched from its own thread). Stop ends the
-whole process group: SIGTERM, then SIGKILL after a grace period.
+it every 50 ms (Tk must only be touched from its own thread). Stop sends SIGTERM to
+the whole process group: the command stops sending paid requests, lets the ones in
+flight finish and saves them (each bounded by the OpenRouter deadline), then exits;
+SIGKILL follows only after that deadline plus a margin, or at once on a second Stop.
 """
 
 from __future__ import annotations
@@ -116,12 +118,20 @@ class ProcessRunner:
 
         threading.Thread(target=pump, daemon=True).start()
 
-    def stop(self, grace_s: float = 3.0) -> None:
+    def stop(self, grace_s: float = 135.0) -> None:
+        """SIGTERM (drain), then SIGKILL after ``grace_s``; a second call while draining kills at once.
+
+        Why not a 3 s grace: requests already sent are billed by the provider; killing them threw
+        paid images away. ``grace_s`` should exceed the OpenRouter deadline.
+        """
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return
-        self.stopped = True
         try:
+            if self.stopped:  # asked twice: stop now
+                os.killpg(proc.pid, signal.SIGKILL)
+                return
+            self.stopped = True
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(grace_s)
         except subprocess.TimeoutExpired:
@@ -254,8 +264,15 @@ class DesktopApp:
             b.configure(state="disabled")
 
     def stop(self) -> None:
-        self.status.set(f"stopping: {LABELS.get(self.current or '', '')}")
-        threading.Thread(target=self.runner.stop, daemon=True).start()
+        if self.runner.stopped:
+            self.status.set(f"killing: {LABELS.get(self.current or '', '')}")
+        else:
+            self.status.set(
+                f"stopping: {LABELS.get(self.current or '', '')}: finishing the requests already sent "
+                "(press Stop again to kill now)"
+            )
+        grace = self.settings.openrouter_timeout_s + 15.0
+        threading.Thread(target=self.runner.stop, args=(grace,), daemon=True).start()
 
     def _poll(self) -> None:
         try:

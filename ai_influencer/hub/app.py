@@ -116,9 +116,12 @@ def create_app(
     max_upload = int(settings.hub_max_upload_mb * 1024 * 1024)
 
     def openrouter() -> OpenRouterClient:
+        """The hub's client, its key resolved like everywhere else: Prefect block, then environment."""
         if state["client"] is None:
+            from blocks.openrouter import resolve_settings
+
             try:
-                state["client"] = OpenRouterClient.from_settings(settings)
+                state["client"] = OpenRouterClient.from_settings(resolve_settings(settings)[0])
             except MissingApiKeyError as exc:
                 raise HTTPException(503, detail=str(exc)) from None
         return state["client"]

@@ -1,0 +1,75 @@
+"""Everything this project uses from Prefect beyond its public API, in one place, with a version check.
+
+Why: three measured problems needed Prefect internals (the 2 s back-off of Prefect's HTTP client on
+a SQLite server's 503, the embedded server's in-memory leases, reading expired leases without a
+repossessor). A Prefect upgrade may move them; keeping them here means one module to re-check, and
+the version check says so at start-up instead of failing mid-run. Each helper falls back to the
+public API (slower, or doing less) when the internal is gone.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import prefect
+from packaging.version import Version
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.utilities.asyncutils import run_coro_as_sync
+
+# The range the test suite ran on; pyproject.toml pins the same range.
+TESTED_MIN = Version("3.9.1")
+TESTED_BELOW = Version("3.10")
+FILESYSTEM_LEASES = "prefect.server.concurrency.lease_storage.filesystem"
+
+
+def check_prefect_version(version: str | None = None) -> str | None:
+    """A warning text when the installed Prefect is outside the tested range (and warn once), else None."""
+    found = Version(version or prefect.__version__)
+    if TESTED_MIN <= found < TESTED_BELOW:
+        return None
+    text = (
+        f"Prefect {found} is outside the range ai-influencer is tested with (>={TESTED_MIN},<{TESTED_BELOW}); "
+        "the rate-slot fast path and lease recovery in tasks/prefect_compat.py may not work"
+    )
+    warnings.warn(text, RuntimeWarning, stacklevel=2)
+    return text
+
+
+check_prefect_version()
+
+
+def post_increment(client: SyncPrefectClient, payload: dict[str, Any]) -> httpx.Response:
+    """``POST /v2/concurrency_limits/increment`` without Prefect's 2 s back-off on 503.
+
+    Uses the httpx client Prefect configured (URL, auth, headers) and its CSRF token hook, then
+    httpx's plain ``send``; falls back to the public client call if those internals are gone.
+    """
+    http = getattr(client, "_client", None)
+    add_csrf = getattr(http, "_add_csrf_headers", None)
+    if isinstance(http, httpx.Client) and callable(add_csrf):
+        request = http.build_request("POST", "/v2/concurrency_limits/increment", json=payload)
+        add_csrf(request)  # a token if the server asks for one, as Prefect does
+        return httpx.Client.send(http, request)
+    return client.increment_concurrency_slots(names=payload["names"], slots=payload["slots"], mode=payload["mode"])
+
+
+def expired_filesystem_leases(limit: int = 1000) -> Iterator[tuple[Any, int]]:
+    """``(lease_id, slots)`` of expired leases in Prefect's filesystem lease storage under PREFECT_HOME.
+
+    ``slots`` is 0 for a lease that holds no limit (Prefect makes one for every tagged task run).
+    Yields nothing if that storage module is gone.
+    """
+    try:
+        from prefect.server.concurrency.lease_storage.filesystem import ConcurrencyLeaseStorage
+    except ImportError:
+        return
+    storage = ConcurrencyLeaseStorage()
+    if not storage.storage_path.is_dir():
+        return
+    for lease_id in run_coro_as_sync(storage.read_expired_lease_ids(limit=limit)) or []:
+        lease = run_coro_as_sync(storage.read_lease(lease_id))
+        slots = lease.metadata.slots if lease is not None and lease.resource_ids and lease.metadata else 0
+        yield lease_id, slots
