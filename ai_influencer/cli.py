@@ -522,14 +522,25 @@ def run(
             prepare=PrepareParams(do_rembg=do_rembg),
             generate=GenerateParams(per_scene=per_scene, model=model or settings.image_model, budget_usd=budget),
         )
+        import signal
+
+        def terminated(sig: int, _frame: object) -> None:
+            # Reached after the generate flow drained and Prefect ended the run: exit through Python,
+            # so atexit stops the embedded server instead of leaving it behind.
+            raise SystemExit(128 + sig)
+
+        signal.signal(signal.SIGTERM, terminated)
         try:
             with durable_local_leases():
                 from flows.hybrid import hybrid_flow
+                from tasks.prefect_compat import start_embedded_server
 
+                start_embedded_server(int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
                 result = hybrid_flow(params)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit) as exc:
+            code = 130 if isinstance(exc, KeyboardInterrupt) else int(exc.code or 143)
             console.print("[yellow]stopped:[/] every image already paid for is saved; run again to continue")
-            raise typer.Exit(code=130) from None
+            raise typer.Exit(code=code) from None
         except (CliError, typer.Exit):
             raise
         except Exception as exc:  # a failed stage: one line here, the details are in the Prefect run's logs

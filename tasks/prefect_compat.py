@@ -9,6 +9,11 @@ public API (slower, or doing less) when the internal is gone.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import types
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +22,7 @@ import httpx
 import prefect
 from packaging.version import Version
 from prefect.client.orchestration import SyncPrefectClient
+from prefect.settings import get_current_settings
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 # The range the test suite ran on; pyproject.toml pins the same range.
@@ -73,3 +79,47 @@ def expired_filesystem_leases(limit: int = 1000) -> Iterator[tuple[Any, int]]:
         lease = run_coro_as_sync(storage.read_lease(lease_id))
         slots = lease.metadata.slots if lease is not None and lease.resource_ids and lease.metadata else 0
         yield lease_id, slots
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: its own session (a terminal's Ctrl-C is not for it) and, on Linux,
+    SIGTERM when the process that started it dies, even by SIGKILL (no orphaned server)."""
+    os.setsid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def start_embedded_server(timeout_s: int) -> str | None:
+    """Start Prefect's embedded (ephemeral) server now, detached from the terminal; its API URL.
+
+    Why: Prefect starts it lazily, in the caller's process group. Ctrl-C in a terminal (or the GUI's
+    Stop, which signals the whole group) then killed the server together with the run, and the run's
+    drain (finish the paid requests in flight, record them) hung on a dead API. Started here from the
+    main thread, the server has its own session and dies with this process. Returns None when a
+    server is configured (``PREFECT_API_URL``) or the embedded one is disabled.
+    """
+    settings = get_current_settings()
+    if settings.api.url or not settings.server.ephemeral.enabled:
+        return None
+    import prefect.server.api.server as server_module
+
+    server = server_module.SubprocessASGIServer()
+    if server.running:
+        return server.api_url
+    real_popen = subprocess.Popen
+
+    def detached(*args: Any, **kwargs: Any) -> subprocess.Popen[Any]:
+        kwargs.setdefault("preexec_fn", _die_with_parent)
+        return real_popen(*args, **kwargs)
+
+    shim = types.SimpleNamespace(**{**vars(subprocess), "Popen": detached})
+    original = server_module.subprocess
+    server_module.subprocess = shim  # type: ignore[assignment]
+    try:
+        server.start(timeout=timeout_s)
+    finally:
+        server_module.subprocess = original
+    return server.api_url

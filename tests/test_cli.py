@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO
 from tests.support.openrouter_stub import StubOpenRouter
 
@@ -229,3 +231,55 @@ def test_prefect_outside_the_tested_range_is_named_at_start_up() -> None:
         warnings.simplefilter("always")
         text = check_prefect_version("3.4.10")
     assert text and "3.4.10" in text and "tested" in text and caught
+
+
+@pytest.mark.parametrize(("sig", "group", "code"), [(signal.SIGTERM, False, 143), (signal.SIGINT, True, 130)])
+def test_stopping_the_main_job_keeps_every_paid_image(
+    cli_env: dict[str, str], tmp_path: Path, stub: StubOpenRouter, sig: int, group: bool, code: int
+) -> None:
+    """`influencer run` (the flow in-process on the embedded server) stopped mid-generation with SIGTERM
+    (a service manager), or with Ctrl-C in a terminal, which signals the whole process group: the generate
+    flow drains (nothing new sent, requests in flight finish and are saved), then the signal goes on to
+    Prefect, which ends the run. The embedded server is in its own session, so Ctrl-C does not kill the
+    API the drain still needs, and it is not left behind."""
+    from tests.support.assets import face
+
+    stub.latency, stub.latency_paths = 1.5, ("/chat/completions",)
+    raw = tmp_path / "data" / "input_raw"
+    raw.mkdir(parents=True)
+    for name in ("obama.jpg", "obama3.jpg"):
+        shutil.copy(face(name), raw / name)
+    env = {k: v for k, v in cli_env.items() if not k.startswith("PREFECT_API_")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), INFLUENCER_IMAGE_RATE_PER_S="4")
+    args = ["run", "--per-scene", "4", *(f"--skip={s}" for s in ("qc", "augment", "train", "evaluate"))]
+    out = tmp_path / "data" / "synth_openrouter"
+    proc = subprocess.Popen(
+        [INFLUENCER, *args],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline and len(list(out.glob("*.png"))) < 2 and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    in_flight = sum(r.path.endswith("/chat/completions") and r.paid for r in stub.requests) - len(
+        list(out.glob("*.png"))
+    )
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
+    # communicate() also waits for every process holding the pipes: an embedded Prefect server left
+    # behind would hang it.
+    _stdout, stderr = proc.communicate(timeout=120)
+    time.sleep(0.2)
+    paid = len([r for r in stub.paid_requests if r.path.endswith("/chat/completions") and "modalities" in r.body])
+    assert proc.returncode == code, stderr.decode()[-3000:]
+    assert b"every image already paid for is saved" in stderr
+    assert in_flight > 0, "the stop must land while requests are in flight"
+    assert 2 <= paid < 24, stderr.decode()[-3000:]
+    assert len(list(out.glob("*.png"))) == paid, "every paid image is on disk"
+    assert json.loads((out / "manifest.json").read_text())["count"] == paid
