@@ -506,7 +506,7 @@ def run(
         _check_run_inputs(settings, bank, skipped)
 
         from flows.params import GenerateParams, HybridParams, Paths, PrepareParams
-        from tasks.common import durable_local_leases
+        from tasks.limits import durable_local_leases
 
         params = HybridParams(
             paths=Paths(
@@ -912,8 +912,9 @@ def stack_init(
         from prefect.client.orchestration import get_client
         from prefect.exceptions import ObjectNotFound
 
+        from ai_influencer.pacing import rate_limit_capacity
         from blocks.openrouter import register_blocks
-        from tasks.common import ensure_limit, rate_limit_capacity
+        from tasks.limits import ensure_limit
 
         register_blocks()
         per_s = rate_per_s or settings.image_rate_per_s

@@ -29,13 +29,13 @@ from ai_influencer.analytics.report import cost_report, drift_report, join
 from ai_influencer.dataset.augment import augment_and_caption
 from ai_influencer.generation import MinIntervalGate, build_requests, generate_batch, iter_reference_images
 from ai_influencer.openrouter import OpenRouterClient
+from ai_influencer.pacing import SEND_SAFETY
 from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
 from ai_influencer.settings import Settings
 from ai_influencer.storyboard import plan_storyboard, write_storyboard
 from ai_influencer.vision.faces import create_face_engine
 from ai_influencer.vision.prepare import prepare_references
 from ai_influencer.vision.qc import EngineSpec, run_qc
-from tasks.common import SEND_SAFETY
 from tests.support.assets import face
 from tests.support.openrouter_stub import StubOpenRouter
 

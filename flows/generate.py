@@ -16,17 +16,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from ai_influencer.dataset.manifest import rebuild_manifest
 from ai_influencer.generation import already_done, build_requests, iter_reference_images, preflight
-from ai_influencer.pacing import AdaptiveRate, PacingStats, StopRequested, drain_on_signals
+from ai_influencer.pacing import AdaptiveRate, PacingStats, StopRequested, drain_on_signals, rate_limit_capacity
 from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
 from flows.params import GenerateParams, Paths, current_params
-from tasks.common import (
-    RUN_STOP,
-    RateDispatcher,
-    ensure_limit,
-    inflight_slots,
-    openrouter_client,
-    rate_limit_capacity,
-)
+from tasks.clients import RUN_STOP, openrouter_client
+from tasks.limits import InflightPool, RunSeat, ensure_limit
+from tasks.rate import RateDispatcher
 from tasks.stages import generate_image_task, release_ledger
 
 INFLIGHT_LEASE_S = 60.0  # the server accepts >= 60 s
@@ -98,36 +93,41 @@ def _dispatch(
     """Submit one task per image at its send time, wait for all, summarise (see generate_flow)."""
     logger = get_run_logger()
     lim = params.limits
-    # The in-flight cap: this run holds `parallel` slots of the global limit for its whole duration, so
-    # all runs and workers together never exceed it. (Taking a slot per request costs ~2 s of server
-    # round-trips each, measured, more than an image's latency.) The rate limit is spent per request by
-    # one dispatcher (see RateDispatcher); each task waits for its exact send time.
-    parallel = max(1, min(max_inflight, len(todo)))
-    window = threading.BoundedSemaphore(parallel)
+    # Sharing with other runs (other workers, the hub, a cron run): this run holds a seat among the
+    # runs that use this provider limit, and from it the in-flight slots and the requests per second
+    # of its fair share, which shrink when a run joins and grow when one leaves (see tasks.limits).
+    # In-flight slots are unit leases renewed in the background: a killed run's come back when they
+    # expire (INFLIGHT_LEASE_S), on the embedded server too (reclaim_expired_leases).
     progress = ProgressReporter(len(todo))
-
-    def on_done(_f: object) -> None:
-        progress.one_done()
-        window.release()
-
     futures: list = []
     results: list[dict] = []
     failed: list[str] = []
     pacing = PacingStats()
     try:
-        # A short lease (renewed in the background while this process lives) frees the slots within
-        # INFLIGHT_LEASE_S if the run is killed, so a resumed run is not locked out for Prefect's default 300 s;
-        # on a server without a repossessor (the embedded one) inflight_slots frees expired leases itself.
         with (
             frozen_heap(),
-            inflight_slots(lim.inflight_limit_name, parallel, INFLIGHT_LEASE_S, logger, stop=RUN_STOP),
-            RateDispatcher(lim.rate_limit_name, rate, burst, AdaptiveRate(rate, stop=RUN_STOP)) as dispatcher,
+            RunSeat(lim.rate_limit_name, lease_s=INFLIGHT_LEASE_S, stop=RUN_STOP, logger=logger) as seat,
+            InflightPool(lim.inflight_limit_name, seat, max_inflight, lease_s=INFLIGHT_LEASE_S, stop=RUN_STOP) as pool,
+            RateDispatcher(
+                lim.rate_limit_name, rate, burst, AdaptiveRate(rate, stop=RUN_STOP), seat=seat
+            ) as dispatcher,
             progress,
         ):
+            if seat.runs > 1:
+                logger.info(
+                    "%d runs share %s: this one sends up to %.0f req/s with %d in flight (seat %d)",
+                    seat.runs, lim.rate_limit_name, dispatcher.share_rate(), pool.target() or 0, seat.index,
+                )  # fmt: skip
+            pool.demand = len(todo)
+
+            def on_done(_f: object) -> None:
+                progress.one_done()
+                pool.release()
+
             for r in todo:
-                window.acquire()
+                pool.acquire()
                 if RUN_STOP.is_set():
-                    window.release()
+                    pool.release()
                     break
                 send_at = dispatcher.next_send_time()
                 fut = generate_image_task.submit(
@@ -144,6 +144,7 @@ def _dispatch(
                 )
                 fut.add_done_callback(on_done)
                 futures.append(fut)
+            pool.demand = pool.in_use  # what is left is what is in flight: spare slots go back now
             for fut in futures:
                 fut.wait()
                 if fut.state.is_completed():
@@ -151,7 +152,7 @@ def _dispatch(
                 else:
                     failed.append(str(fut.state.message or fut.state.name))
             pacing = dispatcher.adaptive.finish()
-    except StopRequested:  # stopped while waiting for in-flight slots: nothing was sent
+    except StopRequested:  # stopped while waiting for a seat or a slot: nothing more was sent
         pass
     ledger = release_ledger(run_id)
     manifest = rebuild_manifest(out_dir)

@@ -62,8 +62,8 @@ def post_increment(client: SyncPrefectClient, payload: dict[str, Any]) -> httpx.
     return client.increment_concurrency_slots(names=payload["names"], slots=payload["slots"], mode=payload["mode"])
 
 
-def expired_filesystem_leases(limit: int = 1000) -> Iterator[tuple[Any, int]]:
-    """``(lease_id, slots)`` of expired leases in Prefect's filesystem lease storage under PREFECT_HOME.
+def expired_filesystem_leases(limit: int = 1000) -> Iterator[tuple[Any, int, list[Any]]]:
+    """``(lease_id, slots, limit_ids)`` of expired leases in Prefect's filesystem lease storage.
 
     ``slots`` is 0 for a lease that holds no limit (Prefect makes one for every tagged task run).
     Yields nothing if that storage module is gone.
@@ -78,7 +78,7 @@ def expired_filesystem_leases(limit: int = 1000) -> Iterator[tuple[Any, int]]:
     for lease_id in run_coro_as_sync(storage.read_expired_lease_ids(limit=limit)) or []:
         lease = run_coro_as_sync(storage.read_lease(lease_id))
         slots = lease.metadata.slots if lease is not None and lease.resource_ids and lease.metadata else 0
-        yield lease_id, slots
+        yield lease_id, slots, list(lease.resource_ids) if lease is not None else []
 
 
 def _die_with_parent() -> None:

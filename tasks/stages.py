@@ -27,7 +27,6 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency, rate_limit
 from prefect.runtime import task_run
-from prefect.tasks import exponential_backoff
 
 from ai_influencer.costs import BudgetExceededError, CostLedger, RunHaltedError
 from ai_influencer.generation import GenerationOutcome, ImageRequest, generate_one
@@ -37,22 +36,11 @@ from ai_influencer.prompt_bank import load_prompt_bank
 from ai_influencer.settings import Settings
 from ai_influencer.storyboard import plan_storyboard
 from tasks.caching import fingerprint, outputs_record
-from tasks.common import (
-    RUN_STOP,
-    RateDispatcher,
-    openrouter_client,
-    send_clock,
-    should_retry,
-    take_rate_slots,
-)
+from tasks.clients import RUN_STOP, openrouter_client
+from tasks.rate import RateDispatcher, send_clock, take_rate_slots
+from tasks.retry import retry_options
 
-_settings = Settings()
-RETRY = {
-    "retries": _settings.task_retries,
-    "retry_delay_seconds": exponential_backoff(backoff_factor=max(_settings.task_retry_delay_s, 0.01)),
-    "retry_jitter_factor": 0.5,
-    "retry_condition_fn": should_retry,
-}
+RETRY = retry_options()
 
 
 # ---- prepare -----------------------------------------------------------------------
@@ -151,7 +139,12 @@ class _TaskPacer:
                     take_rate_slots(client, self.name, 1)
                 not_before = 0.0
         self.adaptive.hold()
-        send_clock.wait(self.name, not_before, min(self.rate, self.adaptive.rate or self.rate))
+        rate = (
+            self.dispatcher.send_rate
+            if self.dispatcher is not None
+            else min(self.rate, self.adaptive.rate or self.rate)
+        )
+        send_clock.wait(self.name, not_before, rate)
         RUN_STOP.check()
 
     def on_response(self, rate_limited: bool, retry_after: float | None = None) -> None:

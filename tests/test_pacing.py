@@ -20,8 +20,10 @@ import pytest
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.testing.utilities import prefect_test_harness
 
-import tasks.common as common
-from tasks.common import SEND_SAFETY, RateDispatcher, RateSlotsError, ensure_limit, take_rate_slots
+import ai_influencer.pacing as pacing
+from ai_influencer.pacing import SEND_SAFETY, SendClock
+from tasks.limits import ensure_limit
+from tasks.rate import RateDispatcher, RateSlotsError, take_rate_slots
 
 
 class FakeClock:
@@ -41,8 +43,8 @@ def test_send_clock_keeps_every_window_under_the_rate_and_late_tasks_do_not_add_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = FakeClock()
-    monkeypatch.setattr(common.time, "monotonic", clock)
-    send_clock = common._SendClock()
+    monkeypatch.setattr(pacing.time, "monotonic", clock)
+    send_clock = SendClock()
     rate = 10.0
     capacity, span = send_clock.window(rate)
     assert capacity == 10 and span > 1.0
@@ -67,8 +69,8 @@ def test_send_clock_keeps_every_window_under_the_rate_and_late_tasks_do_not_add_
 
 def test_send_clock_spaces_a_burst_of_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = FakeClock()
-    monkeypatch.setattr(common.time, "monotonic", clock)
-    send_clock = common._SendClock()
+    monkeypatch.setattr(pacing.time, "monotonic", clock)
+    send_clock = SendClock()
     times = [send_clock.reserve("img", 0.0, 4.0) for _ in range(12)]  # 12 retries all "due now"
     capacity, span = send_clock.window(4.0)
     assert min_span(times, capacity) >= span - 1e-6

@@ -1,0 +1,357 @@
+"""Global concurrency limits on the Prefect server: creating them, and leases that outlive a killed run."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.exceptions import ObjectNotFound
+from prefect.settings import get_current_settings, temporary_settings
+
+from ai_influencer.pacing import StopFlag
+from tasks.prefect_compat import FILESYSTEM_LEASES, expired_filesystem_leases
+
+
+def ensure_limit(name: str, limit: int, slot_decay_per_second: float = 0.0) -> tuple[str, int, float]:
+    """Create the global concurrency limit if it is missing; an existing one (maybe tuned by an operator) is kept.
+
+    Returns ("created" | "exists", limit, slot_decay_per_second) as the server has them.
+    """
+    with get_client(sync_client=True) as client:
+        try:
+            found = client.read_global_concurrency_limit_by_name(name)
+            return "exists", int(found.limit), float(found.slot_decay_per_second or 0.0)
+        except ObjectNotFound:
+            client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(
+                    name=name, limit=limit, active=True, slot_decay_per_second=slot_decay_per_second
+                )
+            )
+            return "created", limit, slot_decay_per_second
+
+
+def durable_local_leases() -> AbstractContextManager[Any]:
+    """Settings under which a killed run on the embedded server does not lock its successors out.
+
+    Why: with no ``PREFECT_API_URL``, Prefect starts a temporary server for each process on the same
+    SQLite database, keeps concurrency leases in that server's memory and runs no background services,
+    so nothing ever repossesses the in-flight slots of a run killed with SIGKILL (or by the OOM killer,
+    or a reboot): the next ``influencer run`` waited for them forever (seen here). Kept on disk under
+    ``PREFECT_HOME``, the leases outlive the process, and ``reclaim_expired_leases`` frees the expired
+    ones. Against a configured server this changes nothing: its own repossessor does that job.
+    """
+    if get_current_settings().api.url:
+        return nullcontext()
+    return temporary_settings(updates={"server.concurrency.lease_storage": FILESYSTEM_LEASES})
+
+
+def reclaim_expired_leases(client: SyncPrefectClient) -> dict[str, int]:
+    """Free the slots of expired concurrency leases kept on disk; returns the slots freed per limit name.
+
+    This is the server's lease repossessor done by the client, for servers that run none (the embedded
+    one, ``prefect_test_harness``) and keep leases in the filesystem storage shared through
+    ``PREFECT_HOME``. Each lease is released through the API (``decrement-with-lease``), so the server
+    decrements the right limits by the lease's own slot count. A lease that is still being renewed
+    is not expired and is left alone. Does nothing with any other lease storage.
+    """
+    if get_current_settings().server.concurrency.lease_storage != FILESYSTEM_LEASES:
+        return {}
+    freed: dict[str, int] = {}
+    names: dict[Any, str] | None = None
+    for lease_id, slots, limit_ids in expired_filesystem_leases():
+        if slots and limit_ids:  # leases without limits (a task's tags match none) free nothing
+            if names is None:
+                names = {g.id: g.name for g in client.read_global_concurrency_limits(limit=500)}
+            for limit_id in limit_ids:
+                name = names.get(limit_id, str(limit_id))
+                freed[name] = freed.get(name, 0) + slots
+        client.release_concurrency_slots_with_lease(lease_id)
+    return freed
+
+
+# ---- sharing one provider limit among the runs of many workers ------------------------------------
+SEAT_PREFIX = "-seat-"
+REFRESH_S = 1.0
+
+
+class RunSeat:
+    """This run's seat among the generate runs that share one rate and one in-flight limit.
+
+    Why seats: a run used to hold ``min(max_inflight, images)`` in-flight slots for its whole
+    duration, so a one-image request from the hub waited until a 300-image run had finished. Each
+    run now claims a seat (a global concurrency limit ``<base>-seat-<i>`` of size 1, under a renewed
+    lease) and reads every seat about once a second in one API call: the number of active seats is
+    the number of runs, the position of its seat its rank, and ``share(total)`` its whole share of a
+    limit (``ai_influencer.pacing.fair_share``: the shares of all runs sum to the limit). A killed
+    run's seat is freed when its lease expires (the server's repossessor, or ``reclaim_expired_leases``
+    on the embedded server), and the others' shares grow back.
+
+    A run that joins while others are sending waits ``settle_s`` before its first send, so the others
+    have read the new count and shrunk their shares first (no second where both send at full share).
+    """
+
+    def __init__(
+        self,
+        base: str,
+        *,
+        lease_s: float = 60.0,
+        max_seats: int = 32,
+        stop: StopFlag | None = None,
+        logger: logging.Logger | logging.LoggerAdapter | None = None,
+    ) -> None:
+        self.base = base
+        self.lease_s = lease_s
+        self.max_seats = max_seats
+        self.stop = stop
+        self.logger = logger
+        self.index: int | None = None
+        self.lease_id: Any = None
+        self.runs = 1
+        self.rank = 0
+        self.limits: dict[str, tuple[int, float]] = {}  # every limit's (limit, active slots) at the last read
+        self.joined_at = 0.0
+        self.settle_s = 0.0
+        self._client: SyncPrefectClient | None = None
+        self._lock = threading.Lock()
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"seat-{base}", daemon=True)
+
+    def seat_name(self, i: int) -> str:
+        return f"{self.base}{SEAT_PREFIX}{i}"
+
+    def __enter__(self) -> RunSeat:
+        self._client = get_client(sync_client=True).__enter__()
+        self._claim()
+        self.refresh()
+        if self.runs > 1:
+            self.settle_s = 2 * REFRESH_S + 0.1
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._halt.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        assert self._client is not None
+        if self.lease_id is not None:
+            try:
+                self._client.release_concurrency_slots_with_lease(self.lease_id)
+            except Exception as error:  # the lease expires anyway
+                if self.logger is not None:
+                    self.logger.warning("could not free seat %s: %s", self.seat_name(self.index or 0), error)
+        self._client.__exit__(*exc)
+        self._client = None
+
+    def _claim(self) -> None:
+        assert self._client is not None
+        waiting = False
+        while True:
+            if self.stop is not None:
+                self.stop.check()
+            freed = reclaim_expired_leases(self._client)
+            if freed and self.logger is not None:
+                said = ", ".join(f"{n}: {k}" for n, k in sorted(freed.items()))
+                self.logger.info("freed slots whose lease expired (a killed run held them): %s", said)
+            for i in range(self.max_seats):
+                ensure_limit(self.seat_name(i), 1)
+                try:
+                    response = self._client.increment_concurrency_slots_with_lease(
+                        names=[self.seat_name(i)], slots=1, mode="concurrency", lease_duration=self.lease_s
+                    )
+                except Exception as error:  # 423: this seat is taken
+                    if getattr(getattr(error, "response", None), "status_code", None) == 423:
+                        continue
+                    raise
+                self.index, self.lease_id = i, response.json()["lease_id"]
+                self.joined_at = time.monotonic()
+                return
+            if not waiting and self.logger is not None:
+                self.logger.info("all %d seats of %s are taken: waiting for a run to end", self.max_seats, self.base)
+            waiting = True
+            time.sleep(REFRESH_S)
+
+    def refresh(self) -> None:
+        """Read every limit once; recount the runs and this run's rank."""
+        assert self._client is not None
+        found = self._client.read_global_concurrency_limits(limit=200)
+        limits = {g.name: (int(g.limit), float(g.active_slots)) for g in found}
+        prefix = self.base + SEAT_PREFIX
+        active = sorted(int(n[len(prefix) :]) for n, (_, used) in limits.items() if n.startswith(prefix) and used >= 1)
+        if self.index not in active:
+            active = sorted({*active, self.index or 0})
+        with self._lock:
+            self.limits = limits
+            self.runs, self.rank = len(active), active.index(self.index or 0)
+
+    def share(self, total: int) -> int:
+        from ai_influencer.pacing import fair_share
+
+        with self._lock:
+            return fair_share(total, self.runs, self.rank)
+
+    def limit_size(self, name: str, default: int) -> int:
+        with self._lock:
+            return self.limits.get(name, (default, 0.0))[0]
+
+    def _loop(self) -> None:
+        assert self._client is not None
+        renewed = time.monotonic()
+        while not self._halt.wait(REFRESH_S):
+            try:
+                if time.monotonic() - renewed > self.lease_s / 4:
+                    self._client.renew_concurrency_lease(self.lease_id, self.lease_s)
+                    renewed = time.monotonic()
+                self.refresh()
+            except Exception as error:  # a slow or restarting server: keep the last shares, try again
+                if self.logger is not None:
+                    self.logger.warning("seat %s: %s", self.seat_name(self.index or 0), error)
+
+
+class InflightPool:
+    """The run's slots of the in-flight limit: its fair share, and never more than it still needs.
+
+    Each slot is one lease of one slot, so the pool grows and shrinks one slot at a time: when
+    another run joins, this one gives back what exceeds its new share as its requests complete; when
+    its remaining work is smaller than its share it gives the rest back at once. Leases are renewed
+    in the background; a killed run's slots come back when they expire.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        seat: RunSeat,
+        default_limit: int,
+        *,
+        lease_s: float = 60.0,
+        stop: StopFlag | None = None,
+    ) -> None:
+        self.name = name
+        self.seat = seat
+        self.default_limit = default_limit
+        self.lease_s = lease_s
+        self.stop = stop
+        self.demand = 0  # requests this run still has to send or is waiting on
+        self.in_use = 0
+        self._leases: list[Any] = []
+        self._reclaimed_at = 0.0
+        self._cond = threading.Condition()
+        self._halt = threading.Event()
+        self._client: SyncPrefectClient | None = None
+        self._thread = threading.Thread(target=self._loop, name=f"inflight-{name}", daemon=True)
+
+    def __enter__(self) -> InflightPool:
+        self._client = get_client(sync_client=True).__enter__()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._halt.set()
+        with self._cond:
+            self._cond.notify_all()
+        self._thread.join()
+        with self._cond:
+            leases, self._leases = self._leases, []
+        for lease in leases:
+            self._free(lease)
+        assert self._client is not None
+        self._client.__exit__(*exc)
+        self._client = None
+
+    @property
+    def held(self) -> int:
+        with self._cond:
+            return len(self._leases)
+
+    def target(self) -> int:
+        return min(self.seat.share(self.seat.limit_size(self.name, self.default_limit)), self.demand)
+
+    def acquire(self) -> None:
+        """Block until one of this run's slots is free for a request (``StopRequested`` on stop)."""
+        with self._cond:
+            while self.in_use >= len(self._leases):
+                if self.stop is not None and self.stop.is_set():
+                    self.stop.check()
+                self._cond.wait(0.2)
+            self.in_use += 1
+
+    def release(self) -> None:
+        """A request finished: its slot serves the next one, or goes back (in the background) if the
+        run's share shrank."""
+        with self._cond:
+            self.in_use -= 1
+            self.demand = max(0, self.demand - 1)
+            self._cond.notify_all()
+
+    def _take_one(self) -> bool:
+        assert self._client is not None
+        try:
+            response = self._client.increment_concurrency_slots_with_lease(
+                names=[self.name], slots=1, mode="concurrency", lease_duration=self.lease_s
+            )
+        except Exception as error:
+            if getattr(getattr(error, "response", None), "status_code", None) == 423:
+                return False  # the limit is full: other runs hold it
+            raise
+        lease = response.json()["lease_id"]
+        with self._cond:
+            self._leases.append(lease)
+            self._cond.notify_all()
+        return True
+
+    def _free(self, lease: Any) -> None:
+        assert self._client is not None
+        with contextlib.suppress(Exception):  # an unreleased lease expires on its own
+            self._client.release_concurrency_slots_with_lease(lease)
+
+    def _rebalance(self) -> None:
+        target = self.target()
+        while True:
+            with self._cond:
+                spare = len(self._leases) - max(target, self.in_use)
+                lease = self._leases.pop() if spare > 0 else None
+            if lease is None:
+                break
+            self._free(lease)
+        while self.held < target and not self._halt.is_set():
+            if not self._take_one():
+                self._reclaim()
+                break
+
+    def _reclaim(self) -> None:
+        """The limit is full: on a server without a repossessor, free what killed runs left behind."""
+        now = time.monotonic()
+        if now - self._reclaimed_at < 2.0:
+            return
+        self._reclaimed_at = now
+        assert self._client is not None
+        freed = reclaim_expired_leases(self._client)
+        if freed and self.seat.logger is not None:
+            said = ", ".join(f"{n}: {k}" for n, k in sorted(freed.items()))
+            self.seat.logger.info("freed slots whose lease expired (a killed run held them): %s", said)
+
+    def _loop(self) -> None:
+        assert self._client is not None
+        renewed = time.monotonic()
+        while not self._halt.wait(0.25):
+            try:
+                self._rebalance()
+            except Exception as error:  # a slow or restarting server: keep what is held, try again
+                if self.seat.logger is not None:
+                    self.seat.logger.warning("in-flight slots of %s: %s", self.name, error)
+            if time.monotonic() - renewed > self.lease_s / 4:
+                with self._cond:
+                    leases = list(self._leases)
+                for lease in leases:
+                    try:
+                        self._client.renew_concurrency_lease(lease, self.lease_s)
+                    except Exception:  # expired: the slot is gone, another is taken next round
+                        with self._cond:
+                            if lease in self._leases:
+                                self._leases.remove(lease)
+                renewed = time.monotonic()
