@@ -310,17 +310,27 @@ class _Session:
     """One call of ``train_lora``: the loaded models, their state, and what happens at each step."""
 
     def __init__(self, cfg: TrainConfig, items: list[Item], folder: Path, result: TrainResult) -> None:
+        self.cfg, self.items, self.folder, self.result = cfg, items, folder, result
+        # the base model first: a missing one must fail before a run folder and its logs exist
+        self.pipe = load_sdxl(cfg.base_model, cfg.base_config if not cfg.base_model.is_dir() else None)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.accelerator = acc = _accelerator(cfg, folder)
+        try:
+            self._setup()
+        except BaseException:
+            acc.end_training()  # close the TensorBoard writer
+            raise
+
+    def _setup(self) -> None:
+        """Seed, cache latents/text, add LoRA, build optimizer and schedules, register the checkpoint hooks."""
         import torch
         from accelerate.utils import set_seed
         from diffusers import DDPMScheduler
         from diffusers.optimization import get_scheduler
 
-        self.cfg, self.items, self.folder, self.result = cfg, items, folder, result
-        folder.mkdir(parents=True, exist_ok=True)
-        self.accelerator = acc = _accelerator(cfg, folder)
+        cfg, items, pipe, acc = self.cfg, self.items, self.pipe, self.accelerator
         self.device, self.weight_dtype = acc.device, _dtype(cfg.mixed_precision)
         set_seed(cfg.seed)
-        self.pipe = pipe = load_sdxl(cfg.base_model, cfg.base_config if not cfg.base_model.is_dir() else None)
         for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
             module.requires_grad_(False)
         self.tes = (pipe.text_encoder, pipe.text_encoder_2)
