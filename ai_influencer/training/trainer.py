@@ -434,6 +434,7 @@ class _Session:
         res = cfg.sample_resolution or cfg.resolution
         pipe.unet = self.accelerator.unwrap_model(self.unet)
         pipe.vae.to(self.device, dtype=torch.float32)
+        pipe.set_progress_bar_config(disable=True)
         images = []
         with torch.no_grad(), self.accelerator.autocast():
             for i, prompt in enumerate(cfg.sample_prompts):
