@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -22,6 +22,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ai_influencer.settings import MissingApiKeyError, Settings, get_settings
+
+if TYPE_CHECKING:
+    from ai_influencer.training.lora_inspect import LoraReport
 
 app = typer.Typer(
     name="influencer",
@@ -31,6 +34,8 @@ app = typer.Typer(
 )
 bank_app = typer.Typer(help="Prompt bank utilities.", no_args_is_help=True)
 app.add_typer(bank_app, name="bank")
+lora_app = typer.Typer(help="LoRA file utilities.", no_args_is_help=True)
+app.add_typer(lora_app, name="lora")
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
@@ -565,6 +570,7 @@ def train(
     train_te: Annotated[bool, typer.Option("--train-text-encoder/--unet-only")] = False,
     optimizer: Annotated[str, typer.Option(help="adamw | adamw8bit (needs bitsandbytes)")] = "adamw",
     checkpoint_every: Annotated[int, typer.Option(min=1)] = 250,
+    keep_checkpoints: Annotated[int, typer.Option(min=1, help="Keep the newest N checkpoints of the run.")] = 5,
     sample_every: Annotated[int | None, typer.Option(min=1)] = None,
     sample_prompt: Annotated[list[str] | None, typer.Option(help="Prompt for the samples; repeatable.")] = None,
     resume: Annotated[bool, typer.Option("--resume/--restart")] = True,
@@ -596,6 +602,7 @@ def train(
                 train_text_encoder=train_te,
                 optimizer=optimizer,
                 checkpoint_every=checkpoint_every,
+                keep_checkpoints=keep_checkpoints,
                 sample_every=sample_every,
                 sample_prompts=sample_prompt or [],
                 resume=resume,
@@ -619,6 +626,74 @@ def train(
             f"LoRA written: {result.output} ({result.steps} steps, resumed at {result.resumed_from}, "
             f"last loss {last}, {len(result.checkpoints)} checkpoints, {result.seconds:.0f} s)"
         )
+        out.print(f"run folder: {result.run_dir} (config.json; curves: tensorboard --logdir {result.run_dir})")
+
+
+@lora_app.command("inspect")
+def lora_inspect(
+    file: Annotated[Path, typer.Argument(help="LoRA .safetensors (ours, kohya, diffusers/PEFT, ...).")],
+    base: Annotated[
+        Path | None, typer.Option(help="Check against this diffusers SDXL folder's configs instead of SDXL base.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full report (every module) as JSON.")] = False,
+) -> None:
+    """Keys, modules per block, rank/alpha, metadata, and whether every key lands on an SDXL module.
+
+    Exit code 0: every key maps (the file loads fully in ComfyUI, A1111 and diffusers); 2: keys that
+    loaders drop or misplace; 1: the file cannot be read.
+    """
+    from ai_influencer.training.lora_inspect import base_reference, inspect_lora
+
+    with _friendly_errors():
+        report = inspect_lora(file, base_reference(base) if base else None)
+    if as_json:
+        out.print_json(data=report.as_dict())
+    else:
+        _print_lora_report(report)
+    if not report.ok:
+        raise typer.Exit(code=2)
+
+
+def _print_lora_report(report: LoraReport) -> None:
+    modules = report.modules
+    out.print(f"{report.path}: {report.format}, {report.keys} keys, {len(modules)} modules", highlight=False)
+    out.print("modules per block: " + ", ".join(f"{b} {n}" for b, n in report.per_block().items()), highlight=False)
+    table = Table("rank", "alpha", "scale", "modules")
+    for rank, alpha, n in report.rank_alpha():
+        scale = "1.0 (no alpha)" if alpha is None else f"{alpha / rank:.4g}" if rank else "?"
+        table.add_row(str(rank), "missing" if alpha is None else f"{alpha:g}", scale, str(n))
+    out.print(table)
+    groups = report.rank_alpha()
+    if len(groups) > 1:  # mixed: name every module outside the most common (rank, alpha)
+        common = groups[0][:2]
+        out.print(f"modules with another rank/alpha than {common[0]}/{common[1]}:")
+        for m in sorted((m for m in modules if (m.rank, m.alpha) != common), key=lambda m: m.name):
+            out.print(f"  {m.written}: rank {m.rank}, alpha {m.alpha}", highlight=False)
+    meta = ", ".join(f"{k}={v[:60]}" for k, v in report.metadata.items())
+    out.print(f"metadata ({report.metadata_keys} keys): {meta or 'none'}", highlight=False)
+    if report.format.startswith("diffusers"):
+        out.print("note: diffusers loads this layout; ComfyUI and A1111 expect kohya names (lora_unet_...)")
+    if report.ok:
+        out.print("SDXL mapping: OK, every key lands on an SDXL module")
+        if report.uncovered:
+            out.print(f"  (no weights for {len(report.uncovered)} transformer blocks: {', '.join(report.uncovered)})")
+        return
+    out.print("SDXL mapping: PROBLEMS", style="bold red")
+    dropped = report.dropped
+    if dropped:
+        keys = sum(m.keys for m in dropped)
+        names = ", ".join(m.written for m in dropped[:6]) + (", ..." if len(dropped) > 6 else "")
+        out.print(
+            f"  dropped: {len(dropped)} modules ({keys} keys) match no SDXL module; loaders skip them "
+            f"(ComfyUI: 'lora key not loaded'): {names}",
+            highlight=False,
+        )
+    for line in report.shifted:
+        out.print(f"  misplaced: {line}", highlight=False)
+    for m in report.mismatched:
+        out.print(f"  shape mismatch: {m.written}: {m.problem}", highlight=False)
+    if report.unrecognised:
+        out.print(f"  unrecognised keys: {len(report.unrecognised)}, e.g. {report.unrecognised[0]}", highlight=False)
 
 
 @app.command()

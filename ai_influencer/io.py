@@ -1,9 +1,14 @@
 """Atomic file writes, and the one content hash of a file.
 
-A killed run must never leave a half-written image, sidecar or report that a
+A killed run must never leave a half-written image, sidecar, report or LoRA that a
 later run would mistake for finished work, so every write goes to a temporary
 file in the same directory, is fsynced, and is renamed over the target
 (rename is atomic on POSIX and on NTFS for same-volume paths).
+
+The finished file gets the permissions an ordinary ``open()`` would give it
+(``0o666`` minus the umask, usually 0644). ``tempfile.mkstemp`` creates 0600
+files, and renaming one keeps that mode: a ComfyUI/A1111 process or a container
+running as another user could then not read the LoRA it was made for.
 """
 
 from __future__ import annotations
@@ -11,26 +16,60 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` so that readers see either nothing or all of it."""
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
+    """Let ``write(tmp)`` fill a temporary file next to ``path``, then publish it atomically.
+
+    ``write`` receives a path, not a file object, so libraries that only write to paths
+    (safetensors' ``save_file``, ``torch.save``) go through the same primitive. The
+    temporary file is created with mode 0o666 so the kernel applies the process umask
+    (reading the umask would mean changing it, which is not thread-safe); the mode is
+    re-applied afterwards in case ``write`` replaced the file instead of writing into it.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
+        mode = os.fstat(fd).st_mode & 0o777  # 0o666 & ~umask, as the kernel applied it
+        os.close(fd)
+        fd = -1
+        write(tmp)
+        os.chmod(tmp, mode)
+        with tmp.open("r+b" if os.name == "nt" else "rb") as fh:  # Windows fsyncs only writable handles
             os.fsync(fh.fileno())
-        os.replace(tmp_name, target)
+        os.replace(tmp, target)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        if fd >= 0:
+            os.close(fd)
+        tmp.unlink(missing_ok=True)
         raise
+    _fsync_dir(target.parent)
     return target
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); directories cannot be opened this way on Windows."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` so that readers see either nothing or all of it."""
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

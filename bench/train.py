@@ -21,23 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ai_influencer.training.config import UNET_TARGETS
-
-SDXL_UNET = dict(
-    sample_size=128,
-    in_channels=4,
-    out_channels=4,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    block_out_channels=(320, 640, 1280),
-    layers_per_block=2,
-    transformer_layers_per_block=(1, 2, 10),
-    attention_head_dim=(5, 10, 20),
-    cross_attention_dim=2048,
-    use_linear_projection=True,
-    addition_embed_type="text_time",
-    addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-)
+from ai_influencer.training.sdxl_layout import SDXL_UNET_CONFIG
 
 
 def measure(
@@ -51,7 +35,7 @@ def measure(
 
     torch.manual_seed(0)
     dtype = torch.bfloat16
-    unet = UNet2DConditionModel(**SDXL_UNET).to(device, dtype=dtype)
+    unet = UNet2DConditionModel(**SDXL_UNET_CONFIG).to(device, dtype=dtype)
     unet.requires_grad_(False)
     unet.add_adapter(
         LoraConfig(r=rank, lora_alpha=rank / 2, init_lora_weights="gaussian", target_modules=list(UNET_TARGETS))

@@ -91,6 +91,7 @@ class TrainParams(BaseModel):
     mixed_precision: str = Field(default="bf16", pattern="^(no|fp16|bf16)$")
     train_text_encoder: bool = False
     checkpoint_every: int = Field(default=250, ge=1)
+    keep_checkpoints: int = Field(default=5, ge=1, description="Keep the newest N checkpoints of a run.")
     use_kohya: bool = Field(default=False, description="Train with kohya sd-scripts (INFLUENCER_KOHYA_PATH).")
     overrides: dict = Field(default_factory=dict, description="Any other TrainConfig field, e.g. noise_offset.")
 

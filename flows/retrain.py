@@ -51,7 +51,7 @@ def retrain_flow(params: RetrainParams | None = None) -> dict:
     out["train"] = trained
     lora_dir = Path(p.paths.models_root) / "lora"
     live = lora_dir / f"{LIVE}.safetensors"
-    from ai_influencer.training.trainer import checkpoint_files
+    from ai_influencer.training.checkpoints import checkpoint_files
 
     candidates = [str(f) for f in checkpoint_files(Path(trained["run_dir"]))] if trained.get("run_dir") else []
     candidates.append(trained["output"])

@@ -234,14 +234,23 @@ def _qc_key(context: Any, p: dict[str, Any]) -> str:
     return fingerprint(p["ref_dir"], p["cand_dir"], extra=extra)
 
 
-def _sheet_markdown(sheet: Path, title: str) -> str:
-    with Image.open(sheet) as im:
+def _inline_jpeg(path: Path, max_side: int) -> str:
+    """A small JPEG data URI: artifacts are stored in the Prefect database, so images go in scaled down."""
+    with Image.open(path) as im:
         im = im.convert("RGB")
-        im.thumbnail((1200, 1200))
+        im.thumbnail((max_side, max_side))
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=70)
-    data = base64.b64encode(buf.getvalue()).decode()
-    return f"### {title}\n\n![contact sheet](data:image/jpeg;base64,{data})\n\nFull size: `{sheet}`"
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _sheet_markdown(sheet: Path, title: str) -> str:
+    return f"### {title}\n\n![contact sheet]({_inline_jpeg(sheet, 1200)})\n\nFull size: `{sheet}`"
+
+
+def _samples_markdown(images: list[Path], title: str) -> str:
+    shown = " ".join(f"![{p.name}]({_inline_jpeg(p, 256)})" for p in images)
+    return f"### {title}\n\n{shown}\n\nFiles: " + ", ".join(f"`{p}`" for p in images)
 
 
 @task(name="qc", tags=["vision", "qc"], cache_key_fn=_qc_key, persist_result=True, **RETRY)
@@ -358,7 +367,14 @@ def train_task(config: dict, output_name: str, kohya_path: str | None = None) ->
             update_progress_artifact(progress, 100.0 * step / total)
             logger.info("step %d/%d loss %.4f", step, total, loss)
 
-    result = train_lora(cfg, on_step=on_step, progress=False)
+    def on_sample(step: int, images: list[Path]) -> None:
+        create_markdown_artifact(
+            _samples_markdown(images, f"{output_name}: samples at step {step}"),
+            key="train-samples",
+            description=f"LoRA sample images at step {step}",
+        )
+
+    result = train_lora(cfg, on_step=on_step, on_sample=on_sample, progress=False)
     for problem in result.problems:
         logger.warning("skipped %s", problem)
     return {
@@ -370,6 +386,7 @@ def train_task(config: dict, output_name: str, kohya_path: str | None = None) ->
         "seconds": round(result.seconds, 1),
         "checkpoints": [str(p) for p in result.checkpoints],
         "run_dir": str(result.run_dir) if result.run_dir else None,
+        "samples": [str(p) for p in result.samples],
     }
 
 

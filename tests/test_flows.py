@@ -301,13 +301,18 @@ def test_train_and_evaluate_flows_on_a_tiny_sdxl(prefect_server: str, tmp_path: 
         Image.open(face(n)).convert("RGB").resize((80, 80)).save(kohya / n.replace(".jpg", ".png"))
         (kohya / n.replace(".jpg", ".txt")).write_text("ohwx woman, lower")
     train = tiny_train(base)
+    samples = {"sample_every": 2, "sample_prompts": ["ohwx woman"], "sample_steps": 2, "sample_resolution": 64}
+    train.overrides.update(samples)
     result = train_flow(train, p)
     lora = Path(p.models_root) / "lora" / "influencer_lora.safetensors"
     assert result["steps"] == 2 and result["output"] == str(lora) and lora.is_file()
+    assert len(result["samples"]) == 1 and Path(result["samples"][0]).is_file()
     ev = evaluate_flow(EvaluateParams(samples=2, steps=2, size=64, backend="dlib"), p, train)
     assert len(ev["candidates"]) == 3 and sum(c["best"] for c in ev["candidates"]) == 1  # 2 checkpoints + final
-    keys = {a["key"] for a in api(prefect_server, "/artifacts/filter", {"limit": 200})}
-    assert {"train-progress", "identity-evaluation"} <= keys
+    artifacts = {a["key"]: a for a in api(prefect_server, "/artifacts/filter", {"limit": 200})}
+    assert {"train-progress", "identity-evaluation", "train-samples"} <= set(artifacts)
+    sample_md = artifacts["train-samples"]["data"]
+    assert "samples at step 2" in sample_md and "data:image/jpeg;base64," in sample_md
 
 
 def test_generate_until_n_accepted_in_rounds_then_budget_stops_cleanly(

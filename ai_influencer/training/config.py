@@ -55,6 +55,9 @@ class TrainConfig(BaseModel):
     seed: int = 42
 
     checkpoint_every: int = Field(default=250, ge=1, description="Save a resumable checkpoint every N steps.")
+    keep_checkpoints: int = Field(
+        default=5, ge=1, description="Keep the newest N checkpoints of a run (older ones are deleted)."
+    )
     resume: bool = Field(default=True, description="Continue from the newest checkpoint in output_dir.")
     sample_every: int | None = Field(default=None, ge=1, description="Render sample images every N steps.")
     sample_prompts: list[str] = Field(default_factory=list)

@@ -186,7 +186,7 @@ def evaluate_loras(
 
 def default_candidates(lora_dir: Path, name: str = "influencer_lora", checkpoints: bool = True) -> list[Path]:
     """The final LoRA plus (optionally) every checkpoint of its newest training run."""
-    from ai_influencer.training.trainer import checkpoint_files
+    from ai_influencer.training.checkpoints import checkpoint_files
 
     final = lora_dir / f"{name}.safetensors"
     if not final.is_file():

@@ -6,51 +6,52 @@ to_q.lora_A.weight``) without alpha. Kohya files name UNet modules the SGM way
 ``.alpha`` per module, which every loader uses for the scale alpha/rank (ComfyUI
 uses 1.0 when it is missing, so a file without it is too strong). diffusers'
 own ``convert_state_dict_to_kohya`` writes alpha = rank and keeps diffusers block
-names, so we convert here.
+names, so we convert here; the SGM numbering comes from the UNet's config
+(``sdxl_layout``). How the result is checked against the real consumers:
+docs/lora-compatibility.md.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from ai_influencer.io import atomic_write
+from ai_influencer.training.sdxl_layout import SgmLayout
 
 PEFT_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.default)?\.weight$")
 
 
-def unet_module_to_sgm(module: str, layers_per_block: int) -> str:
-    """diffusers UNet module path -> SGM (original SDXL) path, for the transformer blocks LoRA targets."""
-    parts = module.split(".")
-    if parts[0] == "down_blocks" and parts[2] == "attentions":
-        i, j = int(parts[1]), int(parts[3])
-        return ".".join(["input_blocks", str(1 + i * (layers_per_block + 1) + j), "1", *parts[4:]])
-    if parts[0] == "up_blocks" and parts[2] == "attentions":
-        i, j = int(parts[1]), int(parts[3])
-        return ".".join(["output_blocks", str(i * (layers_per_block + 2) + j), "1", *parts[4:]])
-    if parts[0] == "mid_block" and parts[1] == "attentions":
-        return ".".join(["middle_block", "1", *parts[3:]])
-    raise ValueError(f"no SGM name for UNet module {module!r} (LoRA only targets transformer blocks)")
+def unet_module_to_sgm(module: str, unet_config: Mapping[str, Any] | Any) -> str:
+    """diffusers UNet module path -> SGM (original SDXL) path, numbered for this UNet's topology."""
+    return SgmLayout.from_config(unet_config).to_sgm(module)
 
 
 def to_kohya(
-    peft_state: dict[str, Any], prefix: str, alpha: float, *, layers_per_block: int | None = None
+    peft_state: Mapping[str, Any], prefix: str, alpha: float, *, unet_config: Mapping[str, Any] | Any = None
 ) -> dict[str, Any]:
-    """One model's PEFT LoRA state dict -> kohya keys with ``prefix`` (lora_unet / lora_te1 / lora_te2)."""
+    """One model's PEFT LoRA state dict -> kohya keys with ``prefix`` (lora_unet / lora_te1 / lora_te2).
+
+    UNet modules are renamed to SGM names when ``unet_config`` is given (it must be for lora_unet).
+    """
     import torch
 
+    if prefix == "lora_unet" and unet_config is None:
+        raise ValueError("kohya UNet names depend on the UNet's topology: pass its config (unet.config)")
+    layout = SgmLayout.from_config(unet_config) if unet_config is not None else None
     out: dict[str, Any] = {}
     for key, tensor in peft_state.items():
         m = PEFT_KEY.match(key)
         if not m:
             raise ValueError(f"unexpected PEFT LoRA key {key!r}")
         module = m.group("module")
-        if layers_per_block is not None:
-            module = unet_module_to_sgm(module, layers_per_block)
+        if layout is not None:
+            module = layout.to_sgm(module)
         elif prefix.startswith("lora_te") and not module.startswith("text_model."):
-            # transformers 5 dropped CLIPTextModel's ``text_model`` wrapper; kohya names keep it.
+            # transformers 5's CLIPTextModel has no ``text_model`` wrapper (the WithProjection one has); kohya keeps it.
             module = f"text_model.{module}"
         name = f"{prefix}_{module.replace('.', '_')}"
         out[f"{name}.lora_{'down' if m.group('ab') == 'A' else 'up'}.weight"] = tensor
@@ -58,8 +59,41 @@ def to_kohya(
     return out
 
 
+def _peft_state(model_or_state: Any) -> Mapping[str, Any]:
+    if isinstance(model_or_state, Mapping):
+        return model_or_state
+    from peft.utils import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(model_or_state)
+
+
+def export_kohya_lora(
+    path: Path,
+    unet: Any,
+    unet_config: Mapping[str, Any] | Any,
+    *,
+    alpha: float,
+    text_encoders: tuple[Any, Any] | None = None,
+    metadata: Mapping[str, str] | None = None,
+    dtype: str | None = "fp16",
+) -> Path:
+    """Write a kohya-format SDXL LoRA file (atomically, mode 0666 & ~umask).
+
+    ``unet`` and each of ``text_encoders`` (te1, te2) is a model with PEFT LoRA layers or its
+    PEFT state dict (``get_peft_model_state_dict``); ``unet_config`` is the UNet's config,
+    which fixes the SGM block numbering. ``alpha`` is the trained lora_alpha (the file's
+    scale is alpha / rank).
+    """
+    tensors = to_kohya(_peft_state(unet), "lora_unet", alpha, unet_config=unet_config)
+    if text_encoders is not None:
+        for prefix, te in zip(("lora_te1", "lora_te2"), text_encoders, strict=True):
+            if te is not None:
+                tensors |= to_kohya(_peft_state(te), prefix, alpha)
+    return save_kohya(path, tensors, dict(metadata or {}), dtype)
+
+
 def save_kohya(path: Path, tensors: dict[str, Any], metadata: dict[str, str], dtype: str | None = "fp16") -> Path:
-    """Write atomically (temp file + rename); safetensors metadata values must be strings."""
+    """Write atomically; safetensors metadata values must be strings."""
     import torch
     from safetensors.torch import save_file
 
@@ -68,16 +102,8 @@ def save_kohya(path: Path, tensors: dict[str, Any], metadata: dict[str, str], dt
         k: (v.detach().to("cpu", cast if cast is not None and k.endswith(".weight") else v.dtype).contiguous())
         for k, v in tensors.items()
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={k: str(v) for k, v in metadata.items()})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    meta = {k: str(v) for k, v in metadata.items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def read_kohya(path: Path) -> tuple[dict[str, Any], dict[str, str]]:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ai_influencer.io import atomic_write
+
 Score = tuple[float | None, float | None]  # (median, p10) identity score
 
 
@@ -45,8 +47,7 @@ def promote_if_better(candidate: Path, candidate_score: Score, live: Path, live_
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         previous = live.with_name(f"{live.stem}.prev-{stamp}{live.suffix}")
         shutil.copy2(live, previous)
-    tmp = live.with_name(f".{live.name}.promote.tmp")
-    shutil.copy2(candidate, tmp)
-    tmp.replace(live)  # atomic: readers see the old or the new file, never half of one
+    # atomic: readers see the old or the new file, never half of one
+    atomic_write(live, lambda tmp: shutil.copyfile(candidate, tmp))
     why = "no live LoRA yet" if live_score is None else f"median/p10 {candidate_score} > {live_score}"
     return Promotion(True, live, candidate, previous, f"promoted {candidate.name}: {why}")
