@@ -25,7 +25,6 @@ Pairs of files that show one photograph (faces.csv ``picture``) never count as s
 from __future__ import annotations
 
 import argparse
-import io
 import itertools
 import shutil
 import sys
@@ -37,7 +36,6 @@ from pathlib import Path
 import cv2
 import imagehash
 import numpy as np
-from PIL import Image, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -52,14 +50,19 @@ from ai_influencer.vision.faces import (
     scorer_for,
 )
 from ai_influencer.vision.image_io import load_rgb
-from ai_influencer.vision.prepare import prepare_references
 from ai_influencer.vision.qc import Analysis, EngineSpec, QCThresholds, analyze_many, decide
 from ai_influencer.vision.quality import SIGMA_AT_80
-from tests.support.calibration import LabelledPhoto, calibration_photos, extra_photos
+from tests.support.calibration import (
+    SOFT_ORIGINALS,
+    LabelledPhoto,
+    Variant,
+    calibration_photos,
+    extra_photos,
+    make_variants,
+    prepared_references,
+    representatives,
+)
 
-# Judged by eye at 100 %: video stills, an old scan and two soft LFW crops. They are not "ordinary sharp
-# portraits", so the sharp-photo pass rate leaves them out (they are still reported).
-SOFT_ORIGINALS = {"alex_lacamoire_3.png", "lin_manuel_miranda_1.png", "lennon_2.jpg", "hopkins_1.jpg", "hopkins_2.jpg"}
 OLD_DLIB_SCALE = 0.9  # main 6400e76: score = 1 - d / 0.9
 
 
@@ -88,30 +91,6 @@ def embed_faces(engine: FaceEngine, photos: list[LabelledPhoto]) -> list[FaceRec
             big = max(faces, key=lambda f: f.area)
             out.append(FaceRec(p.name, p.identity, p.picture, big.embedding))
     return out
-
-
-def representatives(photos: list[LabelledPhoto]) -> dict[str, LabelledPhoto]:
-    """One one-face file per picture (the first by name), the reference a user would give."""
-    reps: dict[str, LabelledPhoto] = {}
-    for p in sorted(photos, key=lambda p: p.name):
-        if not p.group and p.picture not in reps:
-            reps[p.picture] = p
-    return reps
-
-
-def prepared_references(engine: FaceEngine, reps: dict[str, LabelledPhoto], tmp: Path) -> dict[str, Analysis]:
-    """Each picture's representative through the prepare stage (1024 px face crop), then analysed."""
-    raw, cleaned = tmp / "raw", tmp / "cleaned"
-    raw.mkdir(parents=True, exist_ok=True)
-    for picture, p in reps.items():
-        shutil.copy(p.path, raw / f"{picture}{p.path.suffix}")
-    items = prepare_references(raw, cleaned, engine=engine)
-    bad = [f"{i.source.name}: {i.reason}" for i in items if i.status == "error"]
-    if bad:
-        print("  ! prepare failed for " + "; ".join(bad))
-    from ai_influencer.vision.qc import analyze
-
-    return {i.source.stem: analyze(engine, i.output) for i in items if i.output is not None}
 
 
 # ---- scores --------------------------------------------------------------------------------------
@@ -286,43 +265,6 @@ def identity_tables(backend: str, faces: list[FaceRec], refs, reps) -> None:
 
 
 # ---- variants for the sharpness table and the protocol --------------------------------------------
-@dataclass
-class Variant:
-    path: Path
-    source: LabelledPhoto
-    kind: str  # original | blur04 | blur10 | dup | near
-
-
-def _jpeg_bytes(im: Image.Image, q: int) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=q)
-    return buf.getvalue()
-
-
-def make_variants(photos: list[LabelledPhoto], folder: Path) -> list[Variant]:
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for p in photos:
-        stem, suffix = p.path.stem, p.path.suffix.lower()
-        orig = folder / f"{stem}{suffix}"
-        shutil.copy(p.path, orig)
-        out.append(Variant(orig, p, "original"))
-        if p.group:
-            continue
-        im = Image.open(p.path).convert("RGB")
-        long_side = max(im.size)
-        b04 = folder / f"{stem}_blur04.png"
-        im.filter(ImageFilter.GaussianBlur(0.004 * long_side)).save(b04)
-        b10 = folder / f"{stem}_blur10.jpg"
-        b10.write_bytes(_jpeg_bytes(im.filter(ImageFilter.GaussianBlur(0.01 * long_side)), 90))
-        dup = folder / f"{stem}_dup{suffix}"
-        shutil.copy(p.path, dup)
-        near = folder / f"{stem}_near.jpg"
-        near.write_bytes(_jpeg_bytes(im.resize((im.width // 2, im.height // 2), Image.Resampling.LANCZOS), 80))
-        out += [Variant(b04, p, "blur04"), Variant(b10, p, "blur10"), Variant(dup, p, "dup"), Variant(near, p, "near")]
-    return out
-
-
 def legacy_sharpness(a: Analysis) -> float:
     """main 6400e76: Laplacian variance of the face box resized to 256x256."""
     if a.box is None:
@@ -386,8 +328,11 @@ class RunStats:
     dup_caught: int = 0
     near_pairs: int = 0
     near_caught: int = 0
+    reenc_pairs: int = 0
+    reenc_caught: int = 0
     degraded_kept: int = 0
     false_files: list[str] = field(default_factory=list)
+    degraded_files: list[str] = field(default_factory=list)
     missed: list[str] = field(default_factory=list)
 
     def add(self, o: RunStats) -> None:
@@ -448,7 +393,7 @@ def score_run(persona: str, variants: list[Variant], accepted: set[str]) -> RunS
         orig = copies.get("original")
         if orig is None or orig.source.group:
             continue
-        for kind in ("dup", "near"):
+        for kind in ("dup", "near", "reenc"):
             if kind not in copies:
                 continue
             both = orig.path.name in accepted and copies[kind].path.name in accepted
@@ -459,14 +404,38 @@ def score_run(persona: str, variants: list[Variant], accepted: set[str]) -> RunS
                 st.dup_pairs += 1
                 st.dup_caught += not both
             else:
-                st.near_pairs += 1
-                st.near_caught += not both
+                if kind == "near":
+                    st.near_pairs += 1
+                    st.near_caught += not both
+                else:
+                    st.reenc_pairs += 1
+                    st.reenc_caught += not both
                 if copies[kind].path.name in accepted and orig.path.name not in accepted:
                     st.degraded_kept += 1
+                    st.degraded_files.append(copies[kind].path.name)
     st.persona_pictures = len(persona_pictures)
     st.recalled = sum(persona_pictures.values())
     st.missed = [p for p, ok in persona_pictures.items() if not ok]
     return st
+
+
+def dedupe_table(backend: str, variants: list[Variant], analyses: dict[Path, Analysis]) -> None:
+    """Which copy survives when identity is not the question (minsim 0): every one-face photo with its copies."""
+    scorer = scorer_for(backend)
+    refs = [analyses[v.path] for v in variants if v.kind == "original" and v.source.identity == "obama"][:2]
+    rows, _ = decide(refs, [analyses[v.path] for v in variants], scorer, QCThresholds(minsim=0.0, min_margin=None))
+    kept: dict[str, list[str]] = defaultdict(list)
+    for v in variants:
+        if rows[v.path.name].verdict == "accepted" and not v.source.group:
+            kept[v.source.name].append(v.kind)
+    sources = sorted({v.source.name for v in variants if not v.source.group})
+    originals = sum(kept.get(s) == ["original"] for s in sources)
+    print(f"\n## Duplicates, backend {backend}: one copy kept per photo (identity off, sharpness on)")
+    print(f"original kept, its copies rejected: {originals}/{len(sources)} photos")
+    for s in sources:
+        if kept.get(s) != ["original"]:
+            why = [rows[v.path.name].reason for v in variants if v.source.name == s and v.kind == "original"]
+            print(f"  {s}: kept {kept.get(s) or 'nothing'}; original: {why[0] if why else '?'}")
 
 
 def protocol_tables(
@@ -510,7 +479,7 @@ def protocol_tables(
     print(f"\n## Held-out protocol on the calibration set, backend {backend} ({runs} persona runs)")
     head = (
         f"{'persona':<16}| {'rule':<34}| {'accepted':>8} | {'false':>5} | {'precision':>9} | {'recall':>11} |"
-        f" {'blurred rej.':>12} | {'exact dups':>10} | {'near dups':>9} | {'degraded kept':>13}"
+        f" {'blurred rej.':>12} | {'exact dups':>10} | {'half q80':>9} | {'same q80':>9} | {'degraded kept':>13}"
     )
     print(head)
     print("-" * len(head))
@@ -526,7 +495,8 @@ def protocol_tables(
         print(
             f"{who:<16}| {name:<34}| {st.accepted:>8} | {false:>5} | {prec:>9} | {rec:>11} |"
             f" {st.blurred_rejected:>5}/{st.blurred:<6} | {st.dup_caught:>4}/{st.dup_pairs:<5} |"
-            f" {st.near_caught:>4}/{st.near_pairs:<4} | {st.degraded_kept:>13}"
+            f" {st.near_caught:>4}/{st.near_pairs:<4} | {st.reenc_caught:>4}/{st.reenc_pairs:<4} |"
+            f" {st.degraded_kept:>13}"
         )
 
     for person, stats in sorted(per_person.items()):
@@ -537,6 +507,8 @@ def protocol_tables(
     for name, st in totals.items():
         if st.false_files:
             print(f"false accepts, {name}: {sorted(set(st.false_files))}")
+        if st.degraded_files:
+            print(f"degraded copy kept over its original, {name}: {sorted(set(st.degraded_files))}")
         if st.missed:
             print(f"persona pictures never accepted, {name}: {sorted(set(st.missed))}")
 
@@ -574,6 +546,7 @@ def main() -> None:
             legacy = {a.path: legacy_sharpness(a) for a in found}
             if backend == "dlib":
                 sharpness_table(variants, analyses, legacy)
+            dedupe_table(backend, variants, analyses)
             protocol_tables(backend, variants, analyses, legacy, refs, reps)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -13,8 +13,8 @@ batch run reach the same verdicts:
 The decision, per candidate (docs/identity-calibration.md has the measurements):
 
 * identity: the calibrated score against the centroid of the references must
-  reach ``minsim`` *and* the references must agree: each one on its own (all
-  of 2 or 3, two thirds of more) must score at least ``minsim - 0.15``. A
+  reach ``minsim`` *and* the references must agree: each one on its own (both
+  of 2, two thirds and at least 2 of more) must score ``minsim - 0.15``. A
   centroid of two references sits between them; the per-reference floor keeps
   a face that resembles only one of them out.
 * impostor margin: among the other candidates, the faces already judged to be
@@ -23,14 +23,18 @@ The decision, per candidate (docs/identity-calibration.md has the measurements):
   reference centroid is rejected: when the pool contains a look-alike, all of
   its photos fail together instead of the closest one slipping through.
 * sharpness (``minblur``), face count (``max_faces``).
-* duplicates: passing images with identical pixels, or perceptual hashes
-  within 4 bits (one picture resized or re-encoded), or within
-  ``dup_hash_distance`` bits with faces scoring >= ``dup_min_score`` against
-  each other, form a group (transitively); the best
-  copy is kept by a fixed order: more real detail (face width over blur
-  radius, 30 % tolerance), larger face (10 % tolerance), less compression,
-  sharper, larger file, name. A downscaled or re-encoded copy never wins over
-  its original; the report says which copy was kept and why.
+* duplicates: images of the persona alone with identical pixels, or
+  perceptual hashes within 4 bits (one picture resized or re-encoded), or
+  within ``dup_hash_distance`` bits with faces scoring >= ``dup_min_score``
+  against each other, form a group (transitively). The best copy is chosen by
+  a fixed order: more real detail (face width over blur radius, 30 %
+  tolerance), larger face (10 %), less compression (lossless, then the JPEG
+  quality), sharper (10 %), larger file (2 %), name; the others are rejected
+  as its duplicates. Groups form before sharpness is judged, so a downscaled
+  copy (sharper per pixel) never stands in for an original too blurred to
+  keep. The report says which copy was kept and why. Known limit: a same-size
+  re-encode at a *higher* JPEG quality than its original looks better by
+  every measure here and wins.
 
 ``qc_report.csv`` keeps its first seven columns (what analytics and the hub
 read) and adds the evidence: score per reference, nearest impostor and its
@@ -79,6 +83,8 @@ REPORT_FIELDS = LEGACY_FIELDS + EVIDENCE_FIELDS
 SAME_PICTURE_BITS = 4  # pHash this close: one picture resized or re-encoded, even when a tiny face embeds badly
 DETAIL_TOLERANCE = 1.3  # copies within this factor of the most detailed one count as equally detailed
 FACE_PX_TOLERANCE = 0.9
+SHARPNESS_TOLERANCE = 0.9  # JPEG artefacts add a little "sharpness": a re-encode must not win on that
+BYTES_TOLERANCE = 0.98
 
 ProgressCallback = Callable[[int, int, str], None]  # (done, total, file name)
 
@@ -306,11 +312,14 @@ def _best_copy(group: list[Analysis]) -> tuple[Analysis, dict[str, str]]:
         ),
         (most(lambda a: a.face_px, FACE_PX_TOLERANCE), lambda a, w: f"larger face ({w.face_px} vs {a.face_px} px)"),
         (most(lambda a: a.compression), lambda a, w: f"less compressed ({_quality_label(w)} vs {_quality_label(a)})"),
-        (most(lambda a: round(a.sharpness)), lambda a, w: f"sharper ({w.sharpness:.0f} vs {a.sharpness:.0f})"),
-        (most(lambda a: a.nbytes), lambda a, w: f"larger file ({w.nbytes} vs {a.nbytes} bytes)"),
+        (
+            most(lambda a: a.sharpness, SHARPNESS_TOLERANCE),
+            lambda a, w: f"sharper ({w.sharpness:.0f} vs {a.sharpness:.0f})",
+        ),
+        (most(lambda a: a.nbytes, BYTES_TOLERANCE), lambda a, w: f"larger file ({w.nbytes} vs {a.nbytes} bytes)"),
         (lambda pool: pool[:1], lambda a, w: "identical copy; the first by name is kept"),
     ]
-    pool = sorted(group, key=lambda a: a.path.name)
+    pool = sorted(group, key=lambda a: a.path.name)  # the last resort is the name: a fixed, visible order
     lost: list[tuple[Analysis, Callable[[Analysis, Analysis], str]]] = []
     for select, explain in stages:
         kept = select(pool)
@@ -356,7 +365,7 @@ def decide(
     ]
 
     rows: dict[str, QCRow] = {}
-    passing: list[Analysis] = []
+    persona: list[Analysis] = []
     for a in cands:
         name = a.path.name
         if a.error:
@@ -403,31 +412,34 @@ def decide(
                 f"impostor: closer to {row.nearest_impostor} ({nearest_score:.3f}, judged another person) "
                 f"than to the references ({idn.score:.3f})"
             )
-        if a.sharpness < th.minblur:
-            reasons.append(f"sharpness: face {a.sharpness:.1f} < minblur {th.minblur:g}")
         if a.faces > th.max_faces:
             reasons.append(f"faces: {a.faces} > max {th.max_faces}")
-        if reasons:
-            row.verdict, row.reason = "rejected", "; ".join(reasons)
-        else:
-            passing.append(a)
+        if not reasons:
+            persona.append(a)  # the persona alone in the picture: a candidate for its group of copies
+        if a.sharpness < th.minblur:
+            reasons.append(f"sharpness: face {a.sharpness:.1f} < minblur {th.minblur:g}")
+        row.verdict, row.reason = ("rejected", "; ".join(reasons)) if reasons else ("accepted", "")
         rows[name] = row
 
-    for group in _duplicate_groups(passing, scorer, th):
+    # Copies are grouped before sharpness is judged: the best copy speaks for the group, so a downscaled
+    # copy (sharper per pixel) never replaces an original that is too blurred to keep.
+    for group in _duplicate_groups(persona, scorer, th):
         keep, why = _best_copy(group)
+        best = rows[keep.path.name]
         for a in group:
             if a is keep:
                 continue
             r = rows[a.path.name]
+            kind = "exact copy" if a.pixel_hash == keep.pixel_hash else "near-duplicate"
+            outcome = "kept that one" if best.verdict == "accepted" else "the better copy, itself rejected"
+            dup = f"duplicate: {kind} of {keep.path.name}, {outcome} ({why[a.path.name]})"
             r.verdict, r.duplicate_of = "rejected", keep.path.name
-            exact = a.pixel_hash == keep.pixel_hash
-            kind = "exact copy" if exact else "near-duplicate"
-            r.reason = f"duplicate: {kind} of {keep.path.name}, kept that one ({why[a.path.name]})"
+            r.reason = "; ".join([dup] + ([r.reason] if r.reason else []))
     return rows, n_refs
 
 
 def _duplicate_groups(passing: list[Analysis], scorer: Scorer, th: QCThresholds) -> list[list[Analysis]]:
-    """Connected groups of copies (union-find over every pair: no first-come order)."""
+    """Connected groups of copies (union-find over every pair: no first-come order; input sorted by name)."""
     parent = list(range(len(passing)))
 
     def root(i: int) -> int:
