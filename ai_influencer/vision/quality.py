@@ -14,18 +14,20 @@ energy goes as 1/s, so ``E(img) / E(reblurred) = sqrt(s^2 + r^2) / s`` and
     sigma = r / sqrt(ratio^2 - 1)            (pixels at the measuring scale)
 
 It is contrast-free (a ratio), and on real photos (docs/identity-calibration.md,
-``bench/identity.py``) sharp photos at 240p..1400 px measure sigma 0.39-0.79
-while copies blurred with a Gaussian of 0.4 % or 1 % of the long side measure
->= 1.06. The score users set is ``80 * (SIGMA_AT_80 / sigma)^2`` with the
-boundary ``SIGMA_AT_80 = 0.92`` (geometric middle of 0.79 and 1.06), so the
-manual's 80 keeps its meaning: sharp photos score 108-450, blurred copies
-<= 60 (1 % blur <= 20). Its range resembles the old Laplacian numbers on
-purpose; its caveat: a blurred image with strong added noise looks sharp to
-any gradient measure.
+``bench/identity.py``) ordinary sharp photos from 240p to 2333 px measure
+sigma 0.39-0.92 while copies blurred with a Gaussian of 0.4 % or 1 % of the
+long side measure >= 1.06 (photos of 250 px and more; below that a 0.4 % blur
+is under one pixel). The score users set is ``80 * (SIGMA_AT_80 / sigma)^2``
+with the boundary ``SIGMA_AT_80 = 0.95`` between the two, so the manual's 80
+keeps its meaning: sharp photos score 86-450, blurred copies <= 64 (1 % blur
+<= 46). Its range resembles the old Laplacian numbers on purpose. Caveat: a
+blurred image with strong added noise looks sharp to any gradient measure.
 
 Detail (for picking the best of duplicate copies): the face width in source
-pixels divided by the blur radius measured at that native size. An upscaled
-copy has a bigger face but the same detail; a downscaled copy has less.
+pixels divided by the blur radius measured at that native size. A downscaled
+copy always measures less; an upscaled one carries no new detail but may
+measure a little more (the radius estimate saturates near one pixel), which
+is harmless: it is not worse to train on.
 
 Compression: lossless files rank above JPEGs; a JPEG's quality is estimated
 from its luminance quantisation table (IJG scaling), so a q80 re-encode ranks
