@@ -288,7 +288,9 @@ def references_needed(n: int) -> int:
 
 
 def _hash_distance(a: str, b: str) -> int:
-    return imagehash.hex_to_hash(a) - imagehash.hex_to_hash(b)
+    """Hamming distance of two 64-bit pHashes in hex (what imagehash's ``-`` gives, without building objects:
+    duplicate grouping compares every pair)."""
+    return (int(a, 16) ^ int(b, 16)).bit_count()
 
 
 @dataclass
