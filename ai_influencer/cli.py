@@ -311,12 +311,30 @@ def generate(
 
 
 NONCOMMERCIAL = (
-    "Face backends: dlib (default; public-domain models, offline) or insightface buffalo_l, whose pretrained "
-    "models are licensed for NON-COMMERCIAL research only."
+    "Face backends: dlib (the default; public-domain models, offline) or, only when chosen by name, insightface "
+    "buffalo_l, whose pretrained models are licensed for NON-COMMERCIAL research only."
 )
 BackendOpt = Annotated[
-    str | None, typer.Option("--backend", help="auto | dlib | insightface (buffalo_l: non-commercial models).")
+    str | None,
+    typer.Option(
+        "--backend",
+        help="dlib (default) | insightface (buffalo_l: NON-COMMERCIAL licence, never chosen for you); auto = dlib.",
+    ),
 ]
+
+
+def _check_minsim(value: float) -> float:
+    """The identity score is a fraction; 34 (a percent) would silently reject everything."""
+    if not 0.0 <= value <= 1.0:
+        hint = f"; did you mean {value / 100:g}?" if 1.0 < value <= 100.0 else ""
+        raise typer.BadParameter(f"{value:g} is not between 0 and 1 (the identity score is a fraction{hint})")
+    return value
+
+
+def _check_minblur(value: float) -> float:
+    if not value >= 0.0:
+        raise typer.BadParameter(f"{value:g} is below 0 (face sharpness: 80 = the manual's sharp/blurred line)")
+    return value
 
 
 def _engine(settings: Settings, backend: str | None):
@@ -364,13 +382,28 @@ def prepare(
             raise CliError(f"at least 2 usable reference photos are needed in {src}, found {ok}")
 
 
-@app.command(help=f"Identity QC: score vs reference centroid, face sharpness, dedupe. {NONCOMMERCIAL}")
+@app.command(
+    help="Identity QC: calibrated identity score vs the references (each reference must agree, and a face closer "
+    f"to another person in the batch is rejected), face sharpness, dedupe keeping the best copy. {NONCOMMERCIAL}"
+)
 def qc(
     ref: Annotated[Path | None, typer.Option("--ref", help="References (default data/cleaned).")] = None,
     cand: Annotated[Path | None, typer.Option("--cand", help="Candidates (default data/synth_openrouter).")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Approved copies (default data/qc_passed).")] = None,
-    minsim: Annotated[float, typer.Option(help="Minimum identity score (see README calibration).")] = 0.34,
-    minblur: Annotated[float, typer.Option(help="Minimum face sharpness (Laplacian var at 256 px).")] = 80.0,
+    minsim: Annotated[
+        float,
+        typer.Option(
+            callback=_check_minsim,
+            help="Minimum identity score, 0..1; 0.34 = same person on either backend (docs/identity-calibration.md).",
+        ),
+    ] = 0.34,
+    minblur: Annotated[
+        float,
+        typer.Option(
+            callback=_check_minblur,
+            help="Minimum face sharpness, >= 0; 80 = the sharp/blurred line at any resolution.",
+        ),
+    ] = 80.0,
     max_faces: Annotated[int, typer.Option("--max-faces", "--max_faces", help="Reject images with more faces.")] = 1,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")] = None,
     backend: BackendOpt = None,
@@ -384,7 +417,19 @@ def qc(
         spec = EngineSpec(
             backend or settings.face_backend, str(settings.insightface_root), tuple(settings.onnx_providers)
         )
-        with console.status("scoring candidates ..."):
+        with Progress(
+            TextColumn("[bold]qc"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[file]}"),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
+            bar = progress.add_task("images", total=None, file="")
+
+            def tick(done: int, total: int, name: str) -> None:
+                progress.update(bar, completed=done, total=total, file=name)
+
             result = run_qc(
                 ref or ws.cleaned,
                 cand or ws.synth,
@@ -394,6 +439,7 @@ def qc(
                 minblur=minblur,
                 max_faces=max_faces,
                 workers=workers,
+                on_progress=tick,
             )
         counts = result.counts
         out.print(

@@ -70,7 +70,9 @@ class Settings(BaseSettings):
     prompt_bank: Path = Path("prompt_bank/default.yaml")
 
     # --- vision ---------------------------------------------------------------------
-    face_backend: Literal["auto", "dlib", "insightface"] = "auto"
+    # dlib (public-domain models) unless InsightFace is chosen by name: its buffalo_l models are NON-COMMERCIAL.
+    # "auto" is accepted for old .env files and means dlib.
+    face_backend: Literal["auto", "dlib", "insightface"] = "dlib"
     insightface_root: Path = Path("models/insightface")
     onnx_providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
     rembg_model: str = "u2net_human_seg"

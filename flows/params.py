@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from ai_influencer.settings import Settings
 
 _s = Settings()
+BACKEND_HELP = "dlib (default) | insightface (buffalo_l models: NON-COMMERCIAL licence; only when chosen). auto = dlib."
 
 
 def current_params(name: str = "params") -> dict:
@@ -36,7 +37,7 @@ class PrepareParams(BaseModel):
     do_rembg: bool = Field(default=False, description="Remove backgrounds with rembg (model must be in models/rembg).")
     do_facecrop: bool = True
     size: int = Field(default=1024, ge=64, le=4096)
-    backend: str = Field(default=_s.face_backend, description="auto | dlib | insightface (non-commercial).")
+    backend: str = Field(default=_s.face_backend, description=BACKEND_HELP)
 
 
 class PlanParams(BaseModel):
@@ -62,10 +63,12 @@ class GenerateParams(BaseModel):
 
 
 class QCParams(BaseModel):
-    minsim: float = Field(default=0.34, ge=0, le=1)
-    minblur: float = Field(default=80.0, ge=0)
+    minsim: float = Field(
+        default=0.34, ge=0, le=1, description="Identity score 0..1; 0.34 = same person (docs/identity-calibration.md)."
+    )
+    minblur: float = Field(default=80.0, ge=0, description="Face sharpness; 80 = the sharp/blurred line.")
     max_faces: int = Field(default=1, ge=1)
-    backend: str = _s.face_backend
+    backend: str = Field(default=_s.face_backend, description=BACKEND_HELP)
 
 
 class AugmentParams(BaseModel):
@@ -103,7 +106,7 @@ class EvaluateParams(BaseModel):
     size: int = Field(default=1024, ge=16)
     strength: float = Field(default=1.0, ge=0, le=2)
     checkpoints: bool = Field(default=True, description="Also evaluate every saved checkpoint and pick the best.")
-    backend: str = _s.face_backend
+    backend: str = Field(default=_s.face_backend, description=BACKEND_HELP)
 
 
 class HybridParams(BaseModel):

@@ -230,7 +230,7 @@ def generate_image_task(
 
 # ---- qc ------------------------------------------------------------------------------------
 def _qc_key(context: Any, p: dict[str, Any]) -> str:
-    extra = ("qc", p["out_dir"], p["minsim"], p["minblur"], p["max_faces"], p["backend"])
+    extra = ("qc:calibrated-v2", p["out_dir"], p["minsim"], p["minblur"], p["max_faces"], p["backend"])
     return fingerprint(p["ref_dir"], p["cand_dir"], extra=extra)
 
 
@@ -253,30 +253,47 @@ def _samples_markdown(images: list[Path], title: str) -> str:
     return f"### {title}\n\n{shown}\n\nFiles: " + ", ".join(f"`{p}`" for p in images)
 
 
+class _QCProgress:
+    """Per-image progress of the QC task as a Prefect progress artifact (at most one update per whole percent)."""
+
+    def __init__(self) -> None:
+        from prefect.artifacts import create_progress_artifact
+
+        self._artifact = create_progress_artifact(0.0, key="qc-progress", description="QC: images analysed")
+        self._shown = 0
+
+    def __call__(self, done: int, total: int, name: str) -> None:
+        from prefect.artifacts import update_progress_artifact
+
+        percent = int(100 * done / max(1, total))
+        if percent > self._shown or done == total:
+            try:
+                update_progress_artifact(self._artifact, float(percent))
+                self._shown = percent
+            except Exception as exc:  # progress is informative: a failed update must not fail QC
+                get_run_logger().debug("QC progress update failed at %s: %s", name, exc)
+
+
 @task(name="qc", tags=["vision", "qc"], cache_key_fn=_qc_key, persist_result=True, **RETRY)
 def qc_task(
     ref_dir: str, cand_dir: str, out_dir: str, minsim: float, minblur: float, max_faces: int, backend: str
 ) -> dict:
-    from ai_influencer.vision.qc import EngineSpec, run_qc
+    from ai_influencer.vision.qc import REPORT_FIELDS, EngineSpec, run_qc
 
     s = Settings()
     spec = EngineSpec(backend, str(s.insightface_root), tuple(s.onnx_providers))
     result = run_qc(
-        Path(ref_dir), Path(cand_dir), Path(out_dir), spec=spec, minsim=minsim, minblur=minblur, max_faces=max_faces
+        Path(ref_dir),
+        Path(cand_dir),
+        Path(out_dir),
+        spec=spec,
+        minsim=minsim,
+        minblur=minblur,
+        max_faces=max_faces,
+        on_progress=_QCProgress(),
     )
     create_table_artifact(
-        [
-            {
-                "file": r.file,
-                "faces": r.faces,
-                "score": r.score,
-                "sharpness": r.sharpness,
-                "duplicate_of": r.duplicate_of,
-                "verdict": r.verdict,
-                "reason": r.reason,
-            }
-            for r in result.rows
-        ],
+        [{k: getattr(r, k) for k in REPORT_FIELDS} for r in result.rows],
         key="qc-report",
         description=f"QC verdicts (minsim {minsim}, minblur {minblur}): {result.counts}",
     )

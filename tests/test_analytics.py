@@ -57,7 +57,7 @@ def test_cost_per_accepted_and_drift_per_prompt_value(stub: StubOpenRouter, tmp_
     accepted = sum(j.accepted for j in items)
     assert total.images == 18 and total.checked == 18 and total.accepted == accepted > 0
     assert total.spend_usd == pytest.approx(18 * stub.image_cost)
-    assert total.cost_per_accepted_usd == pytest.approx(18 * stub.image_cost / accepted)
+    assert total.cost_per_accepted_usd == pytest.approx(18 * stub.image_cost / accepted, abs=1e-6)  # rounded to 6
     assert [r.group for r in costs["by_model"]] == [MODEL]
 
     drift = drift_report(items)

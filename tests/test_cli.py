@@ -134,6 +134,16 @@ def test_clear_errors_for_bad_bank_and_missing_key(cli_env: dict[str, str], tmp_
     assert res.returncode == 1 and "OPENROUTER_API_KEY" in res.stderr and "Traceback" not in res.stderr
 
 
+def test_qc_refuses_a_percent_for_minsim_and_a_negative_minblur(cli_env: dict[str, str], tmp_path: Path) -> None:
+    res = run(["qc", "--minsim", "34"], cli_env, tmp_path)
+    assert res.returncode == 2 and "--minsim" in res.stderr and "did you mean 0.34?" in res.stderr
+    res = run(["qc", "--minblur", "-1"], cli_env, tmp_path)
+    assert res.returncode == 2 and "--minblur" in res.stderr and "below 0" in res.stderr
+    assert not (tmp_path / "data").exists()  # refused before any work
+    res = run(["qc", "--help"], cli_env, tmp_path)
+    assert "NON-COMMERCIAL" in " ".join(res.stdout.split())
+
+
 def test_stage_commands_chain_prepare_generate_qc_augment(
     cli_env: dict[str, str], tmp_path: Path, stub: StubOpenRouter
 ) -> None:
@@ -154,7 +164,8 @@ def test_stage_commands_chain_prepare_generate_qc_augment(
     res = run(["qc", "--minsim", "0.34", "--minblur", "80"], cli_env, tmp_path)
     assert res.returncode == 0, res.stderr
     report = (tmp_path / "data" / "qc_passed" / "qc_report.csv").read_text().splitlines()
-    assert report[0] == "file,faces,score,sharpness,duplicate_of,verdict,reason" and len(report) == 13
+    assert report[0].startswith("file,faces,score,sharpness,duplicate_of,verdict,reason,") and len(report) == 13
+    assert "qc" in res.stderr and "14/14" in res.stderr  # the progress bar: 2 references + 12 candidates
     accepted = [line for line in report[1:] if ",accepted," in line]
     assert accepted and len(accepted) < 12  # the stub serves some other people and blurred images
     res = run(["augment", "--num_aug", "1", "--kohya-repeats", "5"], cli_env, tmp_path)

@@ -95,7 +95,9 @@ def test_hybrid_end_to_end_then_rerun_pays_nothing(prefect_server: str, env: Stu
     assert (data / "augment" / "kohya" / "10_ohwx woman").is_dir()
     assert "no base model" in result["train"]["skipped"]  # a fresh machine has no SDXL: said, not crashed
     keys = {a["key"] for a in api(prefect_server, "/artifacts/filter", {"limit": 200})}
-    assert {"qc-report", "qc-contact-sheet", "generate-cost", "generate-progress"} <= keys
+    assert {"qc-report", "qc-contact-sheet", "qc-progress", "generate-cost", "generate-progress"} <= keys
+    progress = [a for a in api(prefect_server, "/artifacts/filter", {"limit": 200}) if a["key"] == "qc-progress"]
+    assert progress and progress[0]["type"] == "progress" and float(progress[0]["data"]) == 100.0
     paid = len(env.paid_requests)
     again = hybrid_flow(p)
     assert len(env.paid_requests) == paid, "a re-run must not pay for anything"

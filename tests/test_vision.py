@@ -12,17 +12,21 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from ai_influencer.settings import Settings
 from ai_influencer.vision.background import BackgroundModelMissingError, BackgroundRemover
 from ai_influencer.vision.faces import (
+    LICENCES,
     DlibEngine,
     FaceModelMissingError,
     InsightFaceEngine,
     create_face_engine,
+    insightface_pack_dir,
     largest,
+    resolve_backend,
 )
 from ai_influencer.vision.image_io import BadImageError, load_rgb
 from ai_influencer.vision.prepare import prepare_references
-from ai_influencer.vision.qc import EngineSpec, run_qc
+from ai_influencer.vision.qc import REPORT_FIELDS, EngineSpec, run_qc
 from ai_influencer.vision.quality import face_sharpness, laplacian_variance
 from tests.support.assets import face
 from tests.support.tiny_models import tiny_segmenter_onnx
@@ -192,6 +196,18 @@ def test_missing_models_give_clear_errors(tmp_path: Path) -> None:
         create_face_engine("nope")
 
 
+def test_auto_never_picks_the_non_commercial_backend(tmp_path: Path) -> None:
+    """A buffalo_l pack on disk must not switch anyone to models with a non-commercial licence."""
+    pack = insightface_pack_dir(tmp_path)
+    pack.mkdir(parents=True)
+    for name in ("det_10g.onnx", "w600k_r50.onnx"):
+        (pack / name).write_bytes(b"onnx")
+    assert resolve_backend("auto") == "dlib" and resolve_backend("insightface") == "insightface"
+    assert create_face_engine("auto", insightface_root=tmp_path).name == "dlib"
+    assert Settings(_env_file=None).face_backend == "dlib"
+    assert "NON-COMMERCIAL" in LICENCES["insightface"]
+
+
 @pytest.fixture(scope="module")
 def qc_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | dict[str, str]]:
     from ai_influencer.openrouter import OpenRouterClient
@@ -241,7 +257,8 @@ def test_qc_accepts_persona_rejects_others_blur_duplicates(qc_data: dict) -> Non
     assert accepted == sorted(n for n, k in kinds.items() if k == "persona")
     with result.report.open() as fh:
         table = list(csv.DictReader(fh))
-    assert list(table[0].keys()) == ["file", "faces", "score", "sharpness", "duplicate_of", "verdict", "reason"]
+    assert tuple(table[0].keys()) == REPORT_FIELDS  # the legacy seven first, then the evidence columns
+    assert REPORT_FIELDS[:7] == ("file", "faces", "score", "sharpness", "duplicate_of", "verdict", "reason")
     assert len(table) == len(kinds) + 2
     assert result.contact_sheet == out / "reports" / "contact_sheet.png"
     sheet = Image.open(result.contact_sheet)

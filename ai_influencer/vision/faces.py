@@ -1,21 +1,38 @@
 """Face engines: one protocol, two real backends, one factory.
 
-Why two backends: InsightFace buffalo_l (ArcFace) is the stronger model but its
-weights are for non-commercial research only and must be fetched by the user;
-dlib's models (``dlib-bin`` + ``face-recognition-models``) are public domain,
-install from PyPI and run offline, so they are the default when buffalo_l is
-absent and the backend the tests use.
+Why dlib is the default and InsightFace only by explicit choice: InsightFace
+buffalo_l (ArcFace) is the stronger model, but its pretrained weights are for
+NON-COMMERCIAL research only and must be fetched by the user; dlib's models
+(``dlib-bin`` + ``face-recognition-models``) are public domain, install from
+PyPI and run offline. ``auto`` is kept for old configurations and means dlib:
+a model with a non-commercial licence is never picked up because its files
+happen to be on disk.
 
-Why one "identity score": the backends measure similarity differently (cosine
-for ArcFace, Euclidean distance for dlib, where smaller is closer), but users
-set one threshold (the manual's ``--minsim 0.34``). ``identity_score`` maps both
-to a higher-is-closer scale on which 0.34 means "same person" for each:
+Why one calibrated "identity score": the backends measure similarity
+differently (Euclidean distance for dlib, smaller is closer; cosine for
+ArcFace), but users set one threshold, the manual's ``--minsim 0.34``. Each
+backend maps its measure linearly onto a higher-is-closer 0..1 scale whose
+0.34 is that backend's same-person decision point for a candidate against the
+centroid of two or more references (docs/identity-calibration.md):
 
-* insightface: the cosine similarity itself (0.28-0.34 is a loose same-person
-  cut for w600k_r50; 0.45+ is high precision).
-* dlib: ``1 - distance / 0.9``. dlib's trained same-person radius 0.6 maps to
-  0.333; same person in other photos (0.32-0.43) maps to 0.52-0.64; different
-  people (0.64-0.90) map to 0.29-0.0.
+* dlib: ``1 - 0.66 * d / 0.48``. d = 0.48 to the reference centroid is the
+  decision point. dlib was trained to put pairs of one person below 0.6 - 0.04
+  and of two people above 0.6 + 0.04; the centroid of two references shrinks the
+  same-person spread by sqrt(3/4), so 0.56 becomes 0.485. The old mapping put
+  0.34 at d = 0.594, inside the range where look-alikes score (a held-out set
+  had one pair of actors at d = 0.51-0.58 against the other's references, while
+  every same-person photo there measured d <= 0.46). On the calibration set
+  (bench/identity.py) no different-person case comes near: d >= 0.69.
+* insightface: ``1 - 0.66 * (1 - cos) / 0.55``, i.e. cosine 0.45 scores 0.34
+  (insightface's PersonAnalysis default and deepface's buffalo_l cut; 0.28 is
+  the loose "likely same" of InsightFace's demo). UNCALIBRATED here: the
+  weights are not available on this project's machines; run bench/identity.py
+  with the pack in place to check it.
+
+``AGREEMENT_SLACK``: each reference on its own must score at least
+``minsim - 0.15`` (dlib: pair distance <= 0.595, the model's own 0.6 radius),
+so a candidate cannot pass on a centroid that sits between references it does
+not resemble (see vision/qc.py).
 """
 
 from __future__ import annotations
@@ -26,7 +43,14 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-DLIB_DISTANCE_SCALE = 0.9
+MINSIM_DEFAULT = 0.34  # the manual's --minsim: "same person" on every backend's calibrated scale
+AGREEMENT_SLACK = 0.15  # how much lower a single reference may score than minsim
+DLIB_SAME_PERSON_DISTANCE = 0.48  # dlib descriptor distance to the reference centroid that scores MINSIM_DEFAULT
+INSIGHTFACE_SAME_PERSON_COSINE = 0.45  # ArcFace cosine that scores MINSIM_DEFAULT (uncalibrated here, see doc)
+LICENCES = {
+    "dlib": "dlib models: public domain (davisking/dlib-models); offline from PyPI",
+    "insightface": "InsightFace buffalo_l pretrained models: NON-COMMERCIAL research use only",
+}
 
 
 @dataclass
@@ -55,7 +79,7 @@ class Scorer(Protocol):
     def centroid(self, embeddings: list[np.ndarray]) -> np.ndarray: ...
 
     def identity_score(self, embedding: np.ndarray, reference: np.ndarray) -> float:
-        """Higher is more similar; >= 0.34 means same person on this backend (see module doc)."""
+        """Calibrated 0..1, higher is more similar; >= 0.34 means same person on this backend (module doc)."""
         ...
 
 
@@ -69,18 +93,18 @@ class FaceEngine(Scorer, Protocol):
 
 
 class DlibScoring:
-    """Euclidean distance of 128-d dlib descriptors, mapped to ``1 - d / 0.9``."""
+    """Euclidean distance of 128-d dlib descriptors, mapped to ``1 - 0.66 * d / 0.48``."""
 
     def centroid(self, embeddings: list[np.ndarray]) -> np.ndarray:
         return np.mean(np.stack(embeddings), axis=0)
 
     def identity_score(self, embedding: np.ndarray, reference: np.ndarray) -> float:
         distance = float(np.linalg.norm(embedding - reference))
-        return float(np.clip(1.0 - distance / DLIB_DISTANCE_SCALE, 0.0, 1.0))
+        return float(np.clip(1.0 - (1.0 - MINSIM_DEFAULT) * distance / DLIB_SAME_PERSON_DISTANCE, 0.0, 1.0))
 
 
 class CosineScoring:
-    """Cosine similarity of L2-normalised ArcFace embeddings; the centroid is re-normalised."""
+    """Cosine of L2-normalised ArcFace embeddings (re-normalised centroid), mapped so cosine 0.45 -> 0.34."""
 
     def centroid(self, embeddings: list[np.ndarray]) -> np.ndarray:
         mean = np.mean(np.stack(embeddings), axis=0)
@@ -88,7 +112,9 @@ class CosineScoring:
 
     def identity_score(self, embedding: np.ndarray, reference: np.ndarray) -> float:
         denom = float(np.linalg.norm(embedding) * np.linalg.norm(reference)) or 1.0
-        return float(np.dot(embedding, reference) / denom)
+        cosine = float(np.dot(embedding, reference) / denom)
+        scaled = 1.0 - (1.0 - MINSIM_DEFAULT) * (1.0 - cosine) / (1.0 - INSIGHTFACE_SAME_PERSON_COSINE)
+        return float(np.clip(scaled, 0.0, 1.0))
 
 
 def largest(faces: list[Face]) -> Face | None:
@@ -217,14 +243,11 @@ def insightface_pack_dir(root: Path) -> Path:
     return Path(root) / "models" / "buffalo_l"
 
 
-def resolve_backend(backend: str, insightface_root: Path) -> str:
-    """``auto`` means buffalo_l when its pack is present, else dlib."""
+def resolve_backend(backend: str) -> str:
+    """``auto`` (kept for old settings) is dlib: InsightFace's non-commercial models only when asked for by name."""
     if backend not in ("auto", "dlib", "insightface"):
-        raise ValueError(f"unknown face backend {backend!r} (expected auto, dlib or insightface)")
-    if backend != "auto":
-        return backend
-    pack = insightface_pack_dir(insightface_root)
-    return "insightface" if pack.is_dir() and any(pack.glob("*.onnx")) else "dlib"
+        raise ValueError(f"unknown face backend {backend!r} (expected dlib or insightface; auto means dlib)")
+    return "dlib" if backend == "auto" else backend
 
 
 def scorer_for(backend: str) -> Scorer:
@@ -232,9 +255,9 @@ def scorer_for(backend: str) -> Scorer:
 
 
 def create_face_engine(
-    backend: str = "auto", *, insightface_root: Path = Path("models/insightface"), providers: list[str] | None = None
+    backend: str = "dlib", *, insightface_root: Path = Path("models/insightface"), providers: list[str] | None = None
 ) -> FaceEngine:
-    if resolve_backend(backend, insightface_root) == "insightface":
+    if resolve_backend(backend) == "insightface":
         return InsightFaceEngine(insightface_pack_dir(insightface_root), providers=providers)
     return DlibEngine()
 
