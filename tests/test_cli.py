@@ -60,7 +60,7 @@ def test_generate_with_manual_flags_then_resume(cli_env: dict[str, str], tmp_pat
     assert "generated 6, failed 0" in res.stdout
     assert json.loads((out / "manifest.json").read_text())["count"] == 6
     res = run(args, cli_env, tmp_path)
-    assert "generated 0, failed 0" in res.stdout
+    assert "nothing to generate" in res.stdout and "6 already done" in res.stderr
     assert len(stub.paid_requests) == 6
 
 
