@@ -22,15 +22,16 @@ import hashlib
 import json
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from ai_influencer.costs import BudgetExceededError, CostLedger
+from ai_influencer.costs import BudgetExceededError, CostLedger, RunHaltedError
 from ai_influencer.dataset.manifest import (
     IMAGE_SUFFIXES,
     ImageRecord,
@@ -233,6 +234,116 @@ def generate_one(
     return GenerationOutcome(request, record, "generated")
 
 
+class FutureLike(Protocol):
+    """What ``dispatch`` needs of a submitted request: a ``concurrent.futures.Future`` or a Prefect future."""
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None: ...
+
+    def result(self) -> Any: ...
+
+
+class Slots(Protocol):
+    """Where a run's permission to have a request in flight, and when to send it, comes from.
+
+    ``LocalSlots`` for one process (the CLI); the Prefect flow's slots come from the server's shared
+    limits (``tasks.limits.InflightPool`` + ``tasks.rate.RateDispatcher``), fairly shared among runs.
+    """
+
+    demand: int  # requests this run still has to send or is waiting on (it never holds more slots)
+
+    def acquire(self) -> None:
+        """Block until a request may be in flight; ``StopRequested`` if the run is stopping."""
+        ...
+
+    def release(self) -> None: ...
+
+    def next_send_time(self) -> float:
+        """The ``time.monotonic()`` at which the acquired request may be sent."""
+        ...
+
+
+class LocalSlots:
+    """A fixed number of requests in flight in this process; each request's pacer spaces the sends."""
+
+    def __init__(self, concurrency: int, stop: StopFlag | None = None) -> None:
+        self.capacity = max(1, concurrency)
+        self.stop = stop
+        self.demand = 0
+        self.in_use = 0
+        self._cond = threading.Condition()
+
+    def acquire(self) -> None:
+        with self._cond:
+            while self.in_use >= self.capacity:
+                if self.stop is not None:
+                    self.stop.check()
+                self._cond.wait(0.25)
+            self.in_use += 1
+
+    def release(self) -> None:
+        with self._cond:
+            self.in_use -= 1
+            self.demand = max(0, self.demand - 1)
+            self._cond.notify_all()
+
+    def next_send_time(self) -> float:
+        return time.monotonic()
+
+
+@dataclass
+class Dispatched:
+    results: list[Any]  # of the submitted requests, in submission order (failed ones left out)
+    errors: list[str]  # one line per submitted request that failed
+    not_sent: list[ImageRequest]  # never submitted: the run stopped, or ``keep_going`` said enough
+
+
+def dispatch(
+    todo: Sequence[ImageRequest],
+    *,
+    submit: Callable[[ImageRequest, float], FutureLike],
+    slots: Slots,
+    stop: StopFlag | None = None,
+    keep_going: Callable[[], bool] | None = None,
+    on_done: Callable[[FutureLike], None] | None = None,
+) -> Dispatched:
+    """The generation engine's loop, the same for the CLI and the Prefect flow.
+
+    Each request is submitted only once it holds an in-flight slot and has its send time, so a stop
+    (``stop``: a signal) or an end (``keep_going`` returning False: a budget refused, a fatal error,
+    enough images accepted) takes effect before anything else is paid; requests already submitted
+    finish and are kept.
+    """
+    futures: list[FutureLike] = []
+    slots.demand = len(todo)
+    try:
+        for request in todo:
+            if keep_going is not None and not keep_going():
+                break
+            slots.acquire()
+            if (stop is not None and stop.is_set()) or (keep_going is not None and not keep_going()):
+                slots.release()
+                break
+            future = submit(request, slots.next_send_time())
+
+            def done(f: FutureLike) -> None:
+                slots.release()
+                if on_done is not None:
+                    on_done(f)
+
+            future.add_done_callback(done)
+            futures.append(future)
+    except StopRequested:
+        pass  # stopped while waiting for a slot
+    slots.demand = 0  # nothing more will be sent: spare slots can go back now
+    results, errors = [], []
+    for future in futures:
+        try:
+            results.append(future.result())
+        except Exception as exc:  # one failed image never stops the others
+            errors.append(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    return Dispatched(results, errors, list(todo[len(futures) :]))
+
+
 def generate_batch(
     client: OpenRouterClient,
     requests: Sequence[ImageRequest],
@@ -247,32 +358,22 @@ def generate_batch(
     run_id: str | None = None,
     on_done: Callable[[GenerationOutcome], None] | None = None,
 ) -> list[GenerationOutcome]:
-    """Generate many images in parallel; one failed image never stops the others.
+    """Generate many images in this process (``dispatch`` with ``LocalSlots``); one failed image never
+    stops the others.
 
-    Fatal errors that apply to every request (bad key, no credits) stop new work early. ``gate``,
-    ``pacer`` and ``ledger`` mean what they mean for :func:`generate_one`. Once ``stop`` is set
-    (a signal, see ``pacing.drain_on_signals``) no new request is sent; requests already sent
-    finish and are saved, and the others come back as ``stopped``.
+    An error that applies to every request (bad key, no credits) or a refused budget ends the run:
+    nothing more is sent. ``gate``, ``pacer`` and ``ledger`` mean what they mean for
+    :func:`generate_one`. Once ``stop`` is set (a signal, see ``pacing.drain_on_signals``) no new
+    request is sent; requests already sent finish and are saved, and the others come back as
+    ``stopped``.
     """
     from ai_influencer.openrouter import AuthError, InsufficientCreditsError
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    outcomes: list[GenerationOutcome] = []
-    halt = threading.Event()
-    halted_as = ["failed", ""]  # the status and reason of what stopped new work (budget or a fatal error)
-    halt_lock = threading.Lock()
-
-    def halt_with(status: str, reason: str) -> None:
-        with halt_lock:
-            if not halt.is_set():
-                halted_as[:] = [status, reason]
-                halt.set()
+    ledger = ledger or CostLedger()
+    ended: list[tuple[str, str]] = []  # (status, reason) of what ended the run early
 
     def work(req: ImageRequest) -> GenerationOutcome:
-        if stop is not None and stop.is_set():
-            return GenerationOutcome(req, None, "stopped", f"not sent: {stop.reason}")
-        if halt.is_set():
-            return GenerationOutcome(req, None, halted_as[0], f"not sent: {halted_as[1]}")
         try:
             return generate_one(
                 client, req, out_dir, references=references, gate=gate, ledger=ledger, pacer=pacer, run_id=run_id
@@ -280,21 +381,36 @@ def generate_batch(
         except StopRequested as exc:
             return GenerationOutcome(req, None, "stopped", str(exc))
         except BudgetExceededError as exc:
-            halt_with("budget", str(exc))
+            ended.append(("budget", str(exc)))
             return GenerationOutcome(req, None, "budget", str(exc))
+        except RunHaltedError as exc:
+            return GenerationOutcome(req, None, "failed", f"not sent: {exc}")
         except (AuthError, InsufficientCreditsError) as exc:
-            halt_with("failed", str(exc))
+            ledger.halt(str(exc))
+            ended.append(("failed", str(exc)))
             return GenerationOutcome(req, None, "failed", str(exc))
         except OpenRouterError as exc:
             return GenerationOutcome(req, None, "failed", str(exc))
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        futures = [pool.submit(work, r) for r in requests]
-        for fut in as_completed(futures):
-            outcome = fut.result()
-            outcomes.append(outcome)
-            if on_done:
-                on_done(outcome)
+        done = dispatch(
+            requests,
+            submit=lambda req, _send_at: pool.submit(work, req),
+            slots=LocalSlots(concurrency, stop),
+            stop=stop,
+            keep_going=lambda: not ended,
+            on_done=(lambda f: on_done(f.result())) if on_done else None,
+        )
+    outcomes: list[GenerationOutcome] = done.results
+    for req in done.not_sent:
+        if stop is not None and stop.is_set():
+            outcome = GenerationOutcome(req, None, "stopped", f"not sent: {stop.reason}")
+        else:
+            status, reason = ended[0] if ended else ("failed", "run ended")
+            outcome = GenerationOutcome(req, None, status, f"not sent: {reason}")
+        outcomes.append(outcome)
+        if on_done:
+            on_done(outcome)
     rebuild_manifest(out_dir)
     return outcomes
 

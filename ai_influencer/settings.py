@@ -5,25 +5,37 @@ a value has exactly one name and one default. Values come from the process
 environment first, then from a ``.env`` file in the working directory. The
 OpenRouter variables keep the exact names users know from the manual
 (``OPENROUTER_API_KEY`` ...); everything else is prefixed ``INFLUENCER_``.
+Settings are read when a run starts (a command, a flow run), never at import:
+a deployment must not carry the deploying machine's environment.
+
+The configuration table in README.md and the ``.env`` template ``influencer
+init`` writes are generated from this model (``settings_table``, ``env_template``);
+a test fails when README and the model drift apart.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
+ENV_PREFIX = "INFLUENCER_"
+
+
+def _manual(name: str) -> AliasChoices:
+    """The OpenRouter variables keep the manual's names (no INFLUENCER_ prefix)."""
+    return AliasChoices(name, name.lower())
 
 
 class Settings(BaseSettings):
-    """Process-wide configuration; see README "Configuration" for every variable."""
+    """Process-wide configuration; README "Configuration" lists every variable (generated from here)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="INFLUENCER_",
+        env_prefix=ENV_PREFIX,
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
@@ -32,61 +44,78 @@ class Settings(BaseSettings):
 
     # --- OpenRouter (names match the manual users come from) -------------------
     openrouter_api_key: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("OPENROUTER_API_KEY", "openrouter_api_key")
+        default=None,
+        validation_alias=_manual("OPENROUTER_API_KEY"),
+        description="OpenRouter key; better kept in the Prefect block (`influencer set-key`), which wins.",
     )
     openrouter_base_url: str = Field(
-        default=DEFAULT_BASE_URL, validation_alias=AliasChoices("OPENROUTER_BASE_URL", "openrouter_base_url")
+        default=DEFAULT_BASE_URL, validation_alias=_manual("OPENROUTER_BASE_URL"), description="API root."
     )
     openrouter_app_title: str = Field(
-        default="ai-influencer",
-        validation_alias=AliasChoices("OPENROUTER_APP_TITLE", "openrouter_app_title"),
+        default="ai-influencer", validation_alias=_manual("OPENROUTER_APP_TITLE"), description="Sent as X-Title."
     )
     openrouter_app_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("OPENROUTER_APP_URL", "openrouter_app_url")
+        default=None, validation_alias=_manual("OPENROUTER_APP_URL"), description="Sent as HTTP-Referer."
     )
-    openrouter_timeout_s: float = 120.0
-    openrouter_max_retries: int = Field(default=5, ge=0, le=20)
-    openrouter_retry_cap_s: float = Field(default=60.0, gt=0)
-    models_cache_ttl_s: float = Field(default=600.0, ge=0)
-
-    credentials_block: str = "openrouter"
+    openrouter_timeout_s: float = Field(
+        default=120.0, gt=0, description="Whole-request deadline (connect, upload, wait, download), seconds."
+    )
+    openrouter_max_retries: int = Field(
+        default=5, ge=0, le=20, description="Retries of 429/5xx/deadline/bad images (the client owns them)."
+    )
+    openrouter_retry_cap_s: float = Field(default=60.0, gt=0, description="Longest wait between two retries.")
+    models_cache_ttl_s: float = Field(default=600.0, ge=0, description="How long the model list is cached.")
+    credentials_block: str = Field(default="openrouter", description="Name of the OpenRouter credentials block.")
 
     # --- Prefect orchestration defaults ---------------------------------------------
-    image_rate_limit_name: str = "openrouter-image-rate"
-    image_rate_per_s: float = Field(default=2.0, gt=0)
-    image_inflight_limit_name: str = "openrouter-image-inflight"
-    image_max_inflight: int = Field(default=8, ge=1)
-    task_retries: int = Field(default=3, ge=0)
-    task_retry_delay_s: float = Field(default=10.0, ge=0)
+    image_rate_limit_name: str = Field(
+        default="openrouter-image-rate", description="Global concurrency limit (slot decay) shared by all runs."
+    )
+    image_rate_per_s: float = Field(
+        default=2.0, gt=0, description="Image requests/s when that limit is created; the CLI's default --rate."
+    )
+    image_inflight_limit_name: str = Field(
+        default="openrouter-image-inflight", description="Global concurrency limit of image requests in flight."
+    )
+    image_max_inflight: int = Field(default=8, ge=1, description="Its size when it is created.")
+    task_retries: int = Field(default=3, ge=0, description="Prefect retries of non-HTTP task failures.")
+    task_retry_delay_s: float = Field(default=10.0, ge=0, description="First delay between those retries.")
 
     # --- default models ----------------------------------------------------------
-    text_model: str = "meta-llama/llama-3.1-70b-instruct"
-    image_model: str = "google/gemini-2.5-flash-image"
-    vision_model: str = "google/gemini-2.5-flash"
+    text_model: str = Field(default="meta-llama/llama-3.1-70b-instruct", description="Planning LLM.")
+    image_model: str = Field(default="google/gemini-2.5-flash-image", description="Image generator.")
+    vision_model: str = Field(default="google/gemini-2.5-flash", description="Captioning VLM (--vlm-captions).")
 
     # --- filesystem roots ----------------------------------------------------------
-    data_root: Path = Path("data")
-    models_root: Path = Path("models")
-    prompt_bank: Path = Path("prompt_bank/default.yaml")
+    data_root: Path = Field(default=Path("data"), description="Workspace data folder (input_raw/, cleaned/, ...).")
+    models_root: Path = Field(default=Path("models"), description="Models folder (base/, lora/).")
+    prompt_bank: Path = Field(default=Path("prompt_bank/default.yaml"), description="Prompt bank YAML.")
 
     # --- vision ---------------------------------------------------------------------
-    # dlib (public-domain models) unless InsightFace is chosen by name: its buffalo_l models are NON-COMMERCIAL.
-    # "auto" is accepted for old .env files and means dlib.
-    face_backend: Literal["auto", "dlib", "insightface"] = "dlib"
-    insightface_root: Path = Path("models/insightface")
-    onnx_providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
-    rembg_model: str = "u2net_human_seg"
-    rembg_home: Path = Path("models/rembg")
+    face_backend: Literal["auto", "dlib", "insightface"] = Field(
+        default="dlib",
+        description="dlib (public-domain models) or insightface (buffalo_l: NON-COMMERCIAL); auto = dlib.",
+    )
+    insightface_root: Path = Field(default=Path("models/insightface"), description="Holds models/buffalo_l/*.onnx.")
+    onnx_providers: list[str] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"], description="onnxruntime providers, JSON list."
+    )
+    rembg_model: str = Field(default="u2net_human_seg", description="rembg model for --do-rembg.")
+    rembg_home: Path = Field(default=Path("models/rembg"), description="Where rembg models are (offline).")
 
     # --- control hub -------------------------------------------------------------------
-    hub_token: SecretStr | None = None  # required on every POST; `influencer hub` makes one per start if unset
-    hub_host: str = "127.0.0.1"
-    hub_port: int = 8000
-    hub_max_upload_mb: float = 10.0
-    hub_deployment: str = "hybrid/hybrid-local"
+    hub_token: SecretStr | None = Field(
+        default=None, description="Token of every hub /api and /files route; `influencer hub` makes one if unset."
+    )
+    hub_host: str = Field(default="127.0.0.1", description="Hub bind address.")
+    hub_port: int = Field(default=8000, description="Hub port.")
+    hub_max_upload_mb: float = Field(default=10.0, description="Largest upload to /api/influencer.")
+    hub_deployment: str = Field(default="hybrid/hybrid-local", description="Deployment the hub's Start runs.")
 
     # --- training ---------------------------------------------------------------------
-    kohya_path: Path | None = None  # an sd-scripts checkout: train with kohya instead of the built-in trainer
+    kohya_path: Path | None = Field(
+        default=None, description="An sd-scripts checkout: train with kohya instead of the built-in trainer."
+    )
 
     def require_api_key(self) -> SecretStr:
         """Return the key or fail with the exact variable to set (never the value)."""
@@ -106,3 +135,36 @@ class MissingApiKeyError(RuntimeError):
 def get_settings() -> Settings:
     """Cached settings for long-lived processes; tests build ``Settings(...)`` directly."""
     return Settings()
+
+
+def env_name(field: str) -> str:
+    alias = Settings.model_fields[field].validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return ENV_PREFIX + field.upper()
+
+
+def _shown_default(field: str) -> str:
+    info = Settings.model_fields[field]
+    value: Any = info.default_factory() if info.default_factory else info.default  # type: ignore[call-arg]
+    if value is None:
+        return ""
+    return f"`{value}`" if not isinstance(value, list) else f"`{value}`".replace("'", '"')
+
+
+def settings_table() -> str:
+    """README's configuration table: every variable, its default and what it is for."""
+    lines = ["| variable | default | what |", "|---|---|---|"]
+    for field, info in Settings.model_fields.items():
+        lines.append(f"| `{env_name(field)}` | {_shown_default(field)} | {info.description or ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def env_template() -> str:
+    """A commented ``.env`` with every variable at its default (what ``influencer init`` writes)."""
+    lines = ["# ai-influencer configuration: uncomment and set what you need (environment variables win)."]
+    for field, info in Settings.model_fields.items():
+        default = _shown_default(field).strip("`")
+        lines.append(f"# {info.description or ''}")
+        lines.append(f"# {env_name(field)}={default}")
+    return "\n".join(lines) + "\n"

@@ -1,12 +1,15 @@
-"""The generation fan-out: every image is its own retrying task behind the shared limits."""
+"""The generation fan-out: every image is its own retrying task; the engine is the CLI's
+(``ai_influencer.generation.dispatch``), with slots shared through the Prefect server."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 from prefect import flow, get_run_logger
@@ -14,15 +17,18 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from ai_influencer import usecases
+from ai_influencer.costs import CostLedger
 from ai_influencer.dataset.manifest import rebuild_manifest
-from ai_influencer.generation import already_done, build_requests, iter_reference_images, preflight
+from ai_influencer.dataset.workspace import Workspace
+from ai_influencer.generation import Dispatched, ImageRequest, dispatch, preflight
 from ai_influencer.pacing import AdaptiveRate, PacingStats, StopRequested, drain_on_signals, rate_limit_capacity
-from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
+from ai_influencer.settings import Settings
 from flows.params import GenerateParams, Paths, current_params
 from tasks.clients import RUN_STOP, openrouter_client
+from tasks.generate import generate_image_task, release_ledger
 from tasks.limits import InflightPool, RunSeat, ensure_limit
-from tasks.rate import RateDispatcher
-from tasks.stages import generate_image_task, release_ledger
+from tasks.rate import RateDispatcher, SharedSlots
 
 INFLIGHT_LEASE_S = 60.0  # the server accepts >= 60 s
 
@@ -34,20 +40,25 @@ def _name() -> str:
 
 
 @flow(name="generate", flow_run_name=_name, log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=64))
-def generate_flow(params: GenerateParams | None = None, paths: Paths | None = None) -> dict:
+def generate_flow(params: GenerateParams = GenerateParams(), paths: Paths = Paths()) -> dict:
     """Generate ``per_scene`` images per scene; finished images are never paid for again.
 
     SIGTERM (a Prefect cancellation, a stopped worker) or Ctrl-C drains the run: nothing new is
     sent, requests already sent finish (each within the client's deadline) and are saved, the
     manifest is rebuilt, and only then is the signal passed on to Prefect.
     """
-    params, paths = params or GenerateParams(), paths or Paths()
-    logger = get_run_logger()
-    out_dir = Path(paths.sub("synth_openrouter"))
-    refs = list(iter_reference_images(Path(paths.sub("cleaned")))) if params.use_references else []
-    bank = load_prompt_bank(paths.prompt_bank)
-    requests = build_requests(compose_prompts(bank, params.per_scene, params.seed), params.model, params.size, refs)
-    todo = [r for r in requests if already_done(r, out_dir) is None]
+    s = Settings()
+    params, paths = params.resolve(s), paths.resolve(s)
+    ws = paths.workspace()
+    plan = usecases.plan_requests(
+        paths.bank,
+        ws.synth,
+        model=params.model,
+        per_scene=params.per_scene,
+        size=params.size,
+        seed=params.seed,
+        references=ws.cleaned if params.use_references else None,
+    )
     lim = params.limits
     rate_state, burst, rate = ensure_limit(
         lim.rate_limit_name, rate_limit_capacity(lim.rate_per_s), slot_decay_per_second=lim.rate_per_s
@@ -55,145 +66,134 @@ def generate_flow(params: GenerateParams | None = None, paths: Paths | None = No
     inflight_state, max_inflight, _ = ensure_limit(lim.inflight_limit_name, lim.max_inflight)
     if rate <= 0:
         raise ValueError(f"global concurrency limit {lim.rate_limit_name!r} has no slot decay: it is not a rate limit")
-    logger.info(
+    get_run_logger().info(
         "%d images requested, %d already on disk, %d to generate (rate limit %s %s: %.2f/s; in-flight %s %s: %d)",
-        len(requests),
-        len(requests) - len(todo),
-        len(todo),
-        lim.rate_limit_name,
-        rate_state,
-        rate,
-        lim.inflight_limit_name,
-        inflight_state,
-        max_inflight,
-    )
+        len(plan.requests), plan.already_done, len(plan.todo), lim.rate_limit_name, rate_state, rate,
+        lim.inflight_limit_name, inflight_state, max_inflight,
+    )  # fmt: skip
     estimate = params.estimate_usd
-    if todo:
+    if plan.todo:
         estimate = preflight(openrouter_client(), params.model, estimate)
         if params.budget_usd is not None and estimate is None:
             raise ValueError(f"budget_usd needs a price: {params.model} lists none; set estimate_usd")
-    run_id = str(flow_run.id or "local")
+    run = _Run(params, plan, ws, str(flow_run.id or "local"), estimate, rate, burst, max_inflight)
     RUN_STOP.clear()
     with drain_on_signals(RUN_STOP):
-        return _dispatch(params, requests, todo, out_dir, refs, run_id, estimate, burst, rate, max_inflight)
+        return run.execute()
 
 
-def _dispatch(
-    params: GenerateParams,
-    requests: list,
-    todo: list,
-    out_dir: Path,
-    refs: list[Path],
-    run_id: str,
-    estimate: float | None,
-    burst: int,
-    rate: float,
-    max_inflight: int,
-) -> dict:
-    """Submit one task per image at its send time, wait for all, summarise (see generate_flow)."""
-    logger = get_run_logger()
-    lim = params.limits
-    # Sharing with other runs (other workers, the hub, a cron run): this run holds a seat among the
-    # runs that use this provider limit, and from it the in-flight slots and the requests per second
-    # of its fair share, which shrink when a run joins and grow when one leaves (see tasks.limits).
-    # In-flight slots are unit leases renewed in the background: a killed run's come back when they
-    # expire (INFLIGHT_LEASE_S), on the embedded server too (reclaim_expired_leases).
-    progress = ProgressReporter(len(todo))
-    futures: list = []
-    results: list[dict] = []
-    failed: list[str] = []
-    pacing = PacingStats()
-    try:
+class _Run:
+    """One generate flow run: the shared engine (``dispatch``) with slots shared through the server."""
+
+    def __init__(
+        self,
+        params: GenerateParams,
+        plan: usecases.RequestPlan,
+        ws: Workspace,
+        run_id: str,
+        estimate: float | None,
+        rate: float,
+        burst: int,
+        max_inflight: int,
+    ) -> None:
+        self.params, self.plan, self.ws, self.run_id = params, plan, ws, run_id
+        self.estimate, self.rate, self.burst, self.max_inflight = estimate, rate, burst, max_inflight
+        self.logger = get_run_logger()
+        self.pacing = PacingStats()
+
+    def execute(self) -> dict:
+        done = Dispatched([], [], list(self.plan.todo))
+        with contextlib.suppress(StopRequested):  # stopped while waiting for a seat: nothing was sent
+            done = self._dispatch()
+        return self._summarise(done, release_ledger(self.run_id))
+
+    def _dispatch(self) -> Dispatched:
+        # Sharing with other runs (other workers, the hub, a cron run): this run holds a seat among the
+        # runs that use this provider limit, and from it the in-flight slots and the requests per second
+        # of its fair share, which shrink when a run joins and grow when one leaves (see tasks.limits).
+        # In-flight slots are unit leases renewed in the background: a killed run's come back when they
+        # expire (INFLIGHT_LEASE_S), on the embedded server too (reclaim_expired_leases).
+        lim, todo = self.params.limits, self.plan.todo
         with (
             frozen_heap(),
-            RunSeat(lim.rate_limit_name, lease_s=INFLIGHT_LEASE_S, stop=RUN_STOP, logger=logger) as seat,
-            InflightPool(lim.inflight_limit_name, seat, max_inflight, lease_s=INFLIGHT_LEASE_S, stop=RUN_STOP) as pool,
+            RunSeat(lim.rate_limit_name, lease_s=INFLIGHT_LEASE_S, stop=RUN_STOP, logger=self.logger) as seat,
+            InflightPool(
+                lim.inflight_limit_name, seat, self.max_inflight, lease_s=INFLIGHT_LEASE_S, stop=RUN_STOP
+            ) as pool,
             RateDispatcher(
-                lim.rate_limit_name, rate, burst, AdaptiveRate(rate, stop=RUN_STOP), seat=seat
+                lim.rate_limit_name, self.rate, self.burst, AdaptiveRate(self.rate, stop=RUN_STOP), seat=seat
             ) as dispatcher,
-            progress,
+            ProgressReporter(len(todo), self.logger) as progress,
         ):
             if seat.runs > 1:
-                logger.info(
-                    "%d runs share %s: this one sends up to %.0f req/s with %d in flight (seat %d)",
-                    seat.runs, lim.rate_limit_name, dispatcher.share_rate(), pool.target() or 0, seat.index,
+                self.logger.info(
+                    "%d runs share %s: this one sends up to %.0f req/s (seat %d)",
+                    seat.runs, lim.rate_limit_name, dispatcher.share_rate(), seat.index,
                 )  # fmt: skip
-            pool.demand = len(todo)
+            done = dispatch(
+                todo,
+                submit=self._submit(dispatcher),
+                slots=SharedSlots(pool, dispatcher),
+                stop=RUN_STOP,
+                on_done=lambda _f: progress.one_done(),
+            )
+            self.pacing = dispatcher.adaptive.finish()
+        return done
 
-            def on_done(_f: object) -> None:
-                progress.one_done()
-                pool.release()
+    def _submit(self, dispatcher: RateDispatcher) -> Callable[[ImageRequest, float], Any]:
+        lim, refs = self.params.limits, [str(p) for p in self.plan.references]
 
-            for r in todo:
-                pool.acquire()
-                if RUN_STOP.is_set():
-                    pool.release()
-                    break
-                send_at = dispatcher.next_send_time()
-                fut = generate_image_task.submit(
-                    r,
-                    str(out_dir),
-                    [str(p) for p in refs],
-                    lim.rate_limit_name,
-                    lim.inflight_limit_name,
-                    run_id,
-                    params.budget_usd,
-                    estimate,
-                    send_at,
-                    dispatcher.rate_per_s,
-                )
-                fut.add_done_callback(on_done)
-                futures.append(fut)
-            pool.demand = pool.in_use  # what is left is what is in flight: spare slots go back now
-            for fut in futures:
-                fut.wait()
-                if fut.state.is_completed():
-                    results.append(fut.result())
-                else:
-                    failed.append(str(fut.state.message or fut.state.name))
-            pacing = dispatcher.adaptive.finish()
-    except StopRequested:  # stopped while waiting for a seat or a slot: nothing more was sent
-        pass
-    ledger = release_ledger(run_id)
-    manifest = rebuild_manifest(out_dir)
-    paid = [r for r in results if r["status"] == "generated"]
-    budget_stopped = sum(r["status"] == "budget" for r in results)
-    halted = sum(r["status"] == "halted" for r in results)
-    stopped = sum(r["status"] == "stopped" for r in results) + len(todo) - len(futures)
-    spent = round(ledger.spent_usd if ledger else sum(r["cost_usd"] for r in paid), 6)
-    by_scene: dict[str, list[float]] = {}
-    for r in paid:
-        by_scene.setdefault(r.get("scene") or "?", []).append(r["cost_usd"])
-    create_table_artifact(
-        [{"scene": k, "images": len(v), "cost_usd": round(sum(v), 6)} for k, v in sorted(by_scene.items())]
-        + [{"scene": "TOTAL", "images": len(paid), "cost_usd": spent}],
-        key="generate-cost",
-        description=f"Cost of this run (budget: {params.budget_usd}); manifest total ${manifest['total_cost_usd']}",
-    )
-    summary = {
-        "requested": len(requests),
-        "already_done": len(requests) - len(todo),
-        "generated": len(paid),
-        "failed": len(failed),
-        "stopped_by_budget": budget_stopped,
-        "not_sent_after_fatal_error": halted,
-        "not_sent_after_stop": stopped,
-        "stopped_by": RUN_STOP.reason,
-        "spent_usd": spent,
-        "unpriced": sum(bool(r.get("unpriced")) for r in paid),
-        "rate_limited_429": pacing.rate_limited,
-        "settled_rate_per_s": round(pacing.settled_rate, 3) if pacing.settled_rate else None,
-        "manifest_count": manifest["count"],
-    }
-    print(f"generation summary: {summary}")
-    if pacing.decreases:
-        logger.warning("the provider answered 429 to %d requests: %s", pacing.rate_limited, pacing.describe())
-    if failed and (halted or len(failed) == len(futures)) and not RUN_STOP.is_set():
-        raise RuntimeError(
-            f"generation stopped: {failed[0]} ({len(paid)} images generated in this run are kept; "
-            f"{halted} requests were not sent)"
+        def submit(request: ImageRequest, send_at: float) -> Any:
+            return generate_image_task.submit(
+                request, str(self.ws.synth), refs, lim.rate_limit_name, lim.inflight_limit_name, self.run_id,
+                self.params.budget_usd, self.estimate, send_at, dispatcher.rate_per_s,
+            )  # fmt: skip
+
+        return submit
+
+    def _summarise(self, done: Dispatched, ledger: CostLedger | None) -> dict:
+        manifest = rebuild_manifest(self.ws.synth)
+        results = done.results
+        paid = [r for r in results if r["status"] == "generated"]
+        halted = sum(r["status"] == "halted" for r in results)
+        spent = round(ledger.spent_usd if ledger else sum(r["cost_usd"] for r in paid), 6)
+        by_scene: dict[str, list[float]] = {}
+        for r in paid:
+            by_scene.setdefault(r.get("scene") or "?", []).append(r["cost_usd"])
+        create_table_artifact(
+            [{"scene": k, "images": len(v), "cost_usd": round(sum(v), 6)} for k, v in sorted(by_scene.items())]
+            + [{"scene": "TOTAL", "images": len(paid), "cost_usd": spent}],
+            key="generate-cost",
+            description=f"Cost of this run (budget: {self.params.budget_usd}); "
+            f"manifest total ${manifest['total_cost_usd']}",
         )
-    return summary
+        summary = {
+            "requested": len(self.plan.requests),
+            "already_done": self.plan.already_done,
+            "generated": len(paid),
+            "failed": len(done.errors),
+            "stopped_by_budget": sum(r["status"] == "budget" for r in results),
+            "not_sent_after_fatal_error": halted,
+            "not_sent_after_stop": sum(r["status"] == "stopped" for r in results) + len(done.not_sent),
+            "stopped_by": RUN_STOP.reason,
+            "spent_usd": spent,
+            "unpriced": sum(bool(r.get("unpriced")) for r in paid),
+            "rate_limited_429": self.pacing.rate_limited,
+            "settled_rate_per_s": round(self.pacing.settled_rate, 3) if self.pacing.settled_rate else None,
+            "manifest_count": manifest["count"],
+        }
+        print(f"generation summary: {summary}")
+        if self.pacing.decreases:
+            self.logger.warning(
+                "the provider answered 429 to %d requests: %s", self.pacing.rate_limited, self.pacing.describe()
+            )
+        submitted = len(results) + len(done.errors)
+        if done.errors and (halted or len(done.errors) == submitted) and not RUN_STOP.is_set():
+            raise RuntimeError(
+                f"generation stopped: {done.errors[0]} ({len(paid)} images generated in this run are kept; "
+                f"{halted} requests were not sent)"
+            )
+        return summary
 
 
 @contextmanager
@@ -221,8 +221,9 @@ class ProgressReporter:
 
     PERIOD_S = 1.0
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, logger: logging.Logger | logging.LoggerAdapter) -> None:
         self.total = max(1, total)
+        self.logger = logger
         self._done = 0
         self._shown = -1.0
         self._lock = threading.Lock()
@@ -252,7 +253,7 @@ class ProgressReporter:
                 update_progress_artifact(self._artifact, percent)
                 self._shown = percent
             except Exception as exc:  # progress is informative: a failed update must not stop generation
-                get_run_logger().debug("progress update failed: %s", exc)
+                self.logger.debug("progress update failed: %s", exc)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.PERIOD_S):

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from prefect import flow
 
+from ai_influencer.settings import Settings
 from flows.generate import generate_flow
 from flows.params import HybridParams, current_params
 from flows.rounds import generate_until_flow
-from flows.stages import augment_flow, base_model_path, evaluate_flow, plan_flow, prepare_flow, qc_flow, train_flow
+from flows.stages import augment_flow, evaluate_flow, plan_flow, prepare_flow, qc_flow, train_flow
 from tasks.stages import analytics_task
 
 
@@ -23,8 +24,9 @@ def _name() -> str:
 
 
 @flow(name="hybrid", flow_run_name=_name, log_prints=True)
-def hybrid_flow(params: HybridParams | None = None) -> dict:
-    p = params or HybridParams()
+def hybrid_flow(params: HybridParams = HybridParams()) -> dict:
+    p = params.resolve(Settings())
+    ws = p.paths.workspace()
     out: dict[str, object] = {}
     if p.run_prepare:
         out["prepare"] = prepare_flow(p.prepare, p.paths)
@@ -39,10 +41,10 @@ def hybrid_flow(params: HybridParams | None = None) -> dict:
     if p.run_qc and not (p.run_generate and p.target_accepted):  # the rounds already ran QC
         out["qc"] = qc_flow(p.qc, p.paths)
     if p.run_qc or (p.run_generate and p.target_accepted):
-        out["analytics"] = analytics_task(p.paths.sub("synth_openrouter"), p.paths.sub("qc_passed/qc_report.csv"))
+        out["analytics"] = analytics_task(str(ws.synth), str(ws.qc_report))
     if p.run_augment:
         out["augment"] = augment_flow(p.augment, p.paths)
-    base = base_model_path(p.train, p.paths)
+    base = p.train.base_path(ws)
     if (p.run_train or p.run_evaluate) and not base.exists():
         # A fresh machine has no SDXL checkpoint (licence: users bring their own). The dataset is
         # done; say exactly what is missing instead of failing the whole run at its last step.

@@ -1,19 +1,40 @@
 """Flow parameters as pydantic models, so the Prefect UI renders them as forms.
 
 Defaults are the manual's (``per_scene 12``, ``minsim 0.34``, ``minblur 80``,
-``num_aug 1``) and the workspace layout's folders. No secret is ever a
-parameter: the OpenRouter key comes from the credentials block or the
-environment inside the tasks.
+``num_aug 1``) and the workspace layout's folders. A field that comes from the
+configuration (model names, folders, limits, face backend) defaults to empty
+and is filled from the *worker's* settings when the run starts (``resolve``):
+reading Settings at import baked the deploying machine's environment into every
+deployment's defaults. Every flow takes a filled model as its default, so the
+UI's run form opens with its fields. No secret is ever a parameter: the
+OpenRouter key comes from the credentials block or the environment inside the
+tasks.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
 from pydantic import BaseModel, Field
 
+from ai_influencer.dataset.workspace import Workspace
 from ai_influencer.settings import Settings
 
-_s = Settings()
-BACKEND_HELP = "dlib (default) | insightface (buffalo_l models: NON-COMMERCIAL licence; only when chosen). auto = dlib."
+
+def _default(name: str) -> Any:
+    """A setting's built-in default (code, not environment), for help texts."""
+    return Settings.model_fields[name].default
+
+
+def _from_settings(name: str, what: str) -> str:
+    return f"{what}; empty: the worker's setting {name} (default {_default(name)})."
+
+
+BACKEND_HELP = _from_settings(
+    "face_backend",
+    "dlib | insightface (buffalo_l models: NON-COMMERCIAL licence; only when chosen); auto = dlib",
+)
 
 
 def current_params(name: str = "params") -> dict:
@@ -24,35 +45,85 @@ def current_params(name: str = "params") -> dict:
     return value.model_dump() if isinstance(value, BaseModel) else dict(value)
 
 
-class Paths(BaseModel):
-    data_root: str = Field(default=str(_s.data_root), description="Workspace data folder.")
-    prompt_bank: str = Field(default=str(_s.prompt_bank), description="Prompt bank YAML.")
-    models_root: str = Field(default=str(_s.models_root), description="Models folder (base/, lora/).")
+class RunParams(BaseModel):
+    """Parameters whose empty fields are filled from Settings when a run starts."""
 
-    def sub(self, name: str) -> str:
-        return f"{self.data_root.rstrip('/')}/{name}"
+    SETTINGS: ClassVar[dict[str, str]] = {}  # field -> Settings attribute
+
+    def resolve(self, settings: Settings) -> Self:
+        """A copy with every empty configuration field taken from ``settings``, nested models too."""
+        update: dict[str, Any] = {}
+        for field, attr in self.SETTINGS.items():
+            if getattr(self, field) is None:
+                value = getattr(settings, attr)
+                update[field] = str(value) if isinstance(value, Path) else value
+        for field in type(self).model_fields:
+            value = getattr(self, field)
+            if isinstance(value, RunParams):
+                update[field] = value.resolve(settings)
+        return self.model_copy(update=update)
 
 
-class PrepareParams(BaseModel):
+class Paths(RunParams):
+    SETTINGS: ClassVar[dict[str, str]] = {
+        "data_root": "data_root",
+        "prompt_bank": "prompt_bank",
+        "models_root": "models_root",
+    }
+    data_root: str | None = Field(default=None, description=_from_settings("data_root", "Workspace data folder"))
+    prompt_bank: str | None = Field(default=None, description=_from_settings("prompt_bank", "Prompt bank YAML"))
+    models_root: str | None = Field(
+        default=None, description=_from_settings("models_root", "Models folder (base/, lora/)")
+    )
+
+    def workspace(self) -> Workspace:
+        """The workspace these (resolved) paths point at: every folder name comes from there."""
+        assert self.data_root is not None and self.models_root is not None, "resolve() the paths first"
+        return Workspace(Path(self.data_root), Path(self.models_root))
+
+    @property
+    def bank(self) -> Path:
+        assert self.prompt_bank is not None, "resolve() the paths first"
+        return Path(self.prompt_bank)
+
+
+class PrepareParams(RunParams):
+    SETTINGS: ClassVar[dict[str, str]] = {"backend": "face_backend"}
     do_rembg: bool = Field(default=False, description="Remove backgrounds with rembg (model must be in models/rembg).")
     do_facecrop: bool = True
     size: int = Field(default=1024, ge=64, le=4096)
-    backend: str = Field(default=_s.face_backend, description=BACKEND_HELP)
+    backend: str | None = Field(default=None, description=BACKEND_HELP)
 
 
-class PlanParams(BaseModel):
-    model: str = Field(default=_s.text_model, description="OpenRouter text model.")
+class PlanParams(RunParams):
+    SETTINGS: ClassVar[dict[str, str]] = {"model": "text_model"}
+    model: str | None = Field(default=None, description=_from_settings("text_model", "OpenRouter text model"))
 
 
-class Limits(BaseModel):
-    rate_limit_name: str = Field(default=_s.image_rate_limit_name, description="Global concurrency limit (slot decay).")
-    rate_per_s: float = Field(default=_s.image_rate_per_s, gt=0, description="Used when the limit must be created.")
-    inflight_limit_name: str = Field(default=_s.image_inflight_limit_name)
-    max_inflight: int = Field(default=_s.image_max_inflight, ge=1, description="Used when the limit is created.")
+class Limits(RunParams):
+    SETTINGS: ClassVar[dict[str, str]] = {
+        "rate_limit_name": "image_rate_limit_name",
+        "rate_per_s": "image_rate_per_s",
+        "inflight_limit_name": "image_inflight_limit_name",
+        "max_inflight": "image_max_inflight",
+    }
+    rate_limit_name: str | None = Field(
+        default=None, description=_from_settings("image_rate_limit_name", "Global concurrency limit with slot decay")
+    )
+    rate_per_s: float | None = Field(
+        default=None, gt=0, description=_from_settings("image_rate_per_s", "Requests/s, used when the limit is created")
+    )
+    inflight_limit_name: str | None = Field(
+        default=None, description=_from_settings("image_inflight_limit_name", "Global concurrency limit")
+    )
+    max_inflight: int | None = Field(
+        default=None, ge=1, description=_from_settings("image_max_inflight", "In flight, used when it is created")
+    )
 
 
-class GenerateParams(BaseModel):
-    model: str = Field(default=_s.image_model, description="OpenRouter image model.")
+class GenerateParams(RunParams):
+    SETTINGS: ClassVar[dict[str, str]] = {"model": "image_model"}
+    model: str | None = Field(default=None, description=_from_settings("image_model", "OpenRouter image model"))
     per_scene: int = Field(default=12, ge=1, le=1000)
     size: str = Field(default="1024x1024", pattern=r"^\d{2,5}x\d{2,5}$")
     seed: int = 0
@@ -62,25 +133,29 @@ class GenerateParams(BaseModel):
     limits: Limits = Field(default_factory=Limits)
 
 
-class QCParams(BaseModel):
+class QCParams(RunParams):
+    SETTINGS: ClassVar[dict[str, str]] = {"backend": "face_backend"}
     minsim: float = Field(
         default=0.34, ge=0, le=1, description="Identity score 0..1; 0.34 = same person (docs/identity-calibration.md)."
     )
     minblur: float = Field(default=80.0, ge=0, description="Face sharpness; 80 = the sharp/blurred line.")
     max_faces: int = Field(default=1, ge=1)
-    backend: str = Field(default=_s.face_backend, description=BACKEND_HELP)
+    backend: str | None = Field(default=None, description=BACKEND_HELP)
 
 
-class AugmentParams(BaseModel):
+class AugmentParams(RunParams):
+    SETTINGS: ClassVar[dict[str, str]] = {"vlm_model": "vision_model"}
     num_aug: int = Field(default=1, ge=0, le=20)
     seed: int = 137
     size: int = Field(default=1024, ge=64, le=4096)
     kohya_repeats: int | None = Field(default=10, ge=1)
     vlm_captions: bool = Field(default=False, description="Caption with an OpenRouter vision model (paid, cached).")
-    vlm_model: str = Field(default=_s.vision_model, description="Vision model for VLM captions.")
+    vlm_model: str | None = Field(
+        default=None, description=_from_settings("vision_model", "Vision model for VLM captions")
+    )
 
 
-class TrainParams(BaseModel):
+class TrainParams(RunParams):
     """The manual's train_lora.sh defaults; every other trainer setting is in ``overrides``."""
 
     base_model: str | None = Field(default=None, description="Default: <models_root>/base/sdxl.safetensors.")
@@ -98,18 +173,22 @@ class TrainParams(BaseModel):
     use_kohya: bool = Field(default=False, description="Train with kohya sd-scripts (INFLUENCER_KOHYA_PATH).")
     overrides: dict = Field(default_factory=dict, description="Any other TrainConfig field, e.g. noise_offset.")
 
+    def base_path(self, ws: Workspace) -> Path:
+        return Path(self.base_model) if self.base_model else ws.base_model
 
-class EvaluateParams(BaseModel):
+
+class EvaluateParams(RunParams):
+    SETTINGS: ClassVar[dict[str, str]] = {"backend": "face_backend"}
     samples: int = Field(default=8, ge=1, le=200, description="K images per LoRA, prompts from the prompt bank.")
     steps: int = Field(default=30, ge=1)
     guidance: float = Field(default=6.0, ge=0)
     size: int = Field(default=1024, ge=16)
     strength: float = Field(default=1.0, ge=0, le=2)
     checkpoints: bool = Field(default=True, description="Also evaluate every saved checkpoint and pick the best.")
-    backend: str = Field(default=_s.face_backend, description=BACKEND_HELP)
+    backend: str | None = Field(default=None, description=BACKEND_HELP)
 
 
-class HybridParams(BaseModel):
+class HybridParams(RunParams):
     paths: Paths = Field(default_factory=Paths)
     run_prepare: bool = True
     run_plan: bool = True

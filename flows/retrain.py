@@ -13,18 +13,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from flows.params import AugmentParams, EvaluateParams, GenerateParams, Paths, QCParams, TrainParams
+from ai_influencer.dataset.workspace import LORA_NAME
+from ai_influencer.settings import Settings
+from ai_influencer.training.evaluate import ranking
+from flows.params import AugmentParams, EvaluateParams, GenerateParams, Paths, QCParams, RunParams, TrainParams
 from flows.rounds import generate_until_flow
-from flows.stages import augment_flow, base_model_path, evaluate_flow, train_flow
-from tasks.stages import promote_task
+from flows.stages import augment_flow, evaluate_flow, train_flow
+from tasks.training import promote_task
 
-CANDIDATE = "influencer_lora_candidate"
-LIVE = "influencer_lora"
+CANDIDATE = f"{LORA_NAME}_candidate"
 
 
-class RetrainParams(BaseModel):
+class RetrainParams(RunParams):
     paths: Paths = Field(default_factory=Paths)
     target_accepted: int = Field(default=40, ge=1, description="Top the dataset up to this many QC-passed images.")
     max_rounds: int = Field(default=3, ge=1)
@@ -37,9 +39,10 @@ class RetrainParams(BaseModel):
 
 
 @flow(name="retrain", log_prints=True)
-def retrain_flow(params: RetrainParams | None = None) -> dict:
-    p = params or RetrainParams()
-    base = base_model_path(p.train, p.paths)
+def retrain_flow(params: RetrainParams = RetrainParams()) -> dict:
+    p = params.resolve(Settings())
+    ws = p.paths.workspace()
+    base = p.train.base_path(ws)
     if not base.exists():
         raise FileNotFoundError(f"retraining needs the base SDXL model at {base}")
     out: dict[str, object] = {}
@@ -49,8 +52,7 @@ def retrain_flow(params: RetrainParams | None = None) -> dict:
     out["augment"] = augment_flow(p.augment, p.paths)
     trained = train_flow(p.train, p.paths, output_name=CANDIDATE)
     out["train"] = trained
-    lora_dir = Path(p.paths.models_root) / "lora"
-    live = lora_dir / f"{LIVE}.safetensors"
+    live = ws.lora_file
     from ai_influencer.training.checkpoints import checkpoint_files
 
     candidates = [str(f) for f in checkpoint_files(Path(trained["run_dir"]))] if trained.get("run_dir") else []
@@ -58,7 +60,7 @@ def retrain_flow(params: RetrainParams | None = None) -> dict:
     loras = candidates + ([str(live)] if live.is_file() else [])
     ev = evaluate_flow(p.evaluate, p.paths, p.train, loras=loras)
     rows = {r["lora"]: r for r in ev["candidates"]}
-    best = max(candidates, key=lambda c: (rows[c]["median"] or 0.0, rows[c]["p10"] or 0.0))
+    best = max(candidates, key=lambda c: ranking(rows[c]))  # the rule pick_best uses, among the new ones
     live_row = rows.get(str(live))
     out["evaluate"] = ev
     out["promotion"] = promote_task(
@@ -66,7 +68,7 @@ def retrain_flow(params: RetrainParams | None = None) -> dict:
         (rows[best]["median"], rows[best]["p10"]),
         str(live),
         (live_row["median"], live_row["p10"]) if live_row else None,
-        str(lora_dir / "identity_history.sqlite"),
+        str(ws.identity_history),
         rows[best].get("history_id"),
     )
     print(f"retrain: {out['promotion']}")

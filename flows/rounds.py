@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from ai_influencer.settings import Settings
 from flows.generate import generate_flow
 from flows.params import GenerateParams, Paths, QCParams
 from flows.stages import qc_flow
@@ -20,14 +21,16 @@ from tasks.stages import downweight_task
 
 @flow(name="generate-until-accepted", log_prints=True)
 def generate_until_flow(
-    target: int,
-    generate: GenerateParams | None = None,
-    qc: QCParams | None = None,
-    paths: Paths | None = None,
+    target: int = 40,
+    generate: GenerateParams = GenerateParams(),
+    qc: QCParams = QCParams(),
+    paths: Paths = Paths(),
     max_rounds: int = 5,
     downweight_failing: bool = False,
 ) -> dict:
-    generate, qc, paths = generate or GenerateParams(), qc or QCParams(), paths or Paths()
+    s = Settings()
+    generate, qc, paths = generate.resolve(s), qc.resolve(s), paths.resolve(s)
+    ws = paths.workspace()
     rounds: list[dict] = []
     spent = 0.0
     accepted = 0
@@ -54,12 +57,7 @@ def generate_until_flow(
             stopped = "budget"
             break
         if downweight_failing and r + 1 < max_rounds:
-            adjusted = downweight_task(
-                paths.prompt_bank,
-                paths.sub("synth_openrouter"),
-                paths.sub("qc_passed/qc_report.csv"),
-                paths.sub("text/prompt_bank.adjusted.yaml"),
-            )
+            adjusted = downweight_task(paths.prompt_bank, str(ws.synth), str(ws.qc_report), str(ws.adjusted_bank))
             bank = adjusted["prompt_bank"]
             for change in adjusted["changes"]:
                 print(f"next round: {change}")

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import ai_influencer
+from ai_influencer.dataset.manifest import MANIFEST_NAME
+from ai_influencer.dataset.workspace import REPORT_NAME
 from ai_influencer.io import file_sha256
 
 # Files every run rewrites (derived outputs): they must not change an input fingerprint.
-DERIVED_FILES = frozenset({"manifest.json", "qc_report.csv"})
+DERIVED_FILES = frozenset({MANIFEST_NAME, REPORT_NAME})
 ROOT = Path(__file__).resolve().parents[1]
 
 

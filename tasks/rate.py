@@ -16,7 +16,7 @@ from typing import ClassVar
 from prefect.client.orchestration import SyncPrefectClient, get_client
 
 from ai_influencer.pacing import SEND_SAFETY, AdaptiveRate, SendClock, requests_per_second
-from tasks.limits import RunSeat
+from tasks.limits import InflightPool, RunSeat
 from tasks.prefect_compat import post_increment
 
 # Sends of this process, per rate limit (every task thread of a flow process shares it).
@@ -239,3 +239,29 @@ class RateDispatcher:
         if send_at - lead_s > now:
             time.sleep(send_at - lead_s - now)
         return send_at
+
+
+class SharedSlots:
+    """The engine's ``Slots`` (ai_influencer.generation) for a flow run: in-flight slots from the run's
+    share of the server's in-flight limit, send times from its share of the rate limit."""
+
+    def __init__(self, pool: InflightPool, dispatcher: RateDispatcher) -> None:
+        self.pool = pool
+        self.dispatcher = dispatcher
+
+    @property
+    def demand(self) -> int:
+        return self.pool.demand
+
+    @demand.setter
+    def demand(self, value: int) -> None:
+        self.pool.demand = value if value else self.pool.in_use  # at the end: what is still in flight
+
+    def acquire(self) -> None:
+        self.pool.acquire()
+
+    def release(self) -> None:
+        self.pool.release()
+
+    def next_send_time(self) -> float:
+        return self.dispatcher.next_send_time()

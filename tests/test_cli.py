@@ -306,3 +306,34 @@ def test_stopping_the_main_job_keeps_every_paid_image(
     assert 2 <= paid < 24, stderr.decode()[-3000:]
     assert len(list(out.glob("*.png"))) == paid, "every paid image is on disk"
     assert json.loads((out / "manifest.json").read_text())["count"] == paid
+
+
+def test_init_scaffolds_a_workspace_that_doctor_then_checks(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """A newcomer: `influencer init`, photos in data/input_raw, `influencer doctor` says ok or what to do."""
+    from tests.support.assets import face
+
+    root = tmp_path / "ws"
+    env = {k: v for k, v in cli_env.items() if not k.startswith("INFLUENCER_") or k.endswith("MAX_RETRIES")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    res = run(["init", str(root)], env, tmp_path)
+    assert res.returncode == 0, res.stderr
+    for made in ("data/input_raw/README.txt", "data/cleaned", "data/synth_openrouter", "models/lora",
+                 "prompt_bank/default.yaml", ".env"):  # fmt: skip
+        assert (root / made).exists(), made
+    assert "at least 2" in (root / "data" / "input_raw" / "README.txt").read_text()
+    assert "# OPENROUTER_API_KEY=" in (root / ".env").read_text()
+    again = run(["init", str(root)], env, tmp_path)
+    assert again.returncode == 0 and "created" not in again.stdout, "init never overwrites"
+
+    doctor = run(["doctor"], env, root)
+    lines = {line.split(":", 1)[0][5:]: line for line in doctor.stdout.splitlines() if line[:4].strip()}
+    assert doctor.returncode == 1, doctor.stdout
+    assert lines["reference photos"].startswith("fail") and "put at least 2 photos" in lines["reference photos"]
+    assert lines["prompt bank"].startswith("ok") and lines["OpenRouter key"].startswith("ok")
+    assert "from env: works" in lines["OpenRouter key"] and lines["Prefect"].startswith("ok")
+    assert lines["face models (dlib)"].startswith("ok") and lines["SDXL base model"].startswith("warn")
+    for name in ("obama.jpg", "obama3.jpg"):
+        shutil.copy(face(name), root / "data" / "input_raw" / name)
+    healthy = run(["doctor"], env, root)
+    assert healthy.returncode == 0, healthy.stdout
+    assert not any(line.startswith("fail") for line in healthy.stdout.splitlines())

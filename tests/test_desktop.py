@@ -43,7 +43,7 @@ def display() -> Iterator[str]:
 def gui(display: str, stub: StubOpenRouter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
     import tkinter as tk
 
-    from ai_influencer.desktop.app import DesktopApp
+    from interfaces.desktop.app import DesktopApp
 
     monkeypatch.setenv("DISPLAY", display)
     monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from ai_influencer.hub.app import create_app
 from ai_influencer.settings import Settings
+from interfaces.hub.app import create_app
 from tests.conftest import TEST_KEY
 from tests.support.assets import face
 from tests.support.hub_server import serve

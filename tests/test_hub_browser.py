@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ai_influencer.hub.app import create_app
+from interfaces.hub.app import create_app
 from tests.conftest import REPO
 from tests.support.assets import face
 from tests.support.hub_server import serve

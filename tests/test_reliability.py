@@ -87,14 +87,16 @@ def test_doctor_moves_undecodable_files_aside(cli_env: dict[str, str], tmp_path:
     Image.new("RGB", (256, 256), (10, 200, 10)).save(bad, format="JPEG")
     bad.write_bytes(bad.read_bytes()[:-100])
     (synth / "bad.json").write_text("{}")
+    env = {**cli_env, "PREFECT_HOME": str(tmp_path / "prefect-home")}
 
-    check = subprocess.run([INFLUENCER, "doctor", "--check"], env=cli_env, capture_output=True, text=True, timeout=120)
-    assert check.returncode == 1 and "bad.jpg" in check.stdout + check.stderr and bad.is_file()
-    fixed = subprocess.run([INFLUENCER, "doctor"], env=cli_env, capture_output=True, text=True, timeout=120)
-    assert fixed.returncode == 0, fixed.stderr
+    check = subprocess.run([INFLUENCER, "doctor", "--check"], env=env, capture_output=True, text=True, timeout=120)
+    images = next(line for line in check.stdout.splitlines() if " images: " in line)
+    assert check.returncode == 1 and images.startswith("fail") and "bad.jpg" in images and bad.is_file()
+    fixed = subprocess.run([INFLUENCER, "doctor"], env=env, capture_output=True, text=True, timeout=120)
+    images = next(line for line in fixed.stdout.splitlines() if " images: " in line)
+    assert "1 damaged, moved to .quarantine/" in images, fixed.stdout
     assert not bad.exists() and not (synth / "bad.json").exists() and good.is_file()
     assert (synth / ".quarantine" / "bad.jpg").is_file()
-    assert "1 damaged" in fixed.stdout
 
 
 def test_the_budget_caps_when_the_provider_reports_no_cost(tmp_path: Path) -> None:

@@ -116,7 +116,9 @@ def one_scene_bank(tmp_path: Path) -> Path:
     return path
 
 
-def test_a_one_image_run_finishes_during_a_long_run(server: dict[str, str], stub: StubOpenRouter, tmp_path: Path) -> None:
+def test_a_one_image_run_finishes_during_a_long_run(
+    server: dict[str, str], stub: StubOpenRouter, tmp_path: Path
+) -> None:
     """Before run seats, the long run held every in-flight slot until its end and the small one waited."""
     stub.latency, stub.latency_paths = 0.5, IMAGE_CALLS
     lim = limits_for(rate=4, inflight=4)

@@ -149,12 +149,12 @@ class IdentityHistory:
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp.png")
-        fig.savefig(tmp)
-        plt.close(fig)
-        tmp.replace(out)
-        return out
+        from ai_influencer.io import atomic_write
+
+        try:
+            return atomic_write(out, lambda tmp: fig.savefig(tmp, format="png"))
+        finally:
+            plt.close(fig)
 
 
 def record_choice(

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from ai_influencer.dataset.manifest import ImageRecord, load_manifest
+from ai_influencer.dataset.workspace import KOHYA_SUBDIR
 from ai_influencer.io import atomic_write_bytes, atomic_write_text
 from ai_influencer.prompt_bank import PromptBank
 from ai_influencer.vision.image_io import BadImageError, list_images, load_rgb
@@ -147,7 +148,7 @@ def augment_and_caption(
         images += outputs
     kohya = None
     if kohya_repeats:
-        kohya = write_kohya_layout(images, captions_dir, out_dir / "kohya", kohya_repeats, trigger, class_word)
+        kohya = write_kohya_layout(images, captions_dir, out_dir / KOHYA_SUBDIR, kohya_repeats, trigger, class_word)
     return AugmentResult(images, captions, errors, kohya)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -135,21 +134,26 @@ class CheckpointChoice:
         ]
 
 
+def ranking(row: dict) -> tuple[float, float, float]:
+    """The one "which LoRA is best" rule: highest median identity, then p10, then face rate.
+
+    Takes a ``CheckpointChoice.rows()`` row, so flows that only have the rows (retraining picks
+    among a subset of what was evaluated) rank exactly like ``pick_best``.
+    """
+    return (row.get("median") or 0.0, row.get("p10") or 0.0, row.get("face_rate") or 0.0)
+
+
 def pick_best(
     candidates: Sequence[Path], evaluate_one: Callable[[Path], Evaluation], out_dir: Path
 ) -> CheckpointChoice:
-    """Evaluate every candidate LoRA file; the best has the highest median, then p10, then face rate."""
+    """Evaluate every candidate LoRA file; the best by ``ranking``."""
     if not candidates:
         raise ValueError("no LoRA files to evaluate")
     results = [(c, evaluate_one(c)) for c in candidates]
-    best = max(results, key=lambda r: (r[1].median or 0.0, r[1].p10 or 0.0, r[1].face_rate))[0]
+    best = max(results, key=lambda r: ranking({"median": r[1].median, "p10": r[1].p10, "face_rate": r[1].face_rate}))[0]
     choice = CheckpointChoice(best, results)
     atomic_write_json(out_dir / "checkpoints.json", {"best": str(best), "candidates": choice.rows()})
     return choice
-
-
-def evaluation_text(ev: Evaluation) -> str:
-    return json.dumps({k: v for k, v in ev.summary().items() if k != "images"})
 
 
 def evaluate_loras(

@@ -260,11 +260,3 @@ def create_face_engine(
     if resolve_backend(backend) == "insightface":
         return InsightFaceEngine(insightface_pack_dir(insightface_root), providers=providers)
     return DlibEngine()
-
-
-def engine_from_settings(settings: object) -> FaceEngine:
-    return create_face_engine(
-        settings.face_backend,  # type: ignore[attr-defined]
-        insightface_root=settings.insightface_root,  # type: ignore[attr-defined]
-        providers=settings.onnx_providers,  # type: ignore[attr-defined]
-    )

@@ -59,6 +59,7 @@ from PIL import Image
 
 from ai_influencer.dataset.contact_sheet import Tile, render_contact_sheet
 from ai_influencer.dataset.manifest import sidecar_path
+from ai_influencer.dataset.workspace import REPORT_NAME
 from ai_influencer.io import atomic_write_bytes, atomic_write_text
 from ai_influencer.vision.faces import (
     AGREEMENT_SLACK,
@@ -73,7 +74,6 @@ from ai_influencer.vision.faces import (
 from ai_influencer.vision.image_io import DEFAULT_MAX_PIXELS, BadImageError, list_images, load_rgb
 from ai_influencer.vision.quality import compression_quality, face_detail, face_sharpness
 
-REPORT_NAME = "qc_report.csv"
 SHEET_NAME = "contact_sheet.png"  # in a reports/ subfolder so no stage ever trains on it
 REPORTS_DIR = "reports"
 THUMB = 160
@@ -127,6 +127,15 @@ class EngineSpec:
     backend: str = "dlib"
     insightface_root: str = "models/insightface"
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
+
+    @classmethod
+    def from_settings(cls, settings: object, backend: str | None = None) -> EngineSpec:
+        """The one way to name the face engine a stage uses: an explicit backend, else the settings'."""
+        return cls(
+            backend or settings.face_backend,  # type: ignore[attr-defined]
+            str(settings.insightface_root),  # type: ignore[attr-defined]
+            tuple(settings.onnx_providers),  # type: ignore[attr-defined]
+        )
 
     def resolved_backend(self) -> str:
         return resolve_backend(self.backend)

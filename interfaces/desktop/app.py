@@ -24,6 +24,8 @@ from pathlib import Path
 from tkinter import filedialog, ttk
 from tkinter.scrolledtext import ScrolledText
 
+from ai_influencer.dataset.manifest import MANIFEST_NAME
+from ai_influencer.dataset.workspace import KOHYA_SUBDIR, Workspace
 from ai_influencer.settings import Settings
 
 STAGES = ("prepare", "plan", "generate", "qc", "augment", "train", "run")
@@ -72,10 +74,10 @@ def stage_command(stage: str, v: FormValues, exe: str | None = None) -> list[str
                 "--minsim", v.minsim, "--minblur", v.minblur]  # fmt: skip
     if stage == "augment":
         return [cli, "augment", "--in", v.qc_passed, "--out", v.augment, "--captions", v.captions,
-                "--meta", str(Path(v.synth) / "manifest.json"), "--prompt_bank", v.prompt_bank,
+                "--meta", str(Path(v.synth) / MANIFEST_NAME), "--prompt_bank", v.prompt_bank,
                 "--kohya-repeats", "10"]  # fmt: skip
     if stage == "train":
-        return [cli, "train", "--dataset", str(Path(v.augment) / "kohya")]
+        return [cli, "train", "--dataset", str(Path(v.augment) / KOHYA_SUBDIR)]
     if stage == "run":
         return [cli, "run", "--prompt_bank", v.prompt_bank, "--per_scene", v.per_scene, "--model", v.image_model]
     raise ValueError(f"unknown stage {stage!r}")
@@ -149,7 +151,7 @@ class DesktopApp:
         root.title("ai-influencer")
         root.geometry("980x760")
         s = self.settings
-        data = Path(s.data_root)
+        ws = Workspace.from_settings(s)
         self.vars: dict[str, tk.StringVar] = {}
         key = s.openrouter_api_key.get_secret_value() if s.openrouter_api_key else ""
 
@@ -161,12 +163,12 @@ class DesktopApp:
         folders.pack(fill="x", padx=8, pady=4)
         for row, (name, label, value) in enumerate(
             [
-                ("input_raw", "Input photos", data / "input_raw"),
-                ("cleaned", "Cleaned references", data / "cleaned"),
-                ("synth", "Generated images", data / "synth_openrouter"),
-                ("qc_passed", "QC passed", data / "qc_passed"),
-                ("augment", "Augmented dataset", data / "augment"),
-                ("captions", "Captions", data / "captions"),
+                ("input_raw", "Input photos", ws.input_raw),
+                ("cleaned", "Cleaned references", ws.cleaned),
+                ("synth", "Generated images", ws.synth),
+                ("qc_passed", "QC passed", ws.qc_passed),
+                ("augment", "Augmented dataset", ws.augment),
+                ("captions", "Captions", ws.captions),
                 ("prompt_bank", "Prompt bank", s.prompt_bank),
             ]
         ):

@@ -1,0 +1,39 @@
+"""The use cases: one function per stage, what the CLI, the Prefect tasks, the hub and the GUI call.
+
+Each composes domain functions with the rules every entry point must share (two references at
+least, which face engine, how VLM captions are made, which trainer, evaluation into the identity
+history) so that no interface and no task spells a rule of its own. No Prefect here: tasks add
+retries, caching, limits and artifacts around these calls.
+"""
+
+from ai_influencer.usecases.augment import AugmentOutcome, augment
+from ai_influencer.usecases.evaluate import EvaluationOutcome, evaluate
+from ai_influencer.usecases.generate import GenerateOutcome, RequestPlan, generate, plan_requests
+from ai_influencer.usecases.plan import plan, write_plan
+from ai_influencer.usecases.prepare import MIN_REFERENCES, NotEnoughReferencesError, PrepareOutcome, prepare
+from ai_influencer.usecases.qc import qc
+from ai_influencer.usecases.report import Report, downweight, report
+from ai_influencer.usecases.train import train, train_config
+
+__all__ = [
+    "MIN_REFERENCES",
+    "AugmentOutcome",
+    "EvaluationOutcome",
+    "GenerateOutcome",
+    "NotEnoughReferencesError",
+    "PrepareOutcome",
+    "Report",
+    "RequestPlan",
+    "augment",
+    "downweight",
+    "evaluate",
+    "generate",
+    "plan",
+    "plan_requests",
+    "prepare",
+    "qc",
+    "report",
+    "train",
+    "train_config",
+    "write_plan",
+]

@@ -1,0 +1,71 @@
+"""Use case: identity evaluation of trained LoRAs, recorded in the identity history."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ai_influencer.analytics.history import IdentityHistory, dataset_version_of, record_choice
+from ai_influencer.prompt_bank import load_prompt_bank
+from ai_influencer.settings import Settings
+from ai_influencer.training.evaluate import CheckpointChoice, evaluate_loras, report_dir
+from ai_influencer.training.inference import LocalGenParams
+from ai_influencer.vision.qc import EngineSpec
+
+
+@dataclass
+class EvaluationOutcome:
+    choice: CheckpointChoice
+    rows: list[dict[str, Any]]  # one per LoRA: median, p10, face rate, best, history_id
+
+    @property
+    def best(self) -> Path:
+        return self.choice.best
+
+    def contact_sheet(self, out_dir: Path) -> Path:
+        return report_dir(out_dir, self.choice.best) / "contact_sheet.png"
+
+
+def evaluate(
+    settings: Settings,
+    loras: Sequence[Path],
+    *,
+    base: Path,
+    prompt_bank: Path,
+    refs_dir: Path,
+    out_dir: Path,
+    params: LocalGenParams,
+    samples: int = 8,
+    backend: str | None = None,
+    history_db: Path | None = None,
+    dataset_dir: Path | None = None,
+    train_params: dict[str, Any] | None = None,
+) -> EvaluationOutcome:
+    """The same K prompt-bank prompts and seeds for every LoRA, faces scored against the references,
+    the best named (``pick_best``); every result goes into the identity history when ``history_db``."""
+    bank = load_prompt_bank(prompt_bank)
+    choice = evaluate_loras(
+        list(loras),
+        base=base,
+        config_dir=None,
+        bank=bank,
+        refs_dir=refs_dir,
+        out_dir=out_dir,
+        engine=EngineSpec.from_settings(settings, backend).build(),
+        k=samples,
+        params=params,
+    )
+    rows = choice.rows()
+    if history_db is not None:
+        ids = record_choice(
+            IdentityHistory(history_db),
+            choice,
+            persona=bank.persona.name,
+            dataset_version=dataset_version_of(dataset_dir),
+            params=train_params or {},
+        )
+        for row in rows:
+            row["history_id"] = ids[row["lora"]]
+    return EvaluationOutcome(choice, rows)

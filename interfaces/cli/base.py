@@ -1,0 +1,144 @@
+"""What every ``influencer`` command shares: the Typer app, consoles, one-line errors, settings and
+the OpenRouter client (key from the Prefect block, else the environment).
+
+Each command is a thin shell over a use case (``ai_influencer.usecases``) or a flow; flag names
+keep the manual's spellings (``--per_scene``, ``--prompt_bank``) next to dashed ones. Expected
+failures (bad prompt bank, missing key, OpenRouter refusals, an unreachable Prefect server) print
+one clear line and exit non-zero instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+
+from ai_influencer.dataset.workspace import Workspace
+from ai_influencer.settings import MissingApiKeyError, Settings, get_settings
+
+if TYPE_CHECKING:
+    from ai_influencer.openrouter import OpenRouterClient
+
+app = typer.Typer(
+    name="influencer",
+    help="Persona dataset + SDXL LoRA pipeline: prepare -> plan -> generate -> qc -> augment -> train -> evaluate.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+
+# Prefect's embedded server gets 20 s to start by default; on a busy 2-core machine the first
+# `influencer run` on a fresh PREFECT_HOME missed it twice in a row (measured). Set before Prefect starts.
+EPHEMERAL_STARTUP_TIMEOUT_S = "180"
+
+NONCOMMERCIAL = (
+    "Face backends: dlib (the default; public-domain models, offline) or, only when chosen by name, insightface "
+    "buffalo_l, whose pretrained models are licensed for NON-COMMERCIAL research only."
+)
+BankOpt = Annotated[
+    Path | None,
+    typer.Option("--prompt-bank", "--prompt_bank", help="Prompt bank YAML (default: settings.prompt_bank)."),
+]
+BackendOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--backend",
+        help="dlib (default) | insightface (buffalo_l: NON-COMMERCIAL licence, never chosen for you); auto = dlib.",
+    ),
+]
+
+
+class CliError(Exception):
+    """An expected failure reported as one line."""
+
+
+@app.callback()
+def _startup() -> None:
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_TIMEOUT_S)
+
+
+def one_line(exc: BaseException, *, first_line_only: bool = False) -> str:
+    """An exception as the line(s) a user needs; HTTP failures name the server and what to do.
+
+    Our own errors are written to be read (a prompt bank lists each problem on its own line) and
+    are kept whole unless ``first_line_only``.
+    """
+    import httpx
+
+    request = getattr(exc, "request", None) if isinstance(exc, httpx.HTTPError) else None
+    if request is None and type(exc).__name__ == "PrefectHTTPStatusError":
+        request = getattr(exc, "request", None)
+    if request is not None:
+        where = f"{request.url.scheme}://{request.url.netloc.decode()}"
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        what = f"HTTP {status}" if status else (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        hint = (
+            "check the user:password in PREFECT_API_AUTH_STRING"
+            if status == 401
+            else "is the Prefect server running (`prefect server start`)? check PREFECT_API_URL, or unset it to "
+            "use the embedded server"
+        )
+        return f"Prefect API at {where}: {what}; {hint}"
+    if isinstance(exc, TimeoutError) and "ephemeral" in str(exc).lower():
+        return (
+            f"{str(exc).splitlines()[0]} (raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or start "
+            "`prefect server start` and set PREFECT_API_URL)"
+        )
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    return text.splitlines()[0] if first_line_only else text
+
+
+@contextmanager
+def friendly_errors() -> Iterator[None]:
+    import httpx
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    from ai_influencer.openrouter import OpenRouterError
+    from ai_influencer.prompt_bank import PromptBankError
+
+    try:
+        yield
+    except (
+        CliError,
+        MissingApiKeyError,
+        PromptBankError,
+        OpenRouterError,
+        ValueError,
+        FileNotFoundError,
+        httpx.HTTPError,
+        PrefectHTTPStatusError,
+    ) as exc:
+        console.print(f"[bold red]error:[/] {one_line(exc)}", highlight=False, markup=True, soft_wrap=True)
+        raise typer.Exit(code=1) from None
+
+
+def settings() -> Settings:
+    return get_settings()
+
+
+def workspace() -> Workspace:
+    return Workspace.from_settings(settings())
+
+
+def client(s: Settings | None = None) -> OpenRouterClient:
+    """The OpenRouter client with the key from the Prefect block, else the environment (one resolver)."""
+    from ai_influencer.openrouter import OpenRouterClient
+    from blocks.openrouter import resolve_settings
+
+    return OpenRouterClient.from_settings(resolve_settings(s or settings())[0])
+
+
+def bank_path(given: Path | None) -> Path:
+    return Path(given or settings().prompt_bank)
+
+
+def fmt(value: float | None, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)

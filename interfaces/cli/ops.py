@@ -1,0 +1,299 @@
+"""Operating the installation: init, doctor, the Prefect side (blocks, key, stack, trigger), hub and GUI."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ai_influencer.diagnostics import Check
+from interfaces.cli.base import CliError, app, client, friendly_errors, out, settings, workspace
+
+PANEL = "Setup and operations"
+
+REPO = Path(__file__).resolve().parents[2]  # the checkout: docker/compose.yaml
+blocks_app = typer.Typer(help="Prefect blocks (OpenRouter credentials).", no_args_is_help=True)
+app.add_typer(blocks_app, name="blocks", rich_help_panel=PANEL)
+stack_app = typer.Typer(help="Prefect server objects: work pools, limits, blocks.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack", rich_help_panel=PANEL)
+
+
+@app.command(rich_help_panel=PANEL)
+def init(
+    root: Annotated[Path, typer.Argument(help="Folder of the workspace (default: here).")] = Path("."),
+) -> None:
+    """Scaffold a workspace: data/ and models/ folders, a prompt bank to edit, a commented .env."""
+    from ai_influencer.dataset.workspace import Workspace, scaffold
+
+    with friendly_errors():
+        s = settings()
+        root = root.resolve()
+        ws = Workspace(root / s.data_root, root / s.models_root)  # relative settings are under the workspace
+        created = scaffold(ws, root / s.prompt_bank, root / ".env")
+        for path in created:
+            out.print(f"created {path}")
+        out.print(
+            f"workspace ready in {root}: put at least 2 photos of the persona in {ws.input_raw}/, "
+            "set OPENROUTER_API_KEY (or `influencer set-key`), then `influencer doctor` and `influencer run`"
+        )
+
+
+def _key_check() -> Check:
+    """Where the key comes from (block, then environment), and a free GET /key with it."""
+    from blocks.openrouter import resolve_settings
+
+    resolved, source = resolve_settings(settings())
+    if resolved.openrouter_api_key is None:
+        return Check("OpenRouter key", "fail", "none found", "`influencer set-key` or OPENROUTER_API_KEY")
+    try:
+        with client(resolved) as c:
+            info = c.key_info()
+    except Exception as exc:  # shown as the check's result
+        return Check("OpenRouter key", "fail", f"from {source}: {exc}", "check the key and OPENROUTER_BASE_URL")
+    left = "no limit" if info.limit_remaining is None else f"${info.limit_remaining:.2f} left"
+    status = "fail" if info.limit_remaining is not None and info.limit_remaining <= 0 else "ok"
+    return Check("OpenRouter key", status, f"from {source}: works ({left})", "add credits" if status == "fail" else "")
+
+
+def _prefect_check() -> Check:
+    import httpx
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if not url:
+        return Check("Prefect", "ok", "no PREFECT_API_URL: `influencer run` uses the embedded server (SQLite)")
+    try:
+        from flows.api import api_client
+
+        with api_client(url) as c:
+            c.get("/health").raise_for_status()
+    except (httpx.HTTPError, ValueError) as exc:
+        return Check("Prefect", "fail", f"{url}: {exc}", "start it (`prefect server start`) or fix PREFECT_API_URL")
+    return Check("Prefect", "ok", f"{url} answers")
+
+
+@app.command(rich_help_panel=PANEL)
+def doctor(
+    fix: Annotated[
+        bool, typer.Option("--fix/--check", help="Move damaged images aside (default) or only list them.")
+    ] = True,
+) -> None:
+    """Check the installation and the workspace; each line ok, or what to do. Exit 1 if something fails.
+
+    Images that do not decode are moved to .quarantine/ so the next run redoes them.
+    """
+    from ai_influencer import diagnostics as d
+
+    with friendly_errors():
+        s, ws = settings(), workspace()
+        checks = [
+            *d.check_workspace(ws), d.check_prompt_bank(Path(s.prompt_bank)), _key_check(), _prefect_check(),
+            *d.check_models(s, ws), *d.check_compute(s), d.check_disk(ws), d.check_images(ws, fix),
+        ]  # fmt: skip
+        style = {"ok": "green", "warn": "yellow", "fail": "bold red"}
+        for c in checks:
+            fix_hint = f" -> {c.fix}" if c.fix and c.status != "ok" else ""
+            out.print(f"[{style[c.status]}]{c.status:4}[/] {c.name}: {c.detail}{fix_hint}", highlight=False)
+        if any(c.status == "fail" for c in checks):
+            raise typer.Exit(code=1)
+
+
+@blocks_app.command("register")
+def blocks_register() -> None:
+    """Register the OpenRouter Credentials block type on the Prefect server."""
+    with friendly_errors():
+        from blocks.openrouter import register_blocks
+
+        register_blocks()
+        out.print("registered block type 'OpenRouter Credentials' (slug openrouter-credentials)")
+
+
+@app.command("set-key", rich_help_panel=PANEL)
+def set_key(
+    block: Annotated[str, typer.Option(help="Block name.")] = "openrouter",
+    base_url: Annotated[str | None, typer.Option(help="API root stored with the key.")] = None,
+) -> None:
+    """Store the OpenRouter key in a Prefect secret block. Reads it from a hidden prompt or stdin, never argv."""
+    import getpass
+
+    with friendly_errors():
+        key = getpass.getpass("OpenRouter API key: ") if sys.stdin.isatty() else sys.stdin.readline()
+        key = key.strip()
+        if not key:
+            raise CliError("no key given on stdin/prompt")
+        from blocks.openrouter import register_blocks, save_key
+
+        register_blocks()
+        save_key(key, name=block, base_url=base_url)
+        out.print(f"saved OpenRouter key to block 'openrouter-credentials/{block}' (…{key[-4:]})")
+
+
+@stack_app.command("init")
+def stack_init(
+    rate_per_s: Annotated[float | None, typer.Option(help="Image requests per second.")] = None,
+    max_inflight: Annotated[int | None, typer.Option(help="Image requests in flight.")] = None,
+    docker_pool: Annotated[str, typer.Option(help="Docker work pool name.")] = "gpu-docker",
+    process_pool: Annotated[str, typer.Option(help="Process work pool name.")] = "local-process",
+) -> None:
+    """Create what is missing: work pools, rate/concurrency limits, block types. What exists is kept as is."""
+    import subprocess
+
+    with friendly_errors():
+        s = settings()
+        from prefect.client.orchestration import get_client
+        from prefect.exceptions import ObjectNotFound
+
+        from ai_influencer.pacing import rate_limit_capacity
+        from blocks.openrouter import register_blocks
+        from tasks.limits import ensure_limit
+
+        register_blocks()
+        per_s = rate_per_s or s.image_rate_per_s
+        rate = ensure_limit(s.image_rate_limit_name, rate_limit_capacity(per_s), per_s)
+        inflight = ensure_limit(s.image_inflight_limit_name, max_inflight or s.image_max_inflight)
+        out.print(
+            f"limit {s.image_rate_limit_name}: {rate[0]} ({rate[2]:g}/s); "
+            f"{s.image_inflight_limit_name}: {inflight[0]} ({inflight[1]} in flight)"
+        )
+        prefect = str(Path(sys.executable).with_name("prefect"))
+        for name, kind in ((docker_pool, "docker"), (process_pool, "process")):
+            with get_client(sync_client=True) as client:
+                try:
+                    pool = client.read_work_pool(name)
+                except ObjectNotFound:
+                    pool = None
+            if pool is not None:
+                # An operator may have tuned its job template, concurrency or paused it: never reset that.
+                note = f" (type differs: expected {kind})" if pool.type != kind else ""
+                paused = ", paused" if pool.is_paused else ""
+                out.print(f"work pool {name} ({pool.type}{paused}): exists, kept as is{note}")
+                continue
+            res = subprocess.run(
+                [prefect, "work-pool", "create", name, "--type", kind],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if res.returncode != 0:
+                raise CliError(
+                    f"creating work pool {name}: {(res.stderr.strip() or res.stdout.strip()).splitlines()[-1]}"
+                )
+            out.print(f"work pool {name} ({kind}): created")
+
+
+def compose_command() -> list[str]:
+    """``docker compose`` (v2 plugin) or the older ``docker-compose``; the project's compose file."""
+    import shutil
+    import subprocess
+
+    compose_file = str(REPO / "docker" / "compose.yaml")
+    docker = shutil.which("docker")
+    project = ["-p", "ai-influencer", "-f", compose_file]
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True, check=False).returncode == 0:
+        return [docker, "compose", *project]
+    legacy = shutil.which("docker-compose")
+    if legacy:
+        return [legacy, *project]
+    raise CliError("neither `docker compose` nor `docker-compose` is installed (see README 'Running on a GPU server')")
+
+
+def _compose(args: list[str]) -> None:
+    import subprocess
+
+    cmd = compose_command() + args
+    out.print("$ " + " ".join(cmd))
+    code = subprocess.run(cmd, check=False).returncode
+    if code != 0:
+        raise CliError(f"docker compose exited with {code}")
+
+
+@stack_app.command("up")
+def stack_up(
+    recreate: Annotated[bool, typer.Option("--recreate", help="Recreate containers (and rebuild the image).")] = False,
+    build: Annotated[bool, typer.Option(help="Build the image first.")] = True,
+) -> None:
+    """Start the Docker stack: Prefect server on PostgreSQL, the gpu-docker worker, the Control Hub."""
+    with friendly_errors():
+        args = ["up", "-d"]
+        if build:
+            args.append("--build")
+        if recreate:
+            args.append("--force-recreate")
+        _compose(args)
+
+
+@stack_app.command("down")
+def stack_down(
+    remove_volumes: Annotated[
+        bool, typer.Option("--remove-volumes", help="Also delete the data, models and database volumes.")
+    ] = False,
+) -> None:
+    """Stop the Docker stack (volumes are kept unless --remove-volumes)."""
+    with friendly_errors():
+        _compose(["down", *(["--volumes"] if remove_volumes else [])])
+
+
+@app.command(rich_help_panel=PANEL)
+def trigger(
+    deployment: Annotated[str, typer.Argument(help="flow/deployment, e.g. hybrid/hybrid-local")] = "hybrid/hybrid",
+    params_json: Annotated[str | None, typer.Option("--params", help="Flow parameters as JSON.")] = None,
+    api_url: Annotated[str | None, typer.Option(help="Prefect API URL (default PREFECT_API_URL).")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the run to finish and exit non-zero if it failed.")] = False,
+) -> None:
+    """Start a deployment through the Prefect REST API (basic auth from PREFECT_API_AUTH_STRING)."""
+    from flows.api import api_client, trigger_deployment, wait_for_run
+
+    with friendly_errors():
+        try:
+            parameters = json.loads(params_json) if params_json else {}
+        except json.JSONDecodeError as exc:
+            raise CliError(f"--params is not valid JSON: {exc}") from None
+        try:
+            with api_client(api_url) as client:
+                run = trigger_deployment(client, deployment, parameters)
+                out.print(f"flow run {run['id']} ({run['name']}) created for {deployment}")
+                if wait:
+                    final = wait_for_run(client, run["id"])
+                    out.print(f"flow run {run['name']}: {final['state_type']}")
+                    if final["state_type"] != "COMPLETED":
+                        raise typer.Exit(code=3)
+        except (PermissionError, LookupError) as exc:
+            raise CliError(str(exc)) from None
+
+
+@app.command(rich_help_panel=PANEL)
+def hub(
+    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+) -> None:
+    """Start the Control Hub (FastAPI + pages) with uvicorn."""
+    import secrets
+
+    import uvicorn
+    from pydantic import SecretStr
+
+    with friendly_errors():
+        s = settings()
+        if s.hub_token is None:
+            # Every /api and /files call needs a token; without a configured one, make one for this start.
+            s = s.model_copy(update={"hub_token": SecretStr(secrets.token_urlsafe(18))})
+            out.print(f"hub token for this run (set INFLUENCER_HUB_TOKEN to fix one): {s.hub_token.get_secret_value()}")
+        from interfaces.hub.app import create_app
+
+        h, p = host or s.hub_host, port or s.hub_port
+        out.print(f"Control Hub on http://{h}:{p}/  (API docs: /docs)")
+        uvicorn.run(create_app(s), host=h, port=p, log_level="info")
+
+
+@app.command(rich_help_panel=PANEL)
+def gui() -> None:
+    """Open the desktop GUI (Tk): folders, key, models, QC thresholds, a button per stage, live logs."""
+    with friendly_errors():
+        try:
+            from interfaces.desktop.app import main as gui_main
+        except ImportError as exc:  # python built without Tk
+            raise CliError(f"Tk is not available in this Python ({exc}); install python3-tk") from None
+        gui_main(settings())

@@ -1,0 +1,1 @@
+"""The hub's API routers, one per concern; every route in them needs the hub token."""

@@ -1,0 +1,130 @@
+"""/api/models and /api/generate/{text,image,video}: OpenRouter through the hub's key."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from ai_influencer.openrouter import (
+    AuthError,
+    BadRequestError,
+    InsufficientCreditsError,
+    ModerationError,
+    OpenRouterError,
+    RateLimitError,
+)
+from interfaces.hub.context import HubContext, hub, require_token
+
+router = APIRouter(dependencies=[Depends(require_token)], tags=["openrouter"])
+
+
+class GenerateRequest(BaseModel):
+    model: str = Field(min_length=1, description="OpenRouter model id")
+    prompt: str = Field(min_length=1, max_length=20_000)
+    negative_prompt: str | None = None
+    system: str | None = Field(default=None, description="System message (text only).")
+    aspect_ratio: str | None = Field(default=None, pattern=r"^\d{1,2}:\d{1,2}$")
+    max_tokens: int | None = Field(default=None, ge=1, le=32_000)
+
+
+class Item(BaseModel):
+    mime: str
+    b64: str | None = None
+    url: str | None = None
+    text: str | None = None
+
+
+class ApiError(BaseModel):
+    code: str
+    message: str
+
+
+class GenerateResponse(BaseModel):
+    """The one response shape of /api/generate/* (success and failure alike)."""
+
+    ok: bool
+    kind: Literal["text", "image", "video"]
+    model: str
+    items: list[Item] = Field(default_factory=list)
+    usage: dict[str, Any] | None = None
+    error: ApiError | None = None
+
+
+def error_status(exc: OpenRouterError) -> tuple[int, str]:
+    if isinstance(exc, BadRequestError):
+        return 400, "bad_request"
+    if isinstance(exc, AuthError):
+        return 502, "openrouter_auth"  # the *hub's* credentials upstream are wrong, not the caller's
+    if isinstance(exc, InsufficientCreditsError):
+        return 402, "insufficient_credits"
+    if isinstance(exc, ModerationError):
+        return 422, "moderation"
+    if isinstance(exc, RateLimitError):
+        return 429, "rate_limited"
+    if exc.status in (408, 0):
+        return 504, "upstream_timeout"
+    return 502, "upstream_error"
+
+
+@router.get("/api/models")
+def models(
+    output_modality: str | None = Query(default=None, description="text | image | ..."),
+    refresh: bool = False,
+    ctx: HubContext = Depends(hub),
+) -> dict[str, Any]:
+    """OpenRouter models (cached by the client for INFLUENCER_MODELS_CACHE_TTL_S)."""
+    try:
+        found = ctx.openrouter().list_models(output_modality, refresh=refresh)
+    except OpenRouterError as exc:
+        status, code = error_status(exc)
+        raise HTTPException(status, detail={"code": code, "message": str(exc)}) from None
+    return {
+        "count": len(found),
+        "models": [
+            {
+                "id": m.id,
+                "name": m.name,
+                "input_modalities": m.input_modalities,
+                "output_modalities": m.output_modalities,
+                "pricing": m.pricing,
+                "context_length": m.context_length,
+            }
+            for m in found
+        ],
+    }
+
+
+def _failure(kind: str, model: str, status: int, code: str, message: str) -> JSONResponse:
+    body = GenerateResponse(ok=False, kind=kind, model=model, error=ApiError(code=code, message=message))  # type: ignore[arg-type]
+    return JSONResponse(body.model_dump(), status_code=status)
+
+
+@router.post("/api/generate/{kind}", response_model=GenerateResponse)
+def generate(kind: Literal["text", "image", "video"], req: GenerateRequest, ctx: HubContext = Depends(hub)) -> Any:
+    if kind == "video":
+        message = "video generation is not supported: OpenRouter's API has no video output for this provider/model"
+        return _failure(kind, req.model, 501, "not_supported", message)
+    try:
+        if kind == "text":
+            messages = [{"role": "system", "content": req.system}] if req.system else []
+            messages.append({"role": "user", "content": req.prompt})
+            extra = {"max_tokens": req.max_tokens} if req.max_tokens else {}
+            res = ctx.openrouter().chat(req.model, messages, **extra)
+            items = [Item(mime="text/plain", text=res.text)]
+        else:
+            img = ctx.openrouter().generate_image(
+                req.model, req.prompt, negative_prompt=req.negative_prompt, aspect_ratio=req.aspect_ratio
+            )
+            items = [Item(mime=i.mime, b64=base64.b64encode(i.data).decode()) for i in img.images]
+            res = img
+    except OpenRouterError as exc:
+        status, code = error_status(exc)
+        response = _failure(kind, req.model, status, code, str(exc))
+        if isinstance(exc, RateLimitError) and exc.retry_after:
+            response.headers["Retry-After"] = str(int(exc.retry_after + 0.999))
+        return response
+    return GenerateResponse(ok=True, kind=kind, model=res.model, items=items, usage=res.usage.model_dump())

@@ -1,0 +1,171 @@
+"""The per-image Prefect task: one paid image behind the run's shared slots and the rate limit.
+
+Its output file is its cache (content-addressed), so it persists no result; HTTP faults are
+retried by the OpenRouter client only (see tasks.retry).
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.concurrency.sync import concurrency, rate_limit
+from prefect.runtime import task_run
+
+from ai_influencer.costs import BudgetExceededError, CostLedger, RunHaltedError
+from ai_influencer.generation import GenerationOutcome, ImageRequest, generate_one
+from ai_influencer.openrouter import AuthError, InsufficientCreditsError, OpenRouterError
+from ai_influencer.pacing import AdaptiveRate, StopRequested
+from tasks.clients import RUN_STOP, openrouter_client
+from tasks.rate import RateDispatcher, send_clock, take_rate_slots
+from tasks.retry import retry_options
+
+# ---- generate one image --------------------------------------------------------------
+_ledgers: dict[str, CostLedger] = {}
+_ledgers_lock = threading.Lock()
+
+
+def ledger_for(run_id: str, budget_usd: float | None, estimate_usd: float | None) -> CostLedger:
+    """The one ledger of a flow run, shared by the run's task threads (tasks run in the flow's process).
+
+    Created under a lock: two threads checking and inserting at once made two ledgers that each
+    allowed the whole budget.
+    """
+    with _ledgers_lock:
+        ledger = _ledgers.get(run_id)
+        if ledger is None:
+            ledger = _ledgers[run_id] = CostLedger(budget_usd=budget_usd, estimate_usd=estimate_usd)
+        return ledger
+
+
+def release_ledger(run_id: str) -> CostLedger | None:
+    """Forget a finished run's ledger (a long-lived worker process runs many flows)."""
+    with _ledgers_lock:
+        return _ledgers.pop(run_id, None)
+
+
+class _TaskPacer:
+    """The pacer of one image task: every attempt at its exact send time, 429s slow the process down.
+
+    The first attempt of the first task run goes at the dispatcher's send time (its rate slot is
+    already taken); any other (a retry) takes a slot of its own first: from the flow's dispatcher
+    in this process, else from the server. Sends are spaced by the per-process send clock at the
+    adaptive rate, and a 429 pause holds every task of the process.
+    """
+
+    def __init__(self, rate_limit_name: str, send_at: float | None, send_rate_per_s: float) -> None:
+        self.name = rate_limit_name
+        self.send_at = send_at
+        self.rate = send_rate_per_s
+        self.attempts = 0
+        self.dispatcher = RateDispatcher.active(rate_limit_name)
+        self.adaptive = self.dispatcher.adaptive if self.dispatcher else AdaptiveRate(send_rate_per_s or None)
+        self.adaptive.stop = self.adaptive.stop or RUN_STOP
+
+    def before_send(self) -> None:
+        RUN_STOP.check()
+        self.attempts += 1
+        if self.send_at is None:
+            rate_limit(self.name, occupy=1, strict=True)
+            self.adaptive.hold()
+            return
+        not_before = self.send_at
+        if self.attempts > 1 or task_run.run_count > 1:
+            if self.dispatcher is not None:  # the flow's own process: its dispatcher hands out the slot
+                not_before = self.dispatcher.next_send_time(lead_s=0.0)
+            else:
+                with get_client(sync_client=True) as client:
+                    take_rate_slots(client, self.name, 1)
+                not_before = 0.0
+        self.adaptive.hold()
+        rate = (
+            self.dispatcher.send_rate
+            if self.dispatcher is not None
+            else min(self.rate, self.adaptive.rate or self.rate)
+        )
+        send_clock.wait(self.name, not_before, rate)
+        RUN_STOP.check()
+
+    def on_response(self, rate_limited: bool, retry_after: float | None = None) -> None:
+        self.adaptive.on_response(rate_limited, retry_after)
+
+
+@task(
+    name="generate-image",
+    # No tags on purpose: Prefect asks the server for tag-based concurrency slots for every tagged task
+    # run, through one serialized queue per tag set, and on a SQLite server each "database is locked"
+    # (503) in that queue held every image behind it for 2-6 s (measured: 3.6 vs 9+ images/s). The
+    # in-flight cap and the rate limit are our own global limits; find image runs by the task name.
+    task_run_name="image {request.key}",
+    # The content-addressed output file is this task's cache; Prefect's input hashing and result
+    # store lookups would only add per-image overhead.
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    **retry_options(),
+)
+def generate_image_task(
+    request: ImageRequest,
+    out_dir: str,
+    references: list[str],
+    rate_limit_name: str,
+    inflight_limit_name: str,
+    run_id: str,
+    budget_usd: float | None = None,
+    estimate_usd: float | None = None,
+    send_at: float | None = None,
+    send_rate_per_s: float = 0.0,
+) -> dict:
+    """One paid image behind the in-flight cap and the rate limit; the output file makes it idempotent.
+
+    Run standalone, the task takes one in-flight slot and one rate-limit slot itself. Dispatched by
+    ``generate_flow`` (``send_at`` given), the flow already holds the in-flight slots and took this
+    request's rate slot: the task only waits for its send time (see ``_TaskPacer``). HTTP faults are
+    retried by the client only; a drained run (SIGTERM, cancellation) sends nothing new.
+    """
+
+    @contextmanager
+    def gate():
+        if send_at is None:
+            with concurrency(inflight_limit_name, occupy=1, strict=True):
+                yield
+        else:
+            yield
+
+    ledger = ledger_for(run_id, budget_usd, estimate_usd)
+    try:
+        outcome: GenerationOutcome = generate_one(
+            openrouter_client(),
+            request,
+            Path(out_dir),
+            references=[Path(r) for r in references],
+            gate=gate,
+            pacer=_TaskPacer(rate_limit_name, send_at, send_rate_per_s),
+            ledger=ledger,
+            run_id=run_id,
+        )
+    except StopRequested as exc:
+        return {"key": request.key, "status": "stopped", "error": str(exc), "cost_usd": 0.0}
+    except BudgetExceededError as exc:
+        return {"key": request.key, "status": "budget", "error": str(exc), "cost_usd": 0.0}
+    except RunHaltedError as exc:
+        return {"key": request.key, "status": "halted", "error": str(exc), "cost_usd": 0.0}
+    except (AuthError, InsufficientCreditsError) as exc:
+        ledger.halt(str(exc))  # every other image of this run would fail the same way: send no more requests
+        get_run_logger().error("image %s: %s; no further requests are sent in this run", request.key, exc)
+        raise
+    except OpenRouterError as exc:
+        get_run_logger().warning("image %s failed: %s", request.key, exc)
+        raise
+    record = outcome.record
+    return {
+        "key": request.key,
+        "status": outcome.status,
+        "file": record.file if record else None,
+        "cost_usd": (record.cost_usd or 0.0) if record and outcome.paid else 0.0,
+        "unpriced": bool(record and outcome.paid and record.cost_usd is None),
+        "scene": request.meta.get("scene"),
+    }
