@@ -24,24 +24,39 @@ def free_port() -> int:
 
 
 @contextmanager
-def prefect_server(home: Path, auth: str | None = None, **server_env: str) -> Iterator[dict[str, str]]:
-    """Yields the environment a client needs (PREFECT_API_URL, PREFECT_HOME, auth if any)."""
+def prefect_server(
+    home: Path, auth: str | None = None, *, ui: bool = False, **server_env: str
+) -> Iterator[dict[str, str]]:
+    """Yields the environment a client needs (PREFECT_API_URL, PREFECT_HOME, auth if any).
+
+    ``ui`` also serves Prefect's web UI (at the API URL without ``/api``)."""
     port = free_port()
     base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "OPENROUTER_", "INFLUENCER_"))}
     base.update(
         PREFECT_HOME=str(home),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_SERVER_UI_ENABLED="false",
+        PREFECT_SERVER_UI_ENABLED="true" if ui else "false",
         PREFECT_LOGGING_LEVEL="WARNING",
         INFLUENCER_TASK_RETRY_DELAY_S="0.05",
         PYTHONUNBUFFERED="1",
     )
     env = {**base, "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db", **server_env}
+    if ui:
+        env["PREFECT_UI_API_URL"] = f"http://127.0.0.1:{port}/api"
     if auth:
         env["PREFECT_SERVER_API_AUTH_STRING"] = auth
     log = (home / "server.log").open("w")
     proc = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
+        [
+            str(BIN / "prefect"),
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *([] if ui else ["--no-ui"]),
+        ],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
