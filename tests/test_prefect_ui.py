@@ -53,7 +53,10 @@ def test_the_run_form_opens_with_the_fields(ui_server: dict[str, str]) -> None:
         page.goto(f"{ui}/deployments/deployment/{deployment_id}/run")
         # The nested model's fields are there without choosing anything: stage switches, the
         # generation's images per scene and the QC thresholds (the manual's defaults).
-        for label in ("Run Generate", "Per Scene", "Minsim", "Minblur"):
-            page.get_by_text(label, exact=True).first.wait_for()
+        for label in ("Run Generate", "Per Scene", "Minsim", "Minblur", "Data Root"):
+            page.get_by_text(f"{label} (Optional)", exact=True).first.wait_for()
+        # the manual's defaults are filled in, not blank
+        values = page.locator("input").evaluate_all("els => els.map(e => e.value)")
+        assert "12" in values and "0.34" in values and "80" in values, values
         page.screenshot(path=str(SHOTS / "prefect-run-form.png"), full_page=True)
         browser.close()
