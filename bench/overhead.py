@@ -10,16 +10,18 @@ generate_batch (paced by the CLI's AdaptiveRate at the same send rate, same para
 run_qc, the analytics reports and augment_and_caption directly. The Prefect side runs ``hybrid_flow``
 in this process against a started ``prefect server start`` (tests/support/prefect_server.py, background
 services on, as deployed) whose database is SQLite (the embedded default) or PostgreSQL (a throw-away
-cluster with fsync on, tests/support/postgres.py: the scale-out setup). ``--db both`` runs both after
-one bare baseline, in the same process, and prints them side by side.
+cluster with fsync on, tests/support/postgres.py: the scale-out setup), each in a fresh child process.
+``--db both`` runs both after one bare baseline in the same run and prints them side by side.
 Goals: <= 1.25x on SQLite, <= 1.10x on PostgreSQL.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BANK = ROOT / "prompt_bank" / "default.yaml"
 KEY = "sk-or-bench"
 STAGES = ("prepare", "plan", "generate", "qc", "analytics", "augment")
+SIDE_MARK = "OVERHEAD-SIDE "
 
 
 def workspace(tmp: str) -> Path:
@@ -162,7 +165,12 @@ def with_prefect(data: Path, per_scene: int, rate: float, inflight: int) -> tupl
 
 
 def prefect_side(db: str, args: argparse.Namespace, per_scene: int) -> tuple[float, dict[str, float]]:
-    """Start a server on ``db`` ("sqlite" | "postgres"), run the hybrid flow against it, stop it."""
+    """Start a server on ``db`` ("sqlite" | "postgres"), run the hybrid flow against it, stop it.
+
+    Called in a fresh process per database (``--side``): Prefect's process-wide services (events,
+    concurrency leases) keep the first server's API URL, so a second server in the same process was
+    never reached (measured: the PostgreSQL side failed on a closed SQLite server's port).
+    """
     from prefect.settings import PREFECT_API_URL, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
     from tests.support.prefect_server import prefect_server
@@ -182,6 +190,18 @@ def prefect_side(db: str, args: argparse.Namespace, per_scene: int) -> tuple[flo
             return with_prefect(workspace(tmp), per_scene, args.rate, args.inflight)
 
 
+def run_side(db: str, args: argparse.Namespace) -> tuple[float, dict[str, float]]:
+    """One Prefect side in a child process (see prefect_side); its output is kept for when it fails."""
+    argv = [sys.executable, __file__, "--side", db, "--images", str(args.images), "--latency", str(args.latency),
+            "--rate", str(args.rate), "--inflight", str(args.inflight)]  # fmt: skip
+    res = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith(SIDE_MARK)]
+    if res.returncode != 0 or not lines:
+        raise SystemExit(f"the {db} side failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}")
+    side = json.loads(lines[-1][len(SIDE_MARK) :])
+    return side["wall"], side["stages"]
+
+
 def stub(args: argparse.Namespace) -> StubOpenRouter:
     return StubOpenRouter(
         valid_keys=[KEY],
@@ -199,15 +219,20 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=2.0)
     ap.add_argument("--rate", type=float, default=10.0)
     ap.add_argument("--inflight", type=int, default=32)
+    ap.add_argument("--side", choices=("sqlite", "postgres"), help=argparse.SUPPRESS)  # one Prefect side, as JSON
     args = ap.parse_args()
     per_scene = -(-args.images // len(load_prompt_bank(BANK).scenes))
+    if args.side:
+        wall, stages = prefect_side(args.side, args, per_scene)
+        print(SIDE_MARK + json.dumps({"wall": wall, "stages": stages}), flush=True)
+        return
     dbs = ("sqlite", "postgres") if args.db == "both" else (args.db,)
     load_before = os.getloadavg()
 
     with tempfile.TemporaryDirectory() as tmp, stub(args) as server:
         bare_times = bare(workspace(tmp), server, per_scene, args.rate, args.inflight)
         n = sum(1 for _ in (Path(tmp) / "data" / "synth_openrouter").glob("*.png"))
-    sides = {db: prefect_side(db, args, per_scene) for db in dbs}
+    sides = {db: run_side(db, args) for db in dbs}
 
     bare_total = sum(bare_times.values())
     goals = {"sqlite": 1.25, "postgres": 1.10}
