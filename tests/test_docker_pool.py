@@ -94,12 +94,18 @@ def test_hybrid_runs_in_a_docker_job_container(image: str, stub: StubOpenRouter,
             text=True,
             timeout=900,
         )
+        # The job container (kept: auto_remove off) ran once and exited 0; then it goes.
+        job = sh("docker", "ps", "-aq", "--filter", f"label=io.prefect.flow-run-id={run_id}").split()
+        exit_codes = [sh("docker", "inspect", "--format", "{{.State.ExitCode}}", c).strip() for c in job]
+        for c in job:
+            subprocess.run(["docker", "rm", "-f", c], capture_output=True, timeout=120)
         final = httpx.get(env["PREFECT_API_URL"] + f"/flow_runs/{run_id}").json()
         logs = httpx.post(
             env["PREFECT_API_URL"] + "/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}
         ).json()
         detail = "\n".join(entry["message"] for entry in logs)[-4000:] + worker.stdout[-3000:] + worker.stderr[-3000:]
         assert final["state_type"] == "COMPLETED", detail
+        assert exit_codes == ["0"], f"job containers {job}: exit codes {exit_codes}\n{detail}"
         assert secret not in json.dumps(dep) and secret not in json.dumps(final) and secret not in detail
     manifest = json.loads((data / "synth_openrouter" / "manifest.json").read_text())
     assert manifest["count"] == 6 and len(list((data / "synth_openrouter").glob("*.png"))) == 6
