@@ -1,20 +1,27 @@
 """What Prefect costs: the hybrid flow vs the same domain calls without Prefect, on ~200 images.
 
-    .venv/bin/python bench/overhead.py [--images 200] [--latency 2] [--rate 10] [--inflight 32]
+    .venv/bin/python bench/overhead.py [--db sqlite|postgres|both] [--images 200] [--latency 2] [--rate 10]
+                                       [--inflight 32]
 
 Both sides start from the same two reference photos and talk to their own stub
 OpenRouter server (real photos as images, ``latency`` seconds per chat/image
 call, a hard ``rate`` req/s limit). The bare side calls prepare_references, plan_storyboard,
-generate_batch (paced by MinIntervalGate at the same send rate, same parallelism),
+generate_batch (paced by the CLI's AdaptiveRate at the same send rate, same parallelism),
 run_qc, the analytics reports and augment_and_caption directly. The Prefect side runs ``hybrid_flow``
-under a real Prefect server (prefect_test_harness, SQLite). Goal: <= 1.25x.
+in this process against a started ``prefect server start`` (tests/support/prefect_server.py, background
+services on, as deployed) whose database is SQLite (the embedded default) or PostgreSQL (a throw-away
+cluster with fsync on, tests/support/postgres.py: the scale-out setup), each in a fresh child process.
+``--db both`` runs both after one bare baseline in the same run and prints them side by side.
+Goals: <= 1.25x on SQLite, <= 1.10x on PostgreSQL.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,9 +34,9 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
 
 from ai_influencer.analytics.report import cost_report, drift_report, join
 from ai_influencer.dataset.augment import augment_and_caption
-from ai_influencer.generation import MinIntervalGate, build_requests, generate_batch, iter_reference_images
+from ai_influencer.generation import build_requests, generate_batch, iter_reference_images
 from ai_influencer.openrouter import OpenRouterClient
-from ai_influencer.pacing import SEND_SAFETY
+from ai_influencer.pacing import SEND_SAFETY, AdaptiveRate
 from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
 from ai_influencer.settings import Settings
 from ai_influencer.storyboard import plan_storyboard, write_storyboard
@@ -43,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BANK = ROOT / "prompt_bank" / "default.yaml"
 KEY = "sk-or-bench"
 STAGES = ("prepare", "plan", "generate", "qc", "analytics", "augment")
+SIDE_MARK = "OVERHEAD-SIDE "
 
 
 def workspace(tmp: str) -> Path:
@@ -76,8 +84,9 @@ def bare(data: Path, stub: StubOpenRouter, per_scene: int, rate: float, inflight
             data / "synth_openrouter",
             references=refs,
             concurrency=inflight,
-            # Same send rate as the Prefect side (SEND_SAFETY below the limit), retries paced too.
-            pace=MinIntervalGate(1.0 / (rate * SEND_SAFETY)).wait,
+            # Same send rate as the Prefect side (SEND_SAFETY below the limit), retries paced too: the
+            # CLI's pacer (`influencer generate --rate`), which also slows down on a 429 as the flow does.
+            pacer=AdaptiveRate(rate * SEND_SAFETY),
         )
         assert all(o.status == "generated" for o in outcomes), {o.status for o in outcomes}
         times["generate"] = time.perf_counter() - t
@@ -114,7 +123,7 @@ def bare(data: Path, stub: StubOpenRouter, per_scene: int, rate: float, inflight
 
 
 def with_prefect(data: Path, per_scene: int, rate: float, inflight: int) -> tuple[float, dict[str, float]]:
-    """The hybrid flow under a real Prefect server; wall time and each stage subflow's run time."""
+    """The hybrid flow against the configured Prefect server; wall time and each stage subflow's run time."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
@@ -154,53 +163,97 @@ def with_prefect(data: Path, per_scene: int, rate: float, inflight: int) -> tupl
     return wall, stages
 
 
+def prefect_side(db: str, args: argparse.Namespace, per_scene: int) -> tuple[float, dict[str, float]]:
+    """Start a server on ``db`` ("sqlite" | "postgres"), run the hybrid flow against it, stop it.
+
+    Called in a fresh process per database (``--side``): Prefect's process-wide services (events,
+    concurrency leases) keep the first server's API URL, so a second server in the same process was
+    never reached (measured: the PostgreSQL side failed on a closed SQLite server's port).
+    """
+    from prefect.settings import PREFECT_API_URL, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+
+    from tests.support.prefect_server import prefect_server
+
+    with tempfile.TemporaryDirectory() as tmp, stub(args) as server:
+        home = Path(tmp) / "prefect-home"
+        home.mkdir()
+        with (
+            prefect_server(home, db=db) as env,
+            # A fresh result store: a cached plan from an earlier run must not make Prefect look faster.
+            temporary_settings(
+                updates={PREFECT_API_URL: env.api_url, PREFECT_LOCAL_STORAGE_PATH: Path(tmp) / "prefect-results"}
+            ),
+        ):
+            os.environ.update(OPENROUTER_API_KEY=KEY, OPENROUTER_BASE_URL=server.base_url)
+            os.environ["INFLUENCER_CREDENTIALS_BLOCK"] = "bench-none"
+            return with_prefect(workspace(tmp), per_scene, args.rate, args.inflight)
+
+
+def run_side(db: str, args: argparse.Namespace) -> tuple[float, dict[str, float]]:
+    """One Prefect side in a child process (see prefect_side); its output is kept for when it fails."""
+    argv = [sys.executable, __file__, "--side", db, "--images", str(args.images), "--latency", str(args.latency),
+            "--rate", str(args.rate), "--inflight", str(args.inflight)]  # fmt: skip
+    res = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith(SIDE_MARK)]
+    if res.returncode != 0 or not lines:
+        raise SystemExit(f"the {db} side failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}")
+    side = json.loads(lines[-1][len(SIDE_MARK) :])
+    return side["wall"], side["stages"]
+
+
+def stub(args: argparse.Namespace) -> StubOpenRouter:
+    return StubOpenRouter(
+        valid_keys=[KEY],
+        latency=args.latency,
+        latency_paths=("/chat/completions",),  # the paid calls; GET /key and /models answer at once
+        rps_limit=args.rate,
+        image_size=512,
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--db", choices=("sqlite", "postgres", "both"), default="both")
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--latency", type=float, default=2.0)
     ap.add_argument("--rate", type=float, default=10.0)
     ap.add_argument("--inflight", type=int, default=32)
+    ap.add_argument("--side", choices=("sqlite", "postgres"), help=argparse.SUPPRESS)  # one Prefect side, as JSON
     args = ap.parse_args()
     per_scene = -(-args.images // len(load_prompt_bank(BANK).scenes))
+    if args.side:
+        wall, stages = prefect_side(args.side, args, per_scene)
+        print(SIDE_MARK + json.dumps({"wall": wall, "stages": stages}), flush=True)
+        return
+    dbs = ("sqlite", "postgres") if args.db == "both" else (args.db,)
+    load_before = os.getloadavg()
 
-    def stub() -> StubOpenRouter:
-        return StubOpenRouter(
-            valid_keys=[KEY],
-            latency=args.latency,
-            latency_paths=("/chat/completions",),  # the paid calls; GET /key and /models answer at once
-            rps_limit=args.rate,
-            image_size=512,
-        )
-
-    with tempfile.TemporaryDirectory() as tmp, stub() as server:
+    with tempfile.TemporaryDirectory() as tmp, stub(args) as server:
         bare_times = bare(workspace(tmp), server, per_scene, args.rate, args.inflight)
         n = sum(1 for _ in (Path(tmp) / "data" / "synth_openrouter").glob("*.png"))
-
-    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        stub() as server,
-        prefect_test_harness(server_startup_timeout=120),
-        # A fresh result store: a cached plan from an earlier run must not make Prefect look faster.
-        temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: Path(tmp) / "prefect-results"}),
-    ):
-        os.environ.update(OPENROUTER_API_KEY=KEY, OPENROUTER_BASE_URL=server.base_url)
-        os.environ["INFLUENCER_CREDENTIALS_BLOCK"] = "bench-none"
-        wall, stage_times = with_prefect(workspace(tmp), per_scene, args.rate, args.inflight)
+    sides = {db: run_side(db, args) for db in dbs}
 
     bare_total = sum(bare_times.values())
+    goals = {"sqlite": 1.25, "postgres": 1.10}
     print(
-        f"overhead benchmark: {n} images, stub latency {args.latency}s, limit {args.rate} req/s, {os.cpu_count()} CPUs"
+        f"overhead benchmark: {n} images, stub latency {args.latency}s, limit {args.rate} req/s, "
+        f"{os.cpu_count()} CPUs, load average {load_before[0]:.2f} before / {os.getloadavg()[0]:.2f} after"
     )
-    print(f"{'stage':<10} | {'bare s':>8} | {'Prefect s':>9} | {'ratio':>6}")
-    print("-" * 44)
+    header = f"{'stage':<10} | {'bare s':>8}" + "".join(f" | {db + ' s':>10} | {'ratio':>6}" for db in dbs)
+    print(header)
+    print("-" * len(header))
     for name in STAGES:
-        b, p = bare_times[name], stage_times.get(name, float("nan"))
-        ratio = f"{p / b:>5.2f}x" if b >= 0.05 else f"{'-':>6}"  # a ratio of two near-zero times says nothing
-        print(f"{name:<10} | {b:>8.1f} | {p:>9.1f} | {ratio}")
-    print(f"{'total':<10} | {bare_total:>8.1f} | {wall:>9.1f} | {wall / bare_total:>5.2f}x   (goal <= 1.25x)")
+        b = bare_times[name]
+        row = f"{name:<10} | {b:>8.1f}"
+        for db in dbs:
+            p = sides[db][1].get(name, float("nan"))
+            ratio = f"{p / b:>5.2f}x" if b >= 0.05 else f"{'-':>6}"  # a ratio of two near-zero times says nothing
+            row += f" | {p:>10.1f} | {ratio}"
+        print(row)
+    row = f"{'total':<10} | {bare_total:>8.1f}"
+    for db in dbs:
+        row += f" | {sides[db][0]:>10.1f} | {sides[db][0] / bare_total:>5.2f}x"
+    print(row + "   (goals: " + ", ".join(f"{db} <= {goals[db]:.2f}x" for db in dbs) + ")")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@ import pytest
 from ai_influencer.openrouter import OpenRouterClient
 from tests.support.openrouter_stub import StubOpenRouter
 
+# postgres, postgres_url, prefect_server_pg: PostgreSQL-backed Prefect (see tests/support/fixtures.py)
+pytest_plugins = ["tests.support.fixtures"]
+
 TEST_KEY = "sk-or-test-key"
 REPO = Path(__file__).resolve().parents[1]
 

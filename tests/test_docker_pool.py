@@ -2,13 +2,15 @@
 
 Opt-in (it builds an image: minutes): ``INFLUENCER_DOCKER_TEST=1 .venv/bin/python -m pytest
 tests/test_docker_pool.py`` as root on a machine where ``dockerd`` and ``debootstrap`` are installed
-(``apt-get install docker.io debootstrap``). The test starts dockerd itself if it is not running
-(``--bridge=none --iptables=false``; every container uses the host network), builds a Debian
-bookworm base with debootstrap + ``docker import`` (no registry needed), builds docker/Dockerfile on
-it from wheels built here, then: a started Prefect server, ``prefect work-pool create --type docker``,
-``prefect deploy`` of prefect.yaml's ``hybrid`` deployment onto that pool with GPU requests disabled,
-``influencer trigger``, ``prefect worker start --run-once`` -> a job container runs the flow against
-the stub OpenRouter server and writes the images into a bind-mounted data folder.
+(``apt-get install docker.io debootstrap``); opted in, a missing one fails the test instead of
+skipping it. The images come from tests/support/docker.py (shared with test_compose_stack.py): a
+dockerd started here if none runs (``--bridge=none --iptables=false``; every container uses the host
+network), a Debian bookworm base from debootstrap + ``docker import`` (no registry needed), and
+docker/Dockerfile built on it from wheels built here. Then: a started Prefect server, ``prefect
+work-pool create --type docker``, ``prefect deploy`` of prefect.yaml's ``hybrid`` deployment onto
+that pool with GPU requests disabled, ``influencer trigger``, ``prefect worker start --run-once`` ->
+a job container runs the flow against the stub OpenRouter server and writes the images into a
+bind-mounted data folder.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,78 +29,24 @@ import yaml
 
 from tests.conftest import REPO
 from tests.support.assets import face
+from tests.support.docker import DockerUnavailable, build_image, docker_engine, sh
 from tests.support.openrouter_stub import StubOpenRouter
 from tests.support.prefect_server import BIN, prefect_server
 
-IMAGE = "ai-influencer:test"
-BASE = "ai-influencer-base:bookworm"
 pytestmark = pytest.mark.skipif(
     os.environ.get("INFLUENCER_DOCKER_TEST") != "1",
-    reason="builds a Docker image (minutes): run with INFLUENCER_DOCKER_TEST=1 (see README 'Running on a GPU server')",
+    reason="builds a Docker image (minutes): run with INFLUENCER_DOCKER_TEST=1 (see docs/deploy.md)",
 )
 
 
-def sh(
-    *args: str, timeout: float = 1800, env: dict[str, str] | None = None, cwd: Path = REPO, stdin: str | None = None
-) -> str:
-    res = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd, input=stdin)
-    if res.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(args[:4])} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-        )
-    return res.stdout
-
-
-def docker_ok() -> bool:
-    return (
-        shutil.which("docker") is not None and subprocess.run(["docker", "info"], capture_output=True).returncode == 0
-    )
-
-
 @pytest.fixture(scope="module")
-def docker() -> Iterator[None]:
-    started = None
-    if not docker_ok():
-        if shutil.which("dockerd") is None or os.geteuid() != 0:
-            pytest.skip("no Docker engine: install docker.io and run as root (or start dockerd yourself)")
-        started = subprocess.Popen(
-            ["dockerd", "--bridge=none", "--iptables=false"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 60
-        while not docker_ok():
-            if started.poll() is not None or time.monotonic() > deadline:
-                pytest.skip("dockerd could not start here")
-            time.sleep(0.5)
-    yield
-    if started is not None:
-        started.terminate()
-        started.wait(30)
-
-
-@pytest.fixture(scope="module")
-def image(docker: None, tmp_path_factory: pytest.TempPathFactory) -> str:
-    if subprocess.run(["docker", "image", "inspect", BASE], capture_output=True).returncode != 0:
-        if shutil.which("debootstrap") is None:
-            pytest.skip("debootstrap is needed to build a base image without a registry (apt-get install debootstrap)")
-        rootfs = tmp_path_factory.mktemp("rootfs")
-        sh("debootstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates,tini,libglib2.0-0,"
-           "libgomp1", "bookworm", str(rootfs), "http://deb.debian.org/debian")  # fmt: skip
-        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-        sh_import = subprocess.run(["docker", "import", "-", BASE], stdin=tar.stdout, capture_output=True, timeout=600)
-        tar.wait()
-        assert sh_import.returncode == 0, sh_import.stderr
-    wheels = REPO / "docker" / "wheels"
-    if not any(wheels.glob("prefect-*.whl")):
-        wheels.mkdir(parents=True, exist_ok=True)
-        sh(str(BIN / "pip"), "wheel", "-q", "-w", str(wheels), "-c", "constraints.txt", ".[hub]")
-        # build tools for the project itself, and what Debian's Python 3.11.2 needs beyond this 3.11.x
-        sh(str(BIN / "pip"), "download", "-q", "-d", str(wheels), "setuptools>=69", "wheel", "async-timeout>=4.0.3")
-        for stale in wheels.glob("ai_influencer-*.whl"):
-            stale.unlink()
-    sh("docker", "build", "--network", "host", "-f", "docker/Dockerfile", "-t", IMAGE,
-       "--build-arg", f"BASE_IMAGE={BASE}", "--build-arg", "EXTRAS=hub", "--build-arg", f"UID={os.getuid() or 1000}",
-       ".")  # fmt: skip
-    return IMAGE
+def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Opted in, a missing engine or debootstrap fails the test: the opt-in asked for a real Docker run."""
+    try:
+        with docker_engine():
+            yield build_image(tmp_path_factory.mktemp("docker-build"))
+    except DockerUnavailable as exc:
+        pytest.fail(f"INFLUENCER_DOCKER_TEST=1 but {exc}", pytrace=False)
 
 
 def test_hybrid_runs_in_a_docker_job_container(image: str, stub: StubOpenRouter, tmp_path: Path) -> None:
@@ -147,12 +94,18 @@ def test_hybrid_runs_in_a_docker_job_container(image: str, stub: StubOpenRouter,
             text=True,
             timeout=900,
         )
+        # The job container (kept: auto_remove off) ran once and exited 0; then it goes.
+        job = sh("docker", "ps", "-aq", "--filter", f"label=io.prefect.flow-run-id={run_id}").split()
+        exit_codes = [sh("docker", "inspect", "--format", "{{.State.ExitCode}}", c).strip() for c in job]
+        for c in job:
+            subprocess.run(["docker", "rm", "-f", c], capture_output=True, timeout=120)
         final = httpx.get(env["PREFECT_API_URL"] + f"/flow_runs/{run_id}").json()
         logs = httpx.post(
             env["PREFECT_API_URL"] + "/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}
         ).json()
         detail = "\n".join(entry["message"] for entry in logs)[-4000:] + worker.stdout[-3000:] + worker.stderr[-3000:]
         assert final["state_type"] == "COMPLETED", detail
+        assert exit_codes == ["0"], f"job containers {job}: exit codes {exit_codes}\n{detail}"
         assert secret not in json.dumps(dep) and secret not in json.dumps(final) and secret not in detail
     manifest = json.loads((data / "synth_openrouter" / "manifest.json").read_text())
     assert manifest["count"] == 6 and len(list((data / "synth_openrouter").glob("*.png"))) == 6

@@ -1,38 +1,34 @@
-"""Several generate runs in separate worker processes on one started Prefect server, sharing one
-provider limit: the stub never sees more than the limit in any second, every run progresses (a small
-run finishes during a long one), and a killed worker's seat and slots come back within the lease."""
+"""Several generate runs in separate worker processes on one Prefect server backed by PostgreSQL,
+sharing one provider limit: the stub never sees more than the limit in any second, every run
+progresses (a small run finishes during a long one), and a killed worker's seat and slots come back
+within the lease."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
+from flows.params import GenerateParams, Limits, Paths
 from tests.conftest import REPO, TEST_KEY
+from tests.support.flow_process import spawn_generate, wait_result
 from tests.support.openrouter_stub import StubOpenRouter
-from tests.support.prefect_server import prefect_server
+from tests.support.prefect_server import ServerEnv
 
 BANK = REPO / "prompt_bank" / "default.yaml"
 IMAGE_CALLS = ("/chat/completions",)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    home = tmp_path_factory.mktemp("prefect-scale")
-    # The repossessor frees expired leases every second (default 15 s): a killed worker's slots come
-    # back soon after its 60 s leases expire.
-    with prefect_server(home, PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS="1") as env:
-        yield env
+def server(prefect_server_pg: ServerEnv) -> ServerEnv:
+    """One server on PostgreSQL for the module (the repossessor frees expired leases every 2 s)."""
+    return prefect_server_pg
 
 
 class Run:
@@ -42,26 +38,20 @@ class Run:
         self.data = data
         self.log = data.parent / f"{data.name}.log"
         data.mkdir(parents=True, exist_ok=True)
-        args = [
-            sys.executable, "-m", "tests.support.run_generate", "--data", str(data), "--bank", str(bank),
-            "--per-scene", str(per_scene), "--seed", str(seed),
-            "--rate-limit", limits["rate"], "--rate", str(limits["rate_per_s"]),
-            "--inflight-limit", limits["inflight"], "--inflight", str(limits["inflight_n"]),
-        ]  # fmt: skip
-        with self.log.open("w") as fh:
-            self.proc = subprocess.Popen(
-                args, env=env, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        lim = Limits(
+            rate_limit_name=limits["rate"], rate_per_s=limits["rate_per_s"],
+            inflight_limit_name=limits["inflight"], max_inflight=limits["inflight_n"],
+        )  # fmt: skip
+        params = GenerateParams(per_scene=per_scene, seed=seed, limits=lim, use_references=False)
+        paths = Paths(data_root=str(data), prompt_bank=str(bank), models_root=str(data.parent / "models"))
+        self.proc = spawn_generate(params, paths, env, self.log)
 
     @property
     def images(self) -> int:
         return len(list((self.data / "synth_openrouter").glob("*.png")))
 
     def wait(self, timeout: float = 300) -> dict:
-        code = self.proc.wait(timeout)
-        text = self.log.read_text()
-        assert code == 0, text[-3000:]
-        return json.loads(text.split("SUMMARY ", 1)[1].splitlines()[0])
+        return wait_result(self.proc, self.log, timeout)
 
 
 def limits_for(rate: float, inflight: int) -> dict:
@@ -74,7 +64,6 @@ def run_env(server: dict[str, str], stub: StubOpenRouter) -> dict[str, str]:
         **server,
         "OPENROUTER_API_KEY": TEST_KEY,
         "OPENROUTER_BASE_URL": stub.base_url,
-        "PYTHONPATH": str(REPO),
         "PREFECT_LOGGING_LEVEL": "INFO",
     }
 
