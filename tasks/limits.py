@@ -11,7 +11,7 @@ from typing import Any
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.settings import get_current_settings, temporary_settings
 
 from ai_influencer.pacing import StopFlag
@@ -21,19 +21,25 @@ from tasks.prefect_compat import FILESYSTEM_LEASES, expired_filesystem_leases
 def ensure_limit(name: str, limit: int, slot_decay_per_second: float = 0.0) -> tuple[str, int, float]:
     """Create the global concurrency limit if it is missing; an existing one (maybe tuned by an operator) is kept.
 
-    Returns ("created" | "exists", limit, slot_decay_per_second) as the server has them.
+    Returns ("created" | "exists", limit, slot_decay_per_second) as the server has them. Two workers
+    starting at once both see it missing: the one whose create loses reads the other's.
     """
     with get_client(sync_client=True) as client:
         try:
             found = client.read_global_concurrency_limit_by_name(name)
             return "exists", int(found.limit), float(found.slot_decay_per_second or 0.0)
         except ObjectNotFound:
+            pass
+        try:
             client.create_global_concurrency_limit(
                 GlobalConcurrencyLimitCreate(
                     name=name, limit=limit, active=True, slot_decay_per_second=slot_decay_per_second
                 )
             )
             return "created", limit, slot_decay_per_second
+        except ObjectAlreadyExists:
+            found = client.read_global_concurrency_limit_by_name(name)
+            return "exists", int(found.limit), float(found.slot_decay_per_second or 0.0)
 
 
 def durable_local_leases() -> AbstractContextManager[Any]:
