@@ -1,0 +1,165 @@
+"""QC step 1: everything measured on one image alone.
+
+Faces, the largest face's embedding, sharpness, detail, perceptual and pixel hashes and file compression
+depend on the image and nothing else, so they can be measured in any order, in worker processes (each
+holding its own face engine), or one by one as images arrive: the verdicts come later, from
+``qc_decision.decide`` over the whole batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import imagehash
+import numpy as np
+from PIL import Image
+
+from ai_influencer.vision.faces import FaceEngine, create_face_engine, largest, resolve_backend
+from ai_influencer.vision.image_io import DEFAULT_MAX_PIXELS, BadImageError, load_rgb
+from ai_influencer.vision.quality import compression_quality, face_detail, face_sharpness
+
+THUMB = 160
+
+ProgressCallback = Callable[[int, int, str], None]  # (done, total, file name)
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Picklable recipe for building a face engine inside a worker process."""
+
+    backend: str = "dlib"
+    insightface_root: str = "models/insightface"
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+
+    @classmethod
+    def from_settings(cls, settings: object, backend: str | None = None) -> EngineSpec:
+        """The one way to name the face engine a stage uses: an explicit backend, else the settings'."""
+        return cls(
+            backend or settings.face_backend,  # type: ignore[attr-defined]
+            str(settings.insightface_root),  # type: ignore[attr-defined]
+            tuple(settings.onnx_providers),  # type: ignore[attr-defined]
+        )
+
+    def resolved_backend(self) -> str:
+        return resolve_backend(self.backend)
+
+    def build(self) -> FaceEngine:
+        return create_face_engine(
+            self.backend, insightface_root=Path(self.insightface_root), providers=list(self.providers)
+        )
+
+
+@dataclass
+class Analysis:
+    """What one image says about itself; no field depends on any other image."""
+
+    path: Path
+    faces: int = 0
+    embedding: np.ndarray | None = None
+    sharpness: float = 0.0
+    phash: str = ""
+    error: str = ""
+    thumbnail: bytes = b""  # small JPEG for the contact sheet, made while the image is decoded anyway
+    box: tuple[int, int, int, int] | None = None  # the largest face (x0, y0, x1, y1)
+    face_px: int = 0  # its width in source pixels
+    detail: float = 0.0  # face width over its blur radius (see quality.face_detail)
+    pixel_hash: str = ""  # of the decoded pixels: exact copies in any container
+    compression: int = 0  # 100 lossless, else the estimated JPEG quality
+    fmt: str = ""
+    nbytes: int = 0
+
+
+def _thumbnail(rgb: np.ndarray, side: int = THUMB) -> Image.Image:
+    im = Image.fromarray(rgb)
+    im.thumbnail((side, side), Image.Resampling.BILINEAR)
+    return im
+
+
+def _jpeg(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def analyze(engine: FaceEngine, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Analysis:
+    try:
+        rgb = load_rgb(path, max_pixels=max_pixels)
+        nbytes = path.stat().st_size
+    except BadImageError as exc:
+        return Analysis(path, error=exc.reason)
+    faces = engine.detect(rgb)
+    face = largest(faces)
+    thumb = _thumbnail(rgb)
+    quality, fmt = compression_quality(path)
+    digest = hashlib.sha1(rgb.tobytes(), usedforsecurity=False)
+    digest.update(repr(rgb.shape).encode())
+    # phash shrinks to 32x32 anyway: hashing the thumbnail gives the same bits for a fraction of the cost.
+    result = Analysis(
+        path,
+        faces=len(faces),
+        phash=str(imagehash.phash(thumb)),
+        thumbnail=_jpeg(thumb),
+        pixel_hash=digest.hexdigest(),
+        compression=quality,
+        fmt=fmt,
+        nbytes=nbytes,
+    )
+    if face is not None:
+        result.embedding = face.embedding
+        result.sharpness = face_sharpness(rgb, face.box)
+        result.detail = face_detail(rgb, face.box)
+        result.box = face.box
+        result.face_px = face.box[2] - face.box[0]
+    return result
+
+
+def quality_label(a: Analysis) -> str:
+    """The file's compression as the report shows it: ``PNG lossless``, ``JPEG q85``; empty for unreadable files."""
+    if not a.fmt:
+        return ""
+    return f"{a.fmt} lossless" if a.compression >= 100 and a.fmt != "JPEG" else f"{a.fmt} q{a.compression}"
+
+
+_worker_engine: FaceEngine | None = None
+
+
+def _init_worker(spec: EngineSpec) -> None:
+    global _worker_engine
+    _worker_engine = spec.build()
+
+
+def _analyze_in_worker(args: tuple[Path, int]) -> Analysis:
+    assert _worker_engine is not None
+    return analyze(_worker_engine, *args)
+
+
+def analyze_many(
+    paths: list[Path],
+    *,
+    engine: FaceEngine | None,
+    spec: EngineSpec | None,
+    workers: int,
+    max_pixels: int,
+    on_progress: ProgressCallback | None = None,
+) -> list[Analysis]:
+    """Analyses in ``paths`` order; ``on_progress`` after each one (in the calling process)."""
+    out: list[Analysis] = []
+
+    def collect(results: Iterable[Analysis]) -> list[Analysis]:
+        for a in results:
+            out.append(a)
+            if on_progress is not None:
+                on_progress(len(out), len(paths), a.path.name)
+        return out
+
+    if workers <= 1 or len(paths) < 4 or spec is None:
+        eng = engine or (spec or EngineSpec()).build()
+        return collect(analyze(eng, p, max_pixels) for p in paths)
+    workers = min(workers, len(paths))
+    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(spec,)) as pool:
+        return collect(pool.map(_analyze_in_worker, [(p, max_pixels) for p in paths], chunksize=1))

@@ -1,0 +1,312 @@
+"""QC step 2: the verdicts, a pure function of the reference analyses, the candidate analyses and the thresholds.
+
+``decide`` sorts its input, so the verdicts do not depend on the order images arrived in (a streamed run
+and a batch run agree). Per candidate (docs/identity-calibration.md has the measurements):
+
+* identity: the calibrated score against the centroid of the references must
+  reach ``minsim`` *and* the references must agree: each one on its own (both
+  of 2, two thirds and at least 2 of more) must score ``minsim - 0.15``. A
+  centroid of two references sits between them; the per-reference floor keeps
+  a face that resembles only one of them out.
+* impostor margin: among the other candidates, the faces already judged to be
+  someone else (sharp, identity failed, not a copy of this picture) are the
+  nearest impostors. A candidate that is closer to such a face than to the
+  reference centroid is rejected: when the pool contains a look-alike, all of
+  its photos fail together instead of the closest one slipping through.
+* sharpness (``minblur``), face count (``max_faces``).
+* duplicates: images of the persona alone with identical pixels, or
+  perceptual hashes within 4 bits (one picture resized or re-encoded), or
+  within ``dup_hash_distance`` bits with faces scoring >= ``dup_min_score``
+  against each other, form a group (transitively). The best copy is chosen by
+  a fixed order: more real detail (face width over blur radius, 30 %
+  tolerance), larger face (10 %), less compression (lossless, then the JPEG
+  quality), sharper (10 %), larger file (2 %), name; the others are rejected
+  as its duplicates. Groups form before sharpness is judged, so a downscaled
+  copy (sharper per pixel) never stands in for an original too blurred to
+  keep. The report says which copy was kept and why. Known limit: a same-size
+  re-encode at a *higher* JPEG quality than its original looks better by
+  every measure here and wins.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ai_influencer.vision.faces import AGREEMENT_SLACK, MINSIM_DEFAULT, Scorer
+from ai_influencer.vision.qc_analysis import Analysis, quality_label
+from ai_influencer.vision.qc_report import QCRow
+
+SAME_PICTURE_BITS = 4  # pHash this close: one picture resized or re-encoded, even when a tiny face embeds badly
+DETAIL_TOLERANCE = 1.3  # copies within this factor of the most detailed one count as equally detailed
+FACE_PX_TOLERANCE = 0.9
+SHARPNESS_TOLERANCE = 0.9  # JPEG artefacts add a little "sharpness": a re-encode must not win on that
+BYTES_TOLERANCE = 0.98
+
+
+@dataclass(frozen=True)
+class QCThresholds:
+    """Every knob of the decision; ``validate`` gives the error a user sees for a bad value."""
+
+    minsim: float = MINSIM_DEFAULT
+    minblur: float = 80.0
+    max_faces: int = 1
+    agreement_slack: float = AGREEMENT_SLACK
+    min_margin: float | None = 0.0  # None: report the nearest impostor, do not decide on it
+    dup_hash_distance: int = 10
+    dup_min_score: float = 0.75
+
+    def validate(self) -> QCThresholds:
+        if not (isinstance(self.minsim, int | float) and 0.0 <= self.minsim <= 1.0):
+            hint = (
+                f" (a fraction, not a percent: did you mean {self.minsim / 100:g}?)" if 1 < self.minsim <= 100 else ""
+            )
+            raise ValueError(f"minsim must be between 0 and 1, got {self.minsim}{hint}")
+        if not (isinstance(self.minblur, int | float) and self.minblur >= 0 and math.isfinite(self.minblur)):
+            raise ValueError(
+                f"minblur must be a number >= 0 (80 = the manual's sharp/blurred line), got {self.minblur}"
+            )
+        if self.max_faces < 1:
+            raise ValueError(f"max_faces must be >= 1, got {self.max_faces}")
+        if not 0 <= self.dup_hash_distance <= 64:
+            raise ValueError(f"dup_hash_distance must be 0..64 bits, got {self.dup_hash_distance}")
+        if not 0.0 <= self.dup_min_score <= 1.0:
+            raise ValueError(f"dup_min_score must be between 0 and 1, got {self.dup_min_score}")
+        return self
+
+
+def reference_centroid(engine: Scorer, refs: list[Analysis]) -> tuple[np.ndarray, int]:
+    embeddings = [a.embedding for a in refs if a.embedding is not None]
+    if not embeddings:
+        problems = "; ".join(f"{a.path.name}: {a.error or 'no face'}" for a in refs) or "folder is empty"
+        raise ValueError(f"no usable reference face ({problems})")
+    return engine.centroid(embeddings), len(embeddings)
+
+
+def references_needed(n: int) -> int:
+    """How many references must agree on their own: all of one or two, two thirds (at least two) of more."""
+    return n if n <= 2 else max(2, math.ceil(2 * n / 3))
+
+
+def _hash_distance(a: str, b: str) -> int:
+    """Hamming distance of two 64-bit pHashes in hex (what imagehash's ``-`` gives, without building objects:
+    duplicate grouping compares every pair)."""
+    return (int(a, 16) ^ int(b, 16)).bit_count()
+
+
+@dataclass
+class _Identity:
+    score: float
+    ref_scores: list[float]
+    agree: int
+    ok: bool
+
+
+@dataclass(frozen=True)
+class _References:
+    """What every candidate is measured against: the centroid, each reference alone, and how many must agree."""
+
+    centroid: np.ndarray
+    embeddings: list[np.ndarray]
+    count: int  # references with a usable face
+    need: int
+    floor: float  # the score each agreeing reference must reach on its own
+
+    @classmethod
+    def build(cls, refs: list[Analysis], scorer: Scorer, th: QCThresholds) -> _References:
+        refs = sorted(refs, key=lambda a: a.path.name)
+        centroid, count = reference_centroid(scorer, refs)
+        embeddings = [a.embedding for a in refs if a.embedding is not None]
+        return cls(centroid, embeddings, count, references_needed(count), th.minsim - th.agreement_slack)
+
+    def identity(self, scorer: Scorer, embedding: np.ndarray, th: QCThresholds) -> _Identity:
+        score = scorer.identity_score(embedding, self.centroid)
+        per_ref = [scorer.identity_score(embedding, r) for r in self.embeddings]
+        agree = sum(s >= self.floor for s in per_ref)
+        return _Identity(score, per_ref, agree, score >= th.minsim and agree >= self.need)
+
+
+def decide(
+    refs: list[Analysis], candidates: list[Analysis], scorer: Scorer, thresholds: QCThresholds
+) -> tuple[dict[str, QCRow], int]:
+    """Verdicts by file name, and how many references had a usable face. Pure and order-independent."""
+    th = thresholds.validate()
+    references = _References.build(refs, scorer, th)
+    cands = sorted(candidates, key=lambda a: a.path.name)
+    ident = {a.path.name: references.identity(scorer, a.embedding, th) for a in cands if a.embedding is not None}
+    impostors = _impostors(cands, ident, th)
+    rows: dict[str, QCRow] = {}
+    persona: list[Analysis] = []  # the persona alone in the picture: candidates for their groups of copies
+    for a in cands:
+        rows[a.path.name], alone = _judge(a, ident.get(a.path.name), impostors, references, scorer, th)
+        if alone:
+            persona.append(a)
+    _reject_copies(rows, persona, scorer, th)
+    return rows, references.count
+
+
+def _impostors(cands: list[Analysis], ident: dict[str, _Identity], th: QCThresholds) -> list[Analysis]:
+    """Faces judged to be someone else on their own evidence: sharp enough to trust, one person, identity failed."""
+    return [
+        a
+        for a in cands
+        if a.path.name in ident and not ident[a.path.name].ok and a.sharpness >= th.minblur and a.faces <= th.max_faces
+    ]
+
+
+def _judge(
+    a: Analysis,
+    idn: _Identity | None,
+    impostors: list[Analysis],
+    references: _References,
+    scorer: Scorer,
+    th: QCThresholds,
+) -> tuple[QCRow, bool]:
+    """One candidate's row before duplicates are grouped, and whether it shows the persona alone."""
+    name = a.path.name
+    if a.error:
+        return QCRow(name, 0, None, None, "", "error", a.error), False
+    if a.embedding is None or idn is None:
+        return QCRow(name, a.faces, None, None, "", "rejected", "no face detected"), False
+    row = QCRow(
+        name,
+        a.faces,
+        round(idn.score, 4),
+        round(a.sharpness, 1),
+        "",
+        "accepted",
+        "",
+        ref_scores=" ".join(f"{s:.3f}" for s in idn.ref_scores),
+        face_px=a.face_px,
+        compression=quality_label(a),
+    )
+    nearest, nearest_score = _nearest_impostor(a, impostors, scorer, th)
+    if nearest is not None:
+        row.nearest_impostor = nearest.path.name
+        row.impostor_score = round(nearest_score, 4)
+        row.margin = round(idn.score - nearest_score, 4)
+    reasons = []
+    if why := _identity_reason(idn, row, nearest_score, references, th):
+        reasons.append(why)
+    if a.faces > th.max_faces:
+        reasons.append(f"faces: {a.faces} > max {th.max_faces}")
+    alone = not reasons
+    if a.sharpness < th.minblur:
+        reasons.append(f"sharpness: face {a.sharpness:.1f} < minblur {th.minblur:g}")
+    row.verdict, row.reason = ("rejected", "; ".join(reasons)) if reasons else ("accepted", "")
+    return row, alone
+
+
+def _nearest_impostor(
+    a: Analysis, impostors: list[Analysis], scorer: Scorer, th: QCThresholds
+) -> tuple[Analysis | None, float]:
+    """The judged-someone-else face closest to ``a``, and its score (-1 when there is none)."""
+    assert a.embedding is not None
+    nearest, nearest_score = None, -1.0
+    for d in impostors:
+        if d is a or _hash_distance(a.phash, d.phash) <= th.dup_hash_distance:
+            continue  # another copy of this very picture is not another person
+        assert d.embedding is not None
+        s = scorer.identity_score(a.embedding, d.embedding)
+        if s > nearest_score:
+            nearest, nearest_score = d, s
+    return nearest, nearest_score
+
+
+def _identity_reason(
+    idn: _Identity, row: QCRow, nearest_score: float, references: _References, th: QCThresholds
+) -> str:
+    """Why the face is not the persona's (centroid score, agreement of the references, impostor margin); or ""."""
+    if idn.score < th.minsim:
+        return f"identity: {idn.score:.3f} < minsim {th.minsim:g}"
+    if idn.agree < references.need:
+        return (
+            f"identity: only {idn.agree} of {references.count} references score >= {references.floor:.2f} "
+            f"({row.ref_scores}); need {references.need}"
+        )
+    if th.min_margin is not None and row.margin is not None and row.margin < th.min_margin:
+        return (
+            f"impostor: closer to {row.nearest_impostor} ({nearest_score:.3f}, judged another person) "
+            f"than to the references ({idn.score:.3f})"
+        )
+    return ""
+
+
+def _reject_copies(rows: dict[str, QCRow], persona: list[Analysis], scorer: Scorer, th: QCThresholds) -> None:
+    """Every copy but the best of each group is rejected as its duplicate, keeping its own reasons after.
+
+    Copies are grouped before sharpness is judged: the best copy speaks for the group, so a downscaled
+    copy (sharper per pixel) never replaces an original that is too blurred to keep.
+    """
+    for group in _duplicate_groups(persona, scorer, th):
+        keep, why = _best_copy(group)
+        best = rows[keep.path.name]
+        for a in group:
+            if a is keep:
+                continue
+            r = rows[a.path.name]
+            kind = "exact copy" if a.pixel_hash == keep.pixel_hash else "near-duplicate"
+            outcome = "kept that one" if best.verdict == "accepted" else "the better copy, itself rejected"
+            dup = f"duplicate: {kind} of {keep.path.name}, {outcome} ({why[a.path.name]})"
+            r.verdict, r.duplicate_of = "rejected", keep.path.name
+            r.reason = "; ".join([dup] + ([r.reason] if r.reason else []))
+
+
+def _duplicate_groups(passing: list[Analysis], scorer: Scorer, th: QCThresholds) -> list[list[Analysis]]:
+    """Connected groups of copies (union-find over every pair: no first-come order; input sorted by name)."""
+    parent = list(range(len(passing)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, a in enumerate(passing):
+        for j in range(i + 1, len(passing)):
+            b = passing[j]
+            bits = _hash_distance(a.phash, b.phash)
+            same = a.pixel_hash == b.pixel_hash or bits <= min(SAME_PICTURE_BITS, th.dup_hash_distance)
+            if not same and bits <= th.dup_hash_distance:
+                assert a.embedding is not None and b.embedding is not None
+                same = scorer.identity_score(a.embedding, b.embedding) >= th.dup_min_score
+            if same:
+                parent[root(j)] = root(i)
+    groups: dict[int, list[Analysis]] = {}
+    for i, a in enumerate(passing):
+        groups.setdefault(root(i), []).append(a)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _best_copy(group: list[Analysis]) -> tuple[Analysis, dict[str, str]]:
+    """The copy to keep and, per other copy, why it lost: a fixed order of tests, so arrival order cannot matter."""
+
+    def most(key: Callable[[Analysis], float], factor: float = 1.0) -> Callable[[list[Analysis]], list[Analysis]]:
+        return lambda pool: [a for a in pool if key(a) >= factor * max(key(b) for b in pool)]
+
+    stages: list[tuple[Callable[[list[Analysis]], list[Analysis]], Callable[[Analysis, Analysis], str]]] = [
+        (
+            most(lambda a: a.detail, 1 / DETAIL_TOLERANCE),
+            lambda a, w: f"more face detail ({w.detail:.0f} vs {a.detail:.0f})",
+        ),
+        (most(lambda a: a.face_px, FACE_PX_TOLERANCE), lambda a, w: f"larger face ({w.face_px} vs {a.face_px} px)"),
+        (most(lambda a: a.compression), lambda a, w: f"less compressed ({quality_label(w)} vs {quality_label(a)})"),
+        (
+            most(lambda a: a.sharpness, SHARPNESS_TOLERANCE),
+            lambda a, w: f"sharper ({w.sharpness:.0f} vs {a.sharpness:.0f})",
+        ),
+        (most(lambda a: a.nbytes, BYTES_TOLERANCE), lambda a, w: f"larger file ({w.nbytes} vs {a.nbytes} bytes)"),
+        (lambda pool: pool[:1], lambda a, w: "identical copy; the first by name is kept"),
+    ]
+    pool = sorted(group, key=lambda a: a.path.name)  # the last resort is the name: a fixed, visible order
+    lost: list[tuple[Analysis, Callable[[Analysis, Analysis], str]]] = []
+    for select, explain in stages:
+        kept = select(pool)
+        kept_names = {a.path.name for a in kept}
+        lost += [(a, explain) for a in pool if a.path.name not in kept_names]
+        pool = kept
+    winner = pool[0]
+    return winner, {a.path.name: explain(a, winner) for a, explain in lost}
