@@ -316,15 +316,32 @@ class SendClock:
             time.sleep(delay)
 
 
-def fair_share(total: int, runs: int, rank: int) -> int:
+def fair_share(total: int, runs: int, rank: int, turn: int = 0) -> int:
     """This run's whole share of ``total`` (slots, or requests per second) among ``runs`` sharing it.
 
-    Shares are integers and sum to ``total`` exactly: the first ``total % runs`` ranks get one more.
-    Why integers: each run enforces its share in every one-second window on its own clock, so the
-    provider sees at most the sum of the shares in any second, the limit itself. With more runs than
-    ``total`` some shares are 0 until a run leaves.
+    Shares are integers and sum to ``total`` exactly: ``total % runs`` ranks get one more, the ranks
+    ``turn``, ``turn + 1``, ... (mod ``runs``). Why integers: each run enforces its share in every
+    one-second window on its own clock, so the provider sees at most the sum of the shares in any
+    second, the limit itself. Why a turn: 10 req/s among 4 runs is 3, 3, 2, 2; passing the extra
+    ones round (see ``rotating_share``) makes every run average 2.5. With more runs than ``total``
+    some shares are 0 in a turn.
     """
     if runs <= 1:
         return total
     base, extra = divmod(max(0, total), runs)
-    return base + (1 if rank < extra else 0)
+    return base + (1 if (rank - turn) % runs < extra else 0)
+
+
+ROTATE_S = 15.0  # how long a run keeps an extra request/s before passing it on
+ROTATE_GRACE_S = 1.1  # a run gaining one waits this long: the run giving it up has slowed down by then
+
+
+def rotating_share(total: int, runs: int, rank: int, now: float) -> int:
+    """``fair_share`` with the extra shares passed round every ``ROTATE_S`` of wall-clock time.
+
+    All runs read the same clock (hosts keep time with NTP), so they agree on the turn. A run loses
+    an extra share at the turn's start but gains one only ``ROTATE_GRACE_S`` later, when the run
+    that gave it up has sent its last one-second window at the old share: no second ever sees both.
+    """
+    turn, before = int(now // ROTATE_S), int((now - ROTATE_GRACE_S) // ROTATE_S)
+    return min(fair_share(total, runs, rank, turn), fair_share(total, runs, rank, before))

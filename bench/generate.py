@@ -1,6 +1,14 @@
-"""Image generation throughput against the stub: Prefect fan-out vs the manual's sequential loop.
+"""Image generation throughput against the stub: Prefect fan-out vs the manual's sequential loop,
+and several workers sharing one provider limit.
 
     .venv/bin/python bench/generate.py [--images 300] [--latency 2] [--rate 10]
+    .venv/bin/python bench/generate.py --workers 1,2,4 [--images 240]
+
+``--workers``: for each N, N generate flow runs in N separate processes (workers) against one
+Prefect server on PostgreSQL (a throw-away cluster), sharing one rate limit and one in-flight limit,
+the stub answering 429 above the limit. Per N it prints the combined steady rate (the stub's clock,
+while every run was sending) against the limit, and each run's share of it (goal: within 20 % of
+the fair share). The baseline is N = 1 in the same run.
 
 Both runs talk to the same kind of stub OpenRouter server (``latency`` seconds
 per image request, a hard limit of ``rate`` requests in any one second answered
@@ -22,6 +30,7 @@ never exceeded.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -115,6 +124,87 @@ def fanout(n: int, latency: float, rate: float, inflight: int) -> tuple[int, flo
         )
 
 
+def _worker_bank(folder: Path, i: int) -> Path:
+    """A copy of the default bank whose persona text names worker ``i``: its requests can be told apart."""
+    import yaml
+
+    bank = yaml.safe_load((ROOT / "prompt_bank" / "default.yaml").read_text())
+    bank["persona"]["description"] += f", worker w{i}"
+    path = folder / f"bank-w{i}.yaml"
+    path.write_text(yaml.safe_dump(bank))
+    return path
+
+
+def shared(workers: int, images: int, latency: float, rate: float, inflight: int, cluster: object) -> dict:
+    """N workers, one server on PostgreSQL, one limit: combined steady img/s and each run's share."""
+    from flows.params import GenerateParams, Limits, Paths
+    from tests.support.flow_process import spawn_generate, wait_result
+    from tests.support.prefect_server import prefect_server
+
+    per_worker = -(-images // workers)
+    with (
+        StubOpenRouter(
+            valid_keys=[KEY], latency=latency, latency_paths=IMAGE_PATH, rps_limit=rate, image_size=256
+        ) as stub,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        home = Path(tmp) / "prefect"
+        home.mkdir()
+        with prefect_server(home, db=cluster, PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS="2") as env:
+            worker_env = {**env, "OPENROUTER_API_KEY": KEY, "OPENROUTER_BASE_URL": stub.base_url}
+            tag = uuid.uuid4().hex[:6]
+            limits = Limits(rate_limit_name=f"bench-rate-{tag}", rate_per_s=rate,
+                            inflight_limit_name=f"bench-inflight-{tag}", max_inflight=inflight)  # fmt: skip
+            procs = []
+            for i in range(workers):
+                data = Path(tmp) / f"w{i}"
+                per_scene = -(-per_worker // 6)
+                params = GenerateParams(per_scene=per_scene, use_references=False, limits=limits)
+                paths = Paths(data_root=str(data), prompt_bank=str(_worker_bank(Path(tmp), i)),
+                              models_root=str(data / "models"))  # fmt: skip
+                procs.append(
+                    (spawn_generate(params, paths, worker_env, Path(tmp) / f"w{i}.log"), Path(tmp) / f"w{i}.log")
+                )
+            results = [wait_result(proc, log, timeout=1800) for proc, log in procs]
+    sent = [r for r in stub.requests if r.path.endswith(IMAGE_PATH) and r.status == 200]
+    times = {i: sorted(r.t for r in sent if f"worker w{i}" in json.dumps(r.body)) for i in range(workers)}
+    start = max(t[0] for t in times.values())  # every run sending
+    end = min(t[-1] for t in times.values())
+    in_window = {i: sum(start <= x <= end for x in t) for i, t in times.items()}
+    window = max(end - start, 1e-9)
+    combined = sum(in_window.values()) / window if workers > 1 else steady_rate(stub)
+    shares = [n / window for n in in_window.values()]
+    return {
+        "workers": workers,
+        "images": sum(r["generated"] for r in results),
+        "combined": combined,
+        "shares": shares,
+        "fair": combined / workers,
+        "peak": stub.max_requests_in_window(1.0),
+        "throttled": sum(r.status == 429 for r in stub.requests),
+    }
+
+
+def workers_table(counts: list[int], images: int, latency: float, rate: float, inflight: int) -> None:
+    from tests.support.postgres import postgres_cluster
+
+    with postgres_cluster(fast=True) as cluster:
+        rows = [shared(n, images, latency, rate, inflight, cluster) for n in counts]
+    print(f"shared-limit benchmark: {images} images per N, stub latency {latency}s, limit {rate:g} req/s, "
+          f"in-flight {inflight}, Prefect server on PostgreSQL, {os.cpu_count()} CPUs")  # fmt: skip
+    print(f"{'workers':>7} | {'images':>6} | {'combined img/s':>14} | {'vs limit':>8} | {'vs N=1':>6} | "
+          f"{'per-run share (img/s)':<32} | {'worst vs fair':>13} | {'peak/s':>6} | {'429s':>4}")  # fmt: skip
+    base = rows[0]["combined"]
+    for r in rows:
+        worst = max(abs(s - r["fair"]) / r["fair"] for s in r["shares"]) if r["workers"] > 1 else 0.0
+        shares = ", ".join(f"{s:.2f}" for s in r["shares"])
+        print(
+            f"{r['workers']:>7} | {r['images']:>6} | {r['combined']:>14.2f} | {r['combined'] / rate:>7.2f}x | "
+            f"{r['combined'] / base:>5.2f}x | {shares:<32} | {worst:>12.0%} | {r['peak']:>6} | {r['throttled']:>4}"
+        )
+    print("goals: combined >= 0.90x the limit for every N; every run within 20 % of its fair share")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=300)
@@ -122,7 +212,11 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=2.0)
     ap.add_argument("--rate", type=float, default=10.0)
     ap.add_argument("--inflight", type=int, default=32)
+    ap.add_argument("--workers", help="comma-separated worker counts, e.g. 1,2,4: the shared-limit benchmark")
     args = ap.parse_args()
+    if args.workers:
+        workers_table([int(n) for n in args.workers.split(",")], args.images, args.latency, args.rate, args.inflight)
+        return
     seq_e2e, seq_steady = sequential(args.sequential_images, args.latency, 3.0, args.rate)
     n, fan_e2e, fan_steady, peak, throttled = fanout(args.images, args.latency, args.rate, args.inflight)
     print(

@@ -196,10 +196,19 @@ class RunSeat:
             self.runs, self.rank = len(active), active.index(self.index or 0)
 
     def share(self, total: int) -> int:
+        """This run's whole share of ``total`` now (``pacing.fair_share``: the shares sum to ``total``)."""
         from ai_influencer.pacing import fair_share
 
         with self._lock:
             return fair_share(total, self.runs, self.rank)
+
+    def rate_share(self, total: int) -> int:
+        """This run's requests per second now: ``fair_share`` with the extra ones passed round in turns
+        (``pacing.rotating_share``), so every run averages the same rate."""
+        from ai_influencer.pacing import rotating_share
+
+        with self._lock:
+            return rotating_share(total, self.runs, self.rank, time.time())
 
     def limit_size(self, name: str, default: int) -> int:
         with self._lock:

@@ -208,7 +208,7 @@ class RateDispatcher:
         """Requests per second this run may send: the whole rate alone, else its whole share of it."""
         if self.seat is None or self.seat.runs <= 1:
             return self.rate_per_s
-        return float(self.seat.share(requests_per_second(self.rate_per_s)))
+        return float(self.seat.rate_share(requests_per_second(self.rate_per_s)))
 
     @property
     def send_rate(self) -> float:

@@ -226,3 +226,19 @@ def test_signals_outside_the_drain_keep_their_usual_meaning() -> None:
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=os.environ)
     assert run.returncode == -signal.SIGTERM and "not reached" not in run.stdout
+
+
+def test_fair_shares_sum_to_the_limit_and_rotate_without_overlap() -> None:
+    from ai_influencer.pacing import ROTATE_S, fair_share, rotating_share
+
+    for total, runs in ((10, 4), (10, 3), (3, 4), (7, 2)):
+        for turn in range(runs):
+            assert sum(fair_share(total, runs, r, turn) for r in range(runs)) == total
+        # over a full rotation every run gets the same, and at no instant is the sum above the total
+        means = []
+        for r in range(runs):
+            samples = [rotating_share(total, runs, r, t / 10) for t in range(int(runs * ROTATE_S * 10))]
+            means.append(sum(samples) / len(samples))
+        assert max(means) - min(means) < 0.15, (total, runs, means)
+        for t in range(int(runs * ROTATE_S * 10)):
+            assert sum(rotating_share(total, runs, r, t / 10) for r in range(runs)) <= total
