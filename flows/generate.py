@@ -27,7 +27,7 @@ from ai_influencer.settings import Settings
 from flows.params import GenerateParams, Paths, current_params
 from tasks.clients import RUN_STOP, openrouter_client
 from tasks.generate import generate_image_task, release_ledger
-from tasks.limits import InflightPool, RunSeat, ensure_limit
+from tasks.limits import InflightPool, RunSeat, context_thread, ensure_limit
 from tasks.rate import RateDispatcher, SharedSlots
 
 INFLIGHT_LEASE_S = 60.0  # the server accepts >= 60 s
@@ -228,7 +228,7 @@ class ProgressReporter:
         self._shown = -1.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="generate-progress", daemon=True)
+        self._thread = context_thread(self._loop, "generate-progress")
         self._artifact: UUID | None = None
 
     def __enter__(self) -> ProgressReporter:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import threading
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -16,6 +18,19 @@ from prefect.settings import get_current_settings, temporary_settings
 
 from ai_influencer.pacing import StopFlag
 from tasks.prefect_compat import FILESYSTEM_LEASES, expired_filesystem_leases
+
+
+def context_thread(target: Callable[[], object], name: str) -> threading.Thread:
+    """A daemon thread that runs ``target`` inside a copy of the caller's context.
+
+    Why: Prefect keeps its settings (``temporary_settings``: the lease storage and API URL of the
+    embedded server), the flow run's logger and its client context in contextvars, which a plain
+    ``threading.Thread`` does not inherit. A background loop started that way saw Prefect's defaults:
+    ``reclaim_expired_leases`` found the in-memory lease storage there and silently freed nothing, so
+    a run resumed after a kill waited for the dead run's slots for good (seen in CI). Make the thread
+    where the context is set (``__init__``/``__enter__`` on the flow's thread).
+    """
+    return threading.Thread(target=contextvars.copy_context().run, args=(target,), name=name, daemon=True)
 
 
 def ensure_limit(name: str, limit: int, slot_decay_per_second: float = 0.0) -> tuple[str, int, float]:
@@ -57,6 +72,23 @@ def durable_local_leases() -> AbstractContextManager[Any]:
     return temporary_settings(updates={"server.concurrency.lease_storage": FILESYSTEM_LEASES})
 
 
+PAGE = 200  # the most global concurrency limits the server returns per call (more is a 422)
+
+
+def all_global_limits(client: SyncPrefectClient) -> list[Any]:
+    """Every global concurrency limit on the server, read a page at a time.
+
+    Why pages: a server with many limits (32 seats per shared limit, one per task tag) has more than
+    one page, and a seat missing from the first page would be a run nobody counts.
+    """
+    found: list[Any] = []
+    while True:
+        page = client.read_global_concurrency_limits(limit=PAGE, offset=len(found))
+        found.extend(page)
+        if len(page) < PAGE:
+            return found
+
+
 def reclaim_expired_leases(client: SyncPrefectClient) -> dict[str, int]:
     """Free the slots of expired concurrency leases kept on disk; returns the slots freed per limit name.
 
@@ -73,7 +105,7 @@ def reclaim_expired_leases(client: SyncPrefectClient) -> dict[str, int]:
     for lease_id, slots, limit_ids in expired_filesystem_leases():
         if slots and limit_ids:  # leases without limits (a task's tags match none) free nothing
             if names is None:
-                names = {g.id: g.name for g in client.read_global_concurrency_limits(limit=500)}
+                names = {g.id: g.name for g in all_global_limits(client)}
             for limit_id in limit_ids:
                 name = names.get(limit_id, str(limit_id))
                 freed[name] = freed.get(name, 0) + slots
@@ -84,6 +116,7 @@ def reclaim_expired_leases(client: SyncPrefectClient) -> dict[str, int]:
 # ---- sharing one provider limit among the runs of many workers ------------------------------------
 SEAT_PREFIX = "-seat-"
 REFRESH_S = 1.0
+RECLAIM_EVERY_S = 5.0  # how often a seat looks for expired leases while it shares (servers without a repossessor)
 
 
 class RunSeat:
@@ -126,7 +159,7 @@ class RunSeat:
         self._client: SyncPrefectClient | None = None
         self._lock = threading.Lock()
         self._halt = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"seat-{base}", daemon=True)
+        self._thread = context_thread(self._loop, f"seat-{base}")
 
     def seat_name(self, i: int) -> str:
         return f"{self.base}{SEAT_PREFIX}{i}"
@@ -160,10 +193,7 @@ class RunSeat:
         while True:
             if self.stop is not None:
                 self.stop.check()
-            freed = reclaim_expired_leases(self._client)
-            if freed and self.logger is not None:
-                said = ", ".join(f"{n}: {k}" for n, k in sorted(freed.items()))
-                self.logger.info("freed slots whose lease expired (a killed run held them): %s", said)
+            self._log_freed(reclaim_expired_leases(self._client))
             for i in range(self.max_seats):
                 ensure_limit(self.seat_name(i), 1)
                 try:
@@ -182,11 +212,15 @@ class RunSeat:
             waiting = True
             time.sleep(REFRESH_S)
 
+    def _log_freed(self, freed: dict[str, int]) -> None:
+        if freed and self.logger is not None:
+            said = ", ".join(f"{n}: {k}" for n, k in sorted(freed.items()))
+            self.logger.info("freed slots whose lease expired (a killed run held them): %s", said)
+
     def refresh(self) -> None:
         """Read every limit once; recount the runs and this run's rank."""
         assert self._client is not None
-        found = self._client.read_global_concurrency_limits(limit=200)
-        limits = {g.name: (int(g.limit), float(g.active_slots)) for g in found}
+        limits = {g.name: (int(g.limit), float(g.active_slots)) for g in all_global_limits(self._client)}
         prefix = self.base + SEAT_PREFIX
         active = sorted(int(n[len(prefix) :]) for n, (_, used) in limits.items() if n.startswith(prefix) and used >= 1)
         if self.index not in active:
@@ -216,12 +250,17 @@ class RunSeat:
 
     def _loop(self) -> None:
         assert self._client is not None
-        renewed = time.monotonic()
+        renewed = reclaimed = time.monotonic()
         while not self._halt.wait(REFRESH_S):
             try:
                 if time.monotonic() - renewed > self.lease_s / 4:
                     self._client.renew_concurrency_lease(self.lease_id, self.lease_s)
                     renewed = time.monotonic()
+                if self.runs > 1 and time.monotonic() - reclaimed > RECLAIM_EVERY_S:
+                    # A killed run's seat would halve this run's share until the end on a server
+                    # without a repossessor, even when no in-flight slot is missing.
+                    reclaimed = time.monotonic()
+                    self._log_freed(reclaim_expired_leases(self._client))
                 self.refresh()
             except Exception as error:  # a slow or restarting server: keep the last shares, try again
                 if self.logger is not None:
@@ -258,7 +297,7 @@ class InflightPool:
         self._cond = threading.Condition()
         self._halt = threading.Event()
         self._client: SyncPrefectClient | None = None
-        self._thread = threading.Thread(target=self._loop, name=f"inflight-{name}", daemon=True)
+        self._thread = context_thread(self._loop, f"inflight-{name}")
 
     def __enter__(self) -> InflightPool:
         self._client = get_client(sync_client=True).__enter__()
@@ -345,10 +384,7 @@ class InflightPool:
             return
         self._reclaimed_at = now
         assert self._client is not None
-        freed = reclaim_expired_leases(self._client)
-        if freed and self.seat.logger is not None:
-            said = ", ".join(f"{n}: {k}" for n, k in sorted(freed.items()))
-            self.seat.logger.info("freed slots whose lease expired (a killed run held them): %s", said)
+        self.seat._log_freed(reclaim_expired_leases(self._client))
 
     def _loop(self) -> None:
         assert self._client is not None

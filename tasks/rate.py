@@ -16,7 +16,7 @@ from typing import ClassVar
 from prefect.client.orchestration import SyncPrefectClient, get_client
 
 from ai_influencer.pacing import SEND_SAFETY, AdaptiveRate, SendClock, requests_per_second
-from tasks.limits import InflightPool, RunSeat
+from tasks.limits import InflightPool, RunSeat, context_thread
 from tasks.prefect_compat import post_increment
 
 # Sends of this process, per rate limit (every task thread of a flow process shares it).
@@ -121,7 +121,7 @@ class RateDispatcher:
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._client: SyncPrefectClient | None = None
-        self._thread = threading.Thread(target=self._refill_loop, name=f"rate-slots-{name}", daemon=True)
+        self._thread = context_thread(self._refill_loop, f"rate-slots-{name}")
 
     _active: ClassVar[dict[str, RateDispatcher]] = {}
     _active_lock: ClassVar[threading.Lock] = threading.Lock()
