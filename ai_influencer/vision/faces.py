@@ -82,6 +82,10 @@ class Scorer(Protocol):
         """Calibrated 0..1, higher is more similar; >= 0.34 means same person on this backend (module doc)."""
         ...
 
+    def identity_scores(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``identity_score`` of every row of ``a`` against every row of ``b``, as a matrix."""
+        ...
+
 
 @runtime_checkable
 class FaceEngine(Scorer, Protocol):
@@ -98,9 +102,23 @@ class DlibScoring:
     def centroid(self, embeddings: list[np.ndarray]) -> np.ndarray:
         return np.mean(np.stack(embeddings), axis=0)
 
+    def _score(self, distance: np.ndarray) -> np.ndarray:
+        return np.clip(1.0 - (1.0 - MINSIM_DEFAULT) * distance / DLIB_SAME_PERSON_DISTANCE, 0.0, 1.0)
+
     def identity_score(self, embedding: np.ndarray, reference: np.ndarray) -> float:
-        distance = float(np.linalg.norm(embedding - reference))
-        return float(np.clip(1.0 - (1.0 - MINSIM_DEFAULT) * distance / DLIB_SAME_PERSON_DISTANCE, 0.0, 1.0))
+        return float(self._score(np.asarray(np.linalg.norm(embedding - reference))))
+
+    def identity_scores(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Every row of ``a`` against every row of ``b`` (an ``len(a) x len(b)`` matrix).
+
+        Why a matrix: QC compares every candidate with every impostor and every possible copy, and
+        one call per pair made ``decide`` quadratic in Python (2 s for 1000 images, measured). The
+        squared distance is expanded as ``|a|^2 + |b|^2 - 2 a.b`` (one BLAS product); descriptors
+        have norms near 1, so float64 rounding stays below 1e-12 of a distance.
+        """
+        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        squared = (a * a).sum(axis=1)[:, None] + (b * b).sum(axis=1)[None, :] - 2.0 * (a @ b.T)
+        return self._score(np.sqrt(np.maximum(squared, 0.0)))
 
 
 class CosineScoring:
@@ -110,11 +128,21 @@ class CosineScoring:
         mean = np.mean(np.stack(embeddings), axis=0)
         return mean / (np.linalg.norm(mean) or 1.0)
 
+    def _score(self, cosine: np.ndarray) -> np.ndarray:
+        scaled = 1.0 - (1.0 - MINSIM_DEFAULT) * (1.0 - cosine) / (1.0 - INSIGHTFACE_SAME_PERSON_COSINE)
+        return np.clip(scaled, 0.0, 1.0)
+
     def identity_score(self, embedding: np.ndarray, reference: np.ndarray) -> float:
         denom = float(np.linalg.norm(embedding) * np.linalg.norm(reference)) or 1.0
-        cosine = float(np.dot(embedding, reference) / denom)
-        scaled = 1.0 - (1.0 - MINSIM_DEFAULT) * (1.0 - cosine) / (1.0 - INSIGHTFACE_SAME_PERSON_COSINE)
-        return float(np.clip(scaled, 0.0, 1.0))
+        return float(self._score(np.asarray(float(np.dot(embedding, reference) / denom))))
+
+    def identity_scores(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Every row of ``a`` against every row of ``b`` (see ``DlibScoring.identity_scores``)."""
+        na = np.linalg.norm(a, axis=1, keepdims=True)
+        nb = np.linalg.norm(b, axis=1, keepdims=True)
+        denom = na @ nb.T
+        denom[denom == 0] = 1.0
+        return self._score((a @ b.T) / denom)
 
 
 def largest(faces: list[Face]) -> Face | None:

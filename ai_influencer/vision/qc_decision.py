@@ -91,11 +91,6 @@ def references_needed(n: int) -> int:
     return n if n <= 2 else max(2, math.ceil(2 * n / 3))
 
 
-def _hash_distance(a: str, b: str) -> int:
-    """Hamming distance of two 64-bit pHashes in hex (what imagehash's ``-`` gives, without building objects:
-    duplicate grouping compares every pair)."""
-    return (int(a, 16) ^ int(b, 16)).bit_count()
-
 
 @dataclass
 class _Identity:
@@ -137,11 +132,11 @@ def decide(
     references = _References.build(refs, scorer, th)
     cands = sorted(candidates, key=lambda a: a.path.name)
     ident = {a.path.name: references.identity(scorer, a.embedding, th) for a in cands if a.embedding is not None}
-    impostors = _impostors(cands, ident, th)
+    nearest = _nearest_impostors(cands, _impostors(cands, ident, th), scorer, th)
     rows: dict[str, QCRow] = {}
     persona: list[Analysis] = []  # the persona alone in the picture: candidates for their groups of copies
     for a in cands:
-        rows[a.path.name], alone = _judge(a, ident.get(a.path.name), impostors, references, scorer, th)
+        rows[a.path.name], alone = _judge(a, ident.get(a.path.name), nearest.get(a.path.name), references, th)
         if alone:
             persona.append(a)
     _reject_copies(rows, persona, scorer, th)
@@ -160,9 +155,8 @@ def _impostors(cands: list[Analysis], ident: dict[str, _Identity], th: QCThresho
 def _judge(
     a: Analysis,
     idn: _Identity | None,
-    impostors: list[Analysis],
+    impostor: tuple[Analysis, float] | None,
     references: _References,
-    scorer: Scorer,
     th: QCThresholds,
 ) -> tuple[QCRow, bool]:
     """One candidate's row before duplicates are grouped, and whether it shows the persona alone."""
@@ -183,7 +177,7 @@ def _judge(
         face_px=a.face_px,
         compression=quality_label(a),
     )
-    nearest, nearest_score = _nearest_impostor(a, impostors, scorer, th)
+    nearest, nearest_score = impostor if impostor is not None else (None, -1.0)
     if nearest is not None:
         row.nearest_impostor = nearest.path.name
         row.impostor_score = round(nearest_score, 4)
@@ -200,20 +194,39 @@ def _judge(
     return row, alone
 
 
-def _nearest_impostor(
-    a: Analysis, impostors: list[Analysis], scorer: Scorer, th: QCThresholds
-) -> tuple[Analysis | None, float]:
-    """The judged-someone-else face closest to ``a``, and its score (-1 when there is none)."""
-    assert a.embedding is not None
-    nearest, nearest_score = None, -1.0
-    for d in impostors:
-        if d is a or _hash_distance(a.phash, d.phash) <= th.dup_hash_distance:
-            continue  # another copy of this very picture is not another person
-        assert d.embedding is not None
-        s = scorer.identity_score(a.embedding, d.embedding)
-        if s > nearest_score:
-            nearest, nearest_score = d, s
-    return nearest, nearest_score
+def _phashes(analyses: list[Analysis]) -> np.ndarray:
+    return np.array([int(a.phash or "0", 16) for a in analyses], dtype=np.uint64)
+
+
+def _hash_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamming distances of two vectors of 64-bit pHashes, every pair (a ``len(a) x len(b)`` matrix)."""
+    return np.bitwise_count(a[:, None] ^ b[None, :])
+
+
+def _nearest_impostors(
+    cands: list[Analysis], impostors: list[Analysis], scorer: Scorer, th: QCThresholds
+) -> dict[str, tuple[Analysis, float]]:
+    """Per candidate with a face, the judged-someone-else face closest to it and its score (none: absent).
+
+    Another copy of the candidate's own picture (pHash within ``dup_hash_distance``) is not another
+    person. All pairs in two matrix operations; ties go to the first impostor by name, as before.
+    """
+    faced = [a for a in cands if a.embedding is not None]
+    if not faced or not impostors:
+        return {}
+    scores = scorer.identity_scores(np.stack([a.embedding for a in faced]), np.stack([d.embedding for d in impostors]))
+    skip = _hash_distances(_phashes(faced), _phashes(impostors)) <= th.dup_hash_distance
+    position = {id(d): j for j, d in enumerate(impostors)}
+    for i, a in enumerate(faced):
+        if id(a) in position:
+            skip[i, position[id(a)]] = True
+    scores = np.where(skip, -np.inf, scores)
+    best = np.argmax(scores, axis=1)
+    return {
+        a.path.name: (impostors[int(j)], float(scores[i, j]))
+        for i, (a, j) in enumerate(zip(faced, best, strict=True))
+        if np.isfinite(scores[i, j])
+    }
 
 
 def _identity_reason(
@@ -256,8 +269,24 @@ def _reject_copies(rows: dict[str, QCRow], persona: list[Analysis], scorer: Scor
 
 
 def _duplicate_groups(passing: list[Analysis], scorer: Scorer, th: QCThresholds) -> list[list[Analysis]]:
-    """Connected groups of copies (union-find over every pair: no first-come order; input sorted by name)."""
-    parent = list(range(len(passing)))
+    """Connected groups of copies (union-find over every pair: no first-come order; input sorted by name).
+
+    A pair is one picture when its pixels are identical, its pHashes are within ``SAME_PICTURE_BITS``,
+    or they are within ``dup_hash_distance`` and the faces score ``dup_min_score`` against each other.
+    Every pair is tested with matrix operations (one Python call per pair made this quadratic).
+    """
+    n = len(passing)
+    if n < 2:
+        return []
+    bits = _hash_distances(_phashes(passing), _phashes(passing))
+    codes = {h: i for i, h in enumerate(sorted({a.pixel_hash for a in passing}))}
+    pixels = np.array([codes[a.pixel_hash] for a in passing])
+    same = (pixels[:, None] == pixels[None, :]) | (bits <= min(SAME_PICTURE_BITS, th.dup_hash_distance))
+    close = (bits <= th.dup_hash_distance) & ~same
+    if close.any():
+        emb = np.stack([a.embedding for a in passing])  # type: ignore[misc]  # persona: all have faces
+        same |= close & (scorer.identity_scores(emb, emb) >= th.dup_min_score)
+    parent = list(range(n))
 
     def root(i: int) -> int:
         while parent[i] != i:
@@ -265,16 +294,8 @@ def _duplicate_groups(passing: list[Analysis], scorer: Scorer, th: QCThresholds)
             i = parent[i]
         return i
 
-    for i, a in enumerate(passing):
-        for j in range(i + 1, len(passing)):
-            b = passing[j]
-            bits = _hash_distance(a.phash, b.phash)
-            same = a.pixel_hash == b.pixel_hash or bits <= min(SAME_PICTURE_BITS, th.dup_hash_distance)
-            if not same and bits <= th.dup_hash_distance:
-                assert a.embedding is not None and b.embedding is not None
-                same = scorer.identity_score(a.embedding, b.embedding) >= th.dup_min_score
-            if same:
-                parent[root(j)] = root(i)
+    for i, j in np.argwhere(np.triu(same, k=1)):
+        parent[root(int(j))] = root(int(i))
     groups: dict[int, list[Analysis]] = {}
     for i, a in enumerate(passing):
         groups.setdefault(root(i), []).append(a)
