@@ -50,6 +50,7 @@ def qc_flow(params: QCParams = QCParams(), paths: Paths = Paths()) -> dict:
         p.minblur,
         p.max_faces,
         p.backend,
+        str(ws.qc_cache),
         log=get_run_logger().info,
     )
     print(f"qc: {_shown(summary)}")

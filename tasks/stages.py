@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from ai_influencer import usecases
 from ai_influencer.settings import Settings
-from ai_influencer.vision.qc import REPORT_FIELDS
+from ai_influencer.vision.qc import REPORT_FIELDS, QCResult
 from tasks.artifacts import ProgressArtifact, sheet_markdown
 from tasks.caching import fingerprint, outputs_record
 from tasks.clients import openrouter_client
@@ -54,7 +54,14 @@ def _qc_key(context: Any, p: dict[str, Any]) -> str:
 
 @task(name="qc", tags=["vision", "qc"], cache_key_fn=_qc_key, persist_result=True, **RETRY)
 def qc_task(
-    ref_dir: str, cand_dir: str, out_dir: str, minsim: float, minblur: float, max_faces: int, backend: str
+    ref_dir: str,
+    cand_dir: str,
+    out_dir: str,
+    minsim: float,
+    minblur: float,
+    max_faces: int,
+    backend: str,
+    cache_dir: str | None = None,
 ) -> dict:
     result = usecases.qc(
         Settings(),
@@ -66,7 +73,13 @@ def qc_task(
         max_faces=max_faces,
         backend=backend,
         on_progress=ProgressArtifact("qc-progress", "QC: images analysed"),
+        cache_dir=Path(cache_dir) if cache_dir else None,
     )
+    return publish_qc(result, minsim, minblur)
+
+
+def publish_qc(result: QCResult, minsim: float, minblur: float) -> dict:
+    """QC's artifacts (verdict table, contact sheet) and the stage's summary, batch or streamed alike."""
     create_table_artifact(
         [{k: getattr(r, k) for k in REPORT_FIELDS} for r in result.rows],
         key="qc-report",

@@ -63,6 +63,11 @@ class Workspace:
         return self.qc_passed / REPORT_NAME
 
     @property
+    def qc_cache(self) -> Path:
+        """QC's per-image analyses by content (``vision.qc_pool``): no image is checked twice."""
+        return self.data_root / ".cache" / "qc"
+
+    @property
     def augment(self) -> Path:
         return self.data_root / "augment"
 

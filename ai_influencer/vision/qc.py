@@ -27,7 +27,7 @@ from ai_influencer.dataset.workspace import REPORT_NAME
 from ai_influencer.io import atomic_write_bytes
 from ai_influencer.vision.faces import MINSIM_DEFAULT, FaceEngine, Scorer, scorer_for
 from ai_influencer.vision.image_io import DEFAULT_MAX_PIXELS, list_images
-from ai_influencer.vision.qc_analysis import THUMB, Analysis, EngineSpec, ProgressCallback, analyze, analyze_many
+from ai_influencer.vision.qc_analysis import THUMB, Analysis, EngineSpec, ProgressCallback, analyze
 from ai_influencer.vision.qc_decision import (
     BYTES_TOLERANCE,
     DETAIL_TOLERANCE,
@@ -39,6 +39,7 @@ from ai_influencer.vision.qc_decision import (
     reference_centroid,
     references_needed,
 )
+from ai_influencer.vision.qc_pool import AnalysisCache, AnalysisPool, analyze_many
 from ai_influencer.vision.qc_report import (
     EVIDENCE_FIELDS,
     LEGACY_FIELDS,
@@ -62,14 +63,19 @@ __all__ = [
     "SHEET_NAME",
     "THUMB",
     "Analysis",
+    "AnalysisCache",
+    "AnalysisPool",
     "EngineSpec",
     "ProgressCallback",
     "QCResult",
     "QCRow",
     "QCThresholds",
+    "analysis_cache",
     "analyze",
     "analyze_many",
     "decide",
+    "engine_parts",
+    "publish",
     "read_report",
     "reference_centroid",
     "references_needed",
@@ -113,8 +119,13 @@ def run_qc(
     workers: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     on_progress: ProgressCallback | None = None,
+    cache_dir: Path | None = None,
 ) -> QCResult:
-    """Score, filter and dedupe ``cand_dir`` against ``ref_dir``; copy the approved to ``out_dir``."""
+    """Score, filter and dedupe ``cand_dir`` against ``ref_dir``; copy the approved to ``out_dir``.
+
+    With ``cache_dir`` every analysis is stored by the image's content (``qc_pool.AnalysisCache``):
+    images checked before, by this stage or by a streamed QC, are not analysed again.
+    """
     th = QCThresholds(
         minsim=minsim,
         minblur=minblur,
@@ -123,14 +134,10 @@ def run_qc(
         dup_hash_distance=dup_hash_distance,
         dup_min_score=dup_min_score,
     ).validate()  # before any work: a typo like --minsim 34 fails at once
-    if engine is None and spec is None:
-        spec = EngineSpec()
-    if engine is not None:
-        spec = None  # an engine object given by the caller is used in-process
-    # Scoring is pure numpy: the parent needs no loaded models when workers do the detection.
-    scorer: Scorer = engine or scorer_for(spec.resolved_backend() if spec else "dlib")
+    spec, scorer = engine_parts(engine, spec)
     workers = os.cpu_count() or 1 if workers is None else workers
     ref_paths, cand_paths = list_images(ref_dir), list_images(cand_dir)
+    cache = analysis_cache(cache_dir, engine, spec, max_pixels)
     # References and candidates go through one pool: no serial phase before the workers start.
     everything = analyze_many(
         ref_paths + cand_paths,
@@ -139,17 +146,51 @@ def run_qc(
         workers=workers,
         max_pixels=max_pixels,
         on_progress=on_progress,
+        cache=cache,
     )
     refs, analyses = everything[: len(ref_paths)], everything[len(ref_paths) :]
-    verdicts, n_refs = decide(refs, analyses, scorer, th)
+    return publish(refs, analyses, cand_dir, out_dir, scorer, th)
 
-    accepted = sorted(p for p in cand_paths if verdicts[p.name].verdict == "accepted")
+
+def engine_parts(engine: FaceEngine | None, spec: EngineSpec | None) -> tuple[EngineSpec | None, Scorer]:
+    """The worker recipe (None when the caller's engine object is used in-process) and the scorer."""
+    if engine is not None:
+        return None, engine
+    spec = spec or EngineSpec()
+    # Scoring is pure numpy: the parent needs no loaded models when workers do the detection.
+    return spec, scorer_for(spec.resolved_backend())
+
+
+def analysis_cache(
+    cache_dir: Path | None, engine: FaceEngine | None, spec: EngineSpec | None, max_pixels: int
+) -> AnalysisCache | None:
+    """The store for this face backend; none for an engine object of unknown make (tests' fakes)."""
+    if cache_dir is None:
+        return None
+    backend = spec.resolved_backend() if spec is not None else getattr(engine, "name", None)
+    return AnalysisCache(cache_dir, backend, max_pixels) if isinstance(backend, str) and backend else None
+
+
+def publish(
+    refs: list[Analysis],
+    analyses: list[Analysis],
+    cand_dir: Path,
+    out_dir: Path,
+    scorer: Scorer,
+    th: QCThresholds,
+) -> QCResult:
+    """Decide over every analysis, then write what QC gives users: the accepted images (and sidecars) in
+    ``out_dir``, ``qc_report.csv`` and the contact sheet. Batch and streamed QC both end here."""
+    verdicts, n_refs = decide(refs, analyses, scorer, th)
+    by_name = {a.path.name: a for a in analyses}
+    names = sorted(by_name)
+    accepted = [cand_dir / n for n in names if verdicts[n].verdict == "accepted"]
     _mirror_accepted(accepted, out_dir)
-    ordered = [verdicts[p.name] for p in cand_paths]
+    ordered = [verdicts[n] for n in names]
     report = write_report(ordered, out_dir / REPORT_NAME)
-    thumbs = {a.path.name: a.thumbnail for a in analyses}
     tiles = [
-        Tile(cand_dir / r.file, tile_label(r), r.verdict == "accepted", thumbs.get(r.file) or None) for r in ordered
+        Tile(cand_dir / r.file, tile_label(r), r.verdict == "accepted", by_name[r.file].thumbnail or None)
+        for r in ordered
     ]
     sheet = render_contact_sheet(
         [("ACCEPTED", [t for t in tiles if t.ok]), ("REJECTED", [t for t in tiles if not t.ok])],

@@ -2,16 +2,15 @@
 
 Faces, the largest face's embedding, sharpness, detail, perceptual and pixel hashes and file compression
 depend on the image and nothing else, so they can be measured in any order, in worker processes (each
-holding its own face engine), or one by one as images arrive: the verdicts come later, from
-``qc_decision.decide`` over the whole batch.
+holding its own face engine, see ``qc_pool``), or one by one as images arrive: the verdicts come later,
+from ``qc_decision.decide`` over the whole batch.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,38 +127,12 @@ def quality_label(a: Analysis) -> str:
 _worker_engine: FaceEngine | None = None
 
 
-def _init_worker(spec: EngineSpec) -> None:
+def init_worker(spec: EngineSpec) -> None:
+    """In a worker process of ``qc_pool.AnalysisPool``: its own face engine, built once."""
     global _worker_engine
     _worker_engine = spec.build()
 
 
-def _analyze_in_worker(args: tuple[Path, int]) -> Analysis:
+def analyze_in_worker(args: tuple[Path, int]) -> Analysis:
     assert _worker_engine is not None
     return analyze(_worker_engine, *args)
-
-
-def analyze_many(
-    paths: list[Path],
-    *,
-    engine: FaceEngine | None,
-    spec: EngineSpec | None,
-    workers: int,
-    max_pixels: int,
-    on_progress: ProgressCallback | None = None,
-) -> list[Analysis]:
-    """Analyses in ``paths`` order; ``on_progress`` after each one (in the calling process)."""
-    out: list[Analysis] = []
-
-    def collect(results: Iterable[Analysis]) -> list[Analysis]:
-        for a in results:
-            out.append(a)
-            if on_progress is not None:
-                on_progress(len(out), len(paths), a.path.name)
-        return out
-
-    if workers <= 1 or len(paths) < 4 or spec is None:
-        eng = engine or (spec or EngineSpec()).build()
-        return collect(analyze(eng, p, max_pixels) for p in paths)
-    workers = min(workers, len(paths))
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(spec,)) as pool:
-        return collect(pool.map(_analyze_in_worker, [(p, max_pixels) for p in paths], chunksize=1))

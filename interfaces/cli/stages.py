@@ -215,7 +215,7 @@ def qc(
             task = bar.add_task("images", total=None, file="")
             result = usecases.qc(
                 settings(), ref or ws.cleaned, cand or ws.synth, out_dir or ws.qc_passed, minsim=minsim,
-                minblur=minblur, max_faces=max_faces, backend=backend, workers=workers,
+                minblur=minblur, max_faces=max_faces, backend=backend, workers=workers, cache_dir=ws.qc_cache,
                 on_progress=lambda done, total, name: bar.update(task, completed=done, total=total, file=name),
             )  # fmt: skip
         counts = result.counts
