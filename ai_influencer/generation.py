@@ -290,6 +290,22 @@ class LocalSlots:
         return time.monotonic()
 
 
+class Window(Protocol):
+    """Admission before the in-flight slot (see ``dispatch``)."""
+
+    def enter(self) -> None: ...
+
+    def leave(self) -> None: ...
+
+
+def _give_back(slots: Slots, window: Window | None, *, acquired: bool) -> None:
+    """A request that will not be submitted returns what it took."""
+    if acquired:
+        slots.release()
+    if window is not None:
+        window.leave()
+
+
 @dataclass
 class Dispatched:
     results: list[Any]  # of the submitted requests, in submission order (failed ones left out)
@@ -305,13 +321,15 @@ def dispatch(
     stop: StopFlag | None = None,
     keep_going: Callable[[], bool] | None = None,
     on_done: Callable[[FutureLike], None] | None = None,
+    window: Window | None = None,
 ) -> Dispatched:
     """The generation engine's loop, the same for the CLI and the Prefect flow.
 
     Each request is submitted only once it holds an in-flight slot and has its send time, so a stop
     (``stop``: a signal) or an end (``keep_going`` returning False: a budget refused, a fatal error,
     enough images accepted) takes effect before anything else is paid; requests already submitted
-    finish and are kept.
+    finish and are kept. ``window`` (generate-until-N, ``qc_stream.UntilAccepted``) is entered before
+    the slot; its ``on_done`` leaves it once the image is checked.
     """
     futures: list[FutureLike] = []
     slots.demand = len(todo)
@@ -319,11 +337,21 @@ def dispatch(
         for request in todo:
             if keep_going is not None and not keep_going():
                 break
-            slots.acquire()
-            if (stop is not None and stop.is_set()) or (keep_going is not None and not keep_going()):
-                slots.release()
+            if window is not None:
+                window.enter()
+            acquired = False
+            try:
+                slots.acquire()
+                acquired = True
+                ending = (stop is not None and stop.is_set()) or (keep_going is not None and not keep_going())
+                send_at = None if ending else slots.next_send_time()
+            except BaseException:
+                _give_back(slots, window, acquired=acquired)
+                raise
+            if send_at is None:
+                _give_back(slots, window, acquired=True)
                 break
-            future = submit(request, slots.next_send_time())
+            future = submit(request, send_at)
 
             def done(f: FutureLike) -> None:
                 slots.release()
