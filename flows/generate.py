@@ -9,6 +9,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -24,11 +25,13 @@ from ai_influencer.dataset.workspace import Workspace
 from ai_influencer.generation import Dispatched, ImageRequest, dispatch, preflight
 from ai_influencer.pacing import AdaptiveRate, PacingStats, StopRequested, drain_on_signals, rate_limit_capacity
 from ai_influencer.settings import Settings
+from ai_influencer.vision.qc_stream import StreamingQC, UntilAccepted
 from flows.params import GenerateParams, Paths, current_params
 from tasks.clients import RUN_STOP, openrouter_client
 from tasks.generate import generate_image_task, release_ledger
 from tasks.limits import InflightPool, RunSeat, context_thread, ensure_limit
 from tasks.rate import RateDispatcher, SharedSlots
+from tasks.streaming import stream_for
 
 INFLIGHT_LEASE_S = 60.0  # the server accepts >= 60 s
 
@@ -100,6 +103,7 @@ class _Run:
         self.estimate, self.rate, self.burst, self.max_inflight = estimate, rate, burst, max_inflight
         self.logger = get_run_logger()
         self.pacing = PacingStats()
+        self.until: UntilAccepted | None = None
 
     def execute(self) -> dict:
         done = Dispatched([], [], list(self.plan.todo))
@@ -130,15 +134,37 @@ class _Run:
                     "%d runs share %s: this one sends up to %.0f req/s (seat %d)",
                     seat.runs, lim.rate_limit_name, dispatcher.share_rate(), seat.index,
                 )  # fmt: skip
+            checks = self._checks(progress)
             done = dispatch(
                 todo,
                 submit=self._submit(dispatcher),
                 slots=SharedSlots(pool, dispatcher),
                 stop=RUN_STOP,
-                on_done=lambda _f: progress.one_done(),
+                on_done=checks.on_done,
+                keep_going=self.until.keep_going if self.until is not None else None,
+                window=self.until,
             )
             self.pacing = dispatcher.adaptive.finish()
         return done
+
+    def _checks(self, progress: ProgressReporter) -> _Checks:
+        """What happens to each finished request: progress, and with a QC stream open on this folder
+        (the hybrid flow, generate-until-N) its image is checked at once; with a target, dispatch stops
+        once enough images pass (``UntilAccepted``)."""
+        link = stream_for(self.ws.synth)
+        if link is not None and link.target:
+            self.until = UntilAccepted(link.stream, link.target, self.max_inflight, self._produced, stop=RUN_STOP)
+            self.logger.info(
+                "QC checks each image as it arrives; dispatch stops once %d pass (at most %d unchecked)",
+                link.target, self.max_inflight,
+            )  # fmt: skip
+        return _Checks(progress, link.stream if link is not None else None, self.until, self._produced)
+
+    def _produced(self, result: object) -> tuple[Path, bool] | None:
+        """The image a finished request left in the output folder, and whether it was paid for now."""
+        if isinstance(result, dict) and result.get("file") and result.get("status") in PRODUCED:
+            return self.ws.synth / str(result["file"]), result["status"] == "generated"
+        return None
 
     def _submit(self, dispatcher: RateDispatcher) -> Callable[[ImageRequest, float], Any]:
         lim, refs = self.params.limits, [str(p) for p in self.plan.references]
@@ -167,6 +193,7 @@ class _Run:
             description=f"Cost of this run (budget: {self.params.budget_usd}); "
             f"manifest total ${manifest['total_cost_usd']}",
         )
+        reached = self.until is not None and not RUN_STOP.is_set() and not self.until.keep_going()
         summary = {
             "requested": len(self.plan.requests),
             "already_done": self.plan.already_done,
@@ -174,7 +201,8 @@ class _Run:
             "failed": len(done.errors),
             "stopped_by_budget": sum(r["status"] == "budget" for r in results),
             "not_sent_after_fatal_error": halted,
-            "not_sent_after_stop": sum(r["status"] == "stopped" for r in results) + len(done.not_sent),
+            "not_sent_after_stop": sum(r["status"] == "stopped" for r in results)
+            + (0 if reached else len(done.not_sent)),
             "stopped_by": RUN_STOP.reason,
             "spent_usd": spent,
             "unpriced": sum(bool(r.get("unpriced")) for r in paid),
@@ -182,6 +210,13 @@ class _Run:
             "settled_rate_per_s": round(self.pacing.settled_rate, 3) if self.pacing.settled_rate else None,
             "manifest_count": manifest["count"],
         }
+        if self.until is not None:
+            summary.update(
+                target_accepted=self.until.target,
+                accepted=self.until.stream.accepted(),
+                not_sent_after_target=len(done.not_sent) if reached else 0,
+                overshoot=self.until.overshoot,  # paid beyond the image that reached the target
+            )
         print(f"generation summary: {summary}")
         if self.pacing.decreases:
             self.logger.warning(
@@ -194,6 +229,35 @@ class _Run:
                 f"{halted} requests were not sent)"
             )
         return summary
+
+
+PRODUCED = ("generated", "skipped", "recovered")
+
+
+class _Checks:
+    """The dispatch's ``on_done``: progress, then the image to the QC stream (directly, not waiting for
+    the stream's folder watcher) or, with a target, through ``UntilAccepted``."""
+
+    def __init__(
+        self,
+        progress: ProgressReporter,
+        stream: StreamingQC | None,
+        until: UntilAccepted | None,
+        produced: Callable[[object], tuple[Path, bool] | None],
+    ) -> None:
+        self.progress, self.stream, self.until, self.produced = progress, stream, until, produced
+
+    def on_done(self, future: Any) -> None:
+        self.progress.one_done()
+        if self.until is not None:
+            self.until.on_done(future)
+        elif self.stream is not None:
+            try:
+                image = self.produced(future.result())
+            except Exception:  # a failed request: nothing to check
+                image = None
+            if image is not None:
+                self.stream.feed(image[0])
 
 
 @contextmanager

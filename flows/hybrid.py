@@ -2,7 +2,11 @@
 
 Stages run as subflows so each appears in the UI with its own state, logs and
 artifacts, and a re-run of the whole pipeline skips finished work stage by
-stage (content-addressed images, cached plan/QC/augment).
+stage (content-addressed images, cached plan/QC/augment, per-image QC analyses).
+With ``streaming`` (the default) generate and QC overlap: QC is a task that checks
+each image as the generate subflow writes it, and gives the verdicts batch QC would.
+Augment waits for QC's end: a later image can still replace an accepted one as its
+better copy.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from flows.generate import generate_flow
 from flows.params import HybridParams, current_params
 from flows.rounds import generate_until_flow
 from flows.stages import augment_flow, evaluate_flow, plan_flow, prepare_flow, qc_flow, train_flow
+from flows.streaming import streamed_qc
 from tasks.stages import analytics_task
 
 
@@ -25,7 +30,8 @@ def _name() -> str:
 
 @flow(name="hybrid", flow_run_name=_name, log_prints=True)
 def hybrid_flow(params: HybridParams = HybridParams()) -> dict:
-    p = params.resolve(Settings())
+    s = Settings()
+    p = params.resolve(s)
     ws = p.paths.workspace()
     out: dict[str, object] = {}
     if p.run_prepare:
@@ -34,11 +40,15 @@ def hybrid_flow(params: HybridParams = HybridParams()) -> dict:
         out["plan"] = plan_flow(p.plan, p.paths)
     if p.run_generate and p.target_accepted:
         out["generate"] = generate_until_flow(
-            p.target_accepted, p.generate, p.qc, p.paths, p.max_rounds, p.downweight_failing
+            p.target_accepted, p.generate, p.qc, p.paths, p.max_rounds, p.downweight_failing, p.streaming
         )
+    elif p.run_generate and p.run_qc and p.streaming:
+        with streamed_qc(p.qc, p.paths, s) as box:  # QC checks each image as it is generated
+            out["generate"] = generate_flow(p.generate, p.paths)
+        out["qc"] = box.qc
     elif p.run_generate:
         out["generate"] = generate_flow(p.generate, p.paths)
-    if p.run_qc and not (p.run_generate and p.target_accepted):  # the rounds already ran QC
+    if p.run_qc and "qc" not in out and not (p.run_generate and p.target_accepted):  # the rounds ran QC
         out["qc"] = qc_flow(p.qc, p.paths)
     if p.run_qc or (p.run_generate and p.target_accepted):
         out["analytics"] = analytics_task(str(ws.synth), str(ws.qc_report))

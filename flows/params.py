@@ -195,8 +195,12 @@ class HybridParams(RunParams):
     run_generate: bool = True
     run_qc: bool = True
     run_augment: bool = True
+    streaming: bool = Field(
+        default=True,
+        description="QC checks each image as it is generated (the same verdicts as QC afterwards, sooner).",
+    )
     target_accepted: int | None = Field(
-        default=None, ge=1, description="Keep generating in rounds until this many images pass QC."
+        default=None, ge=1, description="Generate until this many images pass QC (streamed: stops paying at once)."
     )
     max_rounds: int = Field(default=5, ge=1, le=100, description="Round cap for target_accepted.")
     downweight_failing: bool = Field(

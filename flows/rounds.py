@@ -1,21 +1,30 @@
-"""Generate-until-N-accepted: rounds of generation + QC until enough images pass or a cap is hit.
+"""Generate-until-N-accepted: generation + QC until enough images pass or a cap is hit.
 
-Round r composes prompts with seed ``seed + r`` (new prompt combinations, while a
-re-run of the same round finds its images on disk and pays nothing). The budget
-is shared by all rounds; each round's generate flow checks it before every paid
-call, and the loop stops when it is spent. With ``downweight_failing`` the next
-round samples from a copy of the prompt bank in which values that kept failing
-QC have half their weight (data/text/prompt_bank.adjusted.yaml).
+Streamed (the default), QC checks each image as it arrives and dispatch stops the moment ``target``
+images pass (``qc_stream.UntilAccepted``): at most the in-flight window is paid beyond the target, and
+a round ends early instead of paying for the rest of its prompts. A new round starts only when a
+round's prompts ran out before the target was met. Unstreamed, each round generates everything, then
+runs QC over the folder, then decides.
+
+Round r composes prompts with seed ``seed + r`` (new prompt combinations, while a re-run of the same
+round finds its images on disk and pays nothing). The budget is shared by all rounds; each round's
+generate flow checks it before every paid call, and the loop stops when it is spent. With
+``downweight_failing`` the next round samples from a copy of the prompt bank in which values that
+kept failing QC have half their weight (data/text/prompt_bank.adjusted.yaml).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prefect import flow
 
+from ai_influencer.dataset.workspace import Workspace
 from ai_influencer.settings import Settings
 from flows.generate import generate_flow
 from flows.params import GenerateParams, Paths, QCParams
 from flows.stages import qc_flow
+from flows.streaming import Streamed, streamed_qc
 from tasks.stages import downweight_task
 
 
@@ -27,10 +36,41 @@ def generate_until_flow(
     paths: Paths = Paths(),
     max_rounds: int = 5,
     downweight_failing: bool = False,
+    streaming: bool = True,
 ) -> dict:
     s = Settings()
     generate, qc, paths = generate.resolve(s), qc.resolve(s), paths.resolve(s)
-    ws = paths.workspace()
+    if not streaming:
+        return _rounds(target, generate, paths, max_rounds, downweight_failing, lambda: qc_flow(qc, paths)["accepted"])
+    with streamed_qc(qc, paths, s, target=target) as box:
+        summary = _rounds(
+            target, generate, paths, max_rounds, downweight_failing, _round_count(box, downweight_failing)
+        )
+    summary.update(accepted=box.qc["accepted"], qc=box.qc)  # the final verdicts, over the whole folder
+    return summary
+
+
+def _round_count(box: Streamed, write_report: bool) -> Callable[[], int]:
+    """After a round: its images all checked, the images accepted so far."""
+
+    def count() -> int:
+        box.stream.wait_idle()
+        if write_report:  # the down-weighting reads this round's verdicts
+            box.stream.write_report()
+        return box.stream.accepted()
+
+    return count
+
+
+def _rounds(
+    target: int,
+    generate: GenerateParams,
+    paths: Paths,
+    max_rounds: int,
+    downweight_failing: bool,
+    accepted_after_round: Callable[[], int],
+) -> dict:
+    ws: Workspace = paths.workspace()
     rounds: list[dict] = []
     spent = 0.0
     accepted = 0
@@ -46,9 +86,11 @@ def generate_until_flow(
             paths.model_copy(update={"prompt_bank": bank}),
         )
         spent = round(spent + g["spent_usd"], 6)
-        q = qc_flow(qc, paths)
-        accepted = q["accepted"]
-        rounds.append({"round": r + 1, "generated": g["generated"], "spent_usd": g["spent_usd"], "accepted": accepted})
+        accepted = accepted_after_round()
+        row = {"round": r + 1, "generated": g["generated"], "spent_usd": g["spent_usd"], "accepted": accepted}
+        if "overshoot" in g:
+            row.update(overshoot=g["overshoot"], not_sent_after_target=g["not_sent_after_target"])
+        rounds.append(row)
         print(f"round {r + 1}: {g['generated']} new images, {accepted}/{target} accepted, ${spent} spent")
         if accepted >= target:
             stopped = "target"
@@ -61,4 +103,6 @@ def generate_until_flow(
             bank = adjusted["prompt_bank"]
             for change in adjusted["changes"]:
                 print(f"next round: {change}")
-    return {"target": target, "accepted": accepted, "rounds": rounds, "spent_usd": spent, "stopped": stopped}
+    overshoot = sum(r.get("overshoot", 0) for r in rounds)
+    return {"target": target, "accepted": accepted, "rounds": rounds, "spent_usd": spent, "stopped": stopped,
+            "overshoot": overshoot}  # fmt: skip

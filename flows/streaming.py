@@ -1,0 +1,46 @@
+"""Generate and QC overlapped: QC checks each image as it is generated (``HybridParams.streaming``).
+
+    with streamed_qc(qc_params, paths) as box:
+        box.generate = generate_flow(...)     # any number of generate subflows (rounds)
+    box.qc                                   # the QC stage's summary, as qc_flow returns it
+
+On exit the stream is closed and the QC task finishes over every image in the folder, also when
+generation failed: images already paid for are checked and reported all the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from ai_influencer.settings import Settings
+from ai_influencer.vision.qc_stream import StreamingQC
+from flows.params import Paths, QCParams
+from tasks.streaming import open_stream, qc_stream_task
+
+
+@dataclass
+class Streamed:
+    stream: StreamingQC
+    qc: dict = field(default_factory=dict)
+
+
+@contextmanager
+def streamed_qc(qc: QCParams, paths: Paths, settings: Settings, target: int | None = None) -> Iterator[Streamed]:
+    """Must run inside a flow (it submits the QC task to the flow's task runner); params resolved."""
+    ws = paths.workspace()
+    with open_stream(
+        settings, ws.cleaned, ws.synth, ws.qc_passed, ws.qc_cache, minsim=qc.minsim, minblur=qc.minblur,
+        max_faces=qc.max_faces, backend=qc.backend, target=target,
+    ) as handle:  # fmt: skip
+        future = qc_stream_task.submit(str(ws.synth))
+        box = Streamed(handle.stream)
+        try:
+            yield box
+        except BaseException:
+            handle.stream.close()
+            future.wait()  # the paid images are checked and reported; generation's error is the one raised
+            raise
+        handle.stream.close()
+        box.qc = future.result()
