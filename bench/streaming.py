@@ -56,6 +56,7 @@ def fresh_workspace(tmp: Path, name: str) -> Path:
 def run_hybrid(data: Path, args: argparse.Namespace, per_scene: int, **kw: object) -> tuple[dict, float]:
     """The hybrid flow (prepare, generate, QC) on ``data``; its result and generate-start -> QC-end seconds."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
     from flows.hybrid import hybrid_flow
     from flows.params import GenerateParams, HybridParams, Limits, Paths
@@ -73,8 +74,11 @@ def run_hybrid(data: Path, args: argparse.Namespace, per_scene: int, **kw: objec
     result = hybrid_flow(params)
     with get_client(sync_client=True) as client:
         flows = {f.id: f.name for f in client.read_flows()}
-        runs = [r for r in client.read_flow_runs() if r.start_time and r.start_time >= started]
-        tasks = [t for t in client.read_task_runs() if t.start_time and t.start_time >= started]
+        runs = [r for r in client.read_flow_runs(limit=200) if r.start_time and r.start_time >= started]
+        # by name: a run has hundreds of image tasks, more than a page of task runs
+        only_qc = TaskRunFilter(name=TaskRunFilterName(like_="qc"))
+        tasks = [t for t in client.read_task_runs(task_run_filter=only_qc, limit=200)
+                 if t.start_time and t.start_time >= started]  # fmt: skip
     gen_start = min(r.start_time for r in runs if flows.get(r.flow_id) == "generate")
     qc_ends = [r.end_time for r in runs if flows.get(r.flow_id) == "qc" and r.end_time]
     qc_ends += [t.end_time for t in tasks if t.name.startswith("qc") and t.end_time]
