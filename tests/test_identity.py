@@ -183,6 +183,32 @@ def test_a_downscaled_copy_never_stands_in_for_a_blurred_original(cal: Calibrati
     assert "the better copy, itself rejected" in rows["lin_manuel_miranda_1_near.jpg"].reason
 
 
+def test_an_original_that_fails_identity_speaks_for_its_copies(cal: Calibration) -> None:
+    """A degraded copy (half size, JPEG q80) can score a little higher than its original: a smaller, smoother face.
+    With minsim between the two the copy alone would pass; grouped over every one-face picture, whatever its
+    verdict, the original is the best copy and its rejection holds for the copy too."""
+    found = []
+    for persona, pair in cal.runs:
+        refs = [cal.refs[p] for p in pair]
+        for v in cal.candidates(pair, ("original",)):
+            near = cal.analyses.get(f"{v.path.stem}_near.jpg")
+            if v.source.identity != persona or near is None or near.embedding is None or cal.of(v).embedding is None:
+                continue
+            probe, _ = decide(refs, [cal.of(v), near], DLIB, QCThresholds(minsim=0.0, min_margin=None, minblur=0))
+            lo, hi = probe[v.path.name].score, probe[near.path.name].score
+            if lo is not None and hi is not None and lo < hi:
+                found.append((hi - lo, refs, cal.of(v), near, (lo + hi) / 2))
+    assert found, "no real photo whose half-size copy scores higher than the original"
+    _, refs, original, near, minsim = max(found, key=lambda f: f[0])
+    th = QCThresholds(minsim=minsim, minblur=0, agreement_slack=1.0)
+    alone, _ = decide(refs, [near], DLIB, th)
+    assert alone[near.path.name].verdict == "accepted"  # the copy on its own passes
+    rows, _ = decide(refs, [original, near], DLIB, th)
+    assert rows[original.path.name].verdict == "rejected" and "identity:" in rows[original.path.name].reason
+    assert rows[near.path.name].verdict == "rejected" and rows[near.path.name].duplicate_of == original.path.name
+    assert "the better copy, itself rejected" in rows[near.path.name].reason
+
+
 def test_each_reference_must_agree(cal: Calibration) -> None:
     """References of two people (a user's mistake): the centroid sits between them and matches neither well."""
     refs = [cal.refs["obama_2"], cal.refs["biden_2"]]
@@ -198,14 +224,15 @@ def test_each_reference_must_agree(cal: Calibration) -> None:
 def test_a_face_closer_to_another_person_in_the_batch_is_rejected(cal: Calibration) -> None:
     """The margin rule with real faces. Against John Lennon's references Biden's two photos score 0.07 and 0.09:
     with minsim between them, the higher one passes the score alone, although it is far closer to Biden's other
-    photo (judged another person) than to Lennon. The margin rule rejects it; Lennon himself stays in."""
+    photo (judged another person) than to Lennon. The margin rule rejects it; Lennon himself stays in. The two
+    scores are 0.02 apart, so the impostor gap is set to 0 here (the next test is about the gap)."""
     refs = [cal.refs["lennon_1"], cal.refs["lennon_2"]]
     names = ("biden_1.jpg", "biden_2.jpg", "lennon_1_near.jpg")
     cands = [cal.analyses[n] for n in names]
     probe, _ = decide(refs, cands, DLIB, QCThresholds(minsim=0.0, min_margin=None))
     low, high = sorted(names[:2], key=lambda n: probe[n].score)
     assert 0 < probe[low].score < probe[high].score < 0.2, (probe[low], probe[high])
-    th = QCThresholds(minsim=(probe[low].score + probe[high].score) / 2, agreement_slack=1.0)
+    th = QCThresholds(minsim=(probe[low].score + probe[high].score) / 2, agreement_slack=1.0, impostor_gap=0.0)
     off, _ = decide(refs, cands, DLIB, replace(th, min_margin=None))
     on, _ = decide(refs, cands, DLIB, th)
     assert off[high].verdict == "accepted" and off[low].verdict == "rejected"
@@ -216,11 +243,35 @@ def test_a_face_closer_to_another_person_in_the_batch_is_rejected(cal: Calibrati
     assert lennon.verdict == "accepted" and lennon.margin is not None and lennon.margin > 0.5
 
 
+def test_a_persona_photo_just_under_minsim_does_not_veto_the_persona_s_other_photos(cal: Calibration) -> None:
+    """Two of Obama's photos against two other Obama references score 0.62 and 0.65, and 0.92 against each other:
+    photos of one person from one day are closer to each other than to references. With minsim between them, the
+    lower one fails narrowly. Counted as "another person" it would reject the higher one as its impostor (the old
+    rule did); only a face clearly under minsim (by ``impostor_gap``) is an impostor."""
+    refs = [cal.refs["obama3"], cal.refs["obama_2"]]
+    names = ("obama_1.jpg", "obama_4_small.jpg")
+    cands = [cal.analyses[n] for n in names]
+    probe, _ = decide(refs, cands, DLIB, QCThresholds(minsim=0.0, min_margin=None, agreement_slack=1.0))
+    low, high = sorted(names, key=lambda n: probe[n].score)
+    gap = probe[high].score - probe[low].score
+    assert 0 < gap < 0.1, (probe[low], probe[high])
+    th = QCThresholds(minsim=probe[low].score + gap / 2, agreement_slack=1.0)
+    old, _ = decide(refs, cands, DLIB, replace(th, impostor_gap=0.0))
+    assert old[high].verdict == "rejected" and f"impostor: closer to {low}" in old[high].reason
+    new, _ = decide(refs, cands, DLIB, th)
+    assert new[low].verdict == "rejected" and new[low].reason.startswith("identity:")
+    assert new[high].verdict == "accepted", new[high].reason
+    # the line is the gap: a miss by more than impostor_gap makes the lower photo an impostor again
+    assert decide(refs, cands, DLIB, replace(th, impostor_gap=gap / 4))[0][high].verdict == "rejected"
+
+
 def test_thresholds_are_validated_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"minsim must be between 0 and 1, got 34 .*did you mean 0.34\?"):
         QCThresholds(minsim=34).validate()
     with pytest.raises(ValueError, match="minblur must be a number >= 0"):
         QCThresholds(minblur=-1).validate()
+    with pytest.raises(ValueError, match="impostor_gap must be between 0 and 1"):
+        QCThresholds(impostor_gap=-0.1).validate()
     with pytest.raises(ValueError, match="max_faces must be >= 1"):
         QCThresholds(max_faces=0).validate()
     out = tmp_path / "out"

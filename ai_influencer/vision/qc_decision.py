@@ -8,24 +8,28 @@ and a batch run agree). Per candidate (docs/identity-calibration.md has the meas
   of 2, two thirds and at least 2 of more) must score ``minsim - 0.15``. A
   centroid of two references sits between them; the per-reference floor keeps
   a face that resembles only one of them out.
-* impostor margin: among the other candidates, the faces already judged to be
-  someone else (sharp, identity failed, not a copy of this picture) are the
-  nearest impostors. A candidate that is closer to such a face than to the
-  reference centroid is rejected: when the pool contains a look-alike, all of
-  its photos fail together instead of the closest one slipping through.
+* impostor margin: among the other candidates, the faces clearly someone
+  else (sharp, one face, centroid score below ``minsim - impostor_gap``, not a
+  copy of this picture) are the nearest impostors. A candidate that is closer
+  to such a face than to the reference centroid is rejected: when the pool
+  contains a look-alike, all of its photos fail together instead of the
+  closest one slipping through. The gap keeps the persona's own near misses
+  (a soft still, a profile just under ``minsim``) from vetoing the persona's
+  other photos, which are naturally closer to each other than to references.
 * sharpness (``minblur``), face count (``max_faces``).
-* duplicates: images of the persona alone with identical pixels, or
+* duplicates: images with one face (any identity verdict) with identical pixels, or
   perceptual hashes within 4 bits (one picture resized or re-encoded), or
   within ``dup_hash_distance`` bits with faces scoring >= ``dup_min_score``
   against each other, form a group (transitively). The best copy is chosen by
   a fixed order: more real detail (face width over blur radius, 30 %
   tolerance), larger face (10 %), less compression (lossless, then the JPEG
   quality), sharper (10 %), larger file (2 %), name; the others are rejected
-  as its duplicates. Groups form before sharpness is judged, so a downscaled
-  copy (sharper per pixel) never stands in for an original too blurred to
-  keep. The report says which copy was kept and why. Known limit: a same-size
-  re-encode at a *higher* JPEG quality than its original looks better by
-  every measure here and wins.
+  as its duplicates. Groups form before sharpness and identity are judged,
+  so a downscaled copy (sharper per pixel, or scoring a little higher on a
+  smaller face) never stands in for an original the gate rejected. The
+  report says which copy was kept and why. Known limit: a same-size re-encode
+  at a *higher* JPEG quality than its original looks better by every measure
+  here and wins.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ DETAIL_TOLERANCE = 1.3  # copies within this factor of the most detailed one cou
 FACE_PX_TOLERANCE = 0.9
 SHARPNESS_TOLERANCE = 0.9  # JPEG artefacts add a little "sharpness": a re-encode must not win on that
 BYTES_TOLERANCE = 0.98
+# dlib: centroid distance > 0.553. Same-person photos of the calibration set score >= 0.325, a held-out look-alike
+# pair 0.20-0.30 (docs/identity-calibration.md section 2): a persona photo just under minsim is not "someone else".
+IMPOSTOR_GAP = 0.10
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,7 @@ class QCThresholds:
     max_faces: int = 1
     agreement_slack: float = AGREEMENT_SLACK
     min_margin: float | None = 0.0  # None: report the nearest impostor, do not decide on it
+    impostor_gap: float = IMPOSTOR_GAP  # an impostor scores below minsim - this (clearly someone else)
     dup_hash_distance: int = 10
     dup_min_score: float = 0.75
 
@@ -73,6 +81,8 @@ class QCThresholds:
             raise ValueError(f"max_faces must be >= 1, got {self.max_faces}")
         if not 0 <= self.dup_hash_distance <= 64:
             raise ValueError(f"dup_hash_distance must be 0..64 bits, got {self.dup_hash_distance}")
+        if not (isinstance(self.impostor_gap, int | float) and 0.0 <= self.impostor_gap <= 1.0):
+            raise ValueError(f"impostor_gap must be between 0 and 1, got {self.impostor_gap}")
         if not 0.0 <= self.dup_min_score <= 1.0:
             raise ValueError(f"dup_min_score must be between 0 and 1, got {self.dup_min_score}")
         return self
@@ -89,7 +99,6 @@ def reference_centroid(engine: Scorer, refs: list[Analysis]) -> tuple[np.ndarray
 def references_needed(n: int) -> int:
     """How many references must agree on their own: all of one or two, two thirds (at least two) of more."""
     return n if n <= 2 else max(2, math.ceil(2 * n / 3))
-
 
 
 @dataclass
@@ -133,22 +142,24 @@ def decide(
     cands = sorted(candidates, key=lambda a: a.path.name)
     ident = {a.path.name: references.identity(scorer, a.embedding, th) for a in cands if a.embedding is not None}
     nearest = _nearest_impostors(cands, _impostors(cands, ident, th), scorer, th)
-    rows: dict[str, QCRow] = {}
-    persona: list[Analysis] = []  # the persona alone in the picture: candidates for their groups of copies
-    for a in cands:
-        rows[a.path.name], alone = _judge(a, ident.get(a.path.name), nearest.get(a.path.name), references, th)
-        if alone:
-            persona.append(a)
-    _reject_copies(rows, persona, scorer, th)
+    rows = {a.path.name: _judge(a, ident.get(a.path.name), nearest.get(a.path.name), references, th) for a in cands}
+    # copies are grouped over every one-face picture, whatever its verdict: the best copy speaks for them all
+    single = [a for a in cands if a.embedding is not None and not a.error and a.faces <= th.max_faces]
+    _reject_copies(rows, single, scorer, th)
     return rows, references.count
 
 
 def _impostors(cands: list[Analysis], ident: dict[str, _Identity], th: QCThresholds) -> list[Analysis]:
-    """Faces judged to be someone else on their own evidence: sharp enough to trust, one person, identity failed."""
+    """Faces clearly someone else on their own evidence: sharp enough to trust, one person, scoring below
+    ``minsim - impostor_gap`` (a narrow miss may be the persona: it must not veto the persona's other photos)."""
+    clearly_not = th.minsim - th.impostor_gap
     return [
         a
         for a in cands
-        if a.path.name in ident and not ident[a.path.name].ok and a.sharpness >= th.minblur and a.faces <= th.max_faces
+        if a.path.name in ident
+        and ident[a.path.name].score < clearly_not
+        and a.sharpness >= th.minblur
+        and a.faces <= th.max_faces
     ]
 
 
@@ -158,13 +169,13 @@ def _judge(
     impostor: tuple[Analysis, float] | None,
     references: _References,
     th: QCThresholds,
-) -> tuple[QCRow, bool]:
-    """One candidate's row before duplicates are grouped, and whether it shows the persona alone."""
+) -> QCRow:
+    """One candidate's row before duplicates are grouped."""
     name = a.path.name
     if a.error:
-        return QCRow(name, 0, None, None, "", "error", a.error), False
+        return QCRow(name, 0, None, None, "", "error", a.error)
     if a.embedding is None or idn is None:
-        return QCRow(name, a.faces, None, None, "", "rejected", "no face detected"), False
+        return QCRow(name, a.faces, None, None, "", "rejected", "no face detected")
     row = QCRow(
         name,
         a.faces,
@@ -187,11 +198,10 @@ def _judge(
         reasons.append(why)
     if a.faces > th.max_faces:
         reasons.append(f"faces: {a.faces} > max {th.max_faces}")
-    alone = not reasons
     if a.sharpness < th.minblur:
         reasons.append(f"sharpness: face {a.sharpness:.1f} < minblur {th.minblur:g}")
     row.verdict, row.reason = ("rejected", "; ".join(reasons)) if reasons else ("accepted", "")
-    return row, alone
+    return row
 
 
 def _phashes(analyses: list[Analysis]) -> np.ndarray:
@@ -248,13 +258,14 @@ def _identity_reason(
     return ""
 
 
-def _reject_copies(rows: dict[str, QCRow], persona: list[Analysis], scorer: Scorer, th: QCThresholds) -> None:
+def _reject_copies(rows: dict[str, QCRow], single: list[Analysis], scorer: Scorer, th: QCThresholds) -> None:
     """Every copy but the best of each group is rejected as its duplicate, keeping its own reasons after.
 
-    Copies are grouped before sharpness is judged: the best copy speaks for the group, so a downscaled
-    copy (sharper per pixel) never replaces an original that is too blurred to keep.
+    Copies are grouped before sharpness and identity are judged: the best copy speaks for the group, so a
+    downscaled copy (sharper per pixel, or scoring a little higher) never replaces an original the gate
+    rejected.
     """
-    for group in _duplicate_groups(persona, scorer, th):
+    for group in _duplicate_groups(single, scorer, th):
         keep, why = _best_copy(group)
         best = rows[keep.path.name]
         for a in group:
@@ -268,23 +279,23 @@ def _reject_copies(rows: dict[str, QCRow], persona: list[Analysis], scorer: Scor
             r.reason = "; ".join([dup] + ([r.reason] if r.reason else []))
 
 
-def _duplicate_groups(passing: list[Analysis], scorer: Scorer, th: QCThresholds) -> list[list[Analysis]]:
+def _duplicate_groups(single: list[Analysis], scorer: Scorer, th: QCThresholds) -> list[list[Analysis]]:
     """Connected groups of copies (union-find over every pair: no first-come order; input sorted by name).
 
     A pair is one picture when its pixels are identical, its pHashes are within ``SAME_PICTURE_BITS``,
     or they are within ``dup_hash_distance`` and the faces score ``dup_min_score`` against each other.
     Every pair is tested with matrix operations (one Python call per pair made this quadratic).
     """
-    n = len(passing)
+    n = len(single)
     if n < 2:
         return []
-    bits = _hash_distances(_phashes(passing), _phashes(passing))
-    codes = {h: i for i, h in enumerate(sorted({a.pixel_hash for a in passing}))}
-    pixels = np.array([codes[a.pixel_hash] for a in passing])
+    bits = _hash_distances(_phashes(single), _phashes(single))
+    codes = {h: i for i, h in enumerate(sorted({a.pixel_hash for a in single}))}
+    pixels = np.array([codes[a.pixel_hash] for a in single])
     same = (pixels[:, None] == pixels[None, :]) | (bits <= min(SAME_PICTURE_BITS, th.dup_hash_distance))
     close = (bits <= th.dup_hash_distance) & ~same
     if close.any():
-        emb = np.stack([a.embedding for a in passing])  # type: ignore[misc]  # persona: all have faces
+        emb = np.stack([a.embedding for a in single])  # type: ignore[misc]  # all have faces
         same |= close & (scorer.identity_scores(emb, emb) >= th.dup_min_score)
     parent = list(range(n))
 
@@ -297,7 +308,7 @@ def _duplicate_groups(passing: list[Analysis], scorer: Scorer, th: QCThresholds)
     for i, j in np.argwhere(np.triu(same, k=1)):
         parent[root(int(j))] = root(int(i))
     groups: dict[int, list[Analysis]] = {}
-    for i, a in enumerate(passing):
+    for i, a in enumerate(single):
         groups.setdefault(root(i), []).append(a)
     return [g for g in groups.values() if len(g) > 1]
 
