@@ -1,7 +1,7 @@
 """Streaming pipeline: sequential generate -> QC vs QC checking each image as it arrives; generate-until-N.
 
     .venv/bin/python bench/streaming.py [--images 204] [--latency 2] [--rate 10] [--inflight 32]
-                                        [--target 60]
+                                        [--target 20]
 
 Every scenario runs the real hybrid flow against one started ``prefect server`` (SQLite, background
 services on; tests/support/prefect_server.py) and one stub OpenRouter (real photos as images,
@@ -111,7 +111,7 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=2.0)
     ap.add_argument("--rate", type=float, default=10.0)
     ap.add_argument("--inflight", type=int, default=32)
-    ap.add_argument("--target", type=int, default=60)
+    ap.add_argument("--target", type=int, default=20)  # the stub's photos hold ~45 distinct passes
     args = ap.parse_args()
     per_scene = -(-args.images // len(load_prompt_bank(BANK).scenes))
 
