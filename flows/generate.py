@@ -1,5 +1,5 @@
 """The generation fan-out: every image is its own retrying task; the engine is the CLI's
-(``ai_influencer.generation.dispatch``), with slots shared through the Prefect server."""
+(``ai_influencer.dispatch.dispatch``), with slots shared through the Prefect server."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from ai_influencer import usecases
 from ai_influencer.costs import CostLedger
 from ai_influencer.dataset.manifest import rebuild_manifest
 from ai_influencer.dataset.workspace import Workspace
-from ai_influencer.generation import Dispatched, ImageRequest, dispatch, preflight
+from ai_influencer.dispatch import Dispatched, dispatch
+from ai_influencer.generation import ImageRequest, preflight
 from ai_influencer.pacing import AdaptiveRate, PacingStats, StopRequested, drain_on_signals, rate_limit_capacity
 from ai_influencer.settings import Settings
 from ai_influencer.vision.qc_stream import StreamingQC, UntilAccepted

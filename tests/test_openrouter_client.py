@@ -99,7 +99,7 @@ def test_image_generation_returns_decoded_bytes_and_sends_references(
 
 
 def test_a_large_png_reference_is_sent_as_jpeg_and_encoded_once(tmp_path: Path) -> None:
-    from ai_influencer.openrouter.client import REFERENCE_INLINE_MAX_BYTES
+    from ai_influencer.openrouter.data_urls import REFERENCE_INLINE_MAX_BYTES
 
     rng = np.random.default_rng(0)
     noisy = rng.integers(0, 255, (700, 700, 4), dtype=np.uint8)  # noise: a PNG far over the threshold

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from ai_influencer.io import atomic_write_json, file_sha256
 from ai_influencer.openrouter import OpenRouterClient, OpenRouterError
-from ai_influencer.openrouter.client import image_to_data_url
+from ai_influencer.openrouter.data_urls import image_to_data_url
 from ai_influencer.prompt_bank import PromptBank
 
 log = logging.getLogger(__name__)

@@ -1,10 +1,7 @@
 """OpenRouter access: one client, typed results and typed errors."""
 
-from ai_influencer.openrouter.client import (
-    OpenRouterClient,
-    decode_image,
-    image_to_data_url,
-)
+from ai_influencer.openrouter.client import OpenRouterClient
+from ai_influencer.openrouter.data_urls import decode_image, image_to_data_url
 from ai_influencer.openrouter.errors import (
     AuthError,
     BadRequestError,

@@ -14,12 +14,7 @@ for as long as the provider kept dripping.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import functools
-import io
 import json
-import random
 import re
 import threading
 import time
@@ -28,17 +23,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, SecretStr, ValidationError
 from tenacity import (
-    RetryCallState,
     Retrying,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential_jitter,
 )
 
 from ai_influencer import __version__
+from ai_influencer.openrouter.data_urls import decode_image, image_to_data_url
 from ai_influencer.openrouter.errors import (
     DeadlineExceededError,
     EmptyResponseError,
@@ -51,10 +44,10 @@ from ai_influencer.openrouter.errors import (
     describe_body,
     error_from_response,
 )
+from ai_influencer.openrouter.retry import WaitRetryAfterOrBackoff, is_retryable
 from ai_influencer.openrouter.types import (
     ChatResult,
     Credits,
-    GeneratedImage,
     ImageResult,
     KeyInfo,
     ModelInfo,
@@ -62,91 +55,9 @@ from ai_influencer.openrouter.types import (
 )
 from ai_influencer.pacing import Pacer
 from ai_influencer.settings import Settings
-from ai_influencer.vision.image_io import IncompleteImageError, verify_image_bytes
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
-
-_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[\w-]+=[^;,]*)*(?P<b64>;base64)?,(?P<data>.*)$", re.S)
-_FORMAT_MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
-
-
-def image_to_data_url(image: bytes | str | Path) -> str:
-    """Encode a reference image as a data URL content part payload.
-
-    A file is encoded once per content (path, size, mtime): every image of a run sends the same
-    reference photos, and reading plus base64-encoding megabytes per request cost more CPU than the
-    rest of a request's client side (measured with py-spy on a 200-image run). A large non-JPEG file
-    is sent as JPEG (see ``REFERENCE_INLINE_MAX_BYTES``); raw bytes are sent as they are.
-    """
-    if isinstance(image, str | Path):
-        path = Path(image).resolve()
-        try:
-            st = path.stat()
-        except OSError as exc:
-            raise ValueError(f"reference image {image} cannot be read: {exc}") from exc
-        return _file_data_url(path, st.st_size, st.st_mtime_ns)
-    return _encode_data_url(image, "<bytes>")
-
-
-# Reference files above this size that are not JPEG already are sent as JPEG at this quality (same
-# pixel size). Why: `prepare` writes lossless 1024 px PNGs of ~1.2 MB; two of them made every image
-# request 3.2 MB of base64, 30 MB/s of upload at 10 requests/s, more than most home uplinks carry.
-# As JPEG q92 the same references are ~8x smaller, with no visible change for a face reference.
-REFERENCE_INLINE_MAX_BYTES = 512 * 1024
-REFERENCE_JPEG_QUALITY = 92
-
-
-@functools.lru_cache(maxsize=8)
-def _file_data_url(path: Path, size: int, mtime_ns: int) -> str:
-    """Cached by (path, size, mtime): a changed file is read again."""
-    data = path.read_bytes()
-    if size > REFERENCE_INLINE_MAX_BYTES:
-        data = _as_jpeg(data, str(path))
-    return _encode_data_url(data, str(path))
-
-
-def _as_jpeg(data: bytes, label: str) -> bytes:
-    """JPEG bytes of a large reference (transparency flattened onto white); JPEG input is kept."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.format == "JPEG":
-                return data
-            im.load()
-            rgba = im.convert("RGBA")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"reference image {label} is not an image") from exc
-    flat = Image.new("RGB", rgba.size, (255, 255, 255))
-    flat.paste(rgba, mask=rgba.getchannel("A"))
-    buf = io.BytesIO()
-    flat.save(buf, format="JPEG", quality=REFERENCE_JPEG_QUALITY)
-    return buf.getvalue()
-
-
-def _encode_data_url(data: bytes, label: str) -> str:
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            mime = _FORMAT_MIME.get(im.format or "", "image/png")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"reference image {label} is not an image") from exc
-    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
-
-
-def decode_image(url: str) -> GeneratedImage:
-    """Decode an image data URL; the bytes must decode to a complete image (see ``verify_image_bytes``)."""
-    m = _DATA_URL.match(url.strip())
-    if not m:
-        raise ImageDecodeError(f"image is not a data URL: {url[:60]!r}")
-    try:
-        payload = base64.b64decode(m["data"], validate=True) if m["b64"] else m["data"].encode()
-    except (binascii.Error, ValueError) as exc:
-        raise ImageDecodeError(f"image data URL is not valid base64: {exc}") from None
-    try:
-        fmt, _ = verify_image_bytes(payload)
-    except IncompleteImageError as exc:
-        declared = f" (declared {m['mime']})" if m["mime"] else ""
-        raise ImageDecodeError(f"returned image{declared} is unusable: {exc}") from None
-    return GeneratedImage(data=payload, mime=_FORMAT_MIME.get(fmt, "application/octet-stream"))
 
 
 def _extract_json(text: str) -> Any:
@@ -155,31 +66,6 @@ def _extract_json(text: str) -> Any:
     if fence:
         stripped = fence.group(1)
     return json.loads(stripped)
-
-
-class _WaitRetryAfterOrBackoff:
-    """Retry-After (capped) plus up to 50 % jitter on 429, else exponential backoff with jitter (capped).
-
-    Why jitter on Retry-After too: every worker refused in the same second gets the same
-    Retry-After; obeyed exactly, they all come back in the same second and are refused again.
-    """
-
-    RETRY_AFTER_JITTER = 0.5
-
-    def __init__(self, initial: float, cap: float) -> None:
-        self.cap = cap
-        self.backoff = wait_exponential_jitter(multiplier=initial, max=cap, jitter=initial)
-
-    def __call__(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, RateLimitError) and exc.retry_after is not None:
-            base = min(exc.retry_after, self.cap)
-            return base * (1.0 + random.uniform(0.0, self.RETRY_AFTER_JITTER)) + random.uniform(0.0, 0.1)
-        return float(self.backoff(state))
-
-
-def _is_retryable(exc: BaseException) -> bool:
-    return isinstance(exc, OpenRouterError) and exc.retryable
 
 
 class _Core:
@@ -239,9 +125,9 @@ class _Core:
 
     def _retry_kwargs(self) -> dict[str, Any]:
         return {
-            "retry": retry_if_exception(_is_retryable),
+            "retry": retry_if_exception(is_retryable),
             "stop": stop_after_attempt(self.max_retries + 1),
-            "wait": _WaitRetryAfterOrBackoff(self.backoff_initial, self.retry_cap),
+            "wait": WaitRetryAfterOrBackoff(self.backoff_initial, self.retry_cap),
             "reraise": True,
         }
 

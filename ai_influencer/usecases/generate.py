@@ -1,7 +1,7 @@
 """Use case: generate images through OpenRouter (the manual's openrouter_images.py).
 
 ``plan_requests`` is shared by the CLI and the Prefect flow; both then run the same engine
-(``ai_influencer.generation.dispatch``): the CLI with this process's slots (``generate``), the
+(``ai_influencer.dispatch.dispatch``): the CLI with this process's slots (``generate``), the
 flow with slots shared through the Prefect server (``flows/generate.py``).
 """
 

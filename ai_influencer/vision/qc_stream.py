@@ -231,7 +231,7 @@ class StreamingQC:
 class UntilAccepted:
     """The dispatch side of generate-until-N: stop paying the moment ``target`` images pass QC.
 
-    For ``generation.dispatch`` (its ``window``, ``keep_going`` and ``on_done``). A request may be sent
+    For ``dispatch.dispatch`` (its ``window``, ``keep_going`` and ``on_done``). A request may be sent
     only while fewer than ``window`` of this run's images are unchecked (in flight, or generated and
     waiting for QC), and while the images accepted so far, plus the unchecked ones at the pass rate
     seen so far, do not already promise ``target``. So when the ``target``-th image passes, at most
