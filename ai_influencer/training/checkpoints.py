@@ -22,6 +22,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from ai_influencer.io import publish_dir
+
 log = logging.getLogger(__name__)
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -64,10 +66,7 @@ def write_state(folder: Path, save: Callable[[Path], object]) -> Path:
     tmp = folder / f".{STATE_DIR}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     save(tmp)
-    if final.exists():  # the same step saved again (e.g. a resumed run that ends where it started)
-        shutil.rmtree(final)
-    tmp.rename(final)
-    return final
+    return publish_dir(tmp, final)  # fsynced, then renamed; replaces a state of the same step saved again
 
 
 def prune_checkpoints(run: Path, keep: int) -> list[Path]:
