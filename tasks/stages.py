@@ -63,18 +63,11 @@ def qc_task(
     backend: str,
     cache_dir: str | None = None,
 ) -> dict:
-    result = usecases.qc(
-        Settings(),
-        Path(ref_dir),
-        Path(cand_dir),
-        Path(out_dir),
-        minsim=minsim,
-        minblur=minblur,
-        max_faces=max_faces,
-        backend=backend,
-        on_progress=ProgressArtifact("qc-progress", "QC: images analysed"),
-        cache_dir=Path(cache_dir) if cache_dir else None,
-    )
+    job = usecases.QCJob(
+        Path(ref_dir), Path(cand_dir), Path(out_dir), minsim=minsim, minblur=minblur, max_faces=max_faces,
+        backend=backend, cache_dir=Path(cache_dir) if cache_dir else None,
+    )  # fmt: skip
+    result = usecases.qc(Settings(), job, on_progress=ProgressArtifact("qc-progress", "QC: images analysed"))
     return publish_qc(result, minsim, minblur)
 
 

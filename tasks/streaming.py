@@ -69,10 +69,11 @@ def open_stream(
 ) -> Iterator[QCStream]:
     """Check the references (a bad one fails here, before anything is paid), then keep the stream open
     for the generate flow; closed and removed on exit."""
-    stream = usecases.qc_stream(
-        settings, ref_dir, cand_dir, out_dir, minsim=minsim, minblur=minblur, max_faces=max_faces,
-        backend=backend, cache_dir=cache_dir,
+    job = usecases.QCJob(
+        ref_dir, cand_dir, out_dir, minsim=minsim, minblur=minblur, max_faces=max_faces, backend=backend,
+        cache_dir=cache_dir,
     )  # fmt: skip
+    stream = usecases.qc_stream(settings, job)
     key = _key(cand_dir)
     with stream:
         handle = QCStream(stream, minsim, minblur, target)

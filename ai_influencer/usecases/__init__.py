@@ -11,7 +11,7 @@ from ai_influencer.usecases.evaluate import EvaluationOutcome, evaluate
 from ai_influencer.usecases.generate import GenerateOutcome, RequestPlan, generate, plan_requests
 from ai_influencer.usecases.plan import plan, write_plan
 from ai_influencer.usecases.prepare import MIN_REFERENCES, NotEnoughReferencesError, PrepareOutcome, prepare
-from ai_influencer.usecases.qc import qc, qc_stream
+from ai_influencer.usecases.qc import QCJob, qc, qc_stream
 from ai_influencer.usecases.report import Report, downweight, report
 from ai_influencer.usecases.train import train, train_config
 
@@ -22,6 +22,7 @@ __all__ = [
     "GenerateOutcome",
     "NotEnoughReferencesError",
     "PrepareOutcome",
+    "QCJob",
     "Report",
     "RequestPlan",
     "augment",

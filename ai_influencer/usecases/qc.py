@@ -2,68 +2,66 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from ai_influencer.settings import Settings
+from ai_influencer.vision.faces import MINSIM_DEFAULT
 from ai_influencer.vision.qc import EngineSpec, ProgressCallback, QCResult, QCThresholds, run_qc
 from ai_influencer.vision.qc_stream import StreamingQC
 
 
-def qc(
-    settings: Settings,
-    ref_dir: Path,
-    cand_dir: Path,
-    out_dir: Path,
-    *,
-    minsim: float,
-    minblur: float,
-    max_faces: int = 1,
-    backend: str | None = None,
-    workers: int | None = None,
-    on_progress: ProgressCallback | None = None,
-    cache_dir: Path | None = None,
-) -> QCResult:
-    """Score, filter and dedupe the candidates against the references; a bad threshold fails first.
+@dataclass(frozen=True)
+class QCJob:
+    """One QC: three folders and the manual's thresholds. Batch and streamed QC take the same job, so
+    they cannot drift apart in what they check.
 
     ``cache_dir`` (the workspace's ``qc_cache``) keeps each image's analysis: an image checked before,
     in batch or streamed, is not analysed again.
     """
-    QCThresholds(minsim=minsim, minblur=minblur, max_faces=max_faces).validate()
+
+    ref_dir: Path
+    cand_dir: Path
+    out_dir: Path
+    minsim: float = MINSIM_DEFAULT
+    minblur: float = 80.0
+    max_faces: int = 1
+    backend: str | None = None
+    workers: int | None = None
+    cache_dir: Path | None = None
+
+    @property
+    def thresholds(self) -> QCThresholds:
+        """Validated: a bad threshold fails before any image is touched."""
+        return QCThresholds(minsim=self.minsim, minblur=self.minblur, max_faces=self.max_faces).validate()
+
+
+def qc(settings: Settings, job: QCJob, *, on_progress: ProgressCallback | None = None) -> QCResult:
+    """Score, filter and dedupe the candidates against the references."""
+    th = job.thresholds
     return run_qc(
-        ref_dir,
-        cand_dir,
-        out_dir,
-        spec=EngineSpec.from_settings(settings, backend),
-        minsim=minsim,
-        minblur=minblur,
-        max_faces=max_faces,
-        workers=workers,
+        job.ref_dir,
+        job.cand_dir,
+        job.out_dir,
+        spec=EngineSpec.from_settings(settings, job.backend),
+        minsim=th.minsim,
+        minblur=th.minblur,
+        max_faces=th.max_faces,
+        workers=job.workers,
         on_progress=on_progress,
-        cache_dir=cache_dir,
+        cache_dir=job.cache_dir,
     )
 
 
-def qc_stream(
-    settings: Settings,
-    ref_dir: Path,
-    cand_dir: Path,
-    out_dir: Path,
-    *,
-    minsim: float,
-    minblur: float,
-    max_faces: int = 1,
-    backend: str | None = None,
-    workers: int | None = None,
-    cache_dir: Path | None = None,
-) -> StreamingQC:
+def qc_stream(settings: Settings, job: QCJob) -> StreamingQC:
     """The same QC, checking each image as it arrives (enter it, feed it, ``close()``, ``result()``);
     its result equals ``qc`` over the same folders."""
     return StreamingQC(
-        ref_dir,
-        cand_dir,
-        out_dir,
-        thresholds=QCThresholds(minsim=minsim, minblur=minblur, max_faces=max_faces),
-        spec=EngineSpec.from_settings(settings, backend),
-        workers=workers,
-        cache_dir=cache_dir,
+        job.ref_dir,
+        job.cand_dir,
+        job.out_dir,
+        thresholds=job.thresholds,
+        spec=EngineSpec.from_settings(settings, job.backend),
+        workers=job.workers,
+        cache_dir=job.cache_dir,
     )

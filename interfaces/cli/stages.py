@@ -213,9 +213,12 @@ def qc(
         ws = workspace()
         with _progress("qc", "{task.fields[file]}") as bar:
             task = bar.add_task("images", total=None, file="")
+            job = usecases.QCJob(
+                ref or ws.cleaned, cand or ws.synth, out_dir or ws.qc_passed, minsim=minsim, minblur=minblur,
+                max_faces=max_faces, backend=backend, workers=workers, cache_dir=ws.qc_cache,
+            )  # fmt: skip
             result = usecases.qc(
-                settings(), ref or ws.cleaned, cand or ws.synth, out_dir or ws.qc_passed, minsim=minsim,
-                minblur=minblur, max_faces=max_faces, backend=backend, workers=workers, cache_dir=ws.qc_cache,
+                settings(), job,
                 on_progress=lambda done, total, name: bar.update(task, completed=done, total=total, file=name),
             )  # fmt: skip
         counts = result.counts
