@@ -32,3 +32,19 @@ def test_imports_point_downwards_only() -> None:
                 bad = {r for r in roots if LAYERS.get(r, -1) > level}
             wrong += [f"{path.relative_to(REPO)} imports {b}" for b in sorted(bad)]
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_docker_image_gets_every_package_the_project_ships() -> None:
+    """The image installs from a copy of the sources, not from the wheel's file list: a package left out of
+    its COPY lines installs fine and fails only when a container imports it (the hub image once did)."""
+    import tomllib
+
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = {p.rstrip("*") for p in patterns["include"]}
+    assert packages == set(LAYERS), "pyproject ships other packages than the layers know"
+    copied = {
+        line.split()[1]
+        for line in (REPO / "docker" / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ") and not line.split()[1].startswith("$")
+    }
+    assert packages <= copied, f"docker/Dockerfile copies no {sorted(packages - copied)}"
