@@ -108,9 +108,17 @@ class _Run:
 
     def execute(self) -> dict:
         done = Dispatched([], [], list(self.plan.todo))
-        with contextlib.suppress(StopRequested):  # stopped while waiting for a seat: nothing was sent
-            done = self._dispatch()
-        return self._summarise(done, release_ledger(self.run_id))
+        try:
+            with contextlib.suppress(StopRequested):  # stopped while waiting for a seat: nothing was sent
+                done = self._dispatch()
+        finally:
+            ledger = release_ledger(self.run_id)  # whatever ended the dispatch: no ledger outlives its run
+        if RUN_STOP.is_set():
+            self.logger.warning(
+                "stopped (%s): all %d requests sent have finished, their images are saved; %d not sent",
+                RUN_STOP.reason, len(done.results) + len(done.errors), len(done.not_sent),
+            )  # fmt: skip
+        return self._summarise(done, ledger)
 
     def _dispatch(self) -> Dispatched:
         # Sharing with other runs (other workers, the hub, a cron run): this run holds a seat among the

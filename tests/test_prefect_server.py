@@ -162,6 +162,71 @@ def test_api_trigger_runs_the_hybrid_deployment_on_a_process_worker(
     assert chats and all(r.authorization_ok for r in chats)
 
 
+def test_a_prefect_cancellation_drains_the_requests_already_sent(
+    server: dict[str, str], stub: StubOpenRouter, tmp_path: Path
+) -> None:
+    """Cancel from the UI/API: the worker's runner SIGTERMs the flow process (SIGKILL 30 s later, a grace
+    Prefect 3.9 fixes); the requests already sent finish and are saved, and the run ends Cancelled."""
+    stub.latency = 2.0
+    tag = uuid.uuid4().hex[:6]
+    env = {**server, "INFLUENCER_PROJECT_DIR": str(REPO)}
+    run([str(BIN / "influencer"), "stack", "init"], env)
+    run([str(BIN / "prefect"), "--no-prompt", "deploy", "--name", "hybrid-local"], env)
+    data = tmp_path / "data"
+    (data / "input_raw").mkdir(parents=True)
+    for name in ("obama.jpg", "obama3.jpg"):
+        (data / "input_raw" / name).write_bytes(face(name).read_bytes())
+    limits = {"rate_limit_name": f"rate-c-{tag}", "inflight_limit_name": f"in-c-{tag}", "max_inflight": 6}
+    params = {
+        "params": {
+            "paths": {"data_root": str(data), "prompt_bank": BANK},
+            "generate": {"per_scene": 6, "limits": limits},
+            "run_augment": False,
+        }
+    }
+    out = run([str(BIN / "influencer"), "trigger", "hybrid/hybrid-local", "--params", json.dumps(params)], env)
+    run_id = out.split("flow run ", 1)[1].split()[0]
+    worker_env = {
+        **server,
+        "OPENROUTER_API_KEY": TEST_KEY,
+        "OPENROUTER_BASE_URL": stub.base_url,
+        "INFLUENCER_CREDENTIALS_BLOCK": "none-" + tag,
+        "INFLUENCER_OPENROUTER_MAX_RETRIES": "0",
+    }
+    log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen(
+        [str(BIN / "prefect"), "worker", "start", "--pool", "local-process"],
+        env=worker_env, cwd=tmp_path, stdout=log, stderr=log, start_new_session=True,
+    )  # fmt: skip
+    images = data / "synth_openrouter"
+
+    def paid_images() -> int:
+        return sum(r.path.endswith("/chat/completions") and r.paid and "modalities" in r.body for r in stub.requests)
+
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and len(list(images.glob("*.png"))) < 3:
+            assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+            time.sleep(0.1)
+        assert len(list(images.glob("*.png"))) >= 3, (tmp_path / "worker.log").read_text()[-3000:]
+        rest(server, "POST", f"/flow_runs/{run_id}/set_state", {"state": {"type": "CANCELLING"}, "force": True})
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and rest(server, "GET", f"/flow_runs/{run_id}")["state_type"] != "CANCELLED":
+            time.sleep(0.5)
+        final = rest(server, "GET", f"/flow_runs/{run_id}")
+        assert final["state_type"] == "CANCELLED", f"{final['state']}\n{(tmp_path / 'worker.log').read_text()[-3000:]}"
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(30)
+    paid = paid_images()
+    assert 3 <= paid < 36, "the run was cancelled mid-generation"
+    logs = [e["message"] for e in rest(server, "POST", "/logs/filter", {"limit": 200, "sort": "TIMESTAMP_DESC"})]
+    assert any(m.startswith("stopped (SIGTERM received") for m in logs), "the flow drained on the runner's SIGTERM"
+    assert not any("BrokenProcessPool" in m or "terminated abruptly" in m for m in logs), "QC died of the signal"
+    assert len(list(images.glob("*.png"))) == paid, "every image paid for before the cancellation is on disk"
+    assert json.loads((images / "manifest.json").read_text())["count"] == paid
+
+
 KILL_SCRIPT = """
 import sys
 from flows.generate import generate_flow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import shutil
@@ -271,3 +272,57 @@ def test_qc_thresholds_are_parameters_and_rerun_mirrors_verdicts(qc_data: dict) 
     strict = run_qc(qc_data["refs"], qc_data["cand"], out, spec=EngineSpec("dlib"), minsim=0.99, workers=1)
     assert loose.counts["accepted"] > strict.counts["accepted"] == 0
     assert not list(out.glob("img*.png"))  # stale approvals from the loose run are gone
+
+
+POOL_SCRIPT = """
+import multiprocessing, os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from ai_influencer.vision.qc_analysis import EngineSpec, init_worker
+pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker,
+                           initargs=(EngineSpec("dlib"),))
+print(" ".join(str(pool.submit(os.getpid).result()) for _ in range(4)), flush=True)
+time.sleep(120)
+"""
+
+
+def test_qc_workers_outlive_a_stop_signal_and_not_their_parent() -> None:
+    """A SIGTERM to the process group (Prefect's cancellation, a terminal's Ctrl-C) leaves the QC pool
+    working while its owner drains; an owner killed outright takes its workers with it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", POOL_SCRIPT], cwd=REPO, stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        assert proc.stdout is not None
+        workers = {int(p) for p in proc.stdout.readline().split()}
+        assert workers and proc.pid not in workers
+
+        def alive(pid: int) -> bool:
+            """Running, not merely a zombie waiting for a reaper (PID 1 in a container may not reap)."""
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except FileNotFoundError:
+                return False
+            return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+        for pid in workers:
+            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGINT)
+        time.sleep(1.0)
+        assert all(alive(pid) for pid in workers), "a stop signal killed a QC worker (a broken pool)"
+        proc.kill()  # SIGKILL to the owner only: nobody shuts the pool down
+        proc.wait(10)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(alive(pid) for pid in workers):
+            time.sleep(0.2)
+        assert not any(alive(pid) for pid in workers), "QC workers outlived their owner"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import signal
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,9 +132,26 @@ _worker_engine: FaceEngine | None = None
 
 
 def init_worker(spec: EngineSpec) -> None:
-    """In a worker process of ``qc_pool.AnalysisPool``: its own face engine, built once."""
+    """In a worker process of ``qc_pool.AnalysisPool``: its own face engine, built once.
+
+    Stopping is the parent's decision. A terminal's Ctrl-C and the Prefect runner's cancellation
+    (SIGTERM) reach the whole process group; a worker that died of it broke the pool
+    (``BrokenProcessPool``) while the parent was still draining its paid requests, so workers ignore
+    both and the parent shuts the pool down. A worker whose parent is gone (SIGKILL) exits by itself.
+    """
     global _worker_engine
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    parent = os.getppid()
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
     _worker_engine = spec.build()
+
+
+def _exit_with_parent(parent: int) -> None:
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:  # re-parented: the pool's owner died without shutting it down
+            os._exit(0)
 
 
 def analyze_in_worker(args: tuple[Path, int]) -> Analysis:
