@@ -22,7 +22,8 @@ from ai_influencer.generation import build_requests
 from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
 from flows.generate import generate_flow
 from flows.hybrid import hybrid_flow
-from flows.params import GenerateParams, HybridParams, Limits, Paths, TrainParams
+from flows.params import GenerateParams, HybridParams, Limits, Paths, QCParams, TrainParams
+from flows.stages import qc_flow
 from tests.conftest import REPO, TEST_KEY
 from tests.support.assets import face
 from tests.support.openrouter_stub import StubOpenRouter
@@ -113,6 +114,21 @@ def test_hybrid_end_to_end_then_rerun_pays_nothing(prefect_server: str, env: Stu
     assert rebuilt["augment"]["captions"] == again["augment"]["captions"]
     assert (data / "augment" / "kohya" / "10_ohwx woman").is_dir()
     assert len(env.paid_requests) == paid
+
+    # The batch QC flow (cached, unlike the streamed QC of the hybrid flow): cached while its folder
+    # is intact, recomputed once the folder is gone.
+    def cached_runs() -> int:
+        runs = api(prefect_server, "/task_runs/filter", {"limit": 200})
+        return sum(t["state"]["name"] == "Cached" for t in runs)
+
+    first = qc_flow(QCParams(), p.paths)
+    before = cached_runs()
+    cached = qc_flow(QCParams(), p.paths)
+    assert cached == first and cached_runs() == before + 1
+    shutil.rmtree(data / "qc_passed")
+    again_qc = qc_flow(QCParams(), p.paths)
+    assert again_qc["accepted"] == first["accepted"]
+    assert sorted(f.name for f in (data / "qc_passed").glob("*.png")) == accepted
     gcl = api(prefect_server, f"/v2/concurrency_limits/{p.generate.limits.rate_limit_name}")
     assert gcl["slot_decay_per_second"] == pytest.approx(p.generate.limits.rate_per_s)
 
@@ -403,3 +419,19 @@ def test_retrain_promotes_only_when_identity_improves(prefect_server: str, env: 
     deployments = {d["name"]: d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
     cron = deployments["retrain-weekly"]["schedules"][0]
     assert cron["cron"] == "0 3 * * 1" and cron["timezone"] == "Europe/Rome"
+
+
+def test_a_new_code_version_misses_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Results computed by older code are not served to newer code: the version is in every key."""
+    import ai_influencer
+    from tasks import caching
+
+    (tmp_path / "a.png").write_bytes(b"same input")
+    key = caching.fingerprint(tmp_path, extra=("qc", 0.34))
+    assert caching.fingerprint(tmp_path, extra=("qc", 0.34)) == key
+    caching.code_version.cache_clear()
+    monkeypatch.setattr(ai_influencer, "__version__", ai_influencer.__version__ + ".post1")
+    try:
+        assert caching.fingerprint(tmp_path, extra=("qc", 0.34)) != key
+    finally:
+        caching.code_version.cache_clear()
