@@ -65,6 +65,20 @@ def test_generate_with_manual_flags_then_resume(cli_env: dict[str, str], tmp_pat
     assert len(stub.paid_requests) == 6
 
 
+def test_generate_budget_stops_paid_requests_at_the_cap(
+    cli_env: dict[str, str], tmp_path: Path, stub: StubOpenRouter
+) -> None:
+    out = tmp_path / "synth"
+    budget = stub.image_cost * 3.5
+    args = ["generate", "--per_scene", "1", "--out", str(out), "--concurrency", "1", "--budget", str(budget)]
+    res = run(args, cli_env, tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "generated 3, failed 0, refused by budget 3" in res.stdout, res.stdout
+    assert len(stub.paid_requests) == 3 and len(list(out.glob("*.png"))) == 3
+    spent = float(res.stdout.split("spent $", 1)[1].split(";", 1)[0])
+    assert spent <= budget
+
+
 def test_main_job_killed_mid_generation_resumes_on_the_embedded_server(
     cli_env: dict[str, str], tmp_path: Path, stub: StubOpenRouter
 ) -> None:
