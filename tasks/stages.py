@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from ai_influencer import usecases
 from ai_influencer.settings import Settings
-from ai_influencer.vision.qc import REPORT_FIELDS, QCResult
+from ai_influencer.vision.qc import REPORT_FIELDS, QCResult, QCThresholds
 from tasks.artifacts import ProgressArtifact, sheet_markdown
 from tasks.caching import fingerprint, outputs_record
 from tasks.clients import openrouter_client
@@ -64,7 +64,7 @@ def qc_task(
     cache_dir: str | None = None,
 ) -> dict:
     job = usecases.QCJob(
-        Path(ref_dir), Path(cand_dir), Path(out_dir), minsim=minsim, minblur=minblur, max_faces=max_faces,
+        Path(ref_dir), Path(cand_dir), Path(out_dir), QCThresholds(minsim=minsim, minblur=minblur, max_faces=max_faces),
         backend=backend, cache_dir=Path(cache_dir) if cache_dir else None,
     )  # fmt: skip
     result = usecases.qc(Settings(), job, on_progress=ProgressArtifact("qc-progress", "QC: images analysed"))

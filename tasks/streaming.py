@@ -24,6 +24,7 @@ from prefect.cache_policies import NO_CACHE
 
 from ai_influencer import usecases
 from ai_influencer.settings import Settings
+from ai_influencer.vision.qc import QCThresholds
 from ai_influencer.vision.qc_stream import StreamingQC
 from tasks.artifacts import ProgressArtifact
 from tasks.stages import publish_qc
@@ -70,8 +71,8 @@ def open_stream(
     """Check the references (a bad one fails here, before anything is paid), then keep the stream open
     for the generate flow; closed and removed on exit."""
     job = usecases.QCJob(
-        ref_dir, cand_dir, out_dir, minsim=minsim, minblur=minblur, max_faces=max_faces, backend=backend,
-        cache_dir=cache_dir,
+        ref_dir, cand_dir, out_dir, QCThresholds(minsim=minsim, minblur=minblur, max_faces=max_faces),
+        backend=backend, cache_dir=cache_dir,
     )  # fmt: skip
     stream = usecases.qc_stream(settings, job)
     key = _key(cand_dir)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ai_influencer.settings import Settings
-from ai_influencer.vision.faces import MINSIM_DEFAULT
 from ai_influencer.vision.qc import EngineSpec, ProgressCallback, QCResult, QCThresholds, run_qc
 from ai_influencer.vision.qc_stream import StreamingQC
 
@@ -14,7 +13,7 @@ from ai_influencer.vision.qc_stream import StreamingQC
 @dataclass(frozen=True)
 class QCJob:
     """One QC: three folders and the manual's thresholds. Batch and streamed QC take the same job, so
-    they cannot drift apart in what they check.
+    they cannot drift apart in what they check. A bad threshold fails here, before any image is touched.
 
     ``cache_dir`` (the workspace's ``qc_cache``) keeps each image's analysis: an image checked before,
     in batch or streamed, is not analysed again.
@@ -23,17 +22,13 @@ class QCJob:
     ref_dir: Path
     cand_dir: Path
     out_dir: Path
-    minsim: float = MINSIM_DEFAULT
-    minblur: float = 80.0
-    max_faces: int = 1
+    thresholds: QCThresholds = field(default_factory=QCThresholds)
     backend: str | None = None
     workers: int | None = None
     cache_dir: Path | None = None
 
-    @property
-    def thresholds(self) -> QCThresholds:
-        """Validated: a bad threshold fails before any image is touched."""
-        return QCThresholds(minsim=self.minsim, minblur=self.minblur, max_faces=self.max_faces).validate()
+    def __post_init__(self) -> None:
+        self.thresholds.validate()
 
 
 def qc(settings: Settings, job: QCJob, *, on_progress: ProgressCallback | None = None) -> QCResult:

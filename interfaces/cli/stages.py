@@ -209,13 +209,16 @@ def qc(
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")] = None,
     backend: BackendOpt = None,
 ) -> None:
+    from ai_influencer.vision.qc import QCThresholds
+
     with friendly_errors():
         ws = workspace()
         with _progress("qc", "{task.fields[file]}") as bar:
             task = bar.add_task("images", total=None, file="")
             job = usecases.QCJob(
-                ref or ws.cleaned, cand or ws.synth, out_dir or ws.qc_passed, minsim=minsim, minblur=minblur,
-                max_faces=max_faces, backend=backend, workers=workers, cache_dir=ws.qc_cache,
+                ref or ws.cleaned, cand or ws.synth, out_dir or ws.qc_passed,
+                QCThresholds(minsim=minsim, minblur=minblur, max_faces=max_faces),
+                backend=backend, workers=workers, cache_dir=ws.qc_cache,
             )  # fmt: skip
             result = usecases.qc(
                 settings(), job,
