@@ -193,6 +193,9 @@ def test_nul_paths_and_undecodable_images_get_a_clear_answer_not_a_500(hub: str,
         c.get("/api/dataset", params={"folder": "synth_openrouter\x00"}),
     ):
         assert r.status_code == 400 and r.json()["detail"] == "the path contains a NUL byte", (r.url, r.text)
+    for r in (c.get("/files/" + "a" * 5000 + ".jpg"), c.get("/api/dataset", params={"folder": "a" * 5000})):
+        assert r.status_code == 400 and r.json()["detail"] == "unusable path: File name too long", r.text
+    assert c.get("/static/hub.js%00.png").status_code == 404 and c.get("/static/" + "a" * 5000).status_code == 404
 
 
 def test_every_data_route_needs_the_token_reads_included(hub: str, stub: StubOpenRouter, tmp_path: Path) -> None:

@@ -62,8 +62,12 @@ def create_app(
 
     @app.get("/static/{name}", include_in_schema=False)
     def static(name: str) -> FileResponse:
-        path = (STATIC / name).resolve()
-        if path.parent != STATIC.resolve() or not path.is_file():
+        try:
+            path = (STATIC / name).resolve()
+            found = path.parent == STATIC.resolve() and path.is_file()
+        except (OSError, ValueError):  # a NUL byte, a name too long
+            found = False
+        if not found:
             raise HTTPException(404)
         return FileResponse(path)
 

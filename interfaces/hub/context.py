@@ -66,8 +66,9 @@ class HubContext:
             raise HTTPException(400, detail="the path contains a NUL byte")
         try:
             path = (self.data_root / relative).resolve()
-        except (OSError, ValueError) as exc:
-            raise HTTPException(400, detail=f"unusable path: {exc}") from None
+            path.is_file()  # False when missing; raises for a name too long, a parent not readable
+        except OSError as exc:  # the message without the path: it holds the data root and may be huge
+            raise HTTPException(400, detail=f"unusable path: {exc.strerror or exc.__class__.__name__}") from None
         if not path.is_relative_to(self.data_root):
             raise HTTPException(403, detail="path escapes the data root")
         return path
