@@ -197,12 +197,21 @@ def test_a_chunked_body_with_the_token_stops_at_the_limit(hub_process: Hub) -> N
 
 def test_a_declared_length_over_the_limit_is_refused_before_the_body(hub_process: Hub) -> None:
     url = f"http://127.0.0.1:{hub_process.port}"
-    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json", "Content-Length": str(BODY)}
+    headers = [("Host", "127.0.0.1"), ("Authorization", f"Bearer {TOKEN}"), ("Content-Type", "application/json")]
+    conn = h11.Connection(our_role=h11.CLIENT)
+    request = h11.Request(method="POST", target="/api/generate/text", headers=[*headers, ("Content-Length", str(BODY))])
+    status, body = 0, b""
     with socket.create_connection(("127.0.0.1", hub_process.port), timeout=30) as sock:
-        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        sock.sendall(f"POST /api/generate/text HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}\r\n".encode() + JSON_START)
-        answer = sock.recv(4096)  # nothing more is sent: the hub must answer from the header
-    assert answer.startswith(b"HTTP/1.1 413") and b"INFLUENCER_HUB_MAX_JSON_MB" in answer
+        # nothing but the start of the body is sent: the hub must answer from the header
+        sock.sendall(conn.send(request) + conn.send(h11.Data(data=JSON_START)))
+        while not isinstance(event := conn.next_event(), h11.EndOfMessage):
+            if event is h11.NEED_DATA:
+                conn.receive_data(sock.recv(1 << 16))
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                body += event.data
+    assert status == 413 and "INFLUENCER_HUB_MAX_JSON_MB" in body.decode(), (status, body)
     # an ordinary request still works on the same hub
     r = httpx.post(f"{url}/api/generate/text", json={"model": "m", "prompt": ""}, headers={"X-Hub-Token": TOKEN})
     assert r.status_code == 422
