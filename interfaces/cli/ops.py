@@ -284,8 +284,9 @@ def hub(
         from interfaces.hub.app import create_app
 
         h, p = host or s.hub_host, port or s.hub_port
+        hub_app = create_app(s, bind=h)  # refuses an empty token, or a short one on a non-loopback address
         out.print(f"Control Hub on http://{h}:{p}/  (API docs: /docs)")
-        uvicorn.run(create_app(s), host=h, port=p, log_level="info")
+        uvicorn.run(hub_app, host=h, port=p, log_level="info")
 
 
 @app.command(rich_help_panel=PANEL)

@@ -17,9 +17,9 @@ from ai_influencer.openrouter import (
     OpenRouterError,
     RateLimitError,
 )
-from interfaces.hub.context import HubContext, hub, require_token
+from interfaces.hub.context import HubContext, hub, token_scheme
 
-router = APIRouter(dependencies=[Depends(require_token)], tags=["openrouter"])
+router = APIRouter(dependencies=[Depends(token_scheme)], tags=["openrouter"])
 
 
 class GenerateRequest(BaseModel):
