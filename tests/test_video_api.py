@@ -209,3 +209,18 @@ def test_a_stopped_download_leaves_nothing(api: VideoAPI, vstub: StubVideoAPI, t
     with pytest.raises(StopRequested):
         api.download(job.id, tmp_path / "clip.mp4", stop=stop)
     assert list(tmp_path.iterdir()) == [], "neither the clip nor its temporary file"
+
+
+def test_the_video_api_mounts_on_the_chat_and_image_stub() -> None:
+    """One base URL for a whole hybrid run: chat and models from the chat stub, videos from the video stub."""
+    from tests.support.video_stub import StubOpenRouterWithVideo
+
+    with (
+        StubOpenRouterWithVideo(valid_keys=[TEST_KEY]) as stub,
+        OpenRouterClient(TEST_KEY, base_url=stub.base_url, timeout=10, max_retries=1) as client,
+    ):
+        assert client.chat("meta-llama/llama-3.1-70b-instruct", [{"role": "user", "content": "hi"}]).text
+        api = VideoAPI(client)
+        job = api.submit(VideoRequest(model="google/veo-3.1-fast", prompt="a walk", duration=4))
+        assert job.id in stub.video.jobs and len(stub.video.submits) == 1
+        assert "google/gemini-2.5-flash-image" in {m.id for m in client.list_models()}

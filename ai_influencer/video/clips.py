@@ -95,12 +95,13 @@ _SENTENCE = re.compile(r"(?<=[.!?…])\s+|\n+")
 
 
 def split_script(script: str, shots: int) -> list[str]:
-    """The spoken script as one line per shot (see the module doc); shots beyond the sentences get ""."""
+    """The spoken script as one line per shot (see the module doc); with fewer sentences than shots, one
+    sentence a shot from the first, and the shots after them get ""."""
     if shots < 1:
         return []
     sentences = [s.strip() for s in _SENTENCE.split(script or "") if s and s.strip()]
-    if not sentences:
-        return [""] * shots
+    if len(sentences) <= shots:  # one sentence a shot, from the first; the shots after it are silent
+        return sentences + [""] * (shots - len(sentences))
     words = [max(1, len(s.split())) for s in sentences]
     total = sum(words)
     lines: list[list[str]] = [[] for _ in range(shots)]

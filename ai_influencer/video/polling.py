@@ -29,6 +29,7 @@ class VideoJobDeadlineError(TimeoutError):
     """A job did not end within the whole-job deadline; it stays in the ledger and a later run polls it."""
 
 
+@dataclass(frozen=True)
 class WaitPolicy:
     """How to wait for jobs: poll backoff, the whole-job deadline, how often to look at stop and webhooks."""
 

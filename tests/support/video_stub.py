@@ -191,7 +191,7 @@ OTHER_PHOTOS: dict[str, tuple[int, int, int, int]] = {"biden.jpg": (419, 241, 74
 _DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+;base64,(?P<data>.*)$", re.S)
 
 
-def _face_crop(name: str, box: tuple[int, int, int, int]) -> Image.Image:
+def face_crop(name: str, box: tuple[int, int, int, int]) -> Image.Image:
     """A portrait crop around a known face, as a generator would frame a persona (face ~40 % of the width)."""
     image = Image.open(faces_dir() / name).convert("RGB")
     left, top, right, bottom = box
@@ -202,7 +202,7 @@ def _face_crop(name: str, box: tuple[int, int, int, int]) -> Image.Image:
     return image.crop((x0, y0, x0 + side, y0 + side))
 
 
-def _cover(image: Image.Image, size: tuple[int, int], zoom: float, pan: float) -> Image.Image:
+def cover(image: Image.Image, size: tuple[int, int], zoom: float, pan: float) -> Image.Image:
     """``image`` filling ``size`` (centre crop), zoomed in by ``zoom`` and panned by ``pan`` of the slack."""
     w, h = size
     scale = max(w / image.width, h / image.height) * zoom
@@ -619,8 +619,8 @@ class StubVideoAPI:
         count = max(2, round(seconds * self.fps))
         persona = self._input_images(job.body) if job.subject in ("inputs", "mixed") else []
         if job.subject == "persona" or (job.subject == "mixed" and not persona):
-            persona = [_face_crop(n, b) for n, b in PERSONA_PHOTOS.items()]
-        other = [_face_crop(n, b) for n, b in OTHER_PHOTOS.items()]
+            persona = [face_crop(n, b) for n, b in PERSONA_PHOTOS.items()]
+        other = [face_crop(n, b) for n, b in OTHER_PHOTOS.items()]
         size = self._frame_size(job)
         frames = []
         for i in range(count):
@@ -639,7 +639,7 @@ class StubVideoAPI:
                 rgb = (np.concatenate([x + 0 * y, y + 0 * x, (x + y + progress) % 1], axis=2) * 255).astype(np.uint8)
                 frames.append(Image.fromarray(rgb))
             else:
-                frames.append(_cover(source, size, 1.0 + 0.08 * progress, 0.2 * math.sin(progress * math.pi)))
+                frames.append(cover(source, size, 1.0 + 0.08 * progress, 0.2 * math.sin(progress * math.pi)))
         audio = job.body.get("generate_audio", job.model.get("generate_audio") is True)
         data = encode_mp4(frames, self.fps, audio_seconds=seconds if audio else None)
         with self._lock:
