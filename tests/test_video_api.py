@@ -69,6 +69,7 @@ def test_discovery_reads_the_listing_and_caches_it(api: VideoAPI, vstub: StubVid
 
 
 def test_submit_poll_download_round_trip(api: VideoAPI, vstub: StubVideoAPI, tmp_path: Path) -> None:
+    vstub.pending_s, vstub.running_s = 0.4, 0.8  # wide enough for polls every 20 ms to see every state
     request = VideoRequest(
         model="google/veo-3.1-fast",
         prompt="she waves at the camera",

@@ -236,8 +236,8 @@ def run_video(
         except StopRequested as exc:
             out(plan, WAITING, job_id=record.job_id, error=f"completed, not downloaded: {exc}")
             return
-        except (OpenRouterError, BadVideoError, LedgerError, OSError) as exc:
-            out(plan, ERROR, job_id=record.job_id, error=f"completed, download failed (run again): {exc}")
+        except (OpenRouterError, BadVideoError, LedgerError, OSError, ValueError) as exc:
+            out(plan, ERROR, job_id=record.job_id, error=f"completed, not kept yet (run again): {exc}")
             return
         verdict = (clip.identity or {}).get("verdict")
         emit(f"shot {plan.index + 1} [{plan.scene}]: {clip.file} kept" + (f", identity {verdict}" if verdict else ""))
@@ -276,8 +276,12 @@ def run_video(
     def stopping() -> bool:
         return stop is not None and stop.is_set()
 
+    def may_submit() -> bool:
+        room = max_in_flight is None or poller.active < max_in_flight
+        return bool(queue) and halted is None and not stopping() and room
+
     while True:
-        while queue and halted is None and not stopping() and (max_in_flight is None or poller.active < max_in_flight):
+        while may_submit():
             plan = queue.pop(0)
             try:
                 record = submit_clip(
@@ -330,7 +334,7 @@ def run_video(
                 out(plan, WAITING, job_id=waited.record.job_id, error=waited.error)
             else:
                 out(plan, ERROR, job_id=waited.record.job_id, error=waited.error)
-        if poller.active and not (queue and (max_in_flight is None or poller.active < max_in_flight)):
+        if poller.active and not may_submit():  # a job that just ended may have made room for a submit
             poller.wait()
     why = f"stopped ({stop.reason})" if stopping() and stop is not None else (halted or "run ended")
     for plan in queue:

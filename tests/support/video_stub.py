@@ -52,6 +52,7 @@ VIDEO_FAULTS = (
     "submit-429",  # answered 429 + Retry-After: nothing created
     "submit-500",  # answered 500: nothing created
     "submit-502",
+    "submit-402",  # no credits left: nothing created
     "submit-lost",  # the job IS created and billed, then the connection closes without an answer
     "submit-cut",  # the job IS created; the 202 body stops half-way
     "poll-500",
@@ -488,7 +489,7 @@ class StubVideoAPI:
         return float(skus["generate"]) if "generate" in skus else 0.5
 
     def _submit(self, h: BaseHTTPRequestHandler, rec: VideoRequestRecord, body: Any, fault: str | None, reply, error):
-        if fault in ("submit-429", "submit-500", "submit-502"):
+        if fault in ("submit-429", "submit-500", "submit-502", "submit-402"):
             return error(int(fault[-3:]), f"injected {fault}", Retry_After=self.retry_after)
         if not isinstance(body, dict) or not body.get("model"):
             return error(400, "model is required")
