@@ -89,6 +89,11 @@ class Workspace:
     def samples(self) -> Path:
         return self.data_root / "samples"
 
+    @property
+    def video(self) -> Path:
+        """Persona clips (``video.ledger.VideoStore``): <key>.mp4 + <key>.json, jobs/, filmstrips/, webhooks/."""
+        return self.data_root / "video"
+
     # ---- models/ -------------------------------------------------------------------------------
     @property
     def lora_dir(self) -> Path:
