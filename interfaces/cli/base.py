@@ -10,6 +10,7 @@ one clear line and exit non-zero instead of a traceback.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -96,26 +97,30 @@ def one_line(exc: BaseException, *, first_line_only: bool = False) -> str:
     return text.splitlines()[0] if first_line_only else text
 
 
-@contextmanager
-def friendly_errors() -> Iterator[None]:
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """The failures a command reports as one line. Prefect's HTTP error only when Prefect is loaded:
+    importing it costs a second, and a command that never loaded it cannot have raised it."""
     import httpx
-    from prefect.exceptions import PrefectHTTPStatusError
 
-    from ai_influencer.openrouter import OpenRouterError
+    from ai_influencer.openrouter.errors import OpenRouterError
     from ai_influencer.prompt_bank import PromptBankError
 
+    found: tuple[type[BaseException], ...] = (
+        CliError, MissingApiKeyError, PromptBankError, OpenRouterError, ValueError, FileNotFoundError,
+        httpx.HTTPError,
+    )  # fmt: skip
+    if "prefect.exceptions" in sys.modules:
+        found += (sys.modules["prefect.exceptions"].PrefectHTTPStatusError,)
+    return found
+
+
+@contextmanager
+def friendly_errors() -> Iterator[None]:
     try:
         yield
-    except (
-        CliError,
-        MissingApiKeyError,
-        PromptBankError,
-        OpenRouterError,
-        ValueError,
-        FileNotFoundError,
-        httpx.HTTPError,
-        PrefectHTTPStatusError,
-    ) as exc:
+    except Exception as exc:
+        if not isinstance(exc, expected_errors()):
+            raise
         console.print(f"[bold red]error:[/] {one_line(exc)}", highlight=False, markup=True, soft_wrap=True)
         raise typer.Exit(code=1) from None
 
