@@ -23,7 +23,13 @@ if TYPE_CHECKING:
     from ai_influencer.usecases.evaluate import EvaluationOutcome, evaluate
     from ai_influencer.usecases.generate import GenerateOutcome, RequestPlan, generate, plan_requests
     from ai_influencer.usecases.plan import plan, write_plan
-    from ai_influencer.usecases.prepare import MIN_REFERENCES, NotEnoughReferencesError, PrepareOutcome, prepare
+    from ai_influencer.usecases.prepare import (
+        MIN_REFERENCES,
+        NotEnoughReferencesError,
+        PrepareOutcome,
+        check_references,
+        prepare,
+    )
     from ai_influencer.usecases.qc import QCJob, qc, qc_stream
     from ai_influencer.usecases.report import Report, downweight, report
     from ai_influencer.usecases.train import train, train_config
@@ -44,6 +50,7 @@ _EXPORTS: dict[str, str] = {
     "NotEnoughReferencesError": "prepare",
     "PrepareOutcome": "prepare",
     "prepare": "prepare",
+    "check_references": "prepare",
     "QCJob": "qc",
     "qc": "qc",
     "qc_stream": "qc",
@@ -65,6 +72,7 @@ __all__ = [
     "Report",
     "RequestPlan",
     "augment",
+    "check_references",
     "downweight",
     "evaluate",
     "generate",
