@@ -117,17 +117,19 @@ def main() -> None:
     load = os.getloadavg()
     print(f"# cli_start: {os.cpu_count()} cores, load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, repeat {ns.repeat}")
     measured = [measure(c, cases, ns.repeat, ns.python) for c in checkouts]
-    header = ["case", *(f"{c.name} (s)" for c in checkouts)]
+    header = ["case"]
+    for c in checkouts:
+        header += [f"{c.name} (s)", f"{c.name}: outcome"]
     if len(checkouts) > 1:
         header.append(f"{checkouts[-1].name}/{checkouts[0].name}")
-    header.append("last checkout's outcome")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for case in cases:
-        row = [case, *(f"{m[case][0]:.2f}" for m in measured)]
+        row = [case]
+        for m in measured:
+            row += [f"{m[case][0]:.2f}", m[case][1]]
         if len(checkouts) > 1:
             row.append(f"{measured[-1][case][0] / measured[0][case][0]:.2f}x")
-        row.append(measured[-1][case][1])
         print("| " + " | ".join(row) + " |")
 
 
