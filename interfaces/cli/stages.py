@@ -139,7 +139,7 @@ def generate(
     """Generate images through OpenRouter: content-addressed, resumable, with a manifest.
 
     Ctrl-C or SIGTERM stops sending new requests; the ones already sent finish and are saved
-    (a second Ctrl-C stops at once).
+    (a second Ctrl-C stops at once). Exit code 2: some images failed; 4: the budget refused images.
     """
     from ai_influencer.pacing import StopFlag, drain_on_signals
 
