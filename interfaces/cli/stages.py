@@ -305,11 +305,13 @@ def _passed(check: Check) -> None:
 
 
 def _check_run_inputs(s: Settings, prompt_bank: Path, skipped: set[str], *, allow_multi_face: bool = False) -> None:
-    """The prompt bank and (unless prepare is skipped) each reference photo, decoded, faces counted:
-    what prepare will use. Checked before Prefect starts; the photos take about 0.5 s each."""
+    """The prompt bank (and whether its persona is still the template's) and, unless prepare is skipped,
+    each reference photo, decoded, faces counted: what prepare will use. Checked before Prefect starts;
+    the photos take about 0.5 s each."""
     from ai_influencer import diagnostics as d
 
-    _passed(d.check_prompt_bank(prompt_bank))
+    for check in d.check_prompt_bank_and_persona(prompt_bank):  # a template persona is a warning
+        _passed(check)
     if "prepare" not in skipped:
         _passed(d.check_reference_photos(s, workspace().input_raw, allow_multi_face=allow_multi_face))
 
