@@ -44,13 +44,18 @@ from ai_influencer.pacing import Pacer, StopFlag, StopRequested
 from ai_influencer.prompt_bank import PromptSpec
 from ai_influencer.vision.image_io import IncompleteImageError, verify_image_file
 
-_SIZE = re.compile(r"^(\d{2,5})x(\d{2,5})$")
+_SIZE = re.compile(r"^(\d+)x(\d+)$")
+SIDE_PX = (16, 16384)  # the sides a size may have, in pixels
 
 
 def parse_size(size: str) -> tuple[int, int]:
+    """``WxH`` as two ints; an error names the side that is out of range (``99x0``: the height)."""
     m = _SIZE.match(size.strip().lower())
     if not m:
-        raise ValueError(f"size must look like 1024x1024, got {size!r}")
+        raise ValueError(f"size must look like WxH, e.g. 1024x1024, got {size!r}")
+    for side, value in (("width", int(m[1])), ("height", int(m[2]))):
+        if not SIDE_PX[0] <= value <= SIDE_PX[1]:
+            raise ValueError(f"size {size.strip()}: {side} {value} is out of range ({SIDE_PX[0]}-{SIDE_PX[1]} px)")
     return int(m[1]), int(m[2])
 
 

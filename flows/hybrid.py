@@ -58,7 +58,7 @@ def hybrid_flow(params: HybridParams = HybridParams()) -> dict:
     if (p.run_train or p.run_evaluate) and not base.exists():
         # A fresh machine has no SDXL checkpoint (licence: users bring their own). The dataset is
         # done; say exactly what is missing instead of failing the whole run at its last step.
-        print(f"train/evaluate skipped: no base SDXL model at {base} (see README 'Training a LoRA')")
+        print(f"train/evaluate skipped: no base SDXL model at {base} (see docs/training.md)")
         out["train"] = out["evaluate"] = {"skipped": f"no base model at {base}"}
         return out
     if p.run_train:

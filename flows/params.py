@@ -93,6 +93,9 @@ class PrepareParams(RunParams):
     do_facecrop: bool = True
     size: int = Field(default=1024, ge=64, le=4096)
     backend: str | None = Field(default=None, description=BACKEND_HELP)
+    allow_multi_face: bool = Field(
+        default=False, description="Use photos with several faces (the largest kept); by default they are refused."
+    )
 
 
 class PlanParams(RunParams):

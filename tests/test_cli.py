@@ -72,7 +72,8 @@ def test_generate_budget_stops_paid_requests_at_the_cap(
     budget = stub.image_cost * 3.5
     args = ["generate", "--per_scene", "1", "--out", str(out), "--concurrency", "1", "--budget", str(budget)]
     res = run(args, cli_env, tmp_path)
-    assert res.returncode == 0, res.stderr
+    assert res.returncode == 4, res.stderr  # the budget refused images: a distinct exit code, said on stderr
+    assert "budget reached: 3 images not generated" in res.stderr and "exit code 4" in res.stderr, res.stderr
     assert "generated 3, failed 0, refused by budget 3" in res.stdout, res.stdout
     assert len(stub.paid_requests) == 3 and len(list(out.glob("*.png"))) == 3
     spent = float(res.stdout.split("spent $", 1)[1].split(";", 1)[0])

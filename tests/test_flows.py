@@ -435,3 +435,19 @@ def test_a_new_code_version_misses_the_cache(tmp_path: Path, monkeypatch: pytest
         assert caching.fingerprint(tmp_path, extra=("qc", 0.34)) != key
     finally:
         caching.code_version.cache_clear()
+
+
+def test_plan_cache_is_per_workspace(prefect_server: str, env: StubOpenRouter, tmp_path: Path) -> None:
+    """A brand-new data folder was handed another workspace's cached storyboard (same bank, same model):
+    the result store is shared by every workspace of a Prefect home. Within a workspace a re-run pays nothing."""
+    from flows.params import PlanParams
+    from flows.stages import plan_flow
+
+    one, two = paths(tmp_path / "one", refs=False), paths(tmp_path / "two", refs=False)
+    calls = chat_calls(env)
+    plan_flow(PlanParams(), one)
+    plan_flow(PlanParams(), one)
+    assert chat_calls(env) == calls + 1, "a re-run in the same workspace is served from the cache"
+    plan_flow(PlanParams(), two)
+    assert chat_calls(env) == calls + 2, "a new workspace plans for itself"
+    assert (tmp_path / "two" / "data" / "text" / "storyboard.json").is_file()

@@ -44,7 +44,7 @@ from ai_influencer.openrouter.errors import (
     describe_body,
     error_from_response,
 )
-from ai_influencer.openrouter.retry import WaitRetryAfterOrBackoff, is_retryable
+from ai_influencer.openrouter.retry import WaitRetryAfterOrBackoff, is_retryable, log_retry
 from ai_influencer.openrouter.types import (
     ChatResult,
     Credits,
@@ -128,6 +128,7 @@ class _Core:
             "retry": retry_if_exception(is_retryable),
             "stop": stop_after_attempt(self.max_retries + 1),
             "wait": WaitRetryAfterOrBackoff(self.backoff_initial, self.retry_cap),
+            "before_sleep": log_retry,
             "reraise": True,
         }
 

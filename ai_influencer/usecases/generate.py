@@ -29,12 +29,13 @@ from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
 @dataclass
 class RequestPlan:
     requests: list[ImageRequest]  # every image the prompt bank composes for this run
-    todo: list[ImageRequest]  # the ones not on disk yet
+    todo: list[ImageRequest]  # the ones not on disk yet (at most ``limit`` of them)
     references: list[Path] = field(default_factory=list)
+    left_for_later: int = 0  # missing ones beyond ``limit``: neither done nor sent in this run
 
     @property
     def already_done(self) -> int:
-        return len(self.requests) - len(self.todo)
+        return len(self.requests) - len(self.todo) - self.left_for_later
 
 
 def plan_requests(
@@ -55,7 +56,9 @@ def plan_requests(
     bank = load_prompt_bank(prompt_bank)
     requests = build_requests(compose_prompts(bank, per_scene, seed), model, size, refs)
     todo = [r for r in requests if already_done(r, out_dir) is None]
-    return RequestPlan(requests, todo if limit is None else todo[:limit], refs)
+    if limit is None or len(todo) <= limit:
+        return RequestPlan(requests, todo, refs)
+    return RequestPlan(requests, todo[:limit], refs, left_for_later=len(todo) - limit)
 
 
 @dataclass

@@ -39,12 +39,20 @@ class QCRow:
 def tile_label(r: QCRow) -> str:
     """Two short lines under a contact-sheet tile: the evidence, then the verdict's reason."""
     score = "-" if r.score is None else f"{r.score:.2f}"
-    refs = f" [{'/'.join(s[:4] for s in r.ref_scores.split())}]" if r.ref_scores else ""
+    refs = f" [{'/'.join(_two_places(s) for s in r.ref_scores.split())}]" if r.ref_scores else ""
     sharp = "-" if r.sharpness is None else f"{r.sharpness:.0f}"
     first = f"id {score}{refs} sh {sharp}"
     if r.margin is not None and r.verdict == "accepted":
         return f"{first}\nmargin {r.margin:+.2f}"
     return f"{first}\n{r.reason or r.verdict}"
+
+
+def _two_places(score: str) -> str:
+    """A reference score rounded for a tile (``-0.0512`` -> ``-0.05``; cutting the text gave ``-0.0``)."""
+    try:
+        return f"{float(score):.2f}"
+    except ValueError:
+        return score
 
 
 def _float(value: str | None) -> float | None:

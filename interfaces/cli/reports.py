@@ -42,8 +42,10 @@ def models(
     """List OpenRouter models (cached), optionally only image generators."""
     with friendly_errors():
         from ai_influencer.openrouter import OpenRouterClient
+        from blocks.openrouter import resolve_settings
 
-        client = OpenRouterClient(**OpenRouterClient._settings_kwargs(settings()))  # /models needs no key
+        # The base URL stored with the key (`set-key --base-url`) wins, as for every other call; /models needs no key.
+        client = OpenRouterClient(**OpenRouterClient._settings_kwargs(resolve_settings(settings())[0]))
         found = client.list_models(output_modality, refresh=refresh)
         if as_json:
             out.print_json(json.dumps([m.model_dump() for m in found]))
