@@ -8,7 +8,17 @@ retries, caching, limits and artifacts around these calls.
 
 from ai_influencer.usecases.augment import AugmentOutcome, augment
 from ai_influencer.usecases.evaluate import EvaluationOutcome, evaluate
-from ai_influencer.usecases.generate import GenerateOutcome, RequestPlan, generate, plan_requests
+from ai_influencer.usecases.generate import (
+    GenerateOutcome,
+    RequestPlan,
+    describe_plan,
+    estimate,
+    generate,
+    make_images,
+    plan_markdown,
+    plan_requests,
+    prepare_route,
+)
 from ai_influencer.usecases.plan import plan, write_plan
 from ai_influencer.usecases.prepare import MIN_REFERENCES, NotEnoughReferencesError, PrepareOutcome, prepare
 from ai_influencer.usecases.qc import QCJob, qc, qc_stream
@@ -26,12 +36,17 @@ __all__ = [
     "Report",
     "RequestPlan",
     "augment",
+    "describe_plan",
     "downweight",
+    "estimate",
     "evaluate",
     "generate",
+    "make_images",
     "plan",
+    "plan_markdown",
     "plan_requests",
     "prepare",
+    "prepare_route",
     "qc",
     "qc_stream",
     "report",
