@@ -126,7 +126,7 @@ def test_models_are_cached_for_the_ttl_and_filtered_by_modality(stub: StubOpenRo
     c = OpenRouterClient(TEST_KEY, base_url=stub.base_url, models_ttl=60)
     image_models = c.list_models("image")
     assert {m.id for m in image_models} == {IMAGE, "black-forest-labs/flux.2-pro", "acme/chat-painter"}
-    assert len(c.list_models()) == 4
+    assert len(c.list_models()) == 5
     assert sum(r.path.endswith("/models") for r in stub.requests) == 1
     c.list_models(refresh=True)
     assert sum(r.path.endswith("/models") for r in stub.requests) == 2

@@ -194,9 +194,9 @@ def generate(
         estimated = "" if est is None else f" (estimate ${est:.4f})"
         refused, stopped = done.images("budget"), done.images("stopped")
         out.print(
-            f"generated {done.images()} images in {money['paid_calls']} requests{short}, "
-            f"failed {done.count('failed')}, refused by budget {refused}, not sent after stop {stopped}; "
-            f"spent ${money['spent_usd']:.4f}{estimated}{unpriced}; {done.pacing.describe()}; "
+            f"generated {done.images()}, failed {done.images('failed')}, refused by budget {refused}, not sent "
+            f"after stop {stopped} (images; {money['paid_calls']} paid requests{short}); spent "
+            f"${money['spent_usd']:.4f}{estimated}{unpriced}; {done.pacing.describe()}; "
             f"manifest: {target / 'manifest.json'}"
         )
         if stop.is_set():
