@@ -37,6 +37,7 @@ def test_models_lists_image_generators(cli_env: dict[str, str], tmp_path: Path) 
     assert {m["id"] for m in json.loads(res.stdout)} == {
         "google/gemini-2.5-flash-image",
         "black-forest-labs/flux.2-pro",
+        "acme/chat-painter",
     }
 
 
@@ -311,9 +312,7 @@ def test_stopping_the_main_job_keeps_every_paid_image(
     while time.monotonic() < deadline and len(list(out.glob("*.png"))) < 2 and proc.poll() is None:
         time.sleep(0.05)
     time.sleep(0.3)
-    in_flight = sum(r.paid for r in stub.image_requests()) - len(
-        list(out.glob("*.png"))
-    )
+    in_flight = sum(r.paid for r in stub.image_requests()) - len(list(out.glob("*.png")))
     if group:
         os.killpg(proc.pid, sig)
     else:

@@ -203,6 +203,14 @@ class GenerateOutcome:
     def short(self) -> int:
         return sum(o.short for o in self.outcomes)
 
+    @property
+    def estimated_paid_usd(self) -> float | None:
+        """What the price lines said the images paid for in this run would cost (beside the spend)."""
+        values = [r.estimate_usd for o in self.outcomes for r in o.records if r.file in o.fresh]
+        if not values or any(v is None for v in values):
+            return None
+        return round(sum(v for v in values if v is not None), 6)
+
 
 def generate(
     client: OpenRouterClient,

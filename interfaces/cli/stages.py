@@ -190,13 +190,13 @@ def generate(
         money = done.money
         unpriced = f" ({money['unpriced_calls']} unpriced, counted at the estimate)" if money["unpriced_calls"] else ""
         short = f", {done.short} short answer(s) (the rest stay owed)" if done.short else ""
-        est = done.estimate.total_usd if done.estimate else None
-        estimated = "" if est is None else f" (estimate ${est:.4f})"
+        est = done.estimated_paid_usd
+        estimated = "" if est is None else f"; by the price lines ${est:.4f}"
         refused, stopped = done.images("budget"), done.images("stopped")
         out.print(
             f"generated {done.images()}, failed {done.images('failed')}, refused by budget {refused}, not sent "
             f"after stop {stopped} (images; {money['paid_calls']} paid requests{short}); spent "
-            f"${money['spent_usd']:.4f}{estimated}{unpriced}; {done.pacing.describe()}; "
+            f"${money['spent_usd']:.4f}{unpriced}{estimated}; {done.pacing.describe()}; "
             f"manifest: {target / 'manifest.json'}"
         )
         if stop.is_set():

@@ -827,6 +827,8 @@ class StubOpenRouter:
             return error(400, "model and prompt are required")
         if model not in self.image_models:
             return error(400, f"{model} is not a valid image model ID")
+        if "x" in str(body.get("size") or "") and ("resolution" in body or "aspect_ratio" in body):
+            return error(400, "an explicit pixel size cannot be combined with resolution or aspect_ratio")
         provider = body.get("provider") or {}
         endpoint = self._served_by(self.image_models[model][1], provider)
         if endpoint is None:
@@ -848,8 +850,6 @@ class StubOpenRouter:
                 return error(400, f"{endpoint['provider_name']} does not support the parameter {key!r} for {model}")
             if not self._accepts(cap, value):
                 return error(400, f"{key}={value!r} is not accepted by {endpoint['provider_name']} for {model}")
-        if "x" in str(body.get("size") or "") and ("resolution" in body or "aspect_ratio" in body):
-            return error(400, "an explicit pixel size cannot be combined with resolution or aspect_ratio")
         refs = body.get("input_references") or []
         if refs:
             cap = params.get("input_references")
