@@ -306,3 +306,34 @@ def test_every_existing_fault_applies_on_the_new_route_and_is_survived(stub: Stu
     for img in result.images:
         with Image.open(io.BytesIO(img.data)) as im:
             im.load()
+
+
+# ---- the hub's /api/generate/image takes the same path ------------------------------------------------
+def test_the_hub_generates_through_the_same_route_with_n_and_refuses_what_the_endpoint_does_not_take(
+    stub: StubOpenRouter, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    import httpx
+
+    from interfaces.hub.app import create_app
+    from tests.support.hub_server import serve
+    from tests.test_hub import AUTH, hub_settings
+
+    with serve(create_app(hub_settings(stub, Path(str(tmp_path))))) as hub:
+        ok = httpx.post(
+            f"{hub}/api/generate/image", json={"model": SEEDREAM, "prompt": "x", "n": 3, "seed": 4}, headers=AUTH
+        )
+        assert ok.status_code == 200 and len(ok.json()["items"]) == 3
+        assert posts(stub)[-1].body["n"] == 3 and posts(stub)[-1].body["seed"] == 4
+        wide = httpx.post(
+            f"{hub}/api/generate/image", json={"model": GEMINI, "prompt": "x", "aspect_ratio": "16:9"}, headers=AUTH
+        )
+        assert wide.status_code == 200 and posts(stub)[-1].body["aspect_ratio"] == "16:9"
+        sent = len(posts(stub))
+        refused = httpx.post(f"{hub}/api/generate/image", json={"model": GEMINI, "prompt": "x", "n": 2}, headers=AUTH)
+        assert refused.status_code == 400 and refused.json()["error"] == {
+            "code": "unsupported_parameter",
+            "message": "--n 2: google/gemini-2.5-flash-image accepts n = 1",
+        }
+        assert len(posts(stub)) == sent, "refused before anything was paid"

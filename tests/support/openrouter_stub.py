@@ -256,6 +256,7 @@ class RecordedRequest:
     asked: int = 0  # images the request asked for (Image API ``n``; 1 on the chat route)
     authorization_ok: bool = False
     headers: dict[str, str] = field(default_factory=dict)
+    wall: float = field(default_factory=time.time)  # arrival, wall clock (to compare with server timestamps)
 
 
 def _schema_instance(schema: dict[str, Any], defs: dict[str, Any], name: str = "value", depth: int = 0) -> Any:
