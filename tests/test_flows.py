@@ -181,7 +181,7 @@ def test_credits_running_out_halts_the_run_and_keeps_what_was_bought(
     prefect_server: str, env: StubOpenRouter, tmp_path: Path
 ) -> None:
     env.credits_total = env.image_cost * 3.5
-    with pytest.raises(Exception, match="insufficient_credits") as info:
+    with pytest.raises(Exception, match="account is out of credits") as info:
         generate_flow(
             GenerateParams(per_scene=3, limits=limits(inflight=2), use_references=False), paths(tmp_path, False)
         )
