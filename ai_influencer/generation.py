@@ -63,7 +63,7 @@ from ai_influencer.openrouter.capabilities import (
 from ai_influencer.openrouter.errors import UnsupportedParameterError
 from ai_influencer.pacing import Pacer, StopFlag, StopRequested
 from ai_influencer.prompt_bank import PromptSpec
-from ai_influencer.vision.image_io import IncompleteImageError, verify_image_bytes, verify_image_file
+from ai_influencer.vision.image_io import IncompleteImageError, verify_image_file
 
 __all__ = ["aspect_ratio", "parse_size"]  # re-exported: the size rules live with the routes' capabilities
 
@@ -505,7 +505,6 @@ def generate_one(
     }
     fresh: list[ImageRecord] = []
     for i, (slot, image) in enumerate(zip(owed, images, strict=False)):
-        verify_image_bytes(image.data)  # the client decoded it whole; this is the bytes we are about to keep
         name = f"{slot.file_key}{image.extension}"
         atomic_write_bytes(out_dir / name, image.data)
         record = _record(

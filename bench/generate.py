@@ -180,7 +180,7 @@ def images_per_request_table(ns: list[int], requests: int, latency: float, rate:
           f"{rate:g} req/s, in-flight {inflight}, {os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f}")  # fmt: skip
     print(f"{'n':>3} | {'requests':>8} | {'images':>6} | {'steady img/s':>12} | {'steady req/s':>12} | "
           f"{'img/s vs n=1':>12} | {'end-to-end img/s':>16} | {'peak req/1s':>11} | {'429s':>4}")  # fmt: skip
-    base = rows[0]["steady_img_s"]
+    base = next((r for r in rows if r["n"] == 1), rows[0])["steady_img_s"]  # the baseline: n = 1, same run
     for r in rows:
         print(
             f"{r['n']:>3} | {r['requests']:>8} | {r['images']:>6} | {r['steady_img_s']:>12.2f} | "
