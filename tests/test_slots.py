@@ -209,3 +209,17 @@ def test_a_model_only_chat_serves_works_through_the_chat_route_and_the_manifest_
     assert done.images() == 6 and not posts(stub)
     assert sum("modalities" in (r.body or {}) for r in stub.requests) == 6
     assert json.loads((tmp_path / "manifest.json").read_text())["routes"] == {"chat": 6}
+
+
+def test_the_cost_report_puts_the_estimate_beside_the_billed_total(
+    images_only: StubOpenRouter, c: OpenRouterClient, tmp_path: Path
+) -> None:
+    from ai_influencer.analytics.report import Joined, cost_report
+
+    refs = refs_dir(tmp_path, "obama.jpg")
+    out = tmp_path / "synth"
+    p = plan(out, refs=refs)
+    run(c, out, p)
+    (total,) = cost_report([Joined(r, None) for r in read_sidecars(out)[0]])["total"]
+    assert total.spend_usd == pytest.approx(images_only.usage_total)
+    assert total.estimate_usd == pytest.approx(total.spend_usd) == pytest.approx(24 * 0.04 + 6 * 0.002)
