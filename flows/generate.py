@@ -30,7 +30,7 @@ from ai_influencer.costs import CostLedger
 from ai_influencer.dataset.manifest import rebuild_manifest
 from ai_influencer.dataset.workspace import Workspace
 from ai_influencer.dispatch import Dispatched, dispatch
-from ai_influencer.generation import ImageRequest
+from ai_influencer.generation import ImageRequest, iter_reference_images
 from ai_influencer.openrouter.capabilities import ImageRoute
 from ai_influencer.pacing import AdaptiveRate, PacingStats, StopRequested, drain_on_signals, rate_limit_capacity
 from ai_influencer.settings import Settings
@@ -101,6 +101,19 @@ def generate_flow(params: GenerateParams = GenerateParams(), paths: Paths = Path
     RUN_STOP.clear()
     with drain_on_signals(RUN_STOP):
         return run.execute()
+
+
+def check_image_route(params: GenerateParams, paths: Paths) -> ImageRoute:
+    """The generate stage's options checked against the image endpoint: free calls only, so that a run
+    (the hybrid flow) fails on an unsupported option before it pays for anything, its plan included."""
+    s = Settings()
+    params, paths = params.resolve(s), paths.resolve(s)
+    assert params.model is not None
+    ws = paths.workspace()
+    refs = 0
+    if params.use_references:  # the cleaned photos, or before prepare ran, the photos it will clean
+        refs = len(list(iter_reference_images(ws.cleaned))) or len(list(iter_reference_images(ws.input_raw)))
+    return usecases.check_route(openrouter_client(), params.model, params.image_options(), references=refs)
 
 
 class _Run:

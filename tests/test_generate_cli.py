@@ -162,3 +162,16 @@ def test_run_on_the_image_api_n4_writes_every_image_and_a_rerun_pays_nothing(
     again = influencer([*args, "--skip", "prepare", "--skip", "plan"], env, tmp_path, timeout=420)
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(stub.paid_requests) == paid and len(posts(stub)) == 6, "a rerun pays nothing"
+
+
+def test_run_with_an_unsupported_option_pays_for_nothing_not_even_the_plan(
+    lookalike: tuple[StubOpenRouter, dict[str, str]], tmp_path: Path
+) -> None:
+    stub, env = lookalike
+    photos(tmp_path / "data" / "input_raw", "obama.jpg", "obama3.jpg")
+    env = {k: v for k, v in env.items() if not k.startswith("PREFECT_API_")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"))
+    res = influencer(["run", "--per_scene", "1", "--n", "4"], env, tmp_path, timeout=300)
+    assert res.returncode == 1
+    assert "error: --n 4: google/gemini-2.5-flash-image accepts n = 1" in res.stderr
+    assert not stub.paid_requests and not posts(stub), "nothing paid: the storyboard neither"

@@ -11,6 +11,7 @@ from ai_influencer.usecases.evaluate import EvaluationOutcome, evaluate
 from ai_influencer.usecases.generate import (
     GenerateOutcome,
     RequestPlan,
+    check_route,
     describe_plan,
     estimate,
     generate,
@@ -36,6 +37,7 @@ __all__ = [
     "Report",
     "RequestPlan",
     "augment",
+    "check_route",
     "describe_plan",
     "downweight",
     "estimate",

@@ -138,6 +138,11 @@ def prepare_route(
     )
 
 
+def check_route(client: OpenRouterClient, model: str, options: ImageOptions, *, references: int = 0) -> ImageRoute:
+    """Every option a run would send checked against the image endpoint, before a run pays for anything."""
+    return resolve_route(client, model, options, references=references)
+
+
 def estimate(plan: RequestPlan, route: ImageRoute) -> CostEstimate:
     """What the plan's requests will cost by the route's price lines (the budget's price before answers)."""
     costs = [route.estimate(r.n) for r in plan.todo]
@@ -280,6 +285,7 @@ def make_images(
 __all__ = [
     "GenerateOutcome",
     "RequestPlan",
+    "check_route",
     "describe_plan",
     "estimate",
     "generate",
