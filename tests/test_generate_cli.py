@@ -145,7 +145,16 @@ def test_run_on_the_image_api_n4_writes_every_image_and_a_rerun_pays_nothing(
     photos(tmp_path / "data" / "input_raw", "obama.jpg", "obama3.jpg")
     env = {k: v for k, v in env.items() if not k.startswith("PREFECT_API_")}
     env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), INFLUENCER_IMAGE_RATE_PER_S="20")
-    args = ["run", "--per_scene", "4", "--n", "4", "--model", SEEDREAM, "--skip", "train", "--skip", "evaluate"]
+    args = [
+        "run",
+        "--per_scene",
+        "4",
+        "--n",
+        "4",
+        "--model",
+        SEEDREAM,
+        *(f"--skip={s}" for s in ("augment", "train", "evaluate")),
+    ]
     res = influencer(args, env, tmp_path, timeout=420)
     assert res.returncode == 0, res.stderr[-3000:]
     out = tmp_path / "data" / "synth_openrouter"
