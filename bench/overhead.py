@@ -205,7 +205,7 @@ def stub(args: argparse.Namespace) -> StubOpenRouter:
     return StubOpenRouter(
         valid_keys=[KEY],
         latency=args.latency,
-        latency_paths=("/chat/completions",),  # the paid calls; GET /key and /models answer at once
+        latency_paths=("/images",),  # the paid calls; GET /key and /models answer at once
         rps_limit=args.rate,
         image_size=512,
     )

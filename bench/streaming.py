@@ -122,7 +122,7 @@ def main() -> None:
     load_before = os.getloadavg()
     rows: dict[str, tuple[dict, float, Path]] = {}
     with tempfile.TemporaryDirectory() as tmp_s, StubOpenRouter(
-        valid_keys=[KEY], latency=args.latency, latency_paths=("/chat/completions",), rps_limit=args.rate,
+        valid_keys=[KEY], latency=args.latency, latency_paths=("/images",), rps_limit=args.rate,
         image_size=512,
     ) as stub:  # fmt: skip
         tmp = Path(tmp_s)

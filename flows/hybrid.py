@@ -14,7 +14,7 @@ from __future__ import annotations
 from prefect import flow
 
 from ai_influencer.settings import Settings
-from flows.generate import generate_flow
+from flows.generate import check_image_route, generate_flow
 from flows.params import HybridParams, current_params
 from flows.rounds import generate_until_flow
 from flows.stages import augment_flow, evaluate_flow, plan_flow, prepare_flow, qc_flow, train_flow
@@ -34,6 +34,8 @@ def hybrid_flow(params: HybridParams = HybridParams()) -> dict:
     p = params.resolve(s)
     ws = p.paths.workspace()
     out: dict[str, object] = {}
+    if p.run_generate:  # free; an option the image endpoint does not take fails before the plan is paid for
+        check_image_route(p.generate, p.paths)
     if p.run_prepare:
         out["prepare"] = prepare_flow(p.prepare, p.paths)
     if p.run_plan:

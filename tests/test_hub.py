@@ -97,7 +97,7 @@ def test_generate_image_and_text_need_the_token_and_share_one_shape(hub: str, st
 def test_openrouter_errors_map_to_clear_statuses(
     hub: str, stub: StubOpenRouter, fault: str, status: int, code: str
 ) -> None:
-    stub.inject(fault, path="/chat/completions")
+    stub.inject(fault, path="/images")
     r = httpx.post(
         f"{hub}/api/generate/image", json={"model": "google/gemini-2.5-flash-image", "prompt": "x"}, headers=AUTH
     )

@@ -21,7 +21,18 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ai_influencer.usecases.augment import AugmentOutcome, augment
     from ai_influencer.usecases.evaluate import EvaluationOutcome, evaluate
-    from ai_influencer.usecases.generate import GenerateOutcome, RequestPlan, generate, plan_requests
+    from ai_influencer.usecases.generate import (
+        GenerateOutcome,
+        RequestPlan,
+        check_route,
+        describe_plan,
+        estimate,
+        generate,
+        make_images,
+        plan_markdown,
+        plan_requests,
+        prepare_route,
+    )
     from ai_influencer.usecases.plan import plan, write_plan
     from ai_influencer.usecases.prepare import (
         MIN_REFERENCES,
@@ -44,6 +55,12 @@ _EXPORTS: dict[str, str] = {
     "RequestPlan": "generate",
     "generate": "generate",
     "plan_requests": "generate",
+    "check_route": "generate",
+    "describe_plan": "generate",
+    "estimate": "generate",
+    "make_images": "generate",
+    "plan_markdown": "generate",
+    "prepare_route": "generate",
     "plan": "plan",
     "write_plan": "plan",
     "MIN_REFERENCES": "prepare",
@@ -73,12 +90,18 @@ __all__ = [
     "RequestPlan",
     "augment",
     "check_references",
+    "check_route",
+    "describe_plan",
     "downweight",
+    "estimate",
     "evaluate",
     "generate",
+    "make_images",
     "plan",
+    "plan_markdown",
     "plan_requests",
     "prepare",
+    "prepare_route",
     "qc",
     "qc_stream",
     "report",

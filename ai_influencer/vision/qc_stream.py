@@ -239,8 +239,9 @@ class UntilAccepted:
     (``overshoot`` counts it). A slower QC holds generation back instead of letting unchecked paid
     images pile up.
 
-    ``image_of(result)`` says what a finished request produced: ``(path, paid)``, or None for a
-    request that produced no image (failed, refused by the budget, stopped).
+    ``image_of(result)`` says what a finished request produced: ``(path, paid)`` or a list of them
+    (a request for several images), or None for a request that produced no image (failed, refused by
+    the budget, stopped).
     """
 
     def __init__(
@@ -248,7 +249,7 @@ class UntilAccepted:
         stream: StreamingQC,
         target: int,
         window: int,
-        image_of: Callable[[object], tuple[Path, bool] | None],
+        image_of: Callable[[object], tuple[Path, bool] | list[tuple[Path, bool]] | None],
         stop: StopFlag | None = None,
     ) -> None:
         self.stream = stream
@@ -266,7 +267,8 @@ class UntilAccepted:
         """Accepted over checked so far, smoothed (an empty start counts as one in two)."""
         return (self.stream.accepted() + 1) / (self.stream.checked + 2)
 
-    def enter(self) -> None:
+    def enter(self, images: int = 1) -> None:
+        """A request for ``images`` images may be sent (it takes that many places of the window)."""
         with self._cond:
             while True:
                 if self.stop is not None:
@@ -274,7 +276,7 @@ class UntilAccepted:
                 accepted = self.stream.accepted()
                 promised = accepted + self.open * self.pass_rate()
                 if accepted >= self.target or (self.open < self.window and promised < self.target):
-                    self.open += 1  # a reached target is let through: keep_going stops the loop next
+                    self.open += images  # a reached target is let through: keep_going stops the loop next
                     return
                 self._cond.wait(0.25)
 
@@ -286,19 +288,21 @@ class UntilAccepted:
     def keep_going(self) -> bool:
         return self.stream.accepted() < self.target
 
-    def on_done(self, future: object) -> None:
+    def on_done(self, future: object, images: int = 1) -> None:
+        """A request for ``images`` images finished: each image it produced goes to QC (and leaves the
+        window once checked); the places of images it did not produce (failed, short answer) free now."""
         try:
             produced = self.image_of(future.result())  # type: ignore[attr-defined]
         except Exception:
             produced = None
-        if produced is None:
+        items = [] if produced is None else [produced] if isinstance(produced, tuple) else list(produced)
+        for _ in range(max(0, images - len(items))):
             self.leave()
-            return
-        path, paid = produced
-        if paid:
-            with self._cond:
-                self.paid += 1
-        self.stream.feed(path, on_checked=lambda: self._checked(paid))
+        for path, paid in items:
+            if paid:
+                with self._cond:
+                    self.paid += 1
+            self.stream.feed(path, on_checked=lambda paid=paid: self._checked(paid))
 
     def _checked(self, paid: bool) -> None:
         reached = self.stream.accepted() >= self.target

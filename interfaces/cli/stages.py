@@ -14,6 +14,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ai_influencer import usecases
+from ai_influencer.image_options import IMAGE_OPTION_DEFAULTS as _IMG_DEFAULTS
+from ai_influencer.image_options import N_MAX as _N_MAX
+from ai_influencer.image_options import option_help
 from ai_influencer.settings import Settings
 from interfaces.cli.base import (
     CONSOLE_LOG,
@@ -47,6 +50,9 @@ AllowMultiFaceOpt = Annotated[
         "the largest face is not always the persona's).",
     ),
 ]
+
+# The image options' defaults and help come from their one place (ImageOptions); the CLI only shows them.
+_IMG_HELP = {name: option_help(name) for name in ("size", "n", "seed", "quality", "output_format")}
 
 
 def _progress(label: str, extra: str) -> Progress:
@@ -111,7 +117,8 @@ def generate(
     model: Annotated[str | None, typer.Option(help="Image model (default: settings.image_model).")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder.")] = None,
     per_scene: Annotated[int, typer.Option("--per-scene", "--per_scene", min=1, help="Images per scene.")] = 12,
-    size: Annotated[str, typer.Option(help="WxH; sent as aspect ratio.")] = "1024x1024",
+    size: Annotated[str, typer.Option(help=_IMG_HELP["size"])] = _IMG_DEFAULTS.size,
+    n: Annotated[int, typer.Option("--n", min=1, max=_N_MAX, help=_IMG_HELP["n"])] = _IMG_DEFAULTS.n,
     sleep: Annotated[
         float, typer.Option(min=0, help="Minimum seconds between request starts (the manual's pacing; = --rate 1/s).")
     ] = 0.0,
@@ -124,65 +131,92 @@ def generate(
         ),
     ] = None,
     concurrency: Annotated[int, typer.Option(min=1, max=64, help="Requests in flight.")] = 4,
-    seed: Annotated[int, typer.Option(help="Prompt composition seed.")] = 0,
+    seed: Annotated[int | None, typer.Option(help=_IMG_HELP["seed"])] = _IMG_DEFAULTS.seed,
+    quality: Annotated[str | None, typer.Option(help=_IMG_HELP["quality"])] = None,
+    output_format: Annotated[str | None, typer.Option("--format", help=_IMG_HELP["output_format"])] = None,
+    provider: Annotated[
+        list[str] | None, typer.Option(help="Only these Image API providers (slug; repeatable), no fallbacks.")
+    ] = None,
     ref: Annotated[
         Path | None, typer.Option("--ref", help="Reference photos sent with each request (e.g. data/cleaned).")
     ] = None,
+    regenerate: Annotated[
+        bool, typer.Option(help="Remake images made with an earlier set of reference photos (kept otherwise).")
+    ] = False,
     limit: Annotated[int | None, typer.Option(help="Generate at most this many (after skipping done ones).")] = None,
     budget: Annotated[
         float | None, typer.Option(min=0, help="Send no paid request that could take the spend beyond this (USD).")
     ] = None,
     estimate_usd: Annotated[
-        float | None, typer.Option("--estimate-usd", min=0, help="Expected cost of one image (default: listed price).")
+        float | None,
+        typer.Option("--estimate-usd", min=0, help="Expected cost of one image where the endpoint lists no price."),
     ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the plan, the route and the price estimate; send nothing paid.")
+    ] = False,
 ) -> None:
-    """Generate images through OpenRouter: content-addressed, resumable, with a manifest.
+    """Generate images through OpenRouter's Image API (or chat, for models only it serves): planned by
+    slot, several images per request with --n, resumable, with a manifest and a price estimate first.
 
     Ctrl-C or SIGTERM stops sending new requests; the ones already sent finish and are saved
     (a second Ctrl-C stops at once). Exit code 2: some images failed; 4: the budget refused images.
     """
+    from ai_influencer.image_options import ProviderRouting, image_options
     from ai_influencer.pacing import StopFlag, drain_on_signals
 
     with friendly_errors():
         s = settings()
         target = out_dir or workspace().synth
         model = model or s.image_model
-        plan = usecases.plan_requests(
-            bank_path(prompt_bank), target, model=model, per_scene=per_scene, size=size, seed=seed,
-            references=ref, limit=limit,
-        )  # fmt: skip
-        todo = len(plan.todo)
-        later = f" (--limit {limit}: {plan.left_for_later} left for a later run)" if plan.left_for_later else ""
-        console.print(
-            f"{len(plan.requests)} requested, {plan.already_done} already done, {todo} to generate{later} -> {target}"
+        routing = ProviderRouting(only=provider, allow_fallbacks=False) if provider else None
+        options = image_options(
+            size=size,
+            n=n,
+            seed=seed,
+            quality=quality,
+            output_format=output_format,
+            provider=routing,
         )
-        if not plan.todo:
+        plan = usecases.plan_requests(
+            bank_path(prompt_bank), target, model=model, per_scene=per_scene, options=options, references=ref,
+            limit=limit, regenerate=regenerate,
+        )  # fmt: skip
+        console.print(f"{plan.summary()} -> {target}")
+        if not plan.todo and not dry_run:
             out.print(f"nothing to generate; manifest: {target / 'manifest.json'}")
             return
         ceiling = 1.0 / sleep if sleep > 0 else (s.image_rate_per_s if rate is None else rate)
         stop = StopFlag()
-        with (
-            client(s) as c,
-            drain_on_signals(stop, redeliver=False),
-            _progress("generate", "{task.fields[cost]}") as bar,
-        ):
-            task = bar.add_task("images", total=len(plan.todo), cost="")
+        with client(s) as c:
+            route = usecases.prepare_route(c, plan, estimate_usd=estimate_usd, check_key=not dry_run)
+            for line in usecases.describe_plan(plan, route)[1:]:
+                out.print(f"plan: {line}")
+            if dry_run:
+                out.print("dry run: nothing was sent")
+                return
+            with drain_on_signals(stop, redeliver=False), _progress("generate", "{task.fields[cost]}") as bar:
+                task = bar.add_task("images", total=plan.images_todo, cost="")
 
-            def tick(outcome: object) -> None:
-                if outcome.error and outcome.status != "stopped":  # type: ignore[attr-defined]
-                    bar.console.print(f"[yellow]{outcome.status}[/] {outcome.request.key}: {outcome.error}")  # type: ignore[attr-defined]
-                bar.update(task, advance=1)
+                def tick(outcome: object) -> None:
+                    if outcome.error and outcome.status != "stopped":  # type: ignore[attr-defined]
+                        bar.console.print(f"[yellow]{outcome.status}[/] {outcome.request.key}: {outcome.error}")  # type: ignore[attr-defined]
+                    bar.update(task, advance=outcome.request.n)  # type: ignore[attr-defined]
 
-            done = usecases.generate(
-                c, plan, target, rate_per_s=ceiling or None, concurrency=concurrency, budget_usd=budget,
-                estimate_usd=estimate_usd, stop=stop, on_done=tick,
-            )  # fmt: skip
+                done = usecases.generate(
+                    c, plan, target, rate_per_s=ceiling or None, concurrency=concurrency, budget_usd=budget,
+                    estimate_usd=estimate_usd, stop=stop, on_done=tick, route=route,
+                )  # fmt: skip
         money = done.money
         unpriced = f" ({money['unpriced_calls']} unpriced, counted at the estimate)" if money["unpriced_calls"] else ""
+        short = f", {done.short} short answer(s) (the rest stay owed)" if done.short else ""
+        est = done.estimated_paid_usd
+        estimated = "" if est is None else f"; by the price lines ${est:.4f}"
+        refused, stopped = done.images("budget"), done.images("stopped")
         out.print(
-            f"generated {done.count('generated')}, failed {done.count('failed')}, refused by budget "
-            f"{done.count('budget')}, not sent after stop {done.count('stopped')}; spent ${money['spent_usd']:.4f}"
-            f"{unpriced}; {done.pacing.describe()}; manifest: {target / 'manifest.json'}"
+            f"generated {done.images()}, failed {done.images('failed')}, refused by budget {refused}, not sent "
+            f"after stop {stopped} (images; {money['paid_calls']} paid requests{short}); spent "
+            f"${money['spent_usd']:.4f}{unpriced}{estimated}; {done.pacing.describe()}; "
+            f"manifest: {target / 'manifest.json'}"
         )
         if stop.is_set():
             console.print(f"[yellow]stopped:[/] {stop.reason}; every image already paid for is saved")
@@ -191,7 +225,7 @@ def generate(
             raise typer.Exit(code=EXIT_FAILED)
         if done.count("budget"):
             console.print(
-                f"[yellow]budget reached:[/] {done.count('budget')} images not generated within --budget {budget} "
+                f"[yellow]budget reached:[/] {done.images('budget')} images not generated within --budget {budget} "
                 f"(exit code {EXIT_BUDGET}); raise --budget or run again to continue"
             )
             raise typer.Exit(code=EXIT_BUDGET)
@@ -333,6 +367,8 @@ def run(
     per_scene: Annotated[int, typer.Option("--per-scene", "--per_scene", min=1)] = 12,
     model: Annotated[str | None, typer.Option(help="Image model (default: settings.image_model).")] = None,
     budget: Annotated[float | None, typer.Option(help="Stop new paid image requests beyond this USD spend.")] = None,
+    n: Annotated[int, typer.Option("--n", min=1, max=_N_MAX, help=_IMG_HELP["n"])] = _IMG_DEFAULTS.n,
+    seed: Annotated[int | None, typer.Option(help=_IMG_HELP["seed"])] = _IMG_DEFAULTS.seed,
     skip: Annotated[list[str] | None, typer.Option(help=f"Stage to skip ({', '.join(STAGES)}); repeatable.")] = None,
     do_rembg: Annotated[bool, typer.Option("--do-rembg/--no-rembg", "--do_rembg")] = False,
     allow_multi_face: AllowMultiFaceOpt = False,
@@ -374,7 +410,9 @@ def run(
             paths=Paths(data_root=str(s.data_root), prompt_bank=str(bank), models_root=str(s.models_root)),
             **{f"run_{stage}": stage not in skipped for stage in STAGES},
             prepare=PrepareParams(do_rembg=do_rembg, allow_multi_face=allow_multi_face),
-            generate=GenerateParams(per_scene=per_scene, model=s.image_model, budget_usd=budget),
+            generate=GenerateParams(
+                per_scene=per_scene, model=model or s.image_model, budget_usd=budget, n=n, seed=seed
+            ),
         )
         result = _run_hybrid(params, before_flow=before_flow)
         out.print_json(data=result)
