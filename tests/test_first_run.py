@@ -278,7 +278,10 @@ def test_limit_says_what_is_done_and_what_is_left(
     out = tmp_path / "synth"
     res = run(["generate", "--per_scene", "1", "--limit", "2", "--out", str(out)], cli_env, tmp_path)
     assert res.returncode == 0, res.stderr
-    assert "6 requested, 0 already done, 2 to generate (--limit 2: 4 left for a later run)" in res.stderr, res.stderr
+    assert (
+        "6 images planned, 0 already done, 2 to generate in 2 request(s) of up to 1, 4 left for a later run (--limit)"
+        in (res.stderr)
+    ), res.stderr
     res = run(["generate", "--per_scene", "1", "--limit", "3", "--out", str(out)], cli_env, tmp_path)
     assert "6 requested, 2 already done, 3 to generate (--limit 3: 1 left for a later run)" in res.stderr, res.stderr
 
