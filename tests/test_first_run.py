@@ -280,10 +280,13 @@ def test_limit_says_what_is_done_and_what_is_left(
     assert res.returncode == 0, res.stderr
     assert (
         "6 images planned, 0 already done, 2 to generate in 2 request(s) of up to 1, 4 left for a later run (--limit)"
-        in (res.stderr)
+        in res.stderr
     ), res.stderr
     res = run(["generate", "--per_scene", "1", "--limit", "3", "--out", str(out)], cli_env, tmp_path)
-    assert "6 requested, 2 already done, 3 to generate (--limit 3: 1 left for a later run)" in res.stderr, res.stderr
+    assert (
+        "6 images planned, 2 already done, 3 to generate in 3 request(s) of up to 1, 1 left for a later run (--limit)"
+        in res.stderr
+    ), res.stderr
 
 
 def test_models_uses_the_base_url_stored_with_the_key(
