@@ -17,6 +17,7 @@ from ai_influencer.dataset.workspace import Workspace
 from ai_influencer.settings import Settings
 
 if TYPE_CHECKING:
+    from ai_influencer.image_options import ImageOptions
     from ai_influencer.prompt_bank import Persona
 
 MIN_FREE_GB = 5.0
@@ -189,9 +190,18 @@ def check_openrouter_models(
             listed = {m.id: m for m in c.list_models()}
     except OpenRouterError as exc:
         return Check(name, "warn", f"cannot read the model list: {exc}", "the models are checked on their first call")
+    image_api: set[str] = set()
+    if "image" in wanted:
+        try:  # the Image API's own listing: a model served only there is not a chat model
+            with OpenRouterClient(**kwargs) as c:
+                image_api = {m.id for m in c.list_image_models()}
+        except OpenRouterError:
+            image_api = set()
     problems = []
     for output, model in wanted.items():
         found = listed.get(model)
+        if output == "image" and model in image_api:
+            continue
         if found is None:
             problems.append(f"{output} model {model!r} is not in OpenRouter's model list")
         elif output not in found.output_modalities:
@@ -200,6 +210,26 @@ def check_openrouter_models(
         flags = " / ".join(f"`influencer models -m {o}`" for o in wanted)
         return Check(name, "fail", "; ".join(problems), f"pick one that {flags} lists (--model or the settings)")
     return Check(name, "ok", ", ".join(f"{o}: {m}" for o, m in wanted.items()))
+
+
+def check_image_options(
+    settings: Settings, model: str, options: ImageOptions, *, timeout_s: float = NETWORK_CHECK_TIMEOUT_S
+) -> Check:
+    """Every image option a run would send, checked against the endpoint that will serve it (free listings
+    only): an unsupported ``--n`` fails here, before Prefect starts and before the plan's paid LLM call."""
+    from ai_influencer.openrouter import OpenRouterClient, OpenRouterError
+    from ai_influencer.openrouter.capabilities import UnsupportedParameterError, resolve_route
+
+    name = "image options"
+    kwargs = {**OpenRouterClient._settings_kwargs(settings), "max_retries": 0, "timeout": timeout_s}
+    try:
+        with OpenRouterClient(**kwargs) as c:
+            route = resolve_route(c, model, options)
+    except UnsupportedParameterError as exc:
+        return Check(name, "fail", str(exc), "change the option, or pick a model whose endpoint accepts it")
+    except OpenRouterError as exc:
+        return Check(name, "warn", f"cannot check them now: {exc}", "they are checked again before the first request")
+    return Check(name, "ok", route.describe())
 
 
 def check_models(settings: Settings, ws: Workspace) -> list[Check]:

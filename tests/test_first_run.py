@@ -98,6 +98,20 @@ def test_run_refuses_an_unknown_model_before_prefect_starts(
     assert not (tmp_path / "prefect-home" / "prefect.db").exists()
 
 
+def test_run_refuses_an_image_option_the_endpoint_lacks_before_prefect_starts(
+    cli_env: dict[str, str], tmp_path: Path, stub: StubOpenRouter
+) -> None:
+    """`--n 4` on a single-image endpoint: one line from the Image API's listings, before Prefect or the
+    plan's paid LLM call."""
+    _workspace(tmp_path, "obama.jpg", "obama3.jpg")
+    res = run(["run", "--n", "4", "--model", "google/gemini-2.5-flash-image"], _run_env(cli_env, tmp_path), tmp_path)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    line = res.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: image options: --n 4: google/gemini-2.5-flash-image accepts n = 1"), line
+    assert not (tmp_path / "prefect-home" / "prefect.db").exists(), "Prefect was not started"
+    assert not stub.paid_requests, "nothing was paid for"
+
+
 def test_run_names_a_photo_that_is_not_an_image_and_one_with_several_faces(
     cli_env: dict[str, str], tmp_path: Path, stub: StubOpenRouter
 ) -> None:

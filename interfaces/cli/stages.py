@@ -40,6 +40,7 @@ from interfaces.cli.base import (
 
 if TYPE_CHECKING:
     from ai_influencer.diagnostics import Check
+    from ai_influencer.image_options import ImageOptions
 
 PANEL = "Pipeline stages"
 AllowMultiFaceOpt = Annotated[
@@ -350,15 +351,18 @@ def _check_run_inputs(s: Settings, prompt_bank: Path, skipped: set[str], *, allo
         _passed(d.check_reference_photos(s, workspace().input_raw, allow_multi_face=allow_multi_face))
 
 
-def _check_openrouter(s: Settings, source: str, skipped: set[str]) -> None:
-    """The key (from a block or the environment) against the base URL, then the models this run calls:
-    ``GET /key`` and ``GET /models``, free, no retries, a few seconds at most."""
+def _check_openrouter(s: Settings, source: str, skipped: set[str], options: ImageOptions) -> None:
+    """The key (from a block or the environment) against the base URL, then the models this run calls
+    and the image options against the endpoint that will serve them: ``GET /key``, ``GET /models`` and
+    the Image API's listings, free, no retries, a few seconds at most."""
     from ai_influencer import diagnostics as d
 
     _passed(d.check_openrouter_key(s, source))
     wanted = {o: m for o, m, stage in (("text", s.text_model, "plan"), ("image", s.image_model, "generate"))
               if stage not in skipped}  # fmt: skip
     _passed(d.check_openrouter_models(s, wanted))
+    if "generate" not in skipped:
+        _passed(d.check_image_options(s, s.image_model, options))
 
 
 @app.command(rich_help_panel=PANEL)
@@ -389,6 +393,9 @@ def run(
         bank = bank_path(prompt_bank)
         if model:
             s = s.model_copy(update={"image_model": model})
+        from ai_influencer.image_options import image_options
+
+        options = image_options(n=n, seed=seed)
         before_flow = None
         if {"plan", "generate"} - skipped:
             from blocks.openrouter import blocks_possible
@@ -399,9 +406,9 @@ def run(
                 def before_flow() -> None:
                     from blocks.openrouter import resolve_settings
 
-                    _check_openrouter(*resolve_settings(s), skipped)
+                    _check_openrouter(*resolve_settings(s), skipped, options)
             else:
-                _check_openrouter(s, "env" if s.openrouter_api_key else "none", skipped)
+                _check_openrouter(s, "env" if s.openrouter_api_key else "none", skipped, options)
         _check_run_inputs(s, bank, skipped, allow_multi_face=allow_multi_face)
 
         from flows.params import GenerateParams, HybridParams, Paths, PrepareParams
