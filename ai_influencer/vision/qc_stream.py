@@ -20,7 +20,6 @@ file), so the watcher needs no sidecar to trust it. Analyses are stored by conte
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -31,8 +30,8 @@ from ai_influencer.dataset.workspace import REPORT_NAME
 from ai_influencer.pacing import StopFlag
 from ai_influencer.vision.faces import FaceEngine
 from ai_influencer.vision.image_io import DEFAULT_MAX_PIXELS, list_images
-from ai_influencer.vision.qc import QCResult, analysis_cache, engine_parts, publish
-from ai_influencer.vision.qc_analysis import Analysis, EngineSpec
+from ai_influencer.vision.qc import QCResult, analysis_cache, default_workers, engine_parts, publish
+from ai_influencer.vision.qc_analysis import Analysis, EngineSpec, Gate
 from ai_influencer.vision.qc_decision import QCThresholds, decide, reference_centroid
 from ai_influencer.vision.qc_pool import AnalysisPool
 from ai_influencer.vision.qc_report import write_report
@@ -65,12 +64,13 @@ class StreamingQC:
         self.pool = AnalysisPool(
             engine=engine,
             spec=spec,
-            workers=os.cpu_count() or 1 if workers is None else workers,
+            workers=default_workers() if workers is None else workers,
             max_pixels=max_pixels,
             cache=analysis_cache(cache_dir, engine, spec, max_pixels),
         )
         self.poll_s = poll_s
         self.refs: list[Analysis] = []
+        self.gate: Gate | None = None  # built from the references: what spares a candidate the descriptor
         self._cond = threading.Condition()
         self._seen: set[str] = set()
         self._done: dict[str, Analysis] = {}
@@ -91,6 +91,7 @@ class StreamingQC:
             refs = [self.pool.submit(p) for p in list_images(self.ref_dir)]
             self.refs = [f.result() for f in refs]
             reference_centroid(self.scorer, self.refs)
+            self.gate = self.th.gate(self.refs)
             self.scan()
         except BaseException:
             self.pool.shutdown(cancel=True)
@@ -127,7 +128,7 @@ class StreamingQC:
         if known:
             return
         try:
-            future = self.pool.submit(self.cand_dir / name)
+            future = self.pool.submit(self.cand_dir / name, self.gate)
         except BaseException as exc:  # e.g. the pool is already shut down
             self._arrived(name, None, exc)
             return
