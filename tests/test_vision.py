@@ -328,3 +328,54 @@ def test_qc_workers_outlive_a_stop_signal_and_not_their_parent() -> None:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_qc_rejects_copies_of_a_reference_without_paying_for_the_descriptor(engine: DlibEngine, tmp_path: Path) -> None:
+    """A generator that echoes its input (the photo as is, resized, re-encoded or mirrored) made no training image."""
+    refs, cand = tmp_path / "refs", tmp_path / "cand"
+    refs.mkdir()
+    cand.mkdir()
+    for n in ("obama.jpg", "obama3.jpg"):
+        shutil.copy(face(n), refs / n)
+    shutil.copy(face("obama.jpg"), cand / "echo.jpg")
+    small = Image.open(face("obama.jpg")).convert("RGB")
+    small.resize((small.width * 3 // 5, small.height * 3 // 5), Image.Resampling.LANCZOS).save(cand / "echo_small.png")
+    flipped = Image.open(face("obama3.jpg")).convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    flipped.thumbnail((1024, 1024))
+    flipped.save(cand / "echo_flipped.jpg", quality=85)
+    shutil.copy(face("obama2.jpg"), cand / "new_photo.jpg")  # another photo of the persona: a real candidate
+    rows = {r.file: r for r in run_qc(refs, cand, tmp_path / "out", engine=engine, workers=1).rows}
+    for name, ref in (("echo.jpg", "obama.jpg"), ("echo_small.png", "obama.jpg"), ("echo_flipped.jpg", "obama3.jpg")):
+        assert rows[name].verdict == "rejected", rows[name]
+        assert f"copy of reference {ref}" in rows[name].reason.split("; "), rows[name]
+        assert rows[name].score is None  # judged on hashes: no descriptor computed
+    assert rows["new_photo.jpg"].verdict == "accepted", rows["new_photo.jpg"]
+
+
+def test_qc_face_scan_finds_what_the_full_scan_finds(engine: DlibEngine) -> None:
+    """``locate`` (QC's coarse-to-fine scan) reports the full scan's boxes and scores, so descriptors are identical:
+    a crowd of small faces (t1: the coarse pass finds none and goes down), two faces, one large face."""
+    for name in ("t1.jpg", "obama3.jpg"):
+        rgb = load_rgb(face(name))
+        full, staged = engine.detect(rgb), engine.locate(rgb)
+        assert [(f.box, f.score) for f in staged] == [(f.box, f.score) for f in full], name
+        assert all(f.embedding is None for f in staged)
+        chip = engine.face_chip(largest(staged))
+        assert np.array_equal(engine.embed_chip(chip), largest(full).embedding), name
+    two = load_rgb(Path(__file__).parent / "assets" / "faces-calibration" / "photos" / "two_people.jpg")
+    assert [f.box for f in engine.locate(two)] == [f.box for f in engine.detect(two)] and len(engine.locate(two)) == 2
+
+
+def test_a_stored_analysis_without_descriptor_is_redone_when_a_looser_gate_needs_it(tmp_path: Path) -> None:
+    refs, cand, cache = tmp_path / "refs", tmp_path / "cand", tmp_path / "cache"
+    refs.mkdir()
+    cand.mkdir()
+    for n in ("obama.jpg", "obama3.jpg"):
+        shutil.copy(face(n), refs / n)
+    soft = Image.open(face("obama2.jpg")).convert("RGB").filter(ImageFilter.GaussianBlur(6))
+    soft.save(cand / "soft.jpg", quality=95)
+    engine = DlibEngine()
+    strict = run_qc(refs, cand, tmp_path / "a", engine=engine, workers=1, cache_dir=cache)
+    assert strict.rows[0].score is None and "sharpness" in strict.rows[0].reason  # blurred: no descriptor
+    loose = run_qc(refs, cand, tmp_path / "b", engine=engine, workers=1, cache_dir=cache, minblur=0)
+    assert loose.rows[0].score is not None and loose.rows[0].verdict == "accepted", loose.rows[0]
