@@ -34,7 +34,9 @@ from ai_influencer.vision.qc import QCResult, analysis_cache, default_workers, e
 from ai_influencer.vision.qc_analysis import Analysis, EngineSpec, Gate
 from ai_influencer.vision.qc_decision import QCThresholds, decide, reference_centroid
 from ai_influencer.vision.qc_pool import AnalysisPool
-from ai_influencer.vision.qc_report import write_report
+from ai_influencer.vision.qc_report import QCRow, write_report
+
+OVERSHOOT_WAIT_S = 300.0  # how long ``UntilAccepted.overshoot`` waits for the images still being checked
 
 
 class QCStreamError(RuntimeError):
@@ -207,6 +209,12 @@ class StreamingQC:
         with self._cond:
             return self._cond.wait_for(lambda: self._closed, timeout)
 
+    def verdicts(self) -> dict[str, QCRow]:
+        """The decision over every image checked so far, by file name (provisional until ``close()``)."""
+        with self._cond:
+            analyses = list(self._done.values())
+        return decide(self.refs, analyses, self.scorer, self.th)[0]
+
     def write_report(self) -> Path:
         """``qc_report.csv`` for the images checked so far (what generate-until-N's down-weighting reads
         between rounds); ``result()`` writes the final one."""
@@ -242,6 +250,11 @@ class UntilAccepted:
 
     ``image_of(result)`` says what a finished request produced: ``(path, paid)``, or None for a
     request that produced no image (failed, refused by the budget, stopped).
+
+    ``overshoot`` is counted on the final verdicts, in the order QC finished the images: what the files
+    show (bench/streaming.py counts it from the report and the analysis store's write times). It used
+    to be the count at the moment the provisional count first reached ``target``, which a later image
+    can revise (a better copy, a look-alike): a run reported 12 where the files showed 10.
     """
 
     def __init__(
@@ -261,6 +274,7 @@ class UntilAccepted:
         self.paid = 0  # this run's paid images
         self.paid_checked = 0
         self.paid_at_target: int | None = None  # paid images checked when the target was first reached
+        self._checked_order: list[str] = []  # this run's paid images, in the order QC finished them
         self._cond = threading.Condition()
 
     def pass_rate(self) -> float:
@@ -299,19 +313,33 @@ class UntilAccepted:
         if paid:
             with self._cond:
                 self.paid += 1
-        self.stream.feed(path, on_checked=lambda: self._checked(paid))
+        self.stream.feed(path, on_checked=lambda: self._checked(paid, Path(path).name))
 
-    def _checked(self, paid: bool) -> None:
+    def _checked(self, paid: bool, name: str) -> None:
         reached = self.stream.accepted() >= self.target
         with self._cond:
             if paid:
                 self.paid_checked += 1
+                self._checked_order.append(name)
             if reached and self.paid_at_target is None:
                 self.paid_at_target = self.paid_checked
         self.leave()
 
     @property
     def overshoot(self) -> int:
-        """Paid images beyond the one that brought QC to ``target`` (0 if it was never reached)."""
+        """This run's paid images that QC finished after the one that brought the accepted count to ``target``,
+        by the final verdicts (0 if the target was never reached). Waits for the images still being checked."""
+        self.stream.wait_idle(OVERSHOOT_WAIT_S)
+        verdicts = self.stream.verdicts()
         with self._cond:
-            return 0 if self.paid_at_target is None else self.paid - self.paid_at_target
+            order, paid = list(self._checked_order), self.paid
+        mine = set(order)
+        accepted = sum(r.verdict == "accepted" for n, r in verdicts.items() if n not in mine)  # from earlier runs
+        if accepted >= self.target:
+            return paid
+        for position, name in enumerate(order, start=1):
+            row = verdicts.get(name)
+            accepted += row is not None and row.verdict == "accepted"
+            if accepted >= self.target:
+                return paid - position
+        return 0
