@@ -272,7 +272,9 @@ class DlibEngine(DlibScoring):
         self.legacy = legacy
         self._detector = dlib.get_frontal_face_detector()
         self._shape = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
-        self._encoder = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
+        resnet = models / "dlib_face_recognition_resnet_model_v1.dat"
+        self._encoder = dlib.face_recognition_model_v1(str(resnet))
+        self._net = None if legacy else _fast_descriptor(resnet, self._encoder)
 
     def _small(self, rgb: np.ndarray) -> tuple[np.ndarray, float]:
         h, w = rgb.shape[:2]
@@ -353,7 +355,24 @@ class DlibEngine(DlibScoring):
         return dlib.get_face_chip(small, shape, 150, 0.25)
 
     def embed_chip(self, chip: np.ndarray) -> np.ndarray:
+        """The 128-d descriptor of an aligned chip: dlib's network on ONNX Runtime (same numbers, ~10x faster,
+        ``dlib_descriptor``), or dlib's own code when that could not be built."""
+        if self._net is not None:
+            return self._net.embed([chip])[0]
         return np.asarray(self._encoder.compute_face_descriptor(chip), dtype=np.float32)
+
+
+def _fast_descriptor(model_file: Path, reference: object) -> object | None:
+    """dlib's descriptor network on ONNX Runtime, checked against dlib; None (and a warning) if unavailable."""
+    import logging
+
+    try:
+        from ai_influencer.vision.dlib_descriptor import DlibDescriptor
+
+        return DlibDescriptor.load(model_file, reference)
+    except Exception as exc:  # any failure: dlib's own descriptor, slower but the same numbers
+        logging.getLogger(__name__).warning("dlib face descriptor stays on dlib's own code (slower): %s", exc)
+        return None
 
 
 INSIGHTFACE_REQUIRED = ("detection", "recognition")
