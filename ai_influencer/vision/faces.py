@@ -180,7 +180,7 @@ def dlib_models_dir() -> Path:
 HOG_WINDOW = 73
 HOG_LEVEL_RATIO = 6 / 5
 COARSE_FRACTION = 1 / 8  # QC's first pass sees faces down to 1/8 of the image's long side...
-SECOND_FACE_RATIO = 1 / 4  # ...and must see every face at least 1/4 as wide as the largest one it found
+SECOND_FACE_RATIO = 1 / 3  # ...and must see every face at least 1/3 as wide as the largest one it found
 LEVEL_MARGIN = 2  # a face found this close to the first scanned level may be one a finer level found better
 FALLBACK_STEP = 4  # levels to go down when a pass finds no face
 
@@ -315,7 +315,7 @@ class DlibEngine(DlibScoring):
 
     def locate(self, rgb: np.ndarray) -> list[Face]:
         """The faces (boxes, scores, landmarks; no descriptor) QC counts: those ``detect`` finds, with the same
-        boxes and scores, except faces narrower than both 1/8 of the image and 1/4 of its largest face."""
+        boxes and scores, except faces narrower than both 1/8 of the image and 1/3 of its largest face."""
         small, scale = self._small(rgb)
         if self.legacy or self.upsample != 1:
             rects, scores, _ = self._detector.run(small, self.upsample, 0.0)
@@ -326,7 +326,7 @@ class DlibEngine(DlibScoring):
 
     def _coarse_to_fine(self, small: np.ndarray) -> tuple[list, list[float]]:
         """Scan from a coarse pyramid level; go finer while a face sits near the first scanned level (a finer
-        level may have found it better) or a face a quarter as wide as the largest could hide above it, or
+        level may have found it better) or a face a third as wide as the largest could hide above it, or
         nothing was found. Level 0 is the full call, so the worst case is today's result, a little later."""
         pyramid = _HogPyramid(small)
         j = _level_for(max(small.shape[:2]) * COARSE_FRACTION)
