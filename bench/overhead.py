@@ -102,7 +102,7 @@ def bare(
                     )
                 )
                 opened = time.perf_counter() - t
-            t = time.perf_counter()
+            t, synth = time.perf_counter(), data / "synth_openrouter"
             refs = list(iter_reference_images(data / "cleaned"))
             reqs = build_requests(compose_prompts(bank, per_scene, 0), s.image_model, "1024x1024", refs)
             outcomes = generate_batch(
@@ -114,7 +114,7 @@ def bare(
                 # Same send rate as the Prefect side (SEND_SAFETY below the limit), retries paced too: the
                 # CLI's pacer (`influencer generate --rate`), which also slows down on a 429 as the flow does.
                 pacer=AdaptiveRate(rate * SEND_SAFETY),
-                on_done=None if stream is None else lambda o: stream.feed(data / "synth_openrouter" / o.record.file),
+                on_done=None if stream is None else lambda o: o.record and stream.feed(synth / o.record.file),
             )
             assert all(o.status == "generated" for o in outcomes), {o.status for o in outcomes}
             times["generate"] = time.perf_counter() - t
