@@ -17,9 +17,10 @@ Goals: <= 1.25x on SQLite, <= 1.10x on PostgreSQL.
 QC runs as users get it: ``--qc streamed`` (the default ``streaming: true``: QC checks each image while
 generation runs, a ``qc`` task beside the generate subflow; bare: ``StreamingQC`` fed by
 ``generate_batch``) and ``--qc batch`` (``streaming: false``: the ``qc`` subflow after generation; bare:
-``run_qc``), one table each. Streamed, the ``qc`` row is the time QC runs on after generation ended (the
-QC task's end minus the generate subflow's end; bare: ``result()`` minus ``generate_batch``'s return),
-so generate + qc is that stage pair's wall time.
+``run_qc``), one table each. Streamed, the ``qc`` row is QC's own time: opening the stream (references
+checked, workers started; the flow does it between the plan and generate subflows) plus the time it
+runs on after generation ended (the QC task's end minus the generate subflow's end; bare: ``result()``
+after ``generate_batch`` returned), so prepare + plan + generate + qc covers the same span on both sides.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -152,7 +152,7 @@ def with_prefect(
     data: Path, per_scene: int, rate: float, inflight: int, streamed: bool
 ) -> tuple[float, dict[str, float]]:
     """The hybrid flow against the configured Prefect server; wall time and each stage subflow's run time
-    (streamed QC: its task's end minus the generate subflow's end)."""
+    (streamed QC: see the module doc)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
@@ -180,20 +180,22 @@ def with_prefect(
     stages: dict[str, float] = {}
     with get_client(sync_client=True) as client:
         names = {f.id: f.name for f in client.read_flows()}
-        generate_end = None
+        spans = {}
         for run in client.read_flow_runs():
             name = names.get(run.flow_id, "")
             if name in STAGES and run.start_time and run.end_time:
                 stages[name] = (run.end_time - run.start_time).total_seconds()
-                generate_end = run.end_time if name == "generate" else generate_end
-        if streamed:  # QC is the `qc` task beside the generate subflow: what it adds before and after it
+                spans[name] = (run.start_time, run.end_time)
+        if streamed and "generate" in spans:
+            # QC is the `qc` task beside the generate subflow. Its own time: opening the stream (references
+            # checked, workers started: between the plan subflow's end and generate's start) and what it
+            # runs on after generate ends. The bare side counts the same two.
             qc_tasks = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="qc")))
-            runs = [t for t in qc_tasks if t.name.startswith("qc") and t.start_time and t.end_time]
-            if runs and generate_end is not None and "generate" in stages:
-                generate_start = generate_end - timedelta(seconds=stages["generate"])
-                before = (generate_start - min(t.start_time for t in runs)).total_seconds()
-                after = (max(t.end_time for t in runs) - generate_end).total_seconds()
-                stages["qc"] = max(0.0, before) + max(0.0, after)
+            ends = [t.end_time for t in qc_tasks if t.name.startswith("qc") and t.end_time]
+            before = spans.get("plan", spans.get("prepare", spans["generate"]))[1]
+            if ends:
+                opening = (spans["generate"][0] - before).total_seconds()
+                stages["qc"] = max(0.0, opening) + max(0.0, (max(ends) - spans["generate"][1]).total_seconds())
         # analytics is a task of the hybrid flow, not a subflow: from its creation (the tag-slot call
         # comes before the start) to its end
         only = TaskRunFilter(name=TaskRunFilterName(like_="analytics"))
@@ -285,9 +287,8 @@ def main() -> None:
     for mode, (n, bare_times, sides) in tables.items():
         bare_total = sum(bare_times.values())
         what = "streamed (streaming: true)" if mode == "streamed" else "batch (streaming: false)"
-        print(
-            f"\nQC {what}, {n} images" + ("; qc = time QC ran on after generation ended" if mode == "streamed" else "")
-        )
+        extra = "; qc = QC's own time before and after the generate subflow" if mode == "streamed" else ""
+        print(f"\nQC {what}, {n} images{extra}")
         header = f"{'stage':<10} | {'bare s':>8}" + "".join(f" | {db + ' s':>10} | {'ratio':>6}" for db in dbs)
         print(header)
         print("-" * len(header))

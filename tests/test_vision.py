@@ -389,12 +389,12 @@ def test_dlib_descriptor_on_onnx_runtime_gives_dlibs_numbers(engine: DlibEngine,
     from ai_influencer.vision.dlib_descriptor import DescriptorUnavailable, DlibDescriptor
     from ai_influencer.vision.faces import dlib_models_dir
 
-    assert engine._net is not None  # built and checked at start-up
     for name in ("obama.jpg", "biden.jpg", "t1.jpg"):
         for f in engine.locate(load_rgb(face(name))):
             chip = engine.face_chip(f)
             dlib_own = np.asarray(engine._encoder.compute_face_descriptor(chip), dtype=np.float32)
             assert np.abs(engine.embed_chip(chip) - dlib_own).max() < 1e-5, name
+            assert engine._net is not None  # built (and checked against dlib) on the first descriptor
     model = dlib_models_dir() / "dlib_face_recognition_resnet_model_v1.dat"
     cut = tmp_path / "cut.dat"
     cut.write_bytes(model.read_bytes()[: model.stat().st_size // 2])  # no fully connected layer

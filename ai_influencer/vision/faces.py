@@ -272,9 +272,10 @@ class DlibEngine(DlibScoring):
         self.legacy = legacy
         self._detector = dlib.get_frontal_face_detector()
         self._shape = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
-        resnet = models / "dlib_face_recognition_resnet_model_v1.dat"
-        self._encoder = dlib.face_recognition_model_v1(str(resnet))
-        self._net = None if legacy else _fast_descriptor(resnet, self._encoder)
+        self._resnet = models / "dlib_face_recognition_resnet_model_v1.dat"
+        self._encoder = dlib.face_recognition_model_v1(str(self._resnet))
+        self._net: object | None = None  # dlib's network on ONNX Runtime, built on QC's first descriptor
+        self._net_tried = legacy  # the legacy path keeps dlib's own code
 
     def _small(self, rgb: np.ndarray) -> tuple[np.ndarray, float]:
         h, w = rgb.shape[:2]
@@ -357,8 +358,11 @@ class DlibEngine(DlibScoring):
     def embed_chip(self, chip: np.ndarray) -> np.ndarray:
         """The 128-d descriptor of an aligned chip: dlib's network on ONNX Runtime (same numbers, ~10x faster,
         ``dlib_descriptor``), or dlib's own code when that could not be built."""
+        if not self._net_tried:
+            self._net_tried = True
+            self._net = _fast_descriptor(self._resnet, self._encoder)
         if self._net is not None:
-            return self._net.embed([chip])[0]
+            return self._net.embed([chip])[0]  # type: ignore[attr-defined]
         return np.asarray(self._encoder.compute_face_descriptor(chip), dtype=np.float32)
 
 
