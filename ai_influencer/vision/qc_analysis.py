@@ -121,7 +121,8 @@ class Gate:
         return cls(minblur, max_faces, prints)
 
 
-def _bits(a: str, b: str) -> int:
+def hash_bits(a: str, b: str) -> int:
+    """Hamming distance of two hex pHashes; 65 (no match possible) when either is missing."""
     return (int(a, 16) ^ int(b, 16)).bit_count() if a and b else 65
 
 
@@ -131,7 +132,7 @@ def copy_of_reference(a: Analysis, references: tuple[ReferencePrint, ...]) -> st
     for ref in references:
         if a.pixel_hash and a.pixel_hash == ref.pixel_hash:
             return ref.name
-        if min(_bits(a.phash, ref.phash), _bits(a.phash, ref.phash_mirror)) <= SAME_PICTURE_BITS:
+        if min(hash_bits(a.phash, ref.phash), hash_bits(a.phash, ref.phash_mirror)) <= SAME_PICTURE_BITS:
             return ref.name
     return ""
 

@@ -56,6 +56,7 @@ from ai_influencer.vision.qc_analysis import (
     Analysis,
     Gate,
     copy_of_reference,
+    hash_bits,
     quality_label,
     skip_reason,
 )
@@ -174,11 +175,7 @@ def decide(
         gate = th.gate(refs)
         cands = [_without_descriptor(a, why) if (why := skip_reason(a, gate)) else a for a in cands]
         copies = _reference_copies(cands, refs, gate, scorer, th)
-    ident = {
-        a.path.name: references.identity(scorer, a.embedding, th)
-        for a in cands
-        if a.embedding is not None and a.path.name not in copies
-    }
+    ident = {a.path.name: references.identity(scorer, a.embedding, th) for a in cands if a.embedding is not None}
     nearest = _nearest_impostors(cands, _impostors(cands, ident, th), scorer, th)
     rows = {
         a.path.name: _judge(a, ident.get(a.path.name), nearest.get(a.path.name), references, th, copies) for a in cands
@@ -211,7 +208,7 @@ def _reference_copies(
         if a.embedding is None or not faced_refs:
             continue
         for r in faced_refs:
-            bits = min(_hash_distances(_phashes([a]), _phashes([r], mirror=m))[0, 0] for m in (False, True))
+            bits = min(hash_bits(a.phash, r.phash), hash_bits(a.phash, r.phash_mirror))
             if bits <= th.dup_hash_distance and scorer.identity_score(a.embedding, r.embedding) >= th.dup_min_score:
                 out[a.path.name] = r.path.name
                 break
@@ -279,8 +276,8 @@ def _judge(
     return row
 
 
-def _phashes(analyses: list[Analysis], *, mirror: bool = False) -> np.ndarray:
-    return np.array([int((a.phash_mirror if mirror else a.phash) or "0", 16) for a in analyses], dtype=np.uint64)
+def _phashes(analyses: list[Analysis]) -> np.ndarray:
+    return np.array([int(a.phash or "0", 16) for a in analyses], dtype=np.uint64)
 
 
 def _hash_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
