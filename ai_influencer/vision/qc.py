@@ -25,6 +25,7 @@ from ai_influencer.dataset.contact_sheet import Tile, render_contact_sheet
 from ai_influencer.dataset.manifest import sidecar_path
 from ai_influencer.dataset.workspace import REPORT_NAME
 from ai_influencer.io import atomic_write_bytes
+from ai_influencer.review.overrides import OverrideStore, apply_overrides
 from ai_influencer.vision.faces import MINSIM_DEFAULT, FaceEngine, Scorer, scorer_for
 from ai_influencer.vision.image_io import DEFAULT_MAX_PIXELS, list_images
 from ai_influencer.vision.qc_analysis import THUMB, Analysis, EngineSpec, ProgressCallback, analyze
@@ -120,11 +121,13 @@ def run_qc(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     on_progress: ProgressCallback | None = None,
     cache_dir: Path | None = None,
+    overrides: OverrideStore | None = None,
 ) -> QCResult:
     """Score, filter and dedupe ``cand_dir`` against ``ref_dir``; copy the approved to ``out_dir``.
 
     With ``cache_dir`` every analysis is stored by the image's content (``qc_pool.AnalysisCache``):
-    images checked before, by this stage or by a streamed QC, are not analysed again.
+    images checked before, by this stage or by a streamed QC, are not analysed again. ``overrides``: the
+    user's verdicts (``review.overrides``), which win over QC's own.
     """
     th = QCThresholds(
         minsim=minsim,
@@ -149,7 +152,7 @@ def run_qc(
         cache=cache,
     )
     refs, analyses = everything[: len(ref_paths)], everything[len(ref_paths) :]
-    return publish(refs, analyses, cand_dir, out_dir, scorer, th)
+    return publish(refs, analyses, cand_dir, out_dir, scorer, th, overrides)
 
 
 def engine_parts(engine: FaceEngine | None, spec: EngineSpec | None) -> tuple[EngineSpec | None, Scorer]:
@@ -178,10 +181,12 @@ def publish(
     out_dir: Path,
     scorer: Scorer,
     th: QCThresholds,
+    overrides: OverrideStore | None = None,
 ) -> QCResult:
     """Decide over every analysis, then write what QC gives users: the accepted images (and sidecars) in
     ``out_dir``, ``qc_report.csv`` and the contact sheet. Batch and streamed QC both end here."""
     verdicts, n_refs = decide(refs, analyses, scorer, th)
+    verdicts = apply_overrides(verdicts, analyses, overrides)  # REVIEW HOOK (issue 28): the user's verdicts win
     by_name = {a.path.name: a for a in analyses}
     names = sorted(by_name)
     accepted = [cand_dir / n for n in names if verdicts[n].verdict == "accepted"]

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from ai_influencer.dataset.workspace import REPORT_NAME
 from ai_influencer.pacing import StopFlag
+from ai_influencer.review.overrides import OverrideStore, apply_overrides
 from ai_influencer.vision.faces import FaceEngine
 from ai_influencer.vision.image_io import DEFAULT_MAX_PIXELS, list_images
 from ai_influencer.vision.qc import QCResult, analysis_cache, engine_parts, publish
@@ -58,6 +59,7 @@ class StreamingQC:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         cache_dir: Path | None = None,
         poll_s: float = 0.5,
+        overrides: OverrideStore | None = None,
     ) -> None:
         self.ref_dir, self.cand_dir, self.out_dir = Path(ref_dir), Path(cand_dir), Path(out_dir)
         self.th = thresholds.validate()
@@ -70,6 +72,7 @@ class StreamingQC:
             cache=analysis_cache(cache_dir, engine, spec, max_pixels),
         )
         self.poll_s = poll_s
+        self.overrides = overrides  # the user's verdicts win here too (review.overrides)
         self.refs: list[Analysis] = []
         self._cond = threading.Condition()
         self._seen: set[str] = set()
@@ -91,6 +94,8 @@ class StreamingQC:
             refs = [self.pool.submit(p) for p in list_images(self.ref_dir)]
             self.refs = [f.result() for f in refs]
             reference_centroid(self.scorer, self.refs)
+            if self.overrides is not None:  # REVIEW HOOK (issue 28): an unreadable store fails before any payment
+                self.overrides.current()
             self.scan()
         except BaseException:
             self.pool.shutdown(cancel=True)
@@ -185,6 +190,7 @@ class StreamingQC:
         if len(analyses) == decided:
             return count
         verdicts, _ = decide(self.refs, analyses, self.scorer, self.th)
+        verdicts = apply_overrides(verdicts, analyses, self.overrides)  # REVIEW HOOK (issue 28)
         count = sum(v.verdict == "accepted" for v in verdicts.values())
         with self._cond:
             if len(analyses) > self._decided[0]:
@@ -212,6 +218,7 @@ class StreamingQC:
         with self._cond:
             analyses = list(self._done.values())
         verdicts, _ = decide(self.refs, analyses, self.scorer, self.th)
+        verdicts = apply_overrides(verdicts, analyses, self.overrides)  # REVIEW HOOK (issue 28)
         return write_report([verdicts[n] for n in sorted(verdicts)], self.out_dir / REPORT_NAME)
 
     def result(self) -> QCResult:
@@ -225,7 +232,7 @@ class StreamingQC:
         names = {p.name for p in list_images(self.cand_dir)} if self.cand_dir.is_dir() else set()
         with self._cond:
             analyses = [a for n, a in self._done.items() if n in names]
-        return publish(self.refs, analyses, self.cand_dir, self.out_dir, self.scorer, self.th)
+        return publish(self.refs, analyses, self.cand_dir, self.out_dir, self.scorer, self.th, self.overrides)
 
 
 class UntilAccepted:
