@@ -285,6 +285,21 @@ def _label_all(ws: Workspace, template: Template) -> None:
             set_verdict(ws, name, "accepted" if person == PERSONA else "rejected")
 
 
+def _by_hand(report: dict[str, object], template: Template) -> tuple[list[float], list[float]]:
+    """The identity scores of the labelled sharp faces, the persona's and everybody else's, from the report."""
+    ident = {
+        n: r
+        for n, r in report.items()
+        if template.identity.get(n, "MULTI") != "MULTI"
+        and not n.endswith("_near.jpg")
+        and n != "obama_3_240p.jpg"
+        and n not in template.blurred
+        and r.sharpness >= 80
+    }
+    pos = [r.score for n, r in ident.items() if template.identity[n] == PERSONA]
+    return pos, [r.score for n, r in ident.items() if template.identity[n] != PERSONA]
+
+
 def test_calibration_on_real_scores_separates_the_labels_and_counts_by_hand(template: Template, tmp_path: Path) -> None:
     ws = clone(template, tmp_path)
     report = rows(qc(ws))
@@ -297,11 +312,7 @@ def test_calibration_on_real_scores_separates_the_labels_and_counts_by_hand(temp
     assert cal.missing() == [] and cal.ready
 
     # minsim: fitted on the sharp faces' labels (sharpness >= minblur), one score per photo from the report.
-    sharp = {n: r for n, r in report.items() if n in template.identity and template.identity[n] != "MULTI"}
-    labelled = {n: r for n, r in sharp.items() if not n.endswith("_near.jpg") and n != "obama_3_240p.jpg"}
-    ident = {n: r for n, r in labelled.items() if n not in template.blurred and r.sharpness >= 80}
-    pos = [r.score for n, r in ident.items() if template.identity[n] == PERSONA]
-    neg = [r.score for n, r in ident.items() if template.identity[n] != PERSONA]
+    pos, neg = _by_hand(report, template)
     assert (cal.minsim.positives, cal.minsim.negatives) == (len(pos), len(neg)) == (6, 18)
     s = cal.minsim.suggested
     assert s is not None and max(neg) < s <= min(pos)  # it separates them
@@ -313,7 +324,7 @@ def test_calibration_on_real_scores_separates_the_labels_and_counts_by_hand(temp
     assert now.precision == 1.0 and now.recall == pytest.approx(4 / 6)
     assert then is not None and then.recall == 1.0 and then.precision == 1.0
     # minblur: the blurred copies against the sharp photos of the persona; 80 already separates them: kept.
-    blur_scores = [labelled[n].sharpness for n in template.blurred]
+    blur_scores = [report[n].sharpness for n in template.blurred]
     assert (cal.minblur.positives, cal.minblur.negatives) == (6, len(template.blurred)) == (6, 6)
     assert cal.minblur.suggested == 80.0 and cal.minblur.rule == "kept" and max(blur_scores) < 80
 
@@ -381,7 +392,7 @@ def test_fit_rules_on_hand_made_scores() -> None:
 
 def test_cli_calibrate_prints_the_table_and_applies(template: Template, tmp_path: Path) -> None:
     ws = clone(template, tmp_path)
-    qc(ws)
+    pos, neg = _by_hand(rows(qc(ws)), template)
     _label_all(ws, template)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENROUTER_", "INFLUENCER_"))}
     env.update(INFLUENCER_DATA_ROOT=str(ws.data_root), INFLUENCER_MODELS_ROOT=str(ws.models_root), COLUMNS="200")
@@ -396,14 +407,17 @@ def test_cli_calibrate_prints_the_table_and_applies(template: Template, tmp_path
     res = influencer("qc", "calibrate")
     text = " ".join(res.stdout.split())
     assert "32 usable label(s) from your review" in text and "highest recall at precision >= 0.95" in text
-    assert "minsim 0.340 0.340 (kept) 6/18 1.00 -> 1.00 1.00 -> 1.00" in text  # 0.34 already separates them
+    assert f"minsim 0.340 0.340 (kept) {len(pos)}/{len(neg)} 1.00 -> 1.00 1.00 -> 1.00" in text  # 0.34 separates them
     assert "minblur 80.0 80.0 (kept) 6/6" in text and "missing" not in text and "nothing to change" in text
     res = influencer("qc", "--minsim", "0.6", "calibrate", "--apply")  # compared against a stricter value
     text = " ".join(res.stdout.split())
     assert "current: minsim 0.6 (given); minblur 80 (built-in default)" in text
-    assert "minsim 0.600 0.268 6/18 1.00 -> 1.00 0.67 -> 1.00" in text and "stored in" in text
+    middle = round((max(neg) + min(pos)) / 2, 3)  # half-way between everybody else and the persona's lowest
+    recall_now = sum(s >= 0.6 for s in pos) / len(pos)
+    assert f"minsim 0.600 {middle:.3f} {len(pos)}/{len(neg)} 1.00 -> 1.00 {recall_now:.2f} -> 1.00" in text
+    assert "stored in" in text
     persona = json.loads(ws.persona_settings.read_text())["qc"]
-    assert (persona["minsim"], persona["minblur"]) == (0.268, 80.0)  # half-way between 0.0 and 0.536
+    assert (persona["minsim"], persona["minblur"]) == (middle, 80.0)
     res = influencer("qc")
-    assert f"thresholds: minsim 0.268 (persona calibration, {ws.persona_settings}" in res.stdout
+    assert f"thresholds: minsim {middle:g} (persona calibration, {ws.persona_settings}" in res.stdout
     assert "review: 0 verdict(s) overridden by you, 32 confirmed" in res.stdout

@@ -188,10 +188,6 @@ def reason_kinds(reason: str) -> set[str]:
     return kinds
 
 
-def is_overridden(row: QCRow) -> bool:
-    return bool(row.override) and row.override != row.auto_verdict
-
-
 class _HasPath(Protocol):
     @property
     def path(self) -> Path: ...
