@@ -68,6 +68,17 @@ class Workspace:
         return self.data_root / ".cache" / "qc"
 
     @property
+    def qc_overrides(self) -> Path:
+        """The user's verdicts on QC's images, by content hash (``review.overrides``): the user's work, not a
+        cache, so it sits beside the folders rather than under ``.cache/``."""
+        return self.data_root / "qc_overrides.json"
+
+    @property
+    def persona_settings(self) -> Path:
+        """This persona's learned settings (``review.persona``): the calibrated ``minsim`` / ``minblur``."""
+        return self.data_root / "persona.json"
+
+    @property
     def augment(self) -> Path:
         return self.data_root / "augment"
 

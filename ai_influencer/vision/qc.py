@@ -25,6 +25,7 @@ from ai_influencer.dataset.contact_sheet import Tile, render_contact_sheet
 from ai_influencer.dataset.manifest import sidecar_path
 from ai_influencer.dataset.workspace import REPORT_NAME
 from ai_influencer.io import atomic_write_bytes
+from ai_influencer.review.overrides import OverrideStore, apply_overrides
 from ai_influencer.vision.faces import MINSIM_DEFAULT, FaceEngine, Scorer, scorer_for
 from ai_influencer.vision.image_io import DEFAULT_MAX_PIXELS, list_images
 from ai_influencer.vision.qc_analysis import THUMB, Analysis, EngineSpec, Gate, ProgressCallback, analyze
@@ -123,12 +124,14 @@ def run_qc(
     on_progress: ProgressCallback | None = None,
     cache_dir: Path | None = None,
     legacy: bool = False,
+    overrides: OverrideStore | None = None,
 ) -> QCResult:
     """Score, filter and dedupe ``cand_dir`` against ``ref_dir``; copy the approved to ``out_dir``.
 
     With ``cache_dir`` every analysis is stored by the image's content (``qc_pool.AnalysisCache``):
-    images checked before, by this stage or by a streamed QC, are not analysed again. ``legacy``:
-    release 0.1's QC (analysis and rules), the baseline of ``bench/qc.py``; nothing else uses it.
+    images checked before, by this stage or by a streamed QC, are not analysed again. ``overrides``: the
+    user's verdicts (``review.overrides``), which win over QC's own. ``legacy``: release 0.1's QC
+    (analysis and rules), the baseline of ``bench/qc.py``; nothing else uses it.
     """
     th = QCThresholds(
         minsim=minsim,
@@ -158,7 +161,7 @@ def run_qc(
         gate_for=None if legacy else (lambda refs: th.gate(refs)),
     )
     refs, analyses = everything[: len(ref_paths)], everything[len(ref_paths) :]
-    return publish(refs, analyses, cand_dir, out_dir, scorer, th, legacy=legacy)
+    return publish(refs, analyses, cand_dir, out_dir, scorer, th, overrides, legacy=legacy)
 
 
 def default_workers() -> int:
@@ -198,12 +201,14 @@ def publish(
     out_dir: Path,
     scorer: Scorer,
     th: QCThresholds,
+    overrides: OverrideStore | None = None,
     *,
     legacy: bool = False,
 ) -> QCResult:
     """Decide over every analysis, then write what QC gives users: the accepted images (and sidecars) in
     ``out_dir``, ``qc_report.csv`` and the contact sheet. Batch and streamed QC both end here."""
     verdicts, n_refs = decide(refs, analyses, scorer, th, legacy=legacy)
+    verdicts = apply_overrides(verdicts, analyses, overrides)  # REVIEW HOOK (issue 28): the user's verdicts win
     by_name = {a.path.name: a for a in analyses}
     names = sorted(by_name)
     accepted = [cand_dir / n for n in names if verdicts[n].verdict == "accepted"]

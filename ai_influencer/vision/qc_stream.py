@@ -28,6 +28,7 @@ from pathlib import Path
 
 from ai_influencer.dataset.workspace import REPORT_NAME
 from ai_influencer.pacing import StopFlag
+from ai_influencer.review.overrides import OverrideStore, apply_overrides
 from ai_influencer.vision.faces import FaceEngine
 from ai_influencer.vision.image_io import DEFAULT_MAX_PIXELS, list_images
 from ai_influencer.vision.qc import QCResult, analysis_cache, default_workers, engine_parts, publish
@@ -59,6 +60,7 @@ class StreamingQC:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         cache_dir: Path | None = None,
         poll_s: float = 0.5,
+        overrides: OverrideStore | None = None,
     ) -> None:
         self.ref_dir, self.cand_dir, self.out_dir = Path(ref_dir), Path(cand_dir), Path(out_dir)
         self.th = thresholds.validate()
@@ -71,6 +73,7 @@ class StreamingQC:
             cache=analysis_cache(cache_dir, engine, spec, max_pixels),
         )
         self.poll_s = poll_s
+        self.overrides = overrides  # the user's verdicts win here too (review.overrides)
         self.refs: list[Analysis] = []
         self.gate: Gate | None = None  # built from the references: what spares a candidate the descriptor
         self._cond = threading.Condition()
@@ -94,6 +97,8 @@ class StreamingQC:
             self.refs = [f.result() for f in refs]
             reference_centroid(self.scorer, self.refs)
             self.gate = self.th.gate(self.refs)
+            if self.overrides is not None:  # REVIEW HOOK (issue 28): an unreadable store fails before any payment
+                self.overrides.current()
             self.scan()
         except BaseException:
             self.pool.shutdown(cancel=True)
@@ -187,7 +192,7 @@ class StreamingQC:
             decided, count = self._decided
         if len(analyses) == decided:
             return count
-        verdicts, _ = decide(self.refs, analyses, self.scorer, self.th)
+        verdicts = self._decide(analyses)
         count = sum(v.verdict == "accepted" for v in verdicts.values())
         with self._cond:
             if len(analyses) > self._decided[0]:
@@ -213,14 +218,19 @@ class StreamingQC:
         """The decision over every image checked so far, by file name (provisional until ``close()``)."""
         with self._cond:
             analyses = list(self._done.values())
-        return decide(self.refs, analyses, self.scorer, self.th)[0]
+        return self._decide(analyses)
+
+    def _decide(self, analyses: list[Analysis]) -> dict[str, QCRow]:
+        """QC's verdicts, then the user's (``review.overrides``), which win: what every count here sees."""
+        verdicts, _ = decide(self.refs, analyses, self.scorer, self.th)
+        return apply_overrides(verdicts, analyses, self.overrides)  # REVIEW HOOK (issue 28)
 
     def write_report(self) -> Path:
         """``qc_report.csv`` for the images checked so far (what generate-until-N's down-weighting reads
         between rounds); ``result()`` writes the final one."""
         with self._cond:
             analyses = list(self._done.values())
-        verdicts, _ = decide(self.refs, analyses, self.scorer, self.th)
+        verdicts = self._decide(analyses)
         return write_report([verdicts[n] for n in sorted(verdicts)], self.out_dir / REPORT_NAME)
 
     def result(self) -> QCResult:
@@ -234,7 +244,7 @@ class StreamingQC:
         names = {p.name for p in list_images(self.cand_dir)} if self.cand_dir.is_dir() else set()
         with self._cond:
             analyses = [a for n, a in self._done.items() if n in names]
-        return publish(self.refs, analyses, self.cand_dir, self.out_dir, self.scorer, self.th)
+        return publish(self.refs, analyses, self.cand_dir, self.out_dir, self.scorer, self.th, self.overrides)
 
 
 class UntilAccepted:

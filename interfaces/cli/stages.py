@@ -243,43 +243,61 @@ def _threshold(**value: float) -> float:
     return next(iter(value.values()))
 
 
-@app.command(
+qc_app = typer.Typer(pretty_exceptions_show_locals=False)  # ``influencer qc`` runs QC; ``qc calibrate`` (review.py)
+app.add_typer(
+    qc_app,
+    name="qc",
     rich_help_panel=PANEL,
     help="Identity QC: calibrated identity score vs the references (each reference must agree, and a face closer "
-    f"to another person in the batch is rejected), face sharpness, dedupe keeping the best copy. {NONCOMMERCIAL}",
+    "to another person in the batch is rejected), face sharpness, dedupe keeping the best copy; your review "
+    f"overrides win. Thresholds: --minsim/--minblur > this persona's calibration > default. {NONCOMMERCIAL}",
 )
+
+
+@qc_app.callback(invoke_without_command=True)
 def qc(
+    ctx: typer.Context,
     ref: Annotated[Path | None, typer.Option("--ref", help="References (default data/cleaned).")] = None,
     cand: Annotated[Path | None, typer.Option("--cand", help="Candidates (default data/synth_openrouter).")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Approved copies (default data/qc_passed).")] = None,
     minsim: Annotated[
-        float,
+        float | None,
         typer.Option(
-            callback=lambda v: _threshold(minsim=v),
-            help="Minimum identity score, 0..1; 0.34 = same person on either backend (docs/identity-calibration.md).",
+            callback=lambda v: v if v is None else _threshold(minsim=v),
+            help="Minimum identity score, 0..1; 0.34 = same person on either backend (docs/identity-calibration.md). "
+            "Default: this persona's calibration (`influencer qc calibrate --apply`), else 0.34.",
+            show_default=False,
         ),
-    ] = 0.34,
+    ] = None,
     minblur: Annotated[
-        float,
+        float | None,
         typer.Option(
-            callback=lambda v: _threshold(minblur=v),
-            help="Minimum face sharpness, >= 0; 80 = the sharp/blurred line at any resolution.",
+            callback=lambda v: v if v is None else _threshold(minblur=v),
+            help="Minimum face sharpness, >= 0; 80 = the sharp/blurred line at any resolution. "
+            "Default: this persona's calibration, else 80.",
+            show_default=False,
         ),
-    ] = 80.0,
+    ] = None,
     max_faces: Annotated[int, typer.Option("--max-faces", "--max_faces", help="Reject images with more faces.")] = 1,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")] = None,
     backend: BackendOpt = None,
 ) -> None:
+    if ctx.invoked_subcommand is not None:  # `qc [--minsim X] calibrate`: compare against the given values
+        ctx.obj = {"minsim": minsim, "minblur": minblur}
+        return
+    from ai_influencer.review.persona import effective_thresholds
     from ai_influencer.vision.qc import QCThresholds
 
     with friendly_errors():
         ws = workspace()
+        chosen = effective_thresholds(ws, {"minsim": minsim, "minblur": minblur})
+        out.print(f"thresholds: {chosen.describe()}", highlight=False)
         with _progress("qc", "{task.fields[file]}") as bar:
             task = bar.add_task("images", total=None, file="")
             job = usecases.QCJob(
                 ref or ws.cleaned, cand or ws.synth, out_dir or ws.qc_passed,
-                QCThresholds(minsim=minsim, minblur=minblur, max_faces=max_faces),
-                backend=backend, workers=workers, cache_dir=ws.qc_cache,
+                QCThresholds(minsim=chosen.minsim.value, minblur=chosen.minblur.value, max_faces=max_faces),
+                backend=backend, workers=workers, cache_dir=ws.qc_cache, overrides=ws.qc_overrides,
             )  # fmt: skip
             result = usecases.qc(
                 settings(), job,
@@ -290,6 +308,17 @@ def qc(
             f"accepted {counts['accepted']}, rejected {counts['rejected']}, errors {counts['error']} "
             f"(references: {result.references_used}); report {result.report}; contact sheet {result.contact_sheet}"
         )
+        judged = [r for r in result.rows if r.override]
+        if judged or ws.qc_overrides.is_file():
+            from ai_influencer.review.overrides import OverrideStore, inactive
+
+            overridden = sum(r.override != r.auto_verdict for r in judged)
+            idle = inactive(OverrideStore(ws.qc_overrides), [(cand or ws.synth) / r.file for r in result.rows])
+            out.print(
+                f"review: {overridden} verdict(s) overridden by you, {len(judged) - overridden} confirmed"
+                + (f"; {len(idle)} kept for images no longer among the candidates" if idle else ""),
+                highlight=False,
+            )
 
 
 @app.command(rich_help_panel=PANEL)
