@@ -10,6 +10,7 @@ options, and the summary every entry point reports. The paid and durable parts a
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from ai_influencer.settings import Settings
 from ai_influencer.storyboard import Storyboard
 from ai_influencer.video.clips import ClipPlan, ClipPlanning, plan_clips
 from ai_influencer.video.frames import BadVideoError
-from ai_influencer.video.identity import ClipIdentityChecker
+from ai_influencer.video.identity import ClipIdentity, ClipIdentityChecker
 from ai_influencer.video.jobs import (
     BUDGET,
     DONE,
@@ -133,15 +134,30 @@ def plan_video(
     )
 
 
+class SharedIdentityChecker(ClipIdentityChecker):
+    """A checker the clips of a run share across threads (the flow's clip tasks finish at once): the face
+    engine is not made for two threads at a time (seen: a frame of the persona scored 0.00 while another
+    clip was being checked), so checks take turns. A clip takes about a second."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._turn = threading.Lock()
+
+    def check(self, clip: Path, *, filmstrip: Path | None = None) -> ClipIdentity:
+        with self._turn:
+            return super().check(clip, filmstrip=filmstrip)
+
+
 def identity_checker(settings: Settings, ws: Workspace, backend: str | None = None) -> ClipIdentityChecker:
-    """QC's face engine and thresholds, the cleaned references analysed once for the whole run."""
+    """QC's face engine and thresholds, the cleaned references analysed once for the whole run; safe to share
+    between the run's threads."""
     from ai_influencer.vision.image_io import list_images
     from ai_influencer.vision.qc import EngineSpec
 
     refs = list_images(ws.cleaned) if ws.cleaned.is_dir() else []
     if not refs:
         raise FileNotFoundError(f"{ws.cleaned}: no reference photos to check the clips' identity; run prepare first")
-    return ClipIdentityChecker.from_spec(EngineSpec.from_settings(settings, backend), refs)
+    return SharedIdentityChecker.from_spec(EngineSpec.from_settings(settings, backend), refs)
 
 
 def wait_policy(options: VideoOptions, policy: WaitPolicy | None = None) -> WaitPolicy:

@@ -1,0 +1,187 @@
+"""The video stage wired end to end against the stub (chat, images and the Video API on one base URL):
+the hybrid flow with video on (real Prefect), ``influencer video`` (dry run, budget, a SIGKILL while
+polling and the restart), and the hub's video routes (submit, status, content, signed webhooks)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prefect.settings import PREFECT_API_URL
+from prefect.testing.utilities import prefect_test_harness
+
+from ai_influencer.dataset.manifest import ImageRecord, rebuild_manifest, write_sidecar
+from ai_influencer.openrouter.videos import VideoParameterError
+from ai_influencer.settings import Settings
+from ai_influencer.storyboard import Shot, Storyboard
+from ai_influencer.video.frames import probe_video
+from ai_influencer.video.ledger import VideoStore
+from ai_influencer.video.webhooks import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, signature
+from ai_influencer.vision.qc_report import QCRow, write_report
+from flows.hybrid import hybrid_flow
+from flows.params import GenerateParams, HybridParams, Limits, Paths, VideoParams
+from flows.video import video_flow
+from tests.conftest import REPO, TEST_KEY
+from tests.support.assets import face
+from tests.support.video_stub import StubOpenRouterWithVideo
+
+BANK = str(REPO / "prompt_bank" / "default.yaml")
+SCENES = ("cafe_morning", "city_street")
+SCRIPT = "Good morning, coffee first. Then a walk through the old town!"
+
+
+def storyboard(scenes: tuple[str, ...] = SCENES) -> Storyboard:
+    shots = [
+        Shot(scene=s, description=f"she smiles at the camera ({s})", lighting="golden_hour", outfit="casual",
+             pose="standing", on_screen_text="")
+        for s in scenes
+    ]  # fmt: skip
+    return Storyboard(
+        title="a morning",
+        concept="coffee and a walk",
+        shots=shots,
+        spoken_script=SCRIPT,
+        caption_seeds=[f"seed {i}" for i in range(5)],
+        hashtags=["#morning"],
+    )
+
+
+@pytest.fixture
+def vstub() -> Iterator[StubOpenRouterWithVideo]:
+    server = StubOpenRouterWithVideo(
+        valid_keys=[TEST_KEY], image_mix={"persona": 1.0}, chat_reply=lambda _body: storyboard().model_dump_json()
+    )
+    server.video.pending_s = server.video.running_s = 0.1
+    with server:
+        yield server
+
+
+@pytest.fixture
+def env(vstub: StubOpenRouterWithVideo, monkeypatch: pytest.MonkeyPatch) -> StubOpenRouterWithVideo:
+    monkeypatch.setenv("OPENROUTER_API_KEY", TEST_KEY)
+    monkeypatch.setenv("OPENROUTER_BASE_URL", vstub.base_url)
+    monkeypatch.setenv("INFLUENCER_OPENROUTER_MAX_RETRIES", "2")
+    return vstub
+
+
+@pytest.fixture(scope="module")
+def prefect_server() -> Iterator[str]:
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+def fast_video(**kw: Any) -> VideoParams:
+    return VideoParams(poll_initial_s=0.05, poll_max_s=0.1, limit_name=f"video-{uuid.uuid4().hex[:8]}", **kw)
+
+
+def workspace_after_qc(root: Path, scenes: tuple[str, ...] = SCENES) -> Path:
+    """A workspace as prepare, plan, generate and QC leave it (without paying for it): references, one
+    QC-passed image of the persona per scene, a storyboard."""
+    cleaned, synth, passed = root / "cleaned", root / "synth_openrouter", root / "qc_passed"
+    for folder in (cleaned, synth, passed, root / "text"):
+        folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(face("obama2.jpg"), cleaned / "ref_a.jpg")
+    shutil.copy(face("obama3.jpg"), cleaned / "ref_b.jpg")
+    rows = []
+    for i, scene in enumerate(scenes):
+        name = f"img{i}.jpg"
+        shutil.copy(face("obama.jpg"), synth / name)
+        shutil.copy(face("obama.jpg"), passed / name)
+        write_sidecar(synth, ImageRecord(key=f"img{i}", file=name, model="m", prompt="p", scene=scene))
+        rows.append(QCRow(name, 1, 0.6, 120.0, "", "accepted", ""))
+    rebuild_manifest(synth)
+    write_report(rows, passed / "qc_report.csv")
+    (root / "text" / "storyboard.json").write_text(storyboard(scenes).model_dump_json())
+    return root
+
+
+# ---- the hybrid flow with video on -------------------------------------------------------------------------
+
+
+def test_hybrid_with_video_writes_one_checked_clip_per_scene_and_a_rerun_pays_nothing(
+    prefect_server: str, env: StubOpenRouterWithVideo, tmp_path: Path
+) -> None:
+    raw = tmp_path / "data" / "input_raw"
+    raw.mkdir(parents=True)
+    for n in ("obama.jpg", "obama3.jpg"):
+        shutil.copy(face(n), raw / n)
+    tag = uuid.uuid4().hex[:8]
+    p = HybridParams(
+        paths=Paths(data_root=str(tmp_path / "data"), prompt_bank=BANK, models_root=str(tmp_path / "models")),
+        generate=GenerateParams(
+            per_scene=2,
+            limits=Limits(rate_limit_name=f"r-{tag}", rate_per_s=50, inflight_limit_name=f"i-{tag}", max_inflight=16),
+        ),
+        run_augment=False,
+        run_train=False,
+        run_evaluate=False,
+        run_video=True,
+        video=fast_video(),
+    )
+    result = hybrid_flow(p)
+    video = result["video"]
+    assert video["counts"] == {"done": 2}, video
+    assert video["submitted"] == 2 and video["identity_passed"] == 2
+    store = VideoStore(tmp_path / "data" / "video")
+    manifest = json.loads(store.manifest.read_text())
+    assert manifest["count"] == 2 and sorted(c["scene"] for c in manifest["clips"]) == sorted(SCENES)
+    for clip in manifest["clips"]:
+        mp4 = store.root / clip["file"]
+        probe = probe_video(mp4)  # decodes the whole clip
+        assert probe.frames > 0 and probe.height > probe.width, "9:16"
+        side = json.loads(store.sidecar(clip["key"]).read_text())
+        assert side["job_id"] and side["model"] == "google/veo-3.1-fast" and side["cost_usd"] > 0
+        assert side["parameters"]["mode"] == "image-to-video" and side["parameters"]["aspect_ratio"] == "9:16"
+        assert side["identity"]["verdict"] == "passed" and Path(side["filmstrip"]).is_file()
+        assert side["timings"]["submitted_at"] and side["timings"]["download_s"] is not None
+    # the first frame is the scene's QC-passed image, and the spoken line is in the prompt
+    bodies = [r.body for r in env.video.submits]
+    assert all(b["frame_images"][0]["frame_type"] == "first_frame" for b in bodies)
+    assert any("coffee first" in b["prompt"] for b in bodies)
+    keys = {a["key"] for a in httpx.post(f"{prefect_server}/artifacts/filter", json={"limit": 200}).json()}
+    assert {"video-plan", "video-clips", "video-filmstrips"} <= keys
+    again = video_flow(p.video, p.paths)
+    assert again["counts"] == {"skipped": 2} and len(env.video.submits) == 2, "a re-run pays nothing"
+
+
+def test_the_video_flow_reports_a_clip_of_another_person_as_failed_identity(
+    prefect_server: str, env: StubOpenRouterWithVideo, tmp_path: Path
+) -> None:
+    data = workspace_after_qc(tmp_path / "data")
+    env.video.subject_for = lambda body: "other" if "cafe_morning" in body["prompt"] else None
+    paths = Paths(data_root=str(data), prompt_bank=BANK, models_root=str(tmp_path / "models"))
+    summary = video_flow(fast_video(), paths)
+    assert summary["counts"] == {"done": 2}
+    verdicts = {c["scene"]: (c["verdict"], c["reason"]) for c in summary["clips"]}
+    assert verdicts["cafe_morning"][0] == "failed" and verdicts["cafe_morning"][1].startswith("another person on")
+    assert verdicts["city_street"][0] == "passed", verdicts
+    assert summary["identity_failed"] == 1 and summary["identity_passed"] == 1
+
+
+def test_an_unsupported_parameter_fails_the_hybrid_run_before_anything_is_paid(
+    prefect_server: str, env: StubOpenRouterWithVideo, tmp_path: Path
+) -> None:
+    p = HybridParams(
+        paths=Paths(data_root=str(tmp_path / "data"), prompt_bank=BANK, models_root=str(tmp_path / "models")),
+        run_prepare=False,
+        run_augment=False,
+        run_train=False,
+        run_evaluate=False,
+        run_video=True,
+        video=fast_video(duration=5),  # Veo 3.1 Fast takes 4, 6 or 8 s
+    )
+    with pytest.raises(VideoParameterError, match=r"google/veo-3.1-fast: duration 5 s is not supported; it accepts 4"):
+        hybrid_flow(p)
+    assert env.paid_requests == [] and env.video.submits == [], "neither the plan, an image nor a clip was paid"
