@@ -185,3 +185,111 @@ def test_an_unsupported_parameter_fails_the_hybrid_run_before_anything_is_paid(
     with pytest.raises(VideoParameterError, match=r"google/veo-3.1-fast: duration 5 s is not supported; it accepts 4"):
         hybrid_flow(p)
     assert env.paid_requests == [] and env.video.submits == [], "neither the plan, an image nor a clip was paid"
+
+
+# ---- influencer video -----------------------------------------------------------------------------------------
+
+INFLUENCER = str(Path(sys.executable).with_name("influencer"))
+FAST_CLI = ["--poll-initial-s", "0.05", "--poll-max-s", "0.1"]
+
+
+@pytest.fixture
+def cli(vstub: StubOpenRouterWithVideo, tmp_path: Path) -> dict[str, str]:
+    """The environment of a real ``influencer`` process against the stub, and a workspace after QC."""
+    workspace_after_qc(tmp_path / "data", scenes=("cafe_morning", "city_street", "beach_sunset"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENROUTER_", "INFLUENCER_"))}
+    env.update(
+        OPENROUTER_API_KEY=TEST_KEY,
+        OPENROUTER_BASE_URL=vstub.base_url,
+        INFLUENCER_DATA_ROOT=str(tmp_path / "data"),
+        INFLUENCER_MODELS_ROOT=str(tmp_path / "models"),
+        INFLUENCER_PROMPT_BANK=BANK,
+        INFLUENCER_OPENROUTER_MAX_RETRIES="2",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def influencer(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([INFLUENCER, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_dry_run_prints_each_clips_price_and_the_total_and_submits_nothing(
+    cli: dict[str, str], vstub: StubOpenRouterWithVideo, tmp_path: Path
+) -> None:
+    done = influencer(["video", "--dry-run", "--resolution", "1080p", "--duration", "6"], cli, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("price: ")]
+    # Veo 3.1 Fast in the stub: $0.10/s, $0.15/s at 1080p; 6 s a clip
+    assert lines[:3] == [
+        f"price: shot {i} [{scene}] 6 s first-frame: $0.9000 (per-video-second-1080p $0.15/s x 6 s)"
+        for i, scene in enumerate(("cafe_morning", "city_street", "beach_sunset"), start=1)
+    ]
+    assert lines[3] == "price: total for 3 clips: $2.7000"
+    assert "dry run: nothing was submitted" in done.stdout
+    assert vstub.video.submits == [] and not (tmp_path / "data" / "video" / "jobs").exists()
+
+
+def test_an_unsupported_parameter_is_one_line_before_the_first_submit(
+    cli: dict[str, str], vstub: StubOpenRouterWithVideo, tmp_path: Path
+) -> None:
+    done = influencer(["video", "--resolution", "4K"], cli, tmp_path)
+    assert done.returncode == 1
+    assert "error: google/veo-3.1-fast: resolution '4K' is not supported; it accepts 720p, 1080p" in done.stderr
+    assert vstub.video.submits == []
+
+
+def test_the_budget_stops_submits_at_the_cap(cli: dict[str, str], vstub: StubOpenRouterWithVideo, tmp_path: Path) -> None:
+    # 4 s clips at $0.10/s = $0.40 each: a $1.00 budget pays for two of the three
+    done = influencer(["video", "--duration", "4", "--budget", "1.0", "--no-identity", *FAST_CLI], cli, tmp_path)
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert len(vstub.video.submits) == 2
+    assert "shot 3 [beach_sunset] budget" in done.stdout and "budget $1.00 reached" in done.stdout
+    assert "clips: budget 1, done 2; 2 submitted" in done.stdout
+    again = influencer(["video", "--duration", "4", "--budget", "1.0", "--no-identity", *FAST_CLI], cli, tmp_path)
+    assert again.returncode == 4 and len(vstub.video.submits) == 2, "a restart does not get its budget back"
+    report = influencer(["report", "costs", "--json"], cli, tmp_path)
+    assert report.returncode == 0, report.stderr
+    video = json.loads(report.stdout)["video"]
+    assert video == [
+        {"model": "google/veo-3.1-fast", "jobs": 2, "clips": 2, "identity_passed": 0, "spend_usd": 0.8,
+         "estimate_usd": 0.8, "unpriced": 0, "cost_per_clip_usd": 0.4}
+    ]  # fmt: skip
+
+
+def test_sigkill_while_polling_then_restart_polls_the_same_jobs_and_submits_nothing(
+    cli: dict[str, str], vstub: StubOpenRouterWithVideo, tmp_path: Path
+) -> None:
+    vstub.video.pending_s = 600.0  # the jobs wait until the test lets them finish
+    args = ["video", "--no-identity", *FAST_CLI]
+    child = subprocess.Popen(
+        [INFLUENCER, *args], env=cli, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            polled = {r.job_id for r in vstub.video.polls()}
+            if len(vstub.video.submits) == 3 and len(polled) == 3 and len(vstub.video.polls()) >= 6:
+                break
+            assert child.poll() is None, child.stdout.read() if child.stdout else ""
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the run never reached polling")
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == -signal.SIGKILL
+    ids = {r.job_id for r in vstub.video.submits}
+    jobs = tmp_path / "data" / "video" / "jobs"
+    assert {json.loads(p.read_text())["job_id"] for p in jobs.glob("*.json")} == ids, "ids on disk before the kill"
+    for job in vstub.video.jobs.values():
+        job.pending_s = 0.0
+    polls_before = len(vstub.video.polls())
+    resumed = influencer(args, cli, tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert len(vstub.video.submits) == 3, "0 new submits after the kill"
+    assert {r.job_id for r in vstub.video.polls()[polls_before:]} == ids, "the same job ids are polled"
+    assert "polling it again, not submitting" in resumed.stderr
+    assert "clips: done 3; 0 submitted, 3 resumed from the ledger" in resumed.stdout
