@@ -239,7 +239,9 @@ def test_an_unsupported_parameter_is_one_line_before_the_first_submit(
     assert vstub.video.submits == []
 
 
-def test_the_budget_stops_submits_at_the_cap(cli: dict[str, str], vstub: StubOpenRouterWithVideo, tmp_path: Path) -> None:
+def test_the_budget_stops_submits_at_the_cap(
+    cli: dict[str, str], vstub: StubOpenRouterWithVideo, tmp_path: Path
+) -> None:
     # 4 s clips at $0.10/s = $0.40 each: a $1.00 budget pays for two of the three
     done = influencer(["video", "--duration", "4", "--budget", "1.0", "--no-identity", *FAST_CLI], cli, tmp_path)
     assert done.returncode == 4, done.stdout + done.stderr
@@ -293,3 +295,128 @@ def test_sigkill_while_polling_then_restart_polls_the_same_jobs_and_submits_noth
     assert {r.job_id for r in vstub.video.polls()[polls_before:]} == ids, "the same job ids are polled"
     assert "polling it again, not submitting" in resumed.stderr
     assert "clips: done 3; 0 submitted, 3 resumed from the ledger" in resumed.stdout
+
+
+# ---- the hub --------------------------------------------------------------------------------------------------
+
+TOKEN = "hub-test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+SECRET = "whsec-test-0123456789"
+
+
+@pytest.fixture
+def hub(vstub: StubOpenRouterWithVideo, tmp_path: Path) -> Iterator[str]:
+    from interfaces.hub.app import create_app
+    from tests.support.hub_server import serve
+
+    data = workspace_after_qc(tmp_path / "data")
+    settings = Settings(
+        openrouter_api_key=TEST_KEY, openrouter_base_url=vstub.base_url, openrouter_max_retries=0, hub_token=TOKEN,
+        data_root=data, video_webhook_secret=SECRET,
+    )  # fmt: skip
+    with serve(create_app(settings)) as url:
+        yield url
+
+
+def event(job_id: str = "job-abc", status: str = "completed") -> bytes:
+    body = {"type": f"video.generation.{status}", "created_at": "2026-01-01T00:00:00Z",
+            "data": {"id": job_id, "status": status}}  # fmt: skip
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def deliver(hub: str, raw: bytes, sig: str | None, key: str = "job-abc-completed") -> httpx.Response:
+    headers = {"Content-Type": "application/json", IDEMPOTENCY_HEADER: key}
+    if sig is not None:
+        headers[SIGNATURE_HEADER] = sig
+    return httpx.post(f"{hub}{'/api/video/webhook'}", content=raw, headers=headers, timeout=10)
+
+
+def test_hub_webhook_good_bad_stale_and_repeated_signatures(hub: str, tmp_path: Path) -> None:
+    raw, now = event(), int(time.time())
+    good = deliver(hub, raw, signature(SECRET, raw, now))  # no hub token: OpenRouter cannot send one
+    assert good.status_code == 200 and good.json() == {"ok": True, "duplicate": False, "job_id": "job-abc"}
+    again = deliver(hub, raw, signature(SECRET, raw, now + 5))
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    bad = deliver(hub, raw, signature("another-secret", raw, now), key="job-abc-bad")
+    assert bad.status_code == 401 and bad.json()["reason"] == "bad_signature"
+    changed = deliver(hub, event(status="failed"), signature(SECRET, raw, now), key="job-abc-changed")
+    assert changed.status_code == 401 and changed.json()["reason"] == "bad_signature"
+    stale = deliver(hub, raw, signature(SECRET, raw, now - 600), key="job-abc-stale")
+    assert stale.status_code == 401 and stale.json()["reason"] == "stale"
+    missing = deliver(hub, raw, None, key="job-abc-missing")
+    assert missing.status_code == 401 and missing.json()["reason"] == "missing_signature"
+    notes = list((tmp_path / "data" / "video" / "webhooks").glob("*.json"))
+    assert len(notes) == 1, "only the good delivery is recorded, once"
+    assert httpx.post(f"{hub}/api/generate/video", json={"prompt": "x"}, timeout=10).status_code == 401
+
+
+def test_hub_submits_a_clip_then_serves_its_status_and_content(
+    hub: str, vstub: StubOpenRouterWithVideo, tmp_path: Path
+) -> None:
+    vstub.video.webhook_url, vstub.video.webhook_secret, vstub.video.webhook_repeats = (
+        f"{hub}/api/video/webhook",
+        SECRET,
+        2,
+    )
+    body = {"prompt": "she smiles at the camera", "first_frame": "qc_passed/img0.jpg", "duration": 4}
+    r = httpx.post(f"{hub}/api/generate/video", json=body, headers=AUTH, timeout=30)
+    assert r.status_code == 202, r.text
+    out = r.json()
+    assert out["ok"] and out["kind"] == "video" and out["model"] == "google/veo-3.1-fast"
+    job = out["job"]
+    assert job["job_id"] in vstub.video.jobs and job["status"] == "pending"
+    assert (tmp_path / "data" / "video" / "jobs" / f"{job['key']}.json").is_file(), "the job id is on disk at once"
+    submitted = vstub.video.submits[0].body
+    assert submitted["aspect_ratio"] == "9:16" and submitted["resolution"] == "720p"
+    assert submitted["frame_images"][0]["frame_type"] == "first_frame"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = httpx.get(f"{hub}{job['status_url']}", headers=AUTH, timeout=30).json()
+        if status["content_url"]:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the clip never became ready: {status}")
+    assert status["status"] == "completed" and status["cost_usd"] == pytest.approx(0.4)
+    content = httpx.get(f"{hub}{status['content_url']}", headers=AUTH, timeout=30)
+    assert content.status_code == 200 and content.headers["content-type"] == "video/mp4"
+    clip = tmp_path / "got.mp4"
+    clip.write_bytes(content.content)
+    assert probe_video(clip).frames > 0
+    assert (
+        hashlib.sha256(content.content).hexdigest()
+        == hashlib.sha256(vstub.video.jobs[job["job_id"]].content).hexdigest()
+    )
+    deadline = time.monotonic() + 10
+    while len(vstub.video.deliveries) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [d.http_status for d in vstub.video.deliveries] == [200, 200], "signed repeats accepted, recorded once"
+    assert len(list((tmp_path / "data" / "video" / "webhooks").glob("*.json"))) == 1
+    assert len(vstub.video.submits) == 1
+    # an unsupported parameter: one line, nothing submitted
+    bad = httpx.post(f"{hub}/api/generate/video", json={**body, "duration": 5}, headers=AUTH, timeout=30)
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "unsupported_parameter"
+    assert "duration 5 s is not supported" in bad.json()["error"]["message"] and len(vstub.video.submits) == 1
+
+
+def test_the_hub_lists_the_stages_clips_with_their_filmstrips(
+    hub: str, vstub: StubOpenRouterWithVideo, tmp_path: Path
+) -> None:
+    from ai_influencer.dataset.workspace import Workspace
+    from ai_influencer.openrouter import OpenRouterClient
+    from ai_influencer.usecases import video as usecase
+    from ai_influencer.video.options import VideoOptions
+
+    ws = Workspace(tmp_path / "data", tmp_path / "models")
+    options = VideoOptions(poll_initial_s=0.05, poll_max_s=0.1, max_clips=1)
+    with OpenRouterClient(TEST_KEY, base_url=vstub.base_url, max_retries=0) as c:
+        api = usecase.video_api(c)
+        planning = usecase.plan_video(api, ws, options)
+        usecase.make_videos(api, planning, ws, options, identity=usecase.identity_checker(Settings(), ws))
+    listed = httpx.get(f"{hub}/api/video", headers=AUTH, timeout=30).json()
+    assert listed["count"] == 1 and listed["identity_failed"] == 0
+    clip = listed["clips"][0]
+    assert clip["scene"] == "cafe_morning" and clip["verdict"] == "passed" and clip["url"].endswith(".mp4")
+    film = httpx.get(f"{hub}{clip['filmstrip']}", headers=AUTH, timeout=30)
+    assert film.status_code == 200 and film.headers["content-type"] == "image/png"
+    assert httpx.get(f"{hub}{clip['url']}", headers=AUTH, timeout=30).headers["content-type"] == "video/mp4"
