@@ -420,3 +420,56 @@ def test_the_hub_lists_the_stages_clips_with_their_filmstrips(
     film = httpx.get(f"{hub}{clip['filmstrip']}", headers=AUTH, timeout=30)
     assert film.status_code == 200 and film.headers["content-type"] == "image/png"
     assert httpx.get(f"{hub}{clip['url']}", headers=AUTH, timeout=30).headers["content-type"] == "video/mp4"
+
+
+def test_the_pipeline_page_plays_the_clips_with_their_filmstrip_and_verdict(
+    hub: str, vstub: StubOpenRouterWithVideo, tmp_path: Path
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from ai_influencer.dataset.workspace import Workspace
+    from ai_influencer.openrouter import OpenRouterClient
+    from ai_influencer.usecases import video as usecase
+    from ai_influencer.video.options import VideoOptions
+    from tests.test_hub_browser import CHROMIUM, SHOTS
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium is not installed")
+    ws = Workspace(tmp_path / "data", tmp_path / "models")
+    vstub.video.subject_for = lambda body: "other" if "city_street" in body["prompt"] else None
+    options = VideoOptions(poll_initial_s=0.05, poll_max_s=0.1)
+    with OpenRouterClient(TEST_KEY, base_url=vstub.base_url, max_retries=0) as c:
+        api = usecase.video_api(c)
+        usecase.make_videos(
+            api, usecase.plan_video(api, ws, options), ws, options, identity=usecase.identity_checker(Settings(), ws)
+        )
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+    ]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=flags)
+        try:
+            pg = browser.new_context(viewport={"width": 1200, "height": 900}).new_page()
+            pg.set_default_timeout(20_000)
+            pg.goto(hub + "/pipeline")
+            pg.fill("#token", TOKEN)
+            pg.dispatch_event("#token", "change")
+            pg.wait_for_selector(".clip video")
+            assert "2 clips · 1 failed identity" in pg.text_content("#clips-summary")
+            pg.wait_for_function(
+                "() => [...document.querySelectorAll('.clip video')].every(v => v.readyState >= 1 && v.videoWidth > 0)"
+            )
+            pg.wait_for_function(
+                "() => [...document.querySelectorAll('.clip img.filmstrip')].every(i => i.complete && i.naturalWidth)"
+            )
+            headings = [h.text_content() for h in pg.query_selector_all(".clip h3")]
+            assert headings[0].startswith("shot 1 · cafe_morning · identity passed")
+            assert headings[1].startswith("shot 2 · city_street · identity failed")
+            pg.screenshot(path=str(SHOTS / "hub-pipeline-clips.png"), full_page=True)
+        finally:
+            browser.close()
