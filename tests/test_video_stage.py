@@ -506,3 +506,38 @@ def test_the_gui_video_button_runs_the_stage_and_streams_its_log(
         finally:
             app.runner.stop(grace_s=2)
             root.destroy()
+
+
+def test_the_runs_identity_checker_gives_each_clip_its_own_verdict_when_clips_are_checked_at_once(
+    tmp_path: Path,
+) -> None:
+    """The flow's clip tasks finish together; dlib's descriptor network is not thread-safe (two clips checked
+    at once mixed their faces: the persona's clip failed with "another person" in 5 of 5 tries)."""
+    import threading
+
+    from PIL import Image
+
+    from ai_influencer.dataset.workspace import Workspace
+    from ai_influencer.usecases import video as usecase
+    from tests.support.video_stub import cover, encode_mp4
+
+    ws = Workspace(workspace_after_qc(tmp_path / "data"), tmp_path / "models")
+    clips = []
+    for name in ("obama.jpg", "biden.jpg"):
+        image = Image.open(face(name)).convert("RGB")
+        clip = tmp_path / f"{name}.mp4"
+        clip.write_bytes(encode_mp4([cover(image, (270, 480), 1 + 0.02 * i, 0.0) for i in range(18)], 6))
+        clips.append(clip)
+    checker = usecase.identity_checker(Settings(), ws)
+    for _ in range(2):
+        got: list[str] = ["", ""]
+
+        def check(i: int, into: list[str]) -> None:
+            into[i] = checker.check(clips[i]).verdict
+
+        threads = [threading.Thread(target=check, args=(i, got)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert got == ["passed", "failed"]

@@ -135,9 +135,10 @@ def plan_video(
 
 
 class SharedIdentityChecker(ClipIdentityChecker):
-    """A checker the clips of a run share across threads (the flow's clip tasks finish at once): the face
-    engine is not made for two threads at a time (seen: a frame of the persona scored 0.00 while another
-    clip was being checked), so checks take turns. A clip takes about a second."""
+    """A checker the clips of a run share across threads (the flow's clip tasks finish at once). dlib's
+    descriptor network (``face_recognition_model_v1``) keeps its layer outputs in the object, so two clips
+    checked at once mixed their faces (a persona clip failed as "another person" in 5 of 5 tries); checks
+    take turns. A clip takes about a second."""
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
