@@ -157,14 +157,20 @@ def test_hybrid_with_video_writes_one_checked_clip_per_scene_and_a_rerun_pays_no
     assert again["counts"] == {"skipped": 2} and len(env.video.submits) == 2, "a re-run pays nothing"
 
 
-def test_the_video_flow_reports_a_clip_of_another_person_as_failed_identity(
+def test_the_video_flow_waits_for_one_job_at_a_time_and_reports_another_persons_clip_as_failed_identity(
     prefect_server: str, env: StubOpenRouterWithVideo, tmp_path: Path
 ) -> None:
     data = workspace_after_qc(tmp_path / "data")
     env.video.subject_for = lambda body: "other" if "cafe_morning" in body["prompt"] else None
     paths = Paths(data_root=str(data), prompt_bank=BANK, models_root=str(tmp_path / "models"))
-    summary = video_flow(fast_video(), paths)
+    video = fast_video(max_in_flight=1)
+    summary = video_flow(video, paths)
     assert summary["counts"] == {"done": 2}
+    # one job at a time: the second was submitted only once the first had ended (the Prefect limit)
+    limit = httpx.get(f"{prefect_server}/v2/concurrency_limits/{video.limit_name}").json()
+    assert limit["limit"] == 1 and limit["active_slots"] == 0
+    first, second = sorted(env.video.jobs.values(), key=lambda j: j.created)
+    assert second.created >= first.created + first.pending_s + first.running_s
     verdicts = {c["scene"]: (c["verdict"], c["reason"]) for c in summary["clips"]}
     assert verdicts["cafe_morning"][0] == "failed" and verdicts["cafe_morning"][1].startswith("another person on")
     assert verdicts["city_street"][0] == "passed", verdicts
@@ -258,6 +264,21 @@ def test_the_budget_stops_submits_at_the_cap(
         {"model": "google/veo-3.1-fast", "jobs": 2, "clips": 2, "identity_passed": 0, "spend_usd": 0.8,
          "estimate_usd": 0.8, "unpriced": 0, "cost_per_clip_usd": 0.4}
     ]  # fmt: skip
+
+
+def test_failed_jobs_are_reported_and_submitted_again_only_with_retry_failed(
+    cli: dict[str, str], vstub: StubOpenRouterWithVideo, tmp_path: Path
+) -> None:
+    args = ["video", "--max-clips", "1", "--no-identity", *FAST_CLI]
+    vstub.video.end_next("expired")
+    first = influencer(args, cli, tmp_path)
+    assert first.returncode == 2 and "shot 1 [cafe_morning] failed" in first.stdout and "expired" in first.stdout
+    again = influencer(args, cli, tmp_path)
+    assert again.returncode == 2 and "not submitted again (retry_failed resubmits it)" in again.stdout
+    assert len(vstub.video.submits) == 1
+    retried = influencer([*args, "--retry-failed"], cli, tmp_path)
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    assert "clips: done 1; 1 submitted" in retried.stdout and len(vstub.video.submits) == 2
 
 
 def test_sigkill_while_polling_then_restart_polls_the_same_jobs_and_submits_nothing(
