@@ -444,7 +444,7 @@ def test_the_hub_lists_the_stages_clips_with_their_filmstrips(
     assert httpx.get(f"{hub}{clip['url']}", headers=AUTH, timeout=30).headers["content-type"] == "video/mp4"
 
 
-def test_the_pipeline_page_plays_the_clips_with_their_filmstrip_and_verdict(
+def test_the_pages_play_the_clips_pipeline_with_filmstrip_and_verdict_generate_after_polling(
     hub: str, vstub: StubOpenRouterWithVideo, tmp_path: Path
 ) -> None:
     from playwright.sync_api import sync_playwright
@@ -493,6 +493,15 @@ def test_the_pipeline_page_plays_the_clips_with_their_filmstrip_and_verdict(
             assert headings[0].startswith("shot 1 · cafe_morning · identity passed")
             assert headings[1].startswith("shot 2 · city_street · identity failed")
             pg.screenshot(path=str(SHOTS / "hub-pipeline-clips.png"), full_page=True)
+            # the Generate page: a video is a job; the page polls it until the clip plays
+            pg.goto(hub + "/")
+            pg.select_option("#kind", "video")
+            pg.fill("#prompt", "she waves at the camera")
+            pg.click("#generate")
+            pg.wait_for_selector("#result-video")
+            pg.wait_for_function("() => document.querySelector('#result-video').readyState >= 1")
+            assert "model google/veo-3.1-fast · job " in pg.text_content("#result-usage")
+            assert len(vstub.video.submits) == 3
         finally:
             browser.close()
 
