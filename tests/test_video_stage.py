@@ -571,3 +571,23 @@ def test_the_runs_identity_checker_gives_each_clip_its_own_verdict_when_clips_ar
         for t in threads:
             t.join()
         assert got == ["passed", "failed"]
+
+
+def test_a_signed_webhook_through_the_hub_wakes_a_waiting_run(
+    hub: str, vstub: StubOpenRouterWithVideo, tmp_path: Path
+) -> None:
+    """Polls 60 s apart: the clip is kept within seconds only because the hub's webhook note wakes the run."""
+    vstub.video.webhook_url, vstub.video.webhook_secret = f"{hub}/api/video/webhook", SECRET
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENROUTER_", "INFLUENCER_"))}
+    env.update(
+        OPENROUTER_API_KEY=TEST_KEY, OPENROUTER_BASE_URL=vstub.base_url, INFLUENCER_DATA_ROOT=str(tmp_path / "data"),
+        INFLUENCER_PROMPT_BANK=BANK, PYTHONUNBUFFERED="1",
+    )  # fmt: skip
+    args = ["video", "--max-clips", "1", "--no-identity", "--poll-initial-s", "60", "--poll-max-s", "60"]
+    start = time.monotonic()
+    done = influencer(args, env, tmp_path, timeout=50)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert time.monotonic() - start < 40, "woken by the webhook, not by the next poll"
+    assert "webhook says completed; polling now" in done.stderr
+    assert [d.http_status for d in vstub.video.deliveries] == [200]
+    assert "clips: done 1; 1 submitted" in done.stdout
