@@ -13,8 +13,9 @@ tasks.
 
 from __future__ import annotations
 
+from copy import deepcopy
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -28,6 +29,7 @@ from ai_influencer.image_options import (
     parse_size,
 )
 from ai_influencer.settings import Settings
+from ai_influencer.video.options import VideoOptions
 
 
 def _default(name: str) -> Any:
@@ -224,6 +226,43 @@ class EvaluateParams(RunParams):
     backend: str | None = Field(default=None, description=BACKEND_HELP)
 
 
+def _video(name: str) -> Any:
+    """A ``VideoOptions`` field as it is there (default, bounds, help): the one place for them."""
+    return deepcopy(VideoOptions.model_fields[name])
+
+
+class VideoParams(RunParams):
+    """The video stage; every clip option takes its default, bounds and help from ``VideoOptions``."""
+
+    SETTINGS: ClassVar[dict[str, str]] = {"limit_name": "video_jobs_limit_name", "backend": "face_backend"}
+    model: str = _video("model")
+    mode: Literal["first-frame", "references"] = _video("mode")
+    resolution: str | None = _video("resolution")
+    aspect_ratio: str | None = _video("aspect_ratio")
+    duration: int | None = _video("duration")
+    generate_audio: bool | None = _video("generate_audio")
+    seed: int | None = _video("seed")
+    max_clips: int | None = _video("max_clips")
+    budget_usd: float | None = _video("budget_usd")
+    estimate_usd: float | None = _video("estimate_usd")
+    max_in_flight: int = _video("max_in_flight")
+    max_references: int = _video("max_references")
+    retry_failed: bool = _video("retry_failed")
+    check_identity: bool = _video("check_identity")
+    callback_url: str | None = _video("callback_url")
+    deadline_s: float = _video("deadline_s")
+    poll_initial_s: float = _video("poll_initial_s")
+    poll_max_s: float = _video("poll_max_s")
+    limit_name: str | None = Field(
+        default=None,
+        description=_from_settings("video_jobs_limit_name", "Global concurrency limit of jobs waited for at once"),
+    )
+    backend: str | None = Field(default=None, description=BACKEND_HELP)
+
+    def options(self) -> VideoOptions:
+        return VideoOptions(**self.model_dump(include=set(VideoOptions.model_fields)))
+
+
 class HybridParams(RunParams):
     paths: Paths = Field(default_factory=Paths)
     run_prepare: bool = True
@@ -244,6 +283,10 @@ class HybridParams(RunParams):
     )
     run_train: bool = Field(default=True, description="Skipped with a warning when no base SDXL model exists.")
     run_evaluate: bool = True
+    run_video: bool = Field(
+        default=False,
+        description="Make the storyboard's clips (OpenRouter Video API, paid) after QC; see the video section.",
+    )
     prepare: PrepareParams = Field(default_factory=PrepareParams)
     plan: PlanParams = Field(default_factory=PlanParams)
     generate: GenerateParams = Field(default_factory=GenerateParams)
@@ -251,3 +294,4 @@ class HybridParams(RunParams):
     augment: AugmentParams = Field(default_factory=AugmentParams)
     train: TrainParams = Field(default_factory=TrainParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    video: VideoParams = Field(default_factory=VideoParams)

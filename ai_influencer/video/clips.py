@@ -37,17 +37,20 @@ from ai_influencer.openrouter.videos import (
     estimate_price,
 )
 from ai_influencer.storyboard import Shot, Storyboard
+from ai_influencer.video.options import (  # the modes and format defaults have their one place there
+    DEFAULT_ASPECT_RATIO,
+    DEFAULT_MAX_REFERENCES,
+    DEFAULT_MODE,
+    FIRST_FRAME,
+    MODES,
+    REFERENCES,
+)
 from ai_influencer.vision.image_io import list_images
 from ai_influencer.vision.qc_report import QCRow, read_report
 
-FIRST_FRAME, REFERENCES = "first-frame", "references"
-MODES = (FIRST_FRAME, REFERENCES)
-DEFAULT_MODE = FIRST_FRAME
-DEFAULT_ASPECT_RATIO = "9:16"
 WORDS_PER_SECOND = 2.5  # ~150 words a minute, an unhurried voice-over
 BREATH_S = 1.0
 MIN_CLIP_SECONDS = 4
-DEFAULT_MAX_REFERENCES = 4
 KEY_VERSION = 1  # bump when the meaning of a key changes
 
 

@@ -405,6 +405,12 @@ def run(
     skip: Annotated[list[str] | None, typer.Option(help=f"Stage to skip ({', '.join(STAGES)}); repeatable.")] = None,
     do_rembg: Annotated[bool, typer.Option("--do-rembg/--no-rembg", "--do_rembg")] = False,
     allow_multi_face: AllowMultiFaceOpt = False,
+    video: Annotated[
+        bool, typer.Option("--video", help="Also make a clip per storyboard shot after QC (paid; `influencer video`).")
+    ] = False,
+    video_budget: Annotated[
+        float | None, typer.Option("--video-budget", min=0, help="No clip submit beyond this USD spend.")
+    ] = None,
 ) -> None:
     """Run the hybrid Prefect flow in-process (local Prefect with SQLite; no server or Docker needed).
 
@@ -440,7 +446,7 @@ def run(
                 _check_openrouter(s, "env" if s.openrouter_api_key else "none", skipped, options)
         _check_run_inputs(s, bank, skipped, allow_multi_face=allow_multi_face)
 
-        from flows.params import GenerateParams, HybridParams, Paths, PrepareParams
+        from flows.params import GenerateParams, HybridParams, Paths, PrepareParams, VideoParams
 
         params = HybridParams(
             paths=Paths(data_root=str(s.data_root), prompt_bank=str(bank), models_root=str(s.models_root)),
@@ -449,6 +455,8 @@ def run(
             generate=GenerateParams(
                 per_scene=per_scene, model=model or s.image_model, budget_usd=budget, n=n, seed=seed
             ),
+            run_video=video,
+            video=VideoParams(budget_usd=video_budget),
         )
         result = _run_hybrid(params, before_flow=before_flow)
         out.print_json(data=result)

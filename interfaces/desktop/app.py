@@ -28,8 +28,9 @@ from ai_influencer.dataset.manifest import MANIFEST_NAME
 from ai_influencer.dataset.workspace import KOHYA_SUBDIR, Workspace
 from ai_influencer.image_options import IMAGE_OPTION_DEFAULTS, N_MAX
 from ai_influencer.settings import Settings
+from ai_influencer.video.options import VIDEO_OPTION_DEFAULTS
 
-STAGES = ("prepare", "plan", "generate", "qc", "augment", "train", "run")
+STAGES = ("prepare", "plan", "generate", "qc", "augment", "train", "video", "run")
 LABELS = {
     "prepare": "1. Prepare",
     "plan": "2. Plan",
@@ -37,6 +38,7 @@ LABELS = {
     "qc": "4. QC",
     "augment": "5. Augment",
     "train": "6. Train LoRA",
+    "video": "Video clips",
     "run": "Whole pipeline",
 }
 
@@ -59,6 +61,7 @@ class FormValues:
     api_key: str = ""
     base_url: str = ""
     n: str = str(IMAGE_OPTION_DEFAULTS.n)  # images per request (Image API)
+    video_model: str = VIDEO_OPTION_DEFAULTS.model
 
 
 def stage_command(stage: str, v: FormValues, exe: str | None = None) -> list[str]:
@@ -80,6 +83,8 @@ def stage_command(stage: str, v: FormValues, exe: str | None = None) -> list[str
                 "--kohya-repeats", "10"]  # fmt: skip
     if stage == "train":
         return [cli, "train", "--dataset", str(Path(v.augment) / KOHYA_SUBDIR)]
+    if stage == "video":  # one clip per storyboard shot; prices are printed before anything is submitted
+        return [cli, "video", "--model", v.video_model, "--prompt_bank", v.prompt_bank]
     if stage == "run":
         return [cli, "run", "--prompt_bank", v.prompt_bank, "--per_scene", v.per_scene, "--n", v.n,
                 "--model", v.image_model]  # fmt: skip
@@ -194,6 +199,10 @@ class DesktopApp:
         ttk.Label(api, text="Images per request").grid(row=4, column=0, sticky="w")
         ttk.Spinbox(api, from_=1, to=N_MAX, textvariable=var("n", IMAGE_OPTION_DEFAULTS.n), width=6).grid(
             row=4, column=1, sticky="w"
+        )
+        ttk.Label(api, text="Video model").grid(row=5, column=0, sticky="w")
+        ttk.Entry(api, textvariable=var("video_model", VIDEO_OPTION_DEFAULTS.model), width=50).grid(
+            row=5, column=1, sticky="w"
         )
         var("base_url", s.openrouter_base_url)
 

@@ -15,7 +15,7 @@ from interfaces.hub.context import HubContext, hub, token_scheme
 from interfaces.hub.guard import COOKIE, sent_token
 
 router = APIRouter(dependencies=[Depends(token_scheme)])
-SERVABLE = {*IMAGE_SUFFIXES, ".gif", ".csv", ".json", ".txt"}
+SERVABLE = {*IMAGE_SUFFIXES, ".gif", ".csv", ".json", ".txt", ".mp4"}
 
 
 class RunRequest(BaseModel):
@@ -109,7 +109,7 @@ def dataset(folder: str = "synth_openrouter", ctx: HubContext = Depends(hub)) ->
 
 @router.get("/files/{relative:path}", tags=["pipeline"])
 def files(relative: str, ctx: HubContext = Depends(hub)) -> FileResponse:
-    """A file under the data root (images, CSV, JSON, captions only)."""
+    """A file under the data root (images, clips, CSV, JSON, captions only)."""
     path = ctx.inside_data(relative)
     if not path.is_file() or path.suffix.lower() not in SERVABLE:
         raise HTTPException(404, detail="no such file")
