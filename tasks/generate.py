@@ -90,8 +90,8 @@ class _TaskPacer:
         send_clock.wait(self.name, not_before, rate)
         RUN_STOP.check()
 
-    def on_response(self, rate_limited: bool, retry_after: float | None = None) -> None:
-        self.adaptive.on_response(rate_limited, retry_after)
+    def on_response(self, rate_limited: bool, retry_after: float | None = None, *, own_limit: bool = False) -> None:
+        self.adaptive.on_response(rate_limited, retry_after, own_limit=own_limit)
 
 
 @task(
