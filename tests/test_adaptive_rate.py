@@ -162,4 +162,3 @@ def test_after_a_burst_of_own_429s_the_rate_recovers_within_seconds(clock: Clock
     while (pacer.rate or 0) < 8.0 and clock.now - lowered_at < 60:
         drive(pacer, clock, provider, 0.5)
     assert pacer.rate == 8.0 and clock.now - lowered_at <= 12.0, clock.now - lowered_at
-
