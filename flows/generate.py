@@ -129,7 +129,13 @@ class _Run:
         lim, todo = self.params.limits, self.plan.todo
         with (
             frozen_heap(),
-            RunSeat(lim.rate_limit_name, lease_s=INFLIGHT_LEASE_S, stop=RUN_STOP, logger=self.logger) as seat,
+            RunSeat(
+                lim.rate_limit_name,
+                lease_s=INFLIGHT_LEASE_S,
+                stop=RUN_STOP,
+                logger=self.logger,
+                workspace=str(self.ws.data_root.resolve()),
+            ) as seat,
             InflightPool(
                 lim.inflight_limit_name, seat, self.max_inflight, lease_s=INFLIGHT_LEASE_S, stop=RUN_STOP
             ) as pool,

@@ -17,6 +17,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.settings import get_current_settings, temporary_settings
 
 from ai_influencer.pacing import StopFlag
+from tasks.lease_holders import HOLDERS
 from tasks.prefect_compat import FILESYSTEM_LEASES, expired_filesystem_leases
 
 
@@ -143,8 +144,10 @@ class RunSeat:
         max_seats: int = 32,
         stop: StopFlag | None = None,
         logger: logging.Logger | logging.LoggerAdapter | None = None,
+        workspace: str | None = None,
     ) -> None:
         self.base = base
+        self.workspace = workspace
         self.lease_s = lease_s
         self.max_seats = max_seats
         self.stop = stop
@@ -166,6 +169,8 @@ class RunSeat:
 
     def __enter__(self) -> RunSeat:
         self._client = get_client(sync_client=True).__enter__()
+        HOLDERS.workspace = self.workspace or HOLDERS.workspace
+        self._reclaim_dead()
         self._claim()
         self.refresh()
         if self.runs > 1:
@@ -181,6 +186,7 @@ class RunSeat:
         if self.lease_id is not None:
             try:
                 self._client.release_concurrency_slots_with_lease(self.lease_id)
+                HOLDERS.forget(self.lease_id)
             except Exception as error:  # the lease expires anyway
                 if self.logger is not None:
                     self.logger.warning("could not free seat %s: %s", self.seat_name(self.index or 0), error)
@@ -205,12 +211,25 @@ class RunSeat:
                         continue
                     raise
                 self.index, self.lease_id = i, response.json()["lease_id"]
+                HOLDERS.record(self.lease_id, self.seat_name(i))
                 self.joined_at = time.monotonic()
                 return
             if not waiting and self.logger is not None:
                 self.logger.info("all %d seats of %s are taken: waiting for a run to end", self.max_seats, self.base)
             waiting = True
             time.sleep(REFRESH_S)
+
+    def _reclaim_dead(self) -> None:
+        """Free at once what runs killed on this host held (``tasks.lease_holders``): their leases would
+        keep the seat and the in-flight slots for up to a minute."""
+        assert self._client is not None
+        for dead in HOLDERS.reclaim_dead(self._client):
+            if self.logger is not None and dead["slots"]:
+                said = ", ".join(f"{n}: {k}" for n, k in sorted(dead["slots"].items()))
+                self.logger.info(
+                    "freed the slots of a killed run (pid %s on this host, workspace %s): %s",
+                    dead["pid"], dead["workspace"] or "?", said,
+                )  # fmt: skip
 
     def _log_freed(self, freed: dict[str, int]) -> None:
         if freed and self.logger is not None:
@@ -353,6 +372,7 @@ class InflightPool:
                 return False  # the limit is full: other runs hold it
             raise
         lease = response.json()["lease_id"]
+        HOLDERS.record(lease, self.name)
         with self._cond:
             self._leases.append(lease)
             self._cond.notify_all()
@@ -362,6 +382,7 @@ class InflightPool:
         assert self._client is not None
         with contextlib.suppress(Exception):  # an unreleased lease expires on its own
             self._client.release_concurrency_slots_with_lease(lease)
+        HOLDERS.forget(lease)
 
     def _rebalance(self) -> None:
         target = self.target()
@@ -402,6 +423,7 @@ class InflightPool:
                     try:
                         self._client.renew_concurrency_lease(lease, self.lease_s)
                     except Exception:  # expired: the slot is gone, another is taken next round
+                        HOLDERS.forget(lease)
                         with self._cond:
                             if lease in self._leases:
                                 self._leases.remove(lease)
