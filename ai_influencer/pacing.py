@@ -406,12 +406,14 @@ class AdaptiveRate:
         test = self._test
         assert test is not None
         answers = list(self._answers)
+        half = len(answers) >= self.SAMPLE // 2
+        if test.low_share is None and half and self._share(answers) >= max(self.TRIGGER, test.trigger_share) - 0.1:
+            # Half the lower rate's answers are in and as many 429s as before: they do not follow our
+            # rate. (A limit's 429s fall away at once here; waiting for the rest cost a random run most.)
+            self._random_verdict(now, test, answers, [])
+            return
         # The second half may end early when it is already clear: each answer there may be a 429.
-        clear = (
-            test.low_share is not None
-            and len(answers) >= self.SAMPLE // 2
-            and self._share(answers) >= test.low_share + self.DIFF + 0.2
-        )
+        clear = test.low_share is not None and half and self._share(answers) >= test.low_share + self.DIFF + 0.2
         if not clear and (len(answers) < self.SAMPLE or now - self._phase_start < self.SETTLE_S + self.PHASE_S):
             return
         if test.low_share is None:
@@ -437,12 +439,21 @@ class AdaptiveRate:
             self.stats.decreases += 1
             self._set_rate(self.PROBE * accepted, now, fresh=True)
             return
-        # Not our rate: back to the rate before, and count both halves towards the background share.
+        self._random_verdict(now, test, [], answers)
+
+    def _random_verdict(self, now: float, test: _Test, low: list[_Answer], high: list[_Answer]) -> None:
+        """Not our rate: back to the rate before; the test's answers count towards the background share."""
+        self._test = None
+        self._grown_at = now
         self.stats.random_verdicts += 1
         self._noise = (test.trigger_share, now)
         self._set_rate(test.before, now, fresh=True)
-        self._random[0] += round(test.low_share * test.low_n) + sum(a.limited for a in answers)
-        self._random[1] += test.low_n + len(answers)
+        if test.low_share is not None:
+            self._random[0] += round(test.low_share * test.low_n)
+            self._random[1] += test.low_n
+        for answers in (low, high):
+            self._random[0] += sum(a.limited for a in answers)
+            self._random[1] += len(answers)
 
     def _own_limit(self, now: float, sent: float, retry_after: float | None) -> None:
         """OpenRouter's own 429: everyone holds for its Retry-After; one burst lowers the rate once."""

@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ai_influencer.generation import build_requests, generate_batch
 from ai_influencer.openrouter import OpenRouterClient
-from ai_influencer.pacing import AdaptiveRate
+from ai_influencer.pacing import AdaptiveRate, StopFlag
 from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
 from bench.pacing_v1 import AdaptiveRateV1
 from tests.support.openrouter_stub import StubOpenRouter
@@ -60,8 +62,8 @@ OLD_CLI_CEILING = 2.0  # settings.image_rate_per_s, the CLI's default --rate fro
 class _V1Adapter:
     """The old pacer behind today's Pacer protocol (it never saw ``own_limit``)."""
 
-    def __init__(self, ceiling: float | None) -> None:
-        self.inner = AdaptiveRateV1(ceiling)
+    def __init__(self, ceiling: float | None, stop: StopFlag) -> None:
+        self.inner = AdaptiveRateV1(ceiling, stop=stop)
 
     def before_send(self) -> None:
         self.inner.before_send()
@@ -74,8 +76,8 @@ class _V1Adapter:
 
 
 class _New:
-    def __init__(self, ceiling: float | None) -> None:
-        self.inner = AdaptiveRate(ceiling)
+    def __init__(self, ceiling: float | None, stop: StopFlag) -> None:
+        self.inner = AdaptiveRate(ceiling, stop=stop)
 
     def before_send(self) -> None:
         self.inner.before_send()
@@ -90,13 +92,13 @@ class _New:
 @dataclass
 class Policy:
     name: str
-    make: Callable[[bool], Any]  # (rate 0 given?) -> pacer or None
+    make: Callable[[bool, StopFlag], Any]  # (--rate 0 given?, the run's stop) -> pacer or None
 
 
 POLICIES = [
-    Policy("previous release", lambda rate0: None),
-    Policy("AIMD (acd39db)", lambda rate0: _V1Adapter(None if rate0 else OLD_CLI_CEILING)),
-    Policy("evidence (new)", lambda rate0: _New(None)),
+    Policy("previous release", lambda rate0, stop: None),
+    Policy("AIMD (acd39db)", lambda rate0, stop: _V1Adapter(None if rate0 else OLD_CLI_CEILING, stop)),
+    Policy("evidence (new)", lambda rate0, stop: _New(None, stop)),
 ]
 
 
@@ -129,17 +131,24 @@ def steady_rate(stub: StubOpenRouter) -> float:
     return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else float("nan")
 
 
-def run_one(policy: Policy, scenario: Scenario, latency: float, seed: int) -> Row:
+def run_one(policy: Policy, scenario: Scenario, latency: float, seed: int, cap_s: float) -> Row:
+    """One run; stopped after ``cap_s`` (nothing new is sent; the row then shows the wall time as > cap)."""
     bank = load_prompt_bank(ROOT / "prompt_bank" / "default.yaml")
     per_scene = -(-scenario.images // len(bank.scenes))
     requests = build_requests(compose_prompts(bank, per_scene, seed), MODEL, "1024x1024")[: scenario.images]
     stub_kw = {"latency": latency, "latency_paths": IMAGE_PATH, "image_size": 256, "seed": seed, **scenario.stub}
     with StubOpenRouter(valid_keys=[KEY], **stub_kw) as stub, tempfile.TemporaryDirectory() as out:
-        pacer = policy.make(scenario.rate0)
+        stop = StopFlag()
+        pacer = policy.make(scenario.rate0, stop)
+        timer = threading.Timer(cap_s, stop.request, args=(f"bench cap of {cap_s:g} s",))
+        timer.start()
         with OpenRouterClient(KEY, base_url=stub.base_url) as client:
             start = time.perf_counter()
-            outcomes = generate_batch(client, requests, Path(out), concurrency=scenario.concurrency, pacer=pacer)
+            outcomes = generate_batch(
+                client, requests, Path(out), concurrency=scenario.concurrency, pacer=pacer, stop=stop
+            )
             wall = time.perf_counter() - start
+        timer.cancel()
         calls = [r for r in stub.requests if r.path.endswith(IMAGE_PATH)]
         return Row(
             policy.name,
@@ -155,6 +164,10 @@ def run_one(policy: Policy, scenario: Scenario, latency: float, seed: int) -> Ro
         )
 
 
+def wall(seconds: float, cap: float) -> str:
+    return f">{cap:g}" if seconds >= cap else f"{seconds:.1f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=30)
@@ -163,7 +176,9 @@ def main() -> None:
     ap.add_argument("--upstream-retry-after", default=None, help="Retry-After on upstream 429s (default: none)")
     ap.add_argument("--limit", type=float, default=3.0, help="the hard limit, requests per second")
     ap.add_argument("--limit-images", type=int, default=60)
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=1, help="the first run's seed; repeats use the next ones")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per row; the row shows the one of median wall time")
+    ap.add_argument("--cap", type=float, default=150.0, help="a run is stopped after this many seconds")
     ap.add_argument("--only", default="", help="comma-separated policy name prefixes to run (default: all)")
     args = ap.parse_args()
     scenarios = [
@@ -195,9 +210,17 @@ def main() -> None:
     wanted = [p.strip() for p in args.only.split(",") if p.strip()]
     policies = [p for p in POLICIES if not wanted or any(p.name.startswith(w) for w in wanted)]
     load_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    rows = [run_one(policy, scenario, args.latency, args.seed) for scenario in scenarios for policy in policies]
+    rows = []
+    for scenario in scenarios:
+        for policy in policies:
+            runs = [run_one(policy, scenario, args.latency, args.seed + i, args.cap) for i in range(args.repeat)]
+            median = statistics.median_low([r.wall_s for r in runs])
+            rows.append(next(r for r in runs if r.wall_s == median))
     load_after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    print(f"pacing benchmark: stub latency {args.latency}s per image, {os.cpu_count()} CPUs")
+    print(
+        f"pacing benchmark: stub latency {args.latency}s per image, {os.cpu_count()} CPUs, "
+        f"median of {args.repeat} runs per row (seeds {args.seed}..{args.seed + args.repeat - 1}), cap {args.cap:g} s"
+    )
     print(f"load before: {load_before}\nload after:  {load_after}")
     clean = {r.policy: r.wall_s for r in rows if r.scenario == "clean"}
     prev_clean = clean.get("previous release")
@@ -214,7 +237,7 @@ def main() -> None:
         settled = "-" if r.settled is None else f"{r.settled:.2f}"
         print(
             f"| {r.scenario:<24} | {r.policy:<17} | {r.images:>6} | {r.failed:>6} | "
-            f"{f'{r.limited}/{r.requests}':>13} | {r.wall_s:>7.1f} | {own:>10.2f}x | "
+            f"{f'{r.limited}/{r.requests}':>13} | {wall(r.wall_s, args.cap):>7} | {own:>10.2f}x | "
             f"{'-' if prev is None else f'{prev:.2f}x':>13} | {r.steady:>12.2f} | "
             f"{'-' if r.limit is None else f'{r.steady / r.limit:.2f}x':>7} | {settled:>13} |"
         )

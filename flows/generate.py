@@ -31,6 +31,7 @@ from flows.params import GenerateParams, Paths, current_params
 from tasks.clients import RUN_STOP, openrouter_client
 from tasks.generate import generate_image_task, release_ledger
 from tasks.limits import InflightPool, RunSeat, context_thread, ensure_limit
+from tasks.prefect_compat import flush_api_logs
 from tasks.rate import RateDispatcher, SharedSlots
 from tasks.streaming import stream_for
 
@@ -118,6 +119,7 @@ class _Run:
                 "stopped (%s): all %d requests sent have finished, their images are saved; %d not sent",
                 RUN_STOP.reason, len(done.results) + len(done.errors), len(done.not_sent),
             )  # fmt: skip
+            flush_api_logs()  # on the server before the signal is passed on and the run is Cancelled
         return self._summarise(done, ledger)
 
     def _dispatch(self) -> Dispatched:

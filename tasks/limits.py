@@ -18,7 +18,7 @@ from prefect.settings import get_current_settings, temporary_settings
 
 from ai_influencer.pacing import StopFlag
 from tasks.lease_holders import HOLDERS
-from tasks.prefect_compat import FILESYSTEM_LEASES, expired_filesystem_leases
+from tasks.prefect_compat import FILESYSTEM_LEASES, expired_filesystem_leases, post_increment_with_lease
 
 
 def context_thread(target: Callable[[], object], name: str) -> threading.Thread:
@@ -203,13 +203,15 @@ class RunSeat:
             for i in range(self.max_seats):
                 ensure_limit(self.seat_name(i), 1)
                 try:
-                    response = self._client.increment_concurrency_slots_with_lease(
-                        names=[self.seat_name(i)], slots=1, mode="concurrency", lease_duration=self.lease_s
-                    )
+                    seat = self.seat_name(i)
+                    response = post_increment_with_lease(self._client, seat, 1, "concurrency", self.lease_s)
                 except Exception as error:  # 423: this seat is taken
                     if getattr(getattr(error, "response", None), "status_code", None) == 423:
                         continue
                     raise
+                if response.status_code == 423:
+                    continue
+                response.raise_for_status()
                 self.index, self.lease_id = i, response.json()["lease_id"]
                 HOLDERS.record(self.lease_id, self.seat_name(i))
                 self.joined_at = time.monotonic()
@@ -364,13 +366,14 @@ class InflightPool:
     def _take_one(self) -> bool:
         assert self._client is not None
         try:
-            response = self._client.increment_concurrency_slots_with_lease(
-                names=[self.name], slots=1, mode="concurrency", lease_duration=self.lease_s
-            )
+            response = post_increment_with_lease(self._client, self.name, 1, "concurrency", self.lease_s)
         except Exception as error:
             if getattr(getattr(error, "response", None), "status_code", None) == 423:
                 return False  # the limit is full: other runs hold it
             raise
+        if response.status_code == 423:
+            return False
+        response.raise_for_status()
         lease = response.json()["lease_id"]
         HOLDERS.record(lease, self.name)
         with self._cond:
