@@ -215,6 +215,7 @@ class AdaptiveRate:
         self._last_start = -1e18  # the last spaced send
         self._tickets = 0  # spaced sends go in the order they asked
         self._serving = 0
+        self._turns_done: set[int] = set()  # turns that ended out of order (a stop): skipped when reached
         self._pause_until = 0.0
         self._pause_len = 0.0
         self._epoch = -1e18  # answers to requests sent before it tell nothing about the rate now
@@ -271,28 +272,33 @@ class AdaptiveRate:
         with self._turns:
             ticket = self._tickets if spaced else None
             self._tickets += spaced
-            while True:
-                if self.stop is not None and self.stop.is_set():
-                    break  # the caller checks the flag right after
-                if ticket is not None and ticket != self._serving:
-                    self._turns.wait(0.25)  # sends go in order: the one before has not gone yet
-                    continue
-                now = time.monotonic()
-                start = now
-                if self._pause_until > now:
-                    start = self._pause_until + jitter * self._pause_len
-                if ticket is not None and self._rate is not None:
-                    start = max(start, self._last_start + 1.0 / self._rate)
-                if start <= now:
-                    break
-                self._lock.release()
-                try:
-                    time.sleep(min(start - now, 0.25))
-                finally:
-                    self._lock.acquire()
-            if ticket is not None:
-                self._serving += 1
-                self._turns.notify_all()
+            try:
+                while not (self.stop is not None and self.stop.is_set()):  # stopping: the caller raises
+                    if ticket is not None and ticket != self._serving:
+                        self._turns.wait(0.25)  # sends go in order: the one before has not gone yet
+                        continue
+                    now = time.monotonic()
+                    start = now
+                    if self._pause_until > now:
+                        start = self._pause_until + jitter * self._pause_len
+                    if ticket is not None and self._rate is not None:
+                        start = max(start, self._last_start + 1.0 / self._rate)
+                    if start <= now:
+                        break
+                    self._lock.release()
+                    try:
+                        time.sleep(min(start - now, 0.25))
+                    finally:
+                        self._lock.acquire()
+            finally:
+                if ticket is not None:  # this turn is over, however it ended: the next one may go
+                    self._turns_done.add(ticket)
+                    while self._serving in self._turns_done:
+                        self._turns_done.discard(self._serving)
+                        self._serving += 1
+                    self._turns.notify_all()
+            if self.stop is not None:
+                self.stop.check()  # not sent
             now = time.monotonic()
             if ticket is not None:
                 self._last_start = now
@@ -301,8 +307,6 @@ class AdaptiveRate:
             if self._first_send is None:
                 self._first_send = now
         self._local.sent = now
-        if self.stop is not None:
-            self.stop.check()
 
     # ---- answers ------------------------------------------------------------------------------
     def on_response(self, rate_limited: bool, retry_after: float | None = None, *, own_limit: bool = False) -> None:
