@@ -171,8 +171,8 @@ def test_random_upstream_429s_do_not_collapse_the_send_rate(tmp_path: Path) -> N
     ) as stub:
         outcomes, stats = _paced_batch(stub, tmp_path, 30, 4)
         refused = sum(r.status == 429 for r in stub.requests)
+    assert [o.status for o in outcomes].count("generated") == 30, stats.describe()  # old pacer: stopped at 60 s
     assert refused >= 5, "the stub answered upstream 429s"
-    assert [o.status for o in outcomes].count("generated") == 30, stats
     assert stats.settled_rate is None or stats.settled_rate >= 1.0, stats.describe()
     assert stats.own_limited == 0
 
