@@ -181,7 +181,7 @@ class AdaptiveRate:
 
     SAMPLE = 12  # answers behind each decision (the excess that starts a test, each half of a test)
     PHASE_S = 2.0  # each half of a test lasts at least this long
-    TRIGGER = 0.3  # the least share of 429s that starts a test, however small the background
+    TRIGGER = 0.4  # the least share of 429s that starts a test, however small the background
     AGAIN = 0.15  # ... once a test found a limit (above it again, the answers' share is lower)
     NOISE_DECAY = 0.1  # per minute: how fast a share of 429s found to be noise may start a test again
     PROBE = 0.9  # the lower rate of a test, and the rate kept after one: this share of what was accepted
@@ -411,9 +411,10 @@ class AdaptiveRate:
         assert test is not None
         answers = list(self._answers)
         half = len(answers) >= self.SAMPLE // 2
-        if test.low_share is None and half and self._share(answers) >= max(self.TRIGGER, test.trigger_share) - 0.1:
-            # Half the lower rate's answers are in and as many 429s as before: they do not follow our
-            # rate. (A limit's 429s fall away at once here; waiting for the rest cost a random run most.)
+        if test.low_share is None and half and self._share(answers) >= min(self.TRIGGER, test.trigger_share) - 0.1:
+            # Half the lower rate's answers are in and still about as many 429s as a test needs: they do
+            # not follow our rate (a limit's fall away at once here; waiting for the rest cost a random
+            # run most). Not the share that started the test: it was picked for its 429s.
             self._random_verdict(now, test, answers, [])
             return
         # The second half may end early when it is already clear: each answer there may be a 429.

@@ -236,11 +236,12 @@ def main() -> None:
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for r in rows:
         own = r.wall_s / clean[r.policy] if r.policy in clean else float("nan")
+        own_s = f"{'>' if r.wall_s >= args.cap else ''}{own:.2f}x"
         prev = r.wall_s / prev_clean if prev_clean and r.scenario == "clean" else None
         settled = "-" if r.settled is None else f"{r.settled:.2f}"
         print(
             f"| {r.scenario:<24} | {r.policy:<17} | {r.images:>6} | {r.failed:>6} | "
-            f"{f'{r.limited}/{r.requests}':>13} | {wall(r.wall_s, args.cap):>7} | {own:>10.2f}x | "
+            f"{f'{r.limited}/{r.requests}':>13} | {wall(r.wall_s, args.cap):>7} | {own_s:>11} | "
             f"{'-' if prev is None else f'{prev:.2f}x':>13} | {r.steady:>12.2f} | "
             f"{'-' if r.limit is None else f'{r.steady / r.limit:.2f}x':>7} | {settled:>13} |"
         )
