@@ -176,6 +176,7 @@ def main() -> None:
     ap.add_argument("--upstream-retry-after", default=None, help="Retry-After on upstream 429s (default: none)")
     ap.add_argument("--limit", type=float, default=3.0, help="the hard limit, requests per second")
     ap.add_argument("--limit-images", type=int, default=60)
+    ap.add_argument("--scenarios", default="", help="comma-separated scenario name prefixes (default: all)")
     ap.add_argument("--seed", type=int, default=1, help="the first run's seed; repeats use the next ones")
     ap.add_argument("--repeat", type=int, default=3, help="runs per clean/random row; the row shows the median one")
     ap.add_argument("--limit-repeat", type=int, default=1, help="runs per hard-limit row")
@@ -208,6 +209,8 @@ def main() -> None:
             limit=args.limit,
         ),
     ]
+    chosen = [p.strip() for p in args.scenarios.split(",") if p.strip()]
+    scenarios = [s for s in scenarios if not chosen or any(s.name.startswith(c) for c in chosen)]
     wanted = [p.strip() for p in args.only.split(",") if p.strip()]
     policies = [p for p in POLICIES if not wanted or any(p.name.startswith(w) for w in wanted)]
     load_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
