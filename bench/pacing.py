@@ -45,9 +45,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ai_influencer.adaptive_pacing import AdaptiveRate
 from ai_influencer.generation import build_requests, generate_batch
 from ai_influencer.openrouter import OpenRouterClient
-from ai_influencer.pacing import AdaptiveRate, StopFlag
+from ai_influencer.pacing import StopFlag
 from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
 from bench.pacing_v1 import AdaptiveRateV1
 from tests.support.openrouter_stub import StubOpenRouter

@@ -1,7 +1,7 @@
 """The AIMD pacer of release c93912a..acd39db, kept only so ``bench/pacing.py`` can run it beside the
 current one in the same run (issue 23: it collapsed on random upstream 429s). Not used by the product.
 
-Copied unchanged from ``ai_influencer/pacing.py`` at acd39db (only the imports are new).
+Copied unchanged from ``ai_influencer/pacing.py`` at acd39db (only the imports and the name are new).
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import random
 import threading
 import time
 
-from ai_influencer.pacing import PacingStats, StopFlag
+from ai_influencer.adaptive_pacing import PacingStats
+from ai_influencer.pacing import StopFlag
 
 
 class AdaptiveRateV1:

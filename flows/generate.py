@@ -19,12 +19,13 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from ai_influencer import usecases
+from ai_influencer.adaptive_pacing import AdaptiveRate, PacingStats
 from ai_influencer.costs import CostLedger
 from ai_influencer.dataset.manifest import rebuild_manifest
 from ai_influencer.dataset.workspace import Workspace
 from ai_influencer.dispatch import Dispatched, dispatch
 from ai_influencer.generation import ImageRequest, preflight
-from ai_influencer.pacing import AdaptiveRate, PacingStats, StopRequested, drain_on_signals, rate_limit_capacity
+from ai_influencer.pacing import StopRequested, drain_on_signals, rate_limit_capacity
 from ai_influencer.settings import Settings
 from ai_influencer.vision.qc_stream import StreamingQC, UntilAccepted
 from flows.params import GenerateParams, Paths, current_params

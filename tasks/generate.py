@@ -16,10 +16,11 @@ from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency, rate_limit
 from prefect.runtime import task_run
 
+from ai_influencer.adaptive_pacing import AdaptiveRate
 from ai_influencer.costs import BudgetExceededError, CostLedger, RunHaltedError
 from ai_influencer.generation import GenerationOutcome, ImageRequest, generate_one
 from ai_influencer.openrouter import AuthError, InsufficientCreditsError, OpenRouterError
-from ai_influencer.pacing import AdaptiveRate, StopRequested
+from ai_influencer.pacing import StopRequested
 from tasks.clients import RUN_STOP, openrouter_client
 from tasks.rate import RateDispatcher, send_clock, take_rate_slots
 from tasks.retry import retry_options

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-import ai_influencer.pacing as pacing
-from ai_influencer.pacing import AdaptiveRate
+import ai_influencer.adaptive_pacing as pacing
+from ai_influencer.adaptive_pacing import AdaptiveRate
 
 
 class Clock:

@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from ai_influencer.adaptive_pacing import AdaptiveRate, PacingStats
 from ai_influencer.costs import BudgetExceededError, BudgetUnenforceableError, CostLedger
 from ai_influencer.dataset.manifest import sidecar_path
 from ai_influencer.generation import build_requests, generate_batch, generate_one
 from ai_influencer.openrouter import OpenRouterClient
-from ai_influencer.pacing import AdaptiveRate, PacingStats, StopFlag
+from ai_influencer.pacing import StopFlag
 from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
 from tests.conftest import REPO, TEST_KEY
 from tests.support.openrouter_stub import StubOpenRouter

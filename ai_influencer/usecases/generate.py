@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ai_influencer.adaptive_pacing import AdaptiveRate, PacingStats
 from ai_influencer.costs import CostLedger
 from ai_influencer.generation import (
     GenerationOutcome,
@@ -22,7 +23,7 @@ from ai_influencer.generation import (
     preflight,
 )
 from ai_influencer.openrouter import OpenRouterClient
-from ai_influencer.pacing import AdaptiveRate, PacingStats, StopFlag
+from ai_influencer.pacing import StopFlag
 from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
 
 
