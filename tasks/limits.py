@@ -279,8 +279,10 @@ class RunSeat:
                     renewed = time.monotonic()
                 if self.runs > 1 and time.monotonic() - reclaimed > RECLAIM_EVERY_S:
                     # A killed run's seat would halve this run's share until the end on a server
-                    # without a repossessor, even when no in-flight slot is missing.
+                    # without a repossessor, even when no in-flight slot is missing; one killed on
+                    # this host is known dead before its leases expire.
                     reclaimed = time.monotonic()
+                    self._reclaim_dead()
                     self._log_freed(reclaim_expired_leases(self._client))
                 self.refresh()
             except Exception as error:  # a slow or restarting server: keep the last shares, try again

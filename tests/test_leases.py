@@ -113,7 +113,11 @@ HOLDER = textwrap.dedent(
     """
     import json, logging, sys, time
 
+    import tasks.limits
     from tasks.limits import InflightPool, RunSeat, ensure_limit
+
+    if len(sys.argv) > 2:  # how often this holder looks for dead holders while it shares
+        tasks.limits.RECLAIM_EVERY_S = float(sys.argv[2])
 
     said = []
 
@@ -139,12 +143,11 @@ HOLDER = textwrap.dedent(
 class Holder:
     """A run's slot-holding part (seat + in-flight pool) in its own process, reporting what it holds."""
 
-    def __init__(self, env: dict[str, str], folder: Path, name: str, demand: int) -> None:
+    def __init__(self, env: dict[str, str], folder: Path, name: str, demand: int, reclaim_every: str = "") -> None:
         self.out = folder / f"{name}.out"
         self.err = (folder / f"{name}.err").open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", HOLDER, str(demand)], env=env, cwd=folder, stdout=self.out.open("w"), stderr=self.err
-        )
+        argv = [sys.executable, "-c", HOLDER, str(demand)] + ([reclaim_every] if reclaim_every else [])
+        self.proc = subprocess.Popen(argv, env=env, cwd=folder, stdout=self.out.open("w"), stderr=self.err)
 
     def state(self) -> dict:
         lines = [line for line in self.out.read_text().splitlines() if line.endswith("}")]
@@ -175,7 +178,9 @@ def test_a_restarted_run_frees_its_killed_predecessors_slots_at_once_and_never_a
         env = {**env, "PYTHONPATH": str(REPO)}
         holders: list[Holder] = []
         try:
-            live = Holder(env, tmp_path, "live", 2)
+            # The live run does not look for dead holders here (it would, every few seconds, while it
+            # shares: the next test), so the freeing below is the restart's own.
+            live = Holder(env, tmp_path, "live", 2, reclaim_every="3600")
             holders.append(live)
             assert live.wait_for(lambda s: s["held"] == 2, 120)["held"] == 2
             dead = Holder(env, tmp_path, "dead", 2)
@@ -196,6 +201,38 @@ def test_a_restarted_run_frees_its_killed_predecessors_slots_at_once_and_never_a
                              "h-inflight: 2, h-rate-seat-1: 1"], after["said"]  # fmt: skip
             time.sleep(1.0)  # the live run keeps its two slots: the limit has no room for more
             assert live.state()["held"] == 2 and restart.state()["held"] == 2
+        finally:
+            for holder in holders:
+                holder.stop()
+
+
+def test_a_live_run_sharing_with_a_run_killed_on_this_host_frees_its_slots_before_they_expire(tmp_path: Path) -> None:
+    """A run killed while another shares the limits halved the live run's share until its leases
+    expired (60 s, or never on a server without a repossessor). The live run's periodic look for
+    expired leases now also frees those of a holder on this host whose process is gone."""
+    from tests.support.prefect_server import prefect_server
+
+    (tmp_path / "home").mkdir()
+    with prefect_server(tmp_path / "home") as env:
+        env = {**env, "PYTHONPATH": str(REPO)}
+        holders: list[Holder] = []
+        try:
+            live = Holder(env, tmp_path, "live", 4)
+            holders.append(live)
+            assert live.wait_for(lambda s: s["held"] == 4, 120)["held"] == 4
+            dead = Holder(env, tmp_path, "dead", 4)
+            holders.append(dead)
+            # Two runs: the live one gives back half of the limit (4) to the newcomer.
+            assert dead.wait_for(lambda s: s["held"] == 2, 120)["runs"] == 2
+            assert live.wait_for(lambda s: s["held"] == 2, 30)["held"] == 2
+            dead.proc.send_signal(signal.SIGKILL)
+            dead.proc.wait(30)
+            # Well inside the dead run's 60 s leases: the live run is alone again and takes the whole limit.
+            after = live.wait_for(lambda s: s["held"] == 4 and s["runs"] == 1, 30)
+            assert after["held"] == 4 and after["runs"] == 1, after
+            freed = [m for m in after["said"] if m.startswith("freed the slots of a killed run")]
+            assert freed == [f"freed the slots of a killed run (pid {dead.proc.pid} on this host, workspace ?): "
+                             "h-inflight: 2, h-rate-seat-1: 1"], after["said"]  # fmt: skip
         finally:
             for holder in holders:
                 holder.stop()
