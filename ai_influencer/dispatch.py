@@ -78,9 +78,10 @@ class LocalSlots:
 
 
 class Window(Protocol):
-    """Admission before the in-flight slot (see ``dispatch``)."""
+    """Admission before the in-flight slot (see ``dispatch``), counted in images: a request for n
+    images takes n places."""
 
-    def enter(self) -> None: ...
+    def enter(self, images: int = 1) -> None: ...
 
     def leave(self) -> None: ...
 
@@ -99,6 +100,10 @@ class Dispatched:
     errors: list[str]  # one line per submitted request that failed
     not_sent: list[ImageRequest]  # never submitted: the run stopped, or ``keep_going`` said enough
 
+    @property
+    def not_sent_images(self) -> int:
+        return sum(r.n for r in self.not_sent)
+
 
 def dispatch(
     todo: Sequence[ImageRequest],
@@ -107,12 +112,14 @@ def dispatch(
     slots: Slots,
     stop: StopFlag | None = None,
     keep_going: Callable[[], bool] | None = None,
-    on_done: Callable[[FutureLike], None] | None = None,
+    on_done: Callable[[FutureLike, ImageRequest], None] | None = None,
     window: Window | None = None,
 ) -> Dispatched:
     """The generation engine's loop, the same for the CLI and the Prefect flow.
 
-    Each request is submitted only once it holds an in-flight slot and has its send time, so a stop
+    It counts requests (one in-flight slot and one send time each, whatever ``n`` they ask for);
+    ``window`` counts the images they ask for. Each request is submitted only once it holds an
+    in-flight slot and has its send time, so a stop
     (``stop``: a signal) or an end (``keep_going`` returning False: a budget refused, a fatal error,
     enough images accepted) takes effect before anything else is paid; requests already submitted
     finish and are kept. ``window`` (generate-until-N, ``qc_stream.UntilAccepted``) is entered before
@@ -125,7 +132,7 @@ def dispatch(
             if keep_going is not None and not keep_going():
                 break
             if window is not None:
-                window.enter()
+                window.enter(request.n)
             acquired = False
             try:
                 slots.acquire()
@@ -140,10 +147,10 @@ def dispatch(
                 break
             future = submit(request, send_at)
 
-            def done(f: FutureLike) -> None:
+            def done(f: FutureLike, request: ImageRequest = request) -> None:
                 slots.release()
                 if on_done is not None:
-                    on_done(f)
+                    on_done(f, request)
 
             future.add_done_callback(done)
             futures.append(future)

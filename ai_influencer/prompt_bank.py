@@ -177,6 +177,38 @@ def load_prompt_bank(path: str | Path) -> PromptBank:
     return parse_prompt_bank(text, p)
 
 
+def prompt_bank_template(
+    *, name: str | None = None, class_word: str | None = None, description: str | None = None
+) -> str:
+    """The starter prompt bank (``influencer init``) with the persona's name, class word and description
+    filled in; what is not given keeps the template's value (and ``doctor`` warns while the persona
+    is the template's: captions said ``ohwx woman`` for a male persona).
+
+    The comments and layout of the template are kept (only those lines change), and the result is
+    validated like any prompt bank, so a value YAML cannot hold is refused here, not at the first run.
+    """
+    import json
+    import re
+    from importlib.resources import files
+
+    text = (files("ai_influencer") / "templates" / "prompt_bank.yaml").read_text(encoding="utf-8")
+    for key, value in (("name", name), ("class_word", class_word), ("description", description)):
+        if value is None:
+            continue
+        if not value.strip():
+            raise PromptBankError(f"persona.{key} must not be empty")
+        # the persona block's own line (two-space indent, right under `persona:`), value as a JSON string:
+        # valid YAML for any text
+        quoted = json.dumps(value.strip())
+        text, n = re.subn(
+            rf"^(persona:\n(?:  .*\n)*?  {key}: ).*$", lambda m, q=quoted: m.group(1) + q, text, count=1, flags=re.M
+        )
+        if n != 1:  # pragma: no cover - the template lost its persona line
+            raise PromptBankError(f"the prompt bank template has no persona.{key} line")
+    parse_prompt_bank(text, Path("prompt_bank.yaml"))
+    return text
+
+
 def _stream(seed: int, *parts: object) -> random.Random:
     digest = hashlib.sha256(":".join(str(p) for p in (seed, *parts)).encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "big"))

@@ -107,11 +107,16 @@ class Settings(BaseSettings):
 
     # --- control hub -------------------------------------------------------------------
     hub_token: SecretStr | None = Field(
-        default=None, description="Token of every hub /api and /files route; `influencer hub` makes one if unset."
+        default=None,
+        description="Token of every hub route but the pages and API docs (16+ characters off loopback); "
+        "`influencer hub` makes one if unset.",
     )
     hub_host: str = Field(default="127.0.0.1", description="Hub bind address.")
     hub_port: int = Field(default=8000, description="Hub port.")
-    hub_max_upload_mb: float = Field(default=10.0, description="Largest upload to /api/influencer.")
+    hub_max_upload_mb: float = Field(
+        default=10.0, gt=0, description="Largest upload to /api/influencer (the whole multipart body)."
+    )
+    hub_max_json_mb: float = Field(default=1.0, gt=0, description="Largest body of every other hub request (JSON).")
     hub_deployment: str = Field(default="hybrid/hybrid-local", description="Deployment the hub's Start runs.")
 
     # --- training ---------------------------------------------------------------------

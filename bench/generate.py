@@ -3,6 +3,12 @@ and several workers sharing one provider limit.
 
     .venv/bin/python bench/generate.py [--images 300] [--latency 2] [--rate 10]
     .venv/bin/python bench/generate.py --workers 1,2,4 [--images 240]
+    .venv/bin/python bench/generate.py --n 1,4 [--requests 120] [--latency 2] [--rate 10]
+
+``--n``: images per request on the Image API (``POST /images`` with ``n``). For each n, the generate
+flow sends the same number of requests (``--requests``) for n images each, against the stub's hard
+request limit; it prints images/s and requests/s (the stub's clock), the peak requests in any 1 s and
+the 429s. Goal: images/s with n = 4 >= 3.5x n = 1 (the baseline, same run), never above the limit.
 
 ``--workers``: for each N, N generate flow runs in N separate processes (workers) against one
 Prefect server on PostgreSQL (a throw-away cluster), sharing one rate limit and one in-flight limit,
@@ -44,6 +50,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
 
 from ai_influencer.generation import build_requests, generate_one
 from ai_influencer.openrouter import OpenRouterClient
+from ai_influencer.openrouter.capabilities import resolve_route
 from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
 from tests.support.openrouter_stub import StubOpenRouter
 
@@ -52,7 +59,8 @@ KEY = "sk-or-bench"
 MODEL = "google/gemini-2.5-flash-image"
 
 
-IMAGE_PATH = ("/chat/completions",)
+IMAGE_PATH = ("/images", "/chat/completions")  # the Image API, or chat for a model only chat serves
+N_MODEL = "bytedance-seed/seedream-4.5"  # the stub's model that takes n (1..4)
 
 
 def steady_rate(stub: StubOpenRouter) -> float:
@@ -72,9 +80,10 @@ def sequential(n: int, latency: float, sleep: float, rate: float) -> tuple[float
         tempfile.TemporaryDirectory() as out,
     ):
         client = OpenRouterClient(KEY, base_url=stub.base_url)
+        route = resolve_route(client, MODEL)  # the route the product takes (the Image API for this model)
         start = time.perf_counter()
         for i, r in enumerate(reqs):
-            generate_one(client, r, Path(out))
+            generate_one(client, r, Path(out), route=route)
             if i < len(reqs) - 1:
                 time.sleep(sleep)
         return n / (time.perf_counter() - start), steady_rate(stub)
@@ -122,6 +131,63 @@ def fanout(n: int, latency: float, rate: float, inflight: int) -> tuple[int, flo
             stub.max_requests_in_window(1.0),
             sum(r.status == 429 for r in stub.requests),
         )
+
+
+def per_request(n: int, requests: int, latency: float, rate: float, inflight: int) -> dict:
+    """The generate flow with ``n`` images per request, ``requests`` requests; rates on the stub's clock."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    scenes = len(load_prompt_bank(ROOT / "prompt_bank" / "default.yaml").scenes)
+    per_scene = -(-requests // scenes) * n
+    with (
+        StubOpenRouter(
+            valid_keys=[KEY], latency=latency, latency_paths=IMAGE_PATH, rps_limit=rate, image_size=256
+        ) as stub,
+        prefect_test_harness(server_startup_timeout=120),
+        tempfile.TemporaryDirectory() as data,
+    ):
+        os.environ.update(OPENROUTER_API_KEY=KEY, OPENROUTER_BASE_URL=stub.base_url)
+        from flows.generate import generate_flow
+        from flows.params import GenerateParams, Limits, Paths
+
+        tag = uuid.uuid4().hex[:6]
+        params = GenerateParams(
+            model=N_MODEL, n=n, per_scene=per_scene, use_references=False,
+            limits=Limits(rate_limit_name=f"bench-rate-{tag}", rate_per_s=rate,
+                          inflight_limit_name=f"bench-inflight-{tag}", max_inflight=inflight),
+        )  # fmt: skip
+        start = time.perf_counter()
+        result = generate_flow(params, Paths(data_root=data, prompt_bank=str(ROOT / "prompt_bank" / "default.yaml")))
+        elapsed = time.perf_counter() - start
+        ok = sorted((r.t, r.images) for r in stub.requests if r.path.endswith(IMAGE_PATH) and r.status == 200)
+    span = ok[-1][0] - ok[0][0] if len(ok) > 1 else float("nan")
+    return {
+        "n": n,
+        "requests": len(ok),
+        "images": result["generated"],
+        # between the first and the last admitted request: what the pacing sustains, fixed costs apart
+        "steady_img_s": sum(images for _, images in ok[:-1]) / span,
+        "steady_req_s": (len(ok) - 1) / span,
+        "e2e_img_s": result["generated"] / elapsed,
+        "peak": stub.max_requests_in_window(1.0, paths=IMAGE_PATH),
+        "throttled": sum(r.status == 429 for r in stub.requests),
+    }
+
+
+def images_per_request_table(ns: list[int], requests: int, latency: float, rate: float, inflight: int) -> None:
+    rows = [per_request(n, requests, latency, rate, inflight) for n in ns]
+    print(f"images per request benchmark: {requests} requests per n, stub latency {latency}s per call, limit "
+          f"{rate:g} req/s, in-flight {inflight}, {os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f}")  # fmt: skip
+    print(f"{'n':>3} | {'requests':>8} | {'images':>6} | {'steady img/s':>12} | {'steady req/s':>12} | "
+          f"{'img/s vs n=1':>12} | {'end-to-end img/s':>16} | {'peak req/1s':>11} | {'429s':>4}")  # fmt: skip
+    base = next((r for r in rows if r["n"] == 1), rows[0])["steady_img_s"]  # the baseline: n = 1, same run
+    for r in rows:
+        print(
+            f"{r['n']:>3} | {r['requests']:>8} | {r['images']:>6} | {r['steady_img_s']:>12.2f} | "
+            f"{r['steady_req_s']:>12.2f} | {r['steady_img_s'] / base:>11.2f}x | {r['e2e_img_s']:>16.2f} | "
+            f"{r['peak']:>11} | {r['throttled']:>4}"
+        )
+    print(f"goals: img/s with n=4 >= 3.5x n=1; peak <= {rate:g} requests in any 1 s")
 
 
 def _worker_bank(folder: Path, i: int) -> Path:
@@ -213,7 +279,13 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=10.0)
     ap.add_argument("--inflight", type=int, default=32)
     ap.add_argument("--workers", help="comma-separated worker counts, e.g. 1,2,4: the shared-limit benchmark")
+    ap.add_argument("--n", help="comma-separated images per request, e.g. 1,4: the Image API's n benchmark")
+    ap.add_argument("--requests", type=int, default=120, help="requests per n (--n)")
     args = ap.parse_args()
+    if args.n:
+        ns = [int(n) for n in args.n.split(",")]
+        images_per_request_table(ns, args.requests, args.latency, args.rate, args.inflight)
+        return
     if args.workers:
         workers_table([int(n) for n in args.workers.split(",")], args.images, args.latency, args.rate, args.inflight)
         return

@@ -1,5 +1,7 @@
-"""The generation fan-out: every image is its own retrying task; the engine is the CLI's
-(``ai_influencer.dispatch.dispatch``), with slots shared through the Prefect server."""
+"""The generation fan-out: every request (up to n images) is its own retrying task; the engine is the
+CLI's (``ai_influencer.dispatch.dispatch``), with slots shared through the Prefect server. Before the
+first request the plan, the route (every parameter checked against its endpoint) and the price
+estimate are logged and published as a markdown artifact (``generate-plan``)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,12 @@ from typing import Any
 from uuid import UUID
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -24,7 +31,8 @@ from ai_influencer.costs import CostLedger
 from ai_influencer.dataset.manifest import rebuild_manifest
 from ai_influencer.dataset.workspace import Workspace
 from ai_influencer.dispatch import Dispatched, dispatch
-from ai_influencer.generation import ImageRequest, preflight
+from ai_influencer.generation import ImageRequest, iter_reference_images
+from ai_influencer.openrouter.capabilities import ImageRoute
 from ai_influencer.pacing import StopRequested, drain_on_signals, rate_limit_capacity
 from ai_influencer.settings import Settings
 from ai_influencer.vision.qc_stream import StreamingQC, UntilAccepted
@@ -56,14 +64,15 @@ def generate_flow(params: GenerateParams = GenerateParams(), paths: Paths = Path
     s = Settings()
     params, paths = params.resolve(s), paths.resolve(s)
     ws = paths.workspace()
+    assert params.model is not None
     plan = usecases.plan_requests(
         paths.bank,
         ws.synth,
         model=params.model,
         per_scene=params.per_scene,
-        size=params.size,
-        seed=params.seed,
+        options=params.image_options(),
         references=ws.cleaned if params.use_references else None,
+        regenerate=params.regenerate,
     )
     lim = params.limits
     rate_state, burst, rate = ensure_limit(
@@ -72,20 +81,41 @@ def generate_flow(params: GenerateParams = GenerateParams(), paths: Paths = Path
     inflight_state, max_inflight, _ = ensure_limit(lim.inflight_limit_name, lim.max_inflight)
     if rate <= 0:
         raise ValueError(f"global concurrency limit {lim.rate_limit_name!r} has no slot decay: it is not a rate limit")
-    get_run_logger().info(
-        "%d images requested, %d already on disk, %d to generate (rate limit %s %s: %.2f/s; in-flight %s %s: %d)",
-        len(plan.requests), plan.already_done, len(plan.todo), lim.rate_limit_name, rate_state, rate,
-        lim.inflight_limit_name, inflight_state, max_inflight,
+    logger = get_run_logger()
+    logger.info(
+        "%s (rate limit %s %s: %.2f req/s; in-flight %s %s: %d)",
+        plan.summary(), lim.rate_limit_name, rate_state, rate, lim.inflight_limit_name, inflight_state, max_inflight,
     )  # fmt: skip
-    estimate = params.estimate_usd
+    route: ImageRoute | None = None
     if plan.todo:
-        estimate = preflight(openrouter_client(), params.model, estimate)
-        if params.budget_usd is not None and estimate is None:
+        # Free calls only; an unsupported parameter fails here, in one line, before the first paid request.
+        route = usecases.prepare_route(openrouter_client(), plan, estimate_usd=params.estimate_usd)
+        if params.budget_usd is not None and route.per_image_usd is None and params.estimate_usd is None:
             raise ValueError(f"budget_usd needs a price: {params.model} lists none; set estimate_usd")
-    run = _Run(params, plan, ws, str(flow_run.id or "local"), estimate, rate, burst, max_inflight)
+        for line in usecases.describe_plan(plan, route):
+            logger.info("plan: %s", line)
+        create_markdown_artifact(
+            usecases.plan_markdown(plan, route, params.budget_usd),
+            key="generate-plan",
+            description="What this run will ask and pay for, before its first request",
+        )
+    run = _Run(params, plan, ws, str(flow_run.id or "local"), route, rate, burst, max_inflight)
     RUN_STOP.clear()
     with drain_on_signals(RUN_STOP):
         return run.execute()
+
+
+def check_image_route(params: GenerateParams, paths: Paths) -> ImageRoute:
+    """The generate stage's options checked against the image endpoint: free calls only, so that a run
+    (the hybrid flow) fails on an unsupported option before it pays for anything, its plan included."""
+    s = Settings()
+    params, paths = params.resolve(s), paths.resolve(s)
+    assert params.model is not None
+    ws = paths.workspace()
+    refs = 0
+    if params.use_references:  # the cleaned photos, or before prepare ran, the photos it will clean
+        refs = len(list(iter_reference_images(ws.cleaned))) or len(list(iter_reference_images(ws.input_raw)))
+    return usecases.check_route(openrouter_client(), params.model, params.image_options(), references=refs)
 
 
 class _Run:
@@ -97,13 +127,13 @@ class _Run:
         plan: usecases.RequestPlan,
         ws: Workspace,
         run_id: str,
-        estimate: float | None,
+        route: ImageRoute | None,
         rate: float,
         burst: int,
         max_inflight: int,
     ) -> None:
         self.params, self.plan, self.ws, self.run_id = params, plan, ws, run_id
-        self.estimate, self.rate, self.burst, self.max_inflight = estimate, rate, burst, max_inflight
+        self.route, self.rate, self.burst, self.max_inflight = route, rate, burst, max_inflight
         self.logger = get_run_logger()
         self.pacing = PacingStats()
         self.until: UntilAccepted | None = None
@@ -145,7 +175,7 @@ class _Run:
             RateDispatcher(
                 lim.rate_limit_name, self.rate, self.burst, AdaptiveRate(self.rate, stop=RUN_STOP), seat=seat
             ) as dispatcher,
-            ProgressReporter(len(todo), self.logger) as progress,
+            ProgressReporter(self.plan.images_todo, self.logger) as progress,
         ):
             if seat.runs > 1:
                 self.logger.info(
@@ -178,10 +208,10 @@ class _Run:
             )  # fmt: skip
         return _Checks(progress, link.stream if link is not None else None, self.until, self._produced)
 
-    def _produced(self, result: object) -> tuple[Path, bool] | None:
-        """The image a finished request left in the output folder, and whether it was paid for now."""
-        if isinstance(result, dict) and result.get("file") and result.get("status") in PRODUCED:
-            return self.ws.synth / str(result["file"]), result["status"] == "generated"
+    def _produced(self, result: object) -> list[tuple[Path, bool]] | None:
+        """The images a finished request left in the output folder, and whether each was paid for now."""
+        if isinstance(result, dict) and result.get("images") and result.get("status") in PRODUCED:
+            return [(self.ws.synth / str(file), bool(paid)) for file, paid in result["images"]]
         return None
 
     def _submit(self, dispatcher: RateDispatcher) -> Callable[[ImageRequest, float], Any]:
@@ -189,8 +219,8 @@ class _Run:
 
         def submit(request: ImageRequest, send_at: float) -> Any:
             return generate_image_task.submit(
-                request, str(self.ws.synth), refs, lim.rate_limit_name, lim.inflight_limit_name, self.run_id,
-                self.params.budget_usd, self.estimate, send_at, dispatcher.rate_per_s,
+                request, self.route, str(self.ws.synth), refs, lim.rate_limit_name, lim.inflight_limit_name,
+                self.run_id, self.params.budget_usd, self.params.estimate_usd, send_at, dispatcher.rate_per_s,
             )  # fmt: skip
 
         return submit
@@ -199,30 +229,40 @@ class _Run:
         manifest = rebuild_manifest(self.ws.synth)
         results = done.results
         paid = [r for r in results if r["status"] == "generated"]
-        halted = sum(r["status"] == "halted" for r in results)
+        halted = sum(r["slots"] for r in results if r["status"] == "halted")
+        images = sum(r["new"] for r in paid)
         spent = round(ledger.spent_usd if ledger else sum(r["cost_usd"] for r in paid), 6)
-        by_scene: dict[str, list[float]] = {}
+        by_scene: dict[str, list[tuple[int, float]]] = {}
         for r in paid:
-            by_scene.setdefault(r.get("scene") or "?", []).append(r["cost_usd"])
+            by_scene.setdefault(r.get("scene") or "?", []).append((r["new"], r["cost_usd"]))
         create_table_artifact(
-            [{"scene": k, "images": len(v), "cost_usd": round(sum(v), 6)} for k, v in sorted(by_scene.items())]
-            + [{"scene": "TOTAL", "images": len(paid), "cost_usd": spent}],
+            [
+                {"scene": k, "images": sum(n for n, _ in v), "cost_usd": round(sum(c for _, c in v), 6)}
+                for k, v in sorted(by_scene.items())
+            ]
+            + [{"scene": "TOTAL", "images": images, "cost_usd": spent}],
             key="generate-cost",
-            description=f"Cost of this run (budget: {self.params.budget_usd}); "
-            f"manifest total ${manifest['total_cost_usd']}",
+            description=f"Cost of this run (budget: {self.params.budget_usd}; estimate before it: "
+            f"{self._estimate_text()}); manifest total ${manifest['total_cost_usd']}",
         )
         reached = self.until is not None and not RUN_STOP.is_set() and not self.until.keep_going()
         summary = {
-            "requested": len(self.plan.requests),
+            "requested": len(self.plan.slots),
             "already_done": self.plan.already_done,
-            "generated": len(paid),
+            "kept_from_earlier_references": self.plan.kept,
+            "generated": images,
+            "requests_paid": len(paid),
+            "short_answers": sum(bool(r.get("short")) for r in paid),
+            "images_per_request": self.params.n,
+            "route": self.route.kind if self.route else None,
             "failed": len(done.errors),
-            "stopped_by_budget": sum(r["status"] == "budget" for r in results),
+            "stopped_by_budget": sum(r["slots"] for r in results if r["status"] == "budget"),
             "not_sent_after_fatal_error": halted,
-            "not_sent_after_stop": sum(r["status"] == "stopped" for r in results)
-            + (0 if reached else len(done.not_sent)),
+            "not_sent_after_stop": sum(r["slots"] for r in results if r["status"] == "stopped")
+            + (0 if reached else done.not_sent_images),
             "stopped_by": RUN_STOP.reason,
             "spent_usd": spent,
+            "estimate_usd": self._estimate_usd(),
             "unpriced": sum(bool(r.get("unpriced")) for r in paid),
             "rate_limited_429": self.pacing.rate_limited,
             "settled_rate_per_s": round(self.pacing.settled_rate, 3) if self.pacing.settled_rate else None,
@@ -232,7 +272,7 @@ class _Run:
             summary.update(
                 target_accepted=self.until.target,
                 accepted=self.until.stream.accepted(),
-                not_sent_after_target=len(done.not_sent) if reached else 0,
+                not_sent_after_target=done.not_sent_images if reached else 0,
                 overshoot=self.until.overshoot,  # paid beyond the image that reached the target
             )
         print(f"generation summary: {summary}")
@@ -243,10 +283,17 @@ class _Run:
         submitted = len(results) + len(done.errors)
         if done.errors and (halted or len(done.errors) == submitted) and not RUN_STOP.is_set():
             raise RuntimeError(
-                f"generation stopped: {done.errors[0]} ({len(paid)} images generated in this run are kept; "
-                f"{halted} requests were not sent)"
+                f"generation stopped: {done.errors[0]} ({images} images generated in this run are kept; "
+                f"{halted} images were not asked for)"
             )
         return summary
+
+    def _estimate_usd(self) -> float | None:
+        return usecases.estimate(self.plan, self.route).total_usd if self.route else None
+
+    def _estimate_text(self) -> str:
+        value = self._estimate_usd()
+        return "n/a" if value is None else f"${value:.4f}"
 
 
 PRODUCED = ("generated", "skipped", "recovered")
@@ -261,21 +308,21 @@ class _Checks:
         progress: ProgressReporter,
         stream: StreamingQC | None,
         until: UntilAccepted | None,
-        produced: Callable[[object], tuple[Path, bool] | None],
+        produced: Callable[[object], list[tuple[Path, bool]] | None],
     ) -> None:
         self.progress, self.stream, self.until, self.produced = progress, stream, until, produced
 
-    def on_done(self, future: Any) -> None:
-        self.progress.one_done()
+    def on_done(self, future: Any, request: ImageRequest) -> None:
+        self.progress.one_done(request.n)
         if self.until is not None:
-            self.until.on_done(future)
+            self.until.on_done(future, request.n)
         elif self.stream is not None:
             try:
-                image = self.produced(future.result())
+                images = self.produced(future.result())
             except Exception:  # a failed request: nothing to check
-                image = None
-            if image is not None:
-                self.stream.feed(image[0])
+                images = None
+            for path, _paid in images or []:
+                self.stream.feed(path)
 
 
 @contextmanager
@@ -323,9 +370,9 @@ class ProgressReporter:
         self._thread.join()
         self._push()
 
-    def one_done(self) -> None:
+    def one_done(self, images: int = 1) -> None:
         with self._lock:
-            self._done += 1
+            self._done += images
 
     def _push(self) -> None:
         with self._lock:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from prefect import flow
 
 from ai_influencer.settings import Settings
-from flows.generate import generate_flow
+from flows.generate import check_image_route, generate_flow
 from flows.params import HybridParams, current_params
 from flows.rounds import generate_until_flow
 from flows.stages import augment_flow, evaluate_flow, plan_flow, prepare_flow, qc_flow, train_flow
@@ -34,6 +34,8 @@ def hybrid_flow(params: HybridParams = HybridParams()) -> dict:
     p = params.resolve(s)
     ws = p.paths.workspace()
     out: dict[str, object] = {}
+    if p.run_generate:  # free; an option the image endpoint does not take fails before the plan is paid for
+        check_image_route(p.generate, p.paths)
     if p.run_prepare:
         out["prepare"] = prepare_flow(p.prepare, p.paths)
     if p.run_plan:
@@ -58,7 +60,7 @@ def hybrid_flow(params: HybridParams = HybridParams()) -> dict:
     if (p.run_train or p.run_evaluate) and not base.exists():
         # A fresh machine has no SDXL checkpoint (licence: users bring their own). The dataset is
         # done; say exactly what is missing instead of failing the whole run at its last step.
-        print(f"train/evaluate skipped: no base SDXL model at {base} (see README 'Training a LoRA')")
+        print(f"train/evaluate skipped: no base SDXL model at {base} (see docs/training.md)")
         out["train"] = out["evaluate"] = {"skipped": f"no base model at {base}"}
         return out
     if p.run_train:

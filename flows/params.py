@@ -16,9 +16,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from ai_influencer.dataset.workspace import Workspace
+from ai_influencer.image_options import (
+    IMAGE_OPTION_DEFAULTS,
+    N_MAX,
+    ImageOptions,
+    ProviderRouting,
+    option_help,
+    parse_size,
+)
 from ai_influencer.settings import Settings
 
 
@@ -93,6 +101,9 @@ class PrepareParams(RunParams):
     do_facecrop: bool = True
     size: int = Field(default=1024, ge=64, le=4096)
     backend: str | None = Field(default=None, description=BACKEND_HELP)
+    allow_multi_face: bool = Field(
+        default=False, description="Use photos with several faces (the largest kept); by default they are refused."
+    )
 
 
 class PlanParams(RunParams):
@@ -122,15 +133,40 @@ class Limits(RunParams):
 
 
 class GenerateParams(RunParams):
+    """The generate stage; the image options (size, n, seed, quality, format, provider) take their
+    defaults and help from ``ImageOptions``, the one place for them."""
+
     SETTINGS: ClassVar[dict[str, str]] = {"model": "image_model"}
     model: str | None = Field(default=None, description=_from_settings("image_model", "OpenRouter image model"))
     per_scene: int = Field(default=12, ge=1, le=1000)
-    size: str = Field(default="1024x1024", pattern=r"^\d{2,5}x\d{2,5}$")
-    seed: int = 0
+    size: str = Field(default=IMAGE_OPTION_DEFAULTS.size, description=option_help("size"))
+    n: int = Field(default=IMAGE_OPTION_DEFAULTS.n, ge=1, le=N_MAX, description=option_help("n"))
+    seed: int | None = Field(default=IMAGE_OPTION_DEFAULTS.seed, description=option_help("seed"))
+    quality: str | None = Field(default=None, description=option_help("quality"))
+    output_format: str | None = Field(default=None, description=option_help("output_format"))
+    provider: ProviderRouting | None = Field(default=None, description="Image API provider routing.")
+    regenerate: bool = Field(
+        default=False, description="Remake the images made with an earlier set of reference photos."
+    )
     use_references: bool = Field(default=True, description="Send data/cleaned photos with each request.")
     budget_usd: float | None = Field(default=None, ge=0, description="Stop new paid requests beyond this spend.")
-    estimate_usd: float | None = Field(default=None, ge=0, description="Expected cost per image before any is seen.")
+    estimate_usd: float | None = Field(
+        default=None, ge=0, description="Expected cost per image where the endpoint lists no price."
+    )
     limits: Limits = Field(default_factory=Limits)
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: str) -> str:
+        w, h = parse_size(v)  # the one size rule: names the value out of range
+        return f"{w}x{h}"
+
+    def image_options(self) -> ImageOptions:
+        """The options every request of the run asks (validated: an unknown quality fails here)."""
+        return ImageOptions(
+            size=self.size, n=self.n, seed=self.seed, quality=self.quality, output_format=self.output_format,
+            provider=self.provider,
+        )  # fmt: skip
 
 
 class QCParams(RunParams):

@@ -82,7 +82,7 @@ def _rounds(
             stopped = "budget"
             break
         g = generate_flow(
-            generate.model_copy(update={"seed": generate.seed + r, "budget_usd": budget}),
+            generate.model_copy(update={"seed": _round_seed(generate.seed, r), "budget_usd": budget}),
             paths.model_copy(update={"prompt_bank": bank}),
         )
         spent = round(spent + g["spent_usd"], 6)
@@ -106,3 +106,8 @@ def _rounds(
     overshoot = sum(r.get("overshoot", 0) for r in rounds)
     return {"target": target, "accepted": accepted, "rounds": rounds, "spent_usd": spent, "stopped": stopped,
             "overshoot": overshoot}  # fmt: skip
+
+
+def _round_seed(seed: int | None, r: int) -> int | None:
+    """Round r's seed: new prompt combinations each round; round 0 keeps the run's own (None: no request seeds)."""
+    return seed if r == 0 else (seed or 0) + r

@@ -23,16 +23,19 @@ def _shown(summary: dict) -> dict:
 def prepare_flow(params: PrepareParams = PrepareParams(), paths: Paths = Paths()) -> dict:
     s = Settings()
     p, ws = params.resolve(s), paths.resolve(s).workspace()
-    return prepare_task(str(ws.input_raw), str(ws.cleaned), p.do_rembg, p.do_facecrop, p.size, p.backend)
+    return prepare_task(
+        str(ws.input_raw), str(ws.cleaned), p.do_rembg, p.do_facecrop, p.size, p.backend, p.allow_multi_face
+    )
 
 
 @flow(name="plan", log_prints=True)
 def plan_flow(params: PlanParams = PlanParams(), paths: Paths = Paths()) -> dict:
     s = Settings()
     p, paths = params.resolve(s), paths.resolve(s)
-    payload = plan_task(str(paths.bank), p.model)
+    storyboard = paths.workspace().storyboard
+    payload = plan_task(str(paths.bank), p.model, str(storyboard))
     # written from the (maybe cached, already paid) payload: a deleted storyboard comes back for free
-    summary = usecases.write_plan(payload, paths.workspace().storyboard)
+    summary = usecases.write_plan(payload, storyboard)
     print(f"storyboard: {summary}")
     return summary
 

@@ -1,7 +1,8 @@
-"""The per-image Prefect task: one paid image behind the run's shared slots and the rate limit.
+"""The per-request Prefect task: one paid request (up to n images) behind the run's shared slots and
+the rate limit.
 
-Its output file is its cache (content-addressed), so it persists no result; HTTP faults are
-retried by the OpenRouter client only (see tasks.retry).
+Its output files are its cache (one per slot), so it persists no result; HTTP faults are retried by
+the OpenRouter client only (see tasks.retry).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ai_influencer.adaptive_pacing import AdaptiveRate
 from ai_influencer.costs import BudgetExceededError, CostLedger, RunHaltedError
 from ai_influencer.generation import GenerationOutcome, ImageRequest, generate_one
 from ai_influencer.openrouter import AuthError, InsufficientCreditsError, OpenRouterError
+from ai_influencer.openrouter.capabilities import ImageRoute
 from ai_influencer.pacing import StopRequested
 from tasks.clients import RUN_STOP, openrouter_client
 from tasks.rate import RateDispatcher, send_clock, take_rate_slots
@@ -110,6 +112,7 @@ class _TaskPacer:
 )
 def generate_image_task(
     request: ImageRequest,
+    route: ImageRoute,
     out_dir: str,
     references: list[str],
     rate_limit_name: str,
@@ -120,7 +123,8 @@ def generate_image_task(
     send_at: float | None = None,
     send_rate_per_s: float = 0.0,
 ) -> dict:
-    """One paid image behind the in-flight cap and the rate limit; the output file makes it idempotent.
+    """One paid request for the slots ``request`` owes, sent as ``route`` says (checked before the run);
+    behind the in-flight cap and the rate limit; the slots' files make it idempotent.
 
     Run standalone, the task takes one in-flight slot and one rate-limit slot itself. Dispatched by
     ``generate_flow`` (``send_at`` given), the flow already holds the in-flight slots and took this
@@ -142,6 +146,7 @@ def generate_image_task(
             openrouter_client(),
             request,
             Path(out_dir),
+            route=route,
             references=[Path(r) for r in references],
             gate=gate,
             pacer=_TaskPacer(rate_limit_name, send_at, send_rate_per_s),
@@ -149,11 +154,11 @@ def generate_image_task(
             run_id=run_id,
         )
     except StopRequested as exc:
-        return {"key": request.key, "status": "stopped", "error": str(exc), "cost_usd": 0.0}
+        return _not_sent(request, "stopped", exc)
     except BudgetExceededError as exc:
-        return {"key": request.key, "status": "budget", "error": str(exc), "cost_usd": 0.0}
+        return _not_sent(request, "budget", exc)
     except RunHaltedError as exc:
-        return {"key": request.key, "status": "halted", "error": str(exc), "cost_usd": 0.0}
+        return _not_sent(request, "halted", exc)
     except (AuthError, InsufficientCreditsError) as exc:
         ledger.halt(str(exc))  # every other image of this run would fail the same way: send no more requests
         get_run_logger().error("image %s: %s; no further requests are sent in this run", request.key, exc)
@@ -161,12 +166,23 @@ def generate_image_task(
     except OpenRouterError as exc:
         get_run_logger().warning("image %s failed: %s", request.key, exc)
         raise
-    record = outcome.record
+    fresh = [r for r in outcome.records if r.file in outcome.fresh]
+    if outcome.short:
+        get_run_logger().warning("request %s: %s (the rest stay owed)", request.key, outcome.error)
     return {
         "key": request.key,
         "status": outcome.status,
-        "file": record.file if record else None,
-        "cost_usd": (record.cost_usd or 0.0) if record and outcome.paid else 0.0,
-        "unpriced": bool(record and outcome.paid and record.cost_usd is None),
+        "images": outcome.images,  # (file, paid now) of every image of its slots on disk
+        "file": outcome.record.file if outcome.record else None,
+        "asked": outcome.asked,
+        "slots": request.n,
+        "new": outcome.new,
+        "short": outcome.short,
+        "cost_usd": sum(r.cost_usd or 0.0 for r in fresh),
+        "unpriced": bool(fresh and fresh[0].cost_usd is None),
         "scene": request.meta.get("scene"),
     }
+
+
+def _not_sent(request: ImageRequest, status: str, exc: Exception) -> dict:
+    return {"key": request.key, "status": status, "error": str(exc), "cost_usd": 0.0, "slots": request.n, "new": 0}

@@ -28,22 +28,35 @@ RETRY = retry_options()
 
 
 @task(name="prepare", tags=["vision", "prepare"], task_run_name="prepare {in_dir}", **RETRY)
-def prepare_task(in_dir: str, out_dir: str, do_rembg: bool, do_facecrop: bool, size: int, backend: str) -> dict:
+def prepare_task(
+    in_dir: str,
+    out_dir: str,
+    do_rembg: bool,
+    do_facecrop: bool,
+    size: int,
+    backend: str,
+    allow_multi_face: bool = False,
+) -> dict:
     outcome = usecases.prepare(
-        Settings(), Path(in_dir), Path(out_dir), do_rembg=do_rembg, do_facecrop=do_facecrop, size=size, backend=backend
-    )
+        Settings(), Path(in_dir), Path(out_dir), do_rembg=do_rembg, do_facecrop=do_facecrop, size=size,
+        backend=backend, allow_multi_face=allow_multi_face,
+    )  # fmt: skip
     for error in outcome.errors:
         get_run_logger().warning("skipped %s", error)
     return {"usable": outcome.usable, "errors": outcome.errors}
 
 
 def _plan_key(context: Any, p: dict[str, Any]) -> str:
-    return fingerprint(p["prompt_bank"], extra=("plan", p["model"]))
+    # The workspace is part of the key: the result store is shared by every workspace of a PREFECT_HOME
+    # (or server), and a brand-new data folder was handed another workspace's storyboard.
+    workspace = str(Path(p["storyboard"]).resolve()) if p.get("storyboard") else None
+    return fingerprint(p["prompt_bank"], extra=("plan", p["model"], workspace))
 
 
 @task(name="plan", tags=["llm", "paid"], cache_key_fn=_plan_key, persist_result=True, **RETRY)
-def plan_task(prompt_bank: str, model: str) -> dict:
-    """The paid LLM call; cached by prompt-bank content + model, so a re-run never pays twice."""
+def plan_task(prompt_bank: str, model: str, storyboard: str | None = None) -> dict:
+    """The paid LLM call; cached by workspace (the ``storyboard`` file it is for), prompt-bank content and
+    model, so a re-run never pays twice and another workspace never gets this one's plan."""
     return usecases.plan(openrouter_client(), Path(prompt_bank), model)
 
 

@@ -149,10 +149,10 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, float]
 
 
 def chat_calls(stub: StubOpenRouter) -> tuple[int, int]:
-    """(storyboard calls, image calls) the stub has answered so far."""
+    """(storyboard calls, image calls) the stub has answered so far (images: the Image API or chat)."""
     chats = [r for r in stub.requests if r.path.endswith("/chat/completions")]
-    images = sum("image" in (r.body or {}).get("modalities", []) for r in chats)
-    return len(chats) - images, images
+    images = len(stub.image_requests())
+    return len(chats) - sum("image" in (r.body or {}).get("modalities", []) for r in chats), images
 
 
 def test_compose_stack_runs_hybrid_end_to_end(built: dict[str, float], stub: StubOpenRouter, tmp_path: Path) -> None:

@@ -101,12 +101,12 @@ def test_stop_ends_a_long_step_and_the_key_is_not_on_the_command_line(
     app = gui
     (tmp_path / "data" / "cleaned").mkdir(parents=True)
     shutil.copy(face("obama.jpg"), tmp_path / "data" / "cleaned" / "obama.jpg")
-    stub.latency, stub.latency_paths = 4, ("/chat/completions",)  # 6 x 12 images would run for minutes
+    stub.latency, stub.latency_paths = 4, ("/images",)  # 6 x 12 images would run for minutes
     app.vars["per_scene"].set("12")  # type: ignore[attr-defined]
     app.buttons["generate"].invoke()  # type: ignore[attr-defined]
     pump(
         app,
-        lambda: any(r.path.endswith("/chat/completions") for r in stub.requests) or "[exit" in app.log_text(),  # type: ignore[attr-defined]
+        lambda: bool(stub.image_requests()) or "[exit" in app.log_text(),  # type: ignore[attr-defined]
         timeout=120,
     )
     assert app.runner.running, app.log_text()  # type: ignore[attr-defined]
@@ -132,10 +132,10 @@ def test_a_second_stop_kills_at_once(gui: object, stub: StubOpenRouter, tmp_path
     app = gui
     (tmp_path / "data" / "cleaned").mkdir(parents=True)
     shutil.copy(face("obama.jpg"), tmp_path / "data" / "cleaned" / "obama.jpg")
-    stub.latency, stub.latency_paths = 60, ("/chat/completions",)  # a provider that takes a minute per image
+    stub.latency, stub.latency_paths = 60, ("/images",)  # a provider that takes a minute per image
     app.vars["per_scene"].set("12")  # type: ignore[attr-defined]
     app.buttons["generate"].invoke()  # type: ignore[attr-defined]
-    pump(app, lambda: any(r.path.endswith("/chat/completions") for r in stub.requests), timeout=120)
+    pump(app, lambda: bool(stub.image_requests()), timeout=120)
     proc = app.runner.proc  # type: ignore[attr-defined]
     app.stop_button.invoke()  # type: ignore[attr-defined]
     pump(app, lambda: app.status.get().startswith("stopping"), timeout=10)  # type: ignore[attr-defined]

@@ -73,7 +73,14 @@ def tiny_train(base: Path) -> TrainParams:
 
 
 def chat_calls(stub: StubOpenRouter) -> int:
-    return sum(r.path.endswith("/chat/completions") for r in stub.requests)
+    """Image requests received (the Image API, or chat for models only it serves)."""
+    return len(stub.image_requests())
+
+
+def plan_calls(stub: StubOpenRouter) -> int:
+    """Text (LLM) requests received: the storyboard's chat completions, never an image request."""
+    images = {id(r) for r in stub.image_requests()}
+    return sum(r.path.endswith("/chat/completions") and id(r) not in images for r in stub.requests)
 
 
 def api(server: str, path: str, body: dict | None = None) -> list | dict:
@@ -151,14 +158,14 @@ def test_429_and_5xx_are_retried_by_the_client_and_attempts_do_not_multiply(
     prefect_server: str, env: StubOpenRouter, tmp_path: Path
 ) -> None:
     env.retry_after = "0"
-    env.inject("429", "502", "503", path="/chat/completions")
+    env.inject("429", "502", "503", path="/images")
     result = generate_flow(GenerateParams(per_scene=1, limits=limits(), use_references=False), paths(tmp_path, False))
     assert result["generated"] == 6 and result["failed"] == 0
     assert chat_calls(env) == 6 + 3
     # An outage on one image: the client's 3 attempts, and no Prefect task retry on top
     # (it was 3 x (1 + task_retries 3) = 12 attempts before one retry owner per error class).
     env.reset()
-    env.inject(*["502"] * 18, path="/chat/completions")  # 6 images x 3 client attempts
+    env.inject(*["502"] * 18, path="/images")  # 6 images x 3 client attempts
     with pytest.raises(RuntimeError, match="generation stopped"):
         generate_flow(
             GenerateParams(per_scene=1, seed=9, limits=limits(), use_references=False), paths(tmp_path, False)
@@ -180,7 +187,7 @@ def test_credits_running_out_halts_the_run_and_keeps_what_was_bought(
     prefect_server: str, env: StubOpenRouter, tmp_path: Path
 ) -> None:
     env.credits_total = env.image_cost * 3.5
-    with pytest.raises(Exception, match="insufficient_credits") as info:
+    with pytest.raises(Exception, match="account is out of credits") as info:
         generate_flow(
             GenerateParams(per_scene=3, limits=limits(inflight=2), use_references=False), paths(tmp_path, False)
         )
@@ -245,8 +252,8 @@ def test_killed_generation_resumes_without_losing_or_repaying(
     assert result["manifest_count"] == 24 and result["already_done"] >= len(before)
     bank = load_prompt_bank(BANK)
     reqs = build_requests(compose_prompts(bank, 4, 0), IMAGE_MODEL, "1024x1024")
-    prompt_of = {r.key: r.prompt for r in reqs}
-    after_kill = [r for r in stub.requests if r.t > killed_at and r.path.endswith("/chat/completions")]
+    prompt_of = {r.slots[0].file_key: r.prompt for r in reqs}  # files are named by their slot
+    after_kill = [r for r in stub.image_requests() if r.t > killed_at]
     repaid = {k for k in before if any(prompt_of[k] in json.dumps(r.body) for r in after_kill)}
     assert not repaid, "images saved before the kill were paid for again"
     assert {f.stem for f in out.glob("*.png")} == set(prompt_of)
@@ -435,3 +442,19 @@ def test_a_new_code_version_misses_the_cache(tmp_path: Path, monkeypatch: pytest
         assert caching.fingerprint(tmp_path, extra=("qc", 0.34)) != key
     finally:
         caching.code_version.cache_clear()
+
+
+def test_plan_cache_is_per_workspace(prefect_server: str, env: StubOpenRouter, tmp_path: Path) -> None:
+    """A brand-new data folder was handed another workspace's cached storyboard (same bank, same model):
+    the result store is shared by every workspace of a Prefect home. Within a workspace a re-run pays nothing."""
+    from flows.params import PlanParams
+    from flows.stages import plan_flow
+
+    one, two = paths(tmp_path / "one", refs=False), paths(tmp_path / "two", refs=False)
+    calls = plan_calls(env)
+    plan_flow(PlanParams(), one)
+    plan_flow(PlanParams(), one)
+    assert plan_calls(env) == calls + 1, "a re-run in the same workspace is served from the cache"
+    plan_flow(PlanParams(), two)
+    assert plan_calls(env) == calls + 2, "a new workspace plans for itself"
+    assert (tmp_path / "two" / "data" / "text" / "storyboard.json").is_file()

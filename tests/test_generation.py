@@ -53,7 +53,7 @@ def test_kill_between_image_and_sidecar_recovers_without_paying(
 ) -> None:
     req = requests_for()[0]
     first = generate_one(client, req, tmp_path)
-    sidecar_path(tmp_path, req.key).unlink()  # as if killed right after the image rename
+    sidecar_path(tmp_path, req.slots[0].file_key).unlink()  # as if killed right after the image rename
     paid = len(stub.paid_requests)
     again = generate_one(client, req, tmp_path)
     assert again.status == "recovered" and again.record is not None and again.record.recovered
@@ -64,7 +64,7 @@ def test_kill_between_image_and_sidecar_recovers_without_paying(
 
 def test_one_failing_image_does_not_stop_the_batch(stub: StubOpenRouter, tmp_path: Path) -> None:
     c = OpenRouterClient(TEST_KEY, base_url=stub.base_url, max_retries=0)
-    stub.inject("403")  # moderation on one request
+    stub.inject("403", path="/images")  # moderation on one request
     outcomes = generate_batch(c, requests_for(), tmp_path, concurrency=1)
     assert [o.status for o in outcomes].count("failed") == 1
     assert [o.status for o in outcomes].count("generated") == 5
@@ -75,12 +75,12 @@ def test_bad_key_stops_new_requests_early(stub: StubOpenRouter, tmp_path: Path) 
     c = OpenRouterClient("sk-or-wrong", base_url=stub.base_url)
     outcomes = generate_batch(c, requests_for(2), tmp_path, concurrency=1)
     assert all(o.status == "failed" for o in outcomes)
-    assert sum(r.path.endswith("/chat/completions") for r in stub.requests) == 1
+    assert sum(r.path.endswith("/images") for r in stub.requests) == 1
 
 
 def test_rate_ceiling_paces_request_starts(client: OpenRouterClient, stub: StubOpenRouter, tmp_path: Path) -> None:
     generate_batch(client, requests_for()[:4], tmp_path, concurrency=4, pacer=AdaptiveRate(1 / 0.3))
-    times = sorted(r.t for r in stub.requests if r.path.endswith("/chat/completions"))
+    times = sorted(r.t for r in stub.requests if r.path.endswith("/images"))
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert min(gaps) >= 0.25
 
@@ -88,10 +88,10 @@ def test_rate_ceiling_paces_request_starts(client: OpenRouterClient, stub: StubO
 def test_the_pacer_spaces_retries_too(tmp_path: Path) -> None:
     # Retry-After: 0 makes the client retry at once; only the pace keeps the retry off the limit.
     with StubOpenRouter(valid_keys=[TEST_KEY], retry_after="0") as stub:
-        stub.inject("429", "429", path="/chat/completions")
+        stub.inject("429", "429", path="/images")
         with OpenRouterClient(TEST_KEY, base_url=stub.base_url) as c:
             outcomes = generate_batch(c, requests_for()[:3], tmp_path, concurrency=3, pacer=AdaptiveRate(1 / 0.3))
-        times = sorted(r.t for r in stub.requests if r.path.endswith("/chat/completions"))
+        times = sorted(r.t for r in stub.requests if r.path.endswith("/images"))
     assert [o.status for o in outcomes] == ["generated"] * 3
     assert len(times) == 5  # two of them were 429s, retried
     gaps = [b - a for a, b in itertools.pairwise(times)]

@@ -97,7 +97,7 @@ def test_generate_image_and_text_need_the_token_and_share_one_shape(hub: str, st
 def test_openrouter_errors_map_to_clear_statuses(
     hub: str, stub: StubOpenRouter, fault: str, status: int, code: str
 ) -> None:
-    stub.inject(fault, path="/chat/completions")
+    stub.inject(fault, path="/images")
     r = httpx.post(
         f"{hub}/api/generate/image", json={"model": "google/gemini-2.5-flash-image", "prompt": "x"}, headers=AUTH
     )
@@ -173,6 +173,29 @@ def test_dataset_browser_and_files_stay_inside_the_data_root(hub: str, tmp_path:
         assert r.status_code in (403, 404) and "outside" not in r.text
     assert c.get("/api/thumb", params={"path": "../secret.txt"}).status_code == 403
     assert c.get("/api/dataset", params={"folder": "../.."}).status_code == 403
+
+
+def test_nul_paths_and_undecodable_images_get_a_clear_answer_not_a_500(hub: str, tmp_path: Path) -> None:
+    synth = tmp_path / "data" / "synth_openrouter"
+    synth.mkdir(parents=True)
+    shutil.copy(face("obama.jpg"), synth / "a.jpg")
+    (synth / "text.jpg").write_text("not a jpeg at all")
+    (synth / "cut.jpg").write_bytes(face("obama.jpg").read_bytes()[:3000])  # a download cut short
+    c = httpx.Client(base_url=hub, headers=AUTH, timeout=30)
+    for bad in ("text.jpg", "cut.jpg"):
+        r = c.get("/api/thumb", params={"path": f"synth_openrouter/{bad}"})
+        assert r.status_code == 415 and f"synth_openrouter/{bad}: not a readable image" in r.json()["detail"], r.text
+    assert c.get("/api/thumb", params={"path": "synth_openrouter/a.jpg"}).status_code == 200
+    assert {i["file"] for i in c.get("/api/dataset").json()["images"]} == {"a.jpg", "cut.jpg", "text.jpg"}
+    for r in (
+        c.get("/api/thumb", params={"path": "synth_openrouter/a.jpg\x00.png"}),
+        c.get("/files/synth_openrouter/a.jpg%00.png"),
+        c.get("/api/dataset", params={"folder": "synth_openrouter\x00"}),
+    ):
+        assert r.status_code == 400 and r.json()["detail"] == "the path contains a NUL byte", (r.url, r.text)
+    for r in (c.get("/files/" + "a" * 5000 + ".jpg"), c.get("/api/dataset", params={"folder": "a" * 5000})):
+        assert r.status_code == 400 and r.json()["detail"] == "unusable path: File name too long", r.text
+    assert c.get("/static/hub.js%00.png").status_code == 404 and c.get("/static/" + "a" * 5000).status_code == 404
 
 
 def test_every_data_route_needs_the_token_reads_included(hub: str, stub: StubOpenRouter, tmp_path: Path) -> None:

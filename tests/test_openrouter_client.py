@@ -52,7 +52,7 @@ def test_chat_returns_text_usage_cost_and_sends_attribution(stub: StubOpenRouter
     sent = stub.requests[-1]
     assert sent.headers["X-Title"] == "My App"
     assert sent.headers["HTTP-Referer"] == "https://example.org"
-    assert sent.body["usage"] == {"include": True}
+    assert "usage" not in sent.body, "the deprecated usage.include flag is not sent: every response has usage.cost"
     assert sent.body["temperature"] == 0.2 and sent.body["max_tokens"] == 50
 
 
@@ -125,8 +125,8 @@ def test_a_large_png_reference_is_sent_as_jpeg_and_encoded_once(tmp_path: Path) 
 def test_models_are_cached_for_the_ttl_and_filtered_by_modality(stub: StubOpenRouter) -> None:
     c = OpenRouterClient(TEST_KEY, base_url=stub.base_url, models_ttl=60)
     image_models = c.list_models("image")
-    assert {m.id for m in image_models} == {IMAGE, "black-forest-labs/flux.2-pro"}
-    assert len(c.list_models()) == 4
+    assert {m.id for m in image_models} == {IMAGE, "black-forest-labs/flux.2-pro", "acme/chat-painter"}
+    assert len(c.list_models()) == 5
     assert sum(r.path.endswith("/models") for r in stub.requests) == 1
     c.list_models(refresh=True)
     assert sum(r.path.endswith("/models") for r in stub.requests) == 2

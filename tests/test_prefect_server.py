@@ -205,7 +205,7 @@ def test_a_prefect_cancellation_drains_the_requests_already_sent(
     images = data / "synth_openrouter"
 
     def paid_images() -> int:
-        return sum(r.path.endswith("/chat/completions") and r.paid and "modalities" in r.body for r in stub.requests)
+        return sum(r.paid for r in stub.image_requests())
 
     try:
         deadline = time.monotonic() + 300

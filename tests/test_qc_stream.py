@@ -130,3 +130,34 @@ def test_a_persona_without_a_usable_reference_fails_before_anything_arrives(tmp_
     shutil.move(refs / "obama_1.jpg", tmp_path / "moved.jpg")  # only unusable references are left
     with pytest.raises(ValueError, match=r"no usable reference face .*broken\.png.*blank\.png|blank\.png.*broken"):
         StreamingQC(refs, cand, tmp_path / "out", thresholds=QCThresholds(), engine=DlibEngine()).__enter__()
+
+
+def test_overshoot_is_counted_on_the_final_verdicts_as_the_files_show(tmp_path: Path) -> None:
+    """Target 1: a half-size copy passes first, then its original arrives and becomes the kept copy. The files
+    show 0 paid beyond the first accepted image (the original, the last one); the count taken at the moment
+    the provisional verdicts first reached the target said 1."""
+    from concurrent.futures import Future
+
+    from PIL import Image
+
+    from ai_influencer.vision.qc_stream import UntilAccepted
+    from tests.support.assets import face
+
+    refs, cand = tmp_path / "refs", tmp_path / "cand"
+    refs.mkdir()
+    cand.mkdir()
+    for name in ("obama.jpg", "obama3.jpg"):
+        shutil.copy(face(name), refs / name)
+    original = Image.open(face("obama2.jpg")).convert("RGB")
+    with StreamingQC(refs, cand, tmp_path / "out", thresholds=QCThresholds(), engine=DlibEngine()) as stream:
+        until = UntilAccepted(stream, target=1, window=4, image_of=lambda produced: produced)  # type: ignore[arg-type,return-value]
+        for name, image in (("a_half.jpg", original.resize((313, 600))), ("b_full.jpg", original)):
+            image.save(cand / name, quality=95)
+            done: Future = Future()
+            done.set_result((cand / name, True))
+            until.on_done(done)
+            assert stream.wait_idle(60)
+        rows = stream.verdicts()
+        assert rows["a_half.jpg"].duplicate_of == "b_full.jpg" and rows["b_full.jpg"].verdict == "accepted"
+        assert until.paid_at_target == 1  # the half-size copy reached the target first, provisionally
+        assert until.overshoot == 0

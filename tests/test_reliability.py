@@ -35,12 +35,13 @@ def requests_for(per_scene: int = 1, seed: int = 3) -> list:
 
 
 def chat_calls(stub: StubOpenRouter) -> int:
-    return sum(r.path.endswith("/chat/completions") for r in stub.requests)
+    """Image requests received (the Image API, or chat for models only it serves)."""
+    return len(stub.image_requests())
 
 
 def test_a_truncated_jpeg_from_the_provider_is_never_saved(tmp_path: Path) -> None:
     with StubOpenRouter(valid_keys=[TEST_KEY]) as stub:
-        stub.inject("truncated-jpeg", "truncated-jpeg", path="/chat/completions")
+        stub.inject("truncated-jpeg", "truncated-jpeg", path="/images")
         with OpenRouterClient(TEST_KEY, base_url=stub.base_url, backoff_initial=0.01, max_retries=1) as c:
             outcomes = generate_batch(c, requests_for()[:2], tmp_path, concurrency=1)
     assert [o.status for o in outcomes] == ["failed", "generated"]
@@ -61,9 +62,10 @@ def test_an_undecodable_image_already_on_disk_is_quarantined_and_generated_again
     image = tmp_path / first.record.file
     data = image.read_bytes()
     image.write_bytes(data[: len(data) // 2])
-    side = sidecar_path(tmp_path, req.key)
+    side = sidecar_path(tmp_path, req.slots[0].file_key)
     legacy = json.loads(side.read_text())
     legacy.pop("bytes")
+    legacy.pop("sha256")
     side.write_text(json.dumps(legacy))
     paid = len(stub.paid_requests)
 
@@ -73,7 +75,7 @@ def test_an_undecodable_image_already_on_disk_is_quarantined_and_generated_again
     with Image.open(tmp_path / again.record.file) as im:
         im.load()
     moved = list((tmp_path / ".quarantine").iterdir())
-    assert {p.name for p in moved} == {image.name, image.name + ".reason.txt"}
+    assert {p.name for p in moved} == {image.name, image.name + ".reason.txt", side.name, side.name + ".reason.txt"}
     assert "incomplete or corrupt" in (tmp_path / ".quarantine" / (image.name + ".reason.txt")).read_text()
     # a vouched-for file is trusted without decoding it again, and a re-run pays nothing
     assert generate_one(client, req, tmp_path).status == "skipped"
@@ -136,7 +138,7 @@ def test_adaptive_pacing_finds_a_lower_provider_limit_without_headers(cli_env: d
             text=True,
             timeout=300,
         )
-        image_calls = [r for r in stub.requests if r.path.endswith("/chat/completions")]
+        image_calls = stub.image_requests()
         limited = sum(r.status == 429 for r in image_calls)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "generated 48, failed 0" in run.stdout
@@ -210,7 +212,7 @@ def images_on_disk(folder: Path) -> set[str]:
 def test_stopping_generate_keeps_every_paid_image(cli_env: dict[str, str], tmp_path: Path, sig: int) -> None:
     """Stopped mid-run, the CLI sends nothing new, lets the requests in flight finish and saves them."""
     out = tmp_path / "data" / "synth_openrouter"
-    with StubOpenRouter(valid_keys=[TEST_KEY], latency=1.5, latency_paths=("/chat/completions",)) as stub:
+    with StubOpenRouter(valid_keys=[TEST_KEY], latency=1.5, latency_paths=("/images",)) as stub:
         env = {**cli_env, "OPENROUTER_BASE_URL": stub.base_url}
         proc = subprocess.Popen(
             [INFLUENCER, "generate", "--per-scene", "4", "--concurrency", "4", "--rate", "4"],

@@ -22,7 +22,7 @@ from tests.support.openrouter_stub import StubOpenRouter
 from tests.support.prefect_server import ServerEnv
 
 BANK = REPO / "prompt_bank" / "default.yaml"
-IMAGE_CALLS = ("/chat/completions",)
+IMAGE_CALLS = ("/images",)
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,7 @@ def test_hybrid_streams_qc_while_generating_with_batch_verdicts(
     env: StubOpenRouter,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    env.latency, env.latency_paths = 0.3, ("/chat/completions",)
+    env.latency, env.latency_paths = 0.3, ("/images",)
     p = paths(tmp_path)
     lim = limits(rate=8, inflight=4)
     out = hybrid(p, lim, per_scene=3)
@@ -83,7 +83,7 @@ def test_generate_until_n_stops_paying_at_the_target(
     """A half-failing provider output: the run stops dispatching once 6 images pass, and pays for at most
     the in-flight window beyond the image that reached the target."""
     env.image_mix = {"persona": 0.5, "other": 0.3, "blurred": 0.2}
-    env.latency, env.latency_paths = 0.2, ("/chat/completions",)
+    env.latency, env.latency_paths = 0.2, ("/images",)
     p = paths(tmp_path)
     window = 4
     out = hybrid(p, limits(rate=20, inflight=window), per_scene=8, target_accepted=6, max_rounds=3)
@@ -117,7 +117,7 @@ def test_a_kill_during_streaming_qc_resumes_without_repaying_or_rechecking(
     env: StubOpenRouter,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    env.latency, env.latency_paths = 0.2, ("/chat/completions",)
+    env.latency, env.latency_paths = 0.2, ("/images",)
     p = paths(tmp_path)
     ws = p.workspace()
     lim = limits(rate=4, inflight=3)
@@ -145,7 +145,7 @@ def test_a_kill_during_streaming_qc_resumes_without_repaying_or_rechecking(
                                    "inflight_limit_name": lim.inflight_limit_name + "-2"})  # fmt: skip
     out = hybrid(p, fresh, per_scene=4)
     assert out["generate"]["already_done"] == len(made) and out["generate"]["generated"] == 24 - len(made)
-    after_kill = [r for r in env.requests if r.t > killed_at and r.path.endswith("/chat/completions")]
+    after_kill = [r for r in env.image_requests() if r.t > killed_at]
     assert len(after_kill) == 24 - len(made)  # nothing made before the kill was paid again
     # Nothing checked before the kill was checked again: its stored analyses are untouched, and the run
     # analysed only what had no analysis yet.

@@ -4,7 +4,8 @@ Both join two files the pipeline already writes: the per-image sidecars of the
 generation stage (model, prompt-bank values, cost, run id) and QC's
 ``qc_report.csv`` (verdict and identity score per file). No number here is
 estimated: an image without a known cost (a sidecar recovered after a kill)
-is counted and flagged, not priced.
+is counted and flagged, not priced. The estimate the price lines gave before
+paying (recorded per image) is shown beside the billed spend, never instead.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class CostRow:
     accepted: int
     spend_usd: float
     unpriced: int  # images whose cost is unknown (recovered sidecars)
+    estimate_usd: float | None  # what the price lines said before paying (None: no image had an estimate)
     cost_per_accepted_usd: float | None
     acceptance_rate: float | None
 
@@ -62,6 +64,7 @@ def _cost_rows(items: list[Joined], key: str) -> list[CostRow]:
     rows = []
     for name, group in sorted(groups.items()):
         spend = sum(j.record.cost_usd or 0.0 for j in group)
+        estimates = [j.record.estimate_usd for j in group if j.record.estimate_usd is not None]
         accepted = sum(j.accepted for j in group)
         checked = sum(j.qc is not None for j in group)
         rows.append(
@@ -72,6 +75,7 @@ def _cost_rows(items: list[Joined], key: str) -> list[CostRow]:
                 accepted=accepted,
                 spend_usd=round(spend, 6),
                 unpriced=sum(j.record.cost_usd is None for j in group),
+                estimate_usd=round(sum(estimates), 6) if estimates else None,
                 cost_per_accepted_usd=round(spend / accepted, 6) if accepted else None,
                 acceptance_rate=round(accepted / checked, 4) if checked else None,
             )

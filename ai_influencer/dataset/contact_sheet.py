@@ -25,11 +25,59 @@ class Tile:
     thumbnail: bytes | None = None  # pre-rendered small image; avoids decoding the full file again
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1
         return ImageFont.load_default()
+
+
+FONT_PX, LINE_PX = 12, 15
+MAX_LABEL_LINES = 4  # per tile, under its file name; a longer label is shortened by whole words
+
+
+def wrap(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: float) -> list[str]:
+    """``text`` in lines no wider than ``width`` pixels, broken between words. A single word wider than
+    that (a long file name) goes on over the next lines, whole: nothing is ever cut off."""
+    lines: list[str] = []
+    for paragraph in text.splitlines() or [""]:
+        line = ""
+        for word in paragraph.split():
+            candidate = f"{line} {word}" if line else word
+            if font.getlength(candidate) <= width:
+                line = candidate
+                continue
+            if line:
+                lines.append(line)
+            while len(word) > 1 and font.getlength(word) > width:
+                fits = max((i for i in range(1, len(word)) if font.getlength(word[:i]) <= width), default=1)
+                lines.append(word[:fits])
+                word = word[fits:]
+            line = word
+        lines.append(line)
+    return lines
+
+
+def shorten(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: float, max_lines: int) -> list[str]:
+    """``wrap``, then, if that takes more than ``max_lines``, words dropped from the end (marked "…")
+    until it fits: a number or a file name is shown whole or not at all, never cut."""
+    lines = wrap(text, font, width)
+    if len(lines) <= max_lines:
+        return lines
+    words = text.replace("\n", " \n ").split(" ")
+    for keep in range(len(words) - 1, 0, -1):
+        head = " ".join(words[:keep]).replace(" \n ", "\n").rstrip()
+        lines = wrap(f"{head} …", font, width)
+        if len(lines) <= max_lines:
+            return lines
+    return wrap("…", font, width)
+
+
+def tile_lines(
+    tile: Tile, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: float, max_lines: int = MAX_LABEL_LINES
+) -> list[str]:
+    """What is written under a tile: its file name (whole, wrapped if long), then its label."""
+    return wrap(tile.path.name, font, width) + shorten(tile.label, font, width, max_lines)
 
 
 def render_contact_sheet(
@@ -40,13 +88,19 @@ def render_contact_sheet(
     columns: int = 8,
     max_per_section: int = 64,
 ) -> Path:
-    label_h, title_h, pad = 34, 34, 6
-    font, title_font = _font(12), _font(18)
+    """Thumbnails in sections, each with its file name and label under it, wrapped to the tile's width
+    (labels were cut at 28 characters, mid-number, and tiles did not say which file they were)."""
+    title_h, pad = 34, 6
+    font, title_font = _font(FONT_PX), _font(18)
     blocks = []
+    texts: dict[int, list[str]] = {}
     for title, tiles in sections:
         shown = list(tiles)[:max_per_section]
         rows = max(1, -(-len(shown) // columns))
         blocks.append((title, shown, len(tiles), rows))
+        for tile in shown:
+            texts[id(tile)] = tile_lines(tile, font, thumb - 4)
+    label_h = LINE_PX * max((len(t) for t in texts.values()), default=1) + 4
     width = columns * (thumb + pad) + pad
     height = sum(title_h + rows * (thumb + label_h + pad) + pad for _, _, _, rows in blocks)
     sheet = Image.new("RGB", (width, height), (245, 245, 245))
@@ -68,8 +122,10 @@ def render_contact_sheet(
                 draw.rectangle((x, ty, x + thumb, ty + thumb), fill=(200, 200, 200))
             colour = (30, 150, 60) if tile.ok else (200, 40, 40)
             draw.rectangle((x, ty, x + thumb - 1, ty + thumb - 1), outline=colour, width=3)
-            for line_no, line in enumerate(tile.label.splitlines()[:2]):
-                draw.text((x + 2, ty + thumb + 2 + line_no * 15), line[:28], fill=colour, font=font)
+            name_lines = len(wrap(tile.path.name, font, thumb - 4))
+            for line_no, line in enumerate(texts[id(tile)]):
+                fill = (60, 60, 60) if line_no < name_lines else colour
+                draw.text((x + 2, ty + thumb + 2 + line_no * LINE_PX), line, fill=fill, font=font)
         y += rows * (thumb + label_h + pad) + pad
     buf = io.BytesIO()
     sheet.save(buf, format="PNG", optimize=True)

@@ -22,7 +22,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 class ImageRecord(BaseModel):
-    """What we know about one generated image; the sidecar's schema."""
+    """What we know about one generated image; the sidecar's schema.
+
+    ``variant`` is the image's slot index within its scene; ``slot_key`` the slot's identity (see
+    ``generation``); ``request_key`` and ``answer_index`` the request that paid for it and its place
+    in the answer (``asked`` images were asked, ``returned`` came back: fewer is a short answer).
+    """
 
     key: str
     file: str
@@ -36,8 +41,22 @@ class ImageRecord(BaseModel):
     pose: str | None = None
     outfit: str | None = None
     mime: str = "image/png"
-    bytes: int | None = None  # size of the fully decoded image as written; vouches for the file on disk
-    cost_usd: float | None = None  # as the provider reported it (None: not reported; the ledger used an estimate)
+    bytes: int | None = None  # size of the fully decoded image as written
+    sha256: str | None = None  # content hash of the image as written: vouches for the file on disk
+    cost_usd: float | None = None  # its share of the reported cost (None: not reported; the ledger used an estimate)
+    estimate_usd: float | None = None  # its share of the price lines' estimate for the request, before paying
+    slot_key: str | None = None
+    seed: int | None = None  # the plan's seed (prompt composition and request seeds); None: composition seed 0
+    request_seed: int | None = None  # the seed the request sent (None: none sent)
+    options: dict[str, Any] = Field(default_factory=dict)  # options that change the image (quality, format)
+    route: str | None = None  # "images" (POST /images) or "chat" (chat completions); None: older sidecars
+    params: dict[str, Any] = Field(default_factory=dict)  # what the request sent besides prompt, n, seed, references
+    request_key: str | None = None
+    answer_index: int | None = None
+    asked: int | None = None
+    returned: int | None = None
+    references: list[str] = Field(default_factory=list)  # reference files sent with the request
+    reference_set: str | None = None  # digest of the reference set of the run (the slot keeps its image across sets)
     usage: dict[str, Any] = Field(default_factory=dict)
     generation_id: str | None = None
     created_at: str = ""
@@ -78,9 +97,17 @@ def read_sidecars(image_dir: Path) -> tuple[list[ImageRecord], list[str]]:
 def rebuild_manifest(image_dir: Path) -> dict[str, Any]:
     """Write ``manifest.json`` from the sidecars and return it."""
     records, problems = read_sidecars(image_dir)
+    routes: dict[str, int] = {}
+    for r in records:
+        routes[r.route or "unknown"] = routes.get(r.route or "unknown", 0) + 1
     manifest = {
         "count": len(records),
         "total_cost_usd": round(sum(r.cost_usd or 0.0 for r in records), 6),
+        "estimated_cost_usd": round(sum(r.estimate_usd or 0.0 for r in records), 6),
+        "routes": routes,
+        "short_answers": len(
+            {r.request_key for r in records if r.asked and r.returned is not None and r.returned < r.asked}
+        ),
         "images": [r.model_dump(mode="json") for r in records],
         "problems": problems,
     }

@@ -68,6 +68,17 @@ class Workspace:
         return self.data_root / ".cache" / "qc"
 
     @property
+    def qc_overrides(self) -> Path:
+        """The user's verdicts on QC's images, by content hash (``review.overrides``): the user's work, not a
+        cache, so it sits beside the folders rather than under ``.cache/``."""
+        return self.data_root / "qc_overrides.json"
+
+    @property
+    def persona_settings(self) -> Path:
+        """This persona's learned settings (``review.persona``): the calibrated ``minsim`` / ``minblur``."""
+        return self.data_root / "persona.json"
+
+    @property
     def augment(self) -> Path:
         return self.data_root / "augment"
 
@@ -88,6 +99,11 @@ class Workspace:
     @property
     def samples(self) -> Path:
         return self.data_root / "samples"
+
+    @property
+    def video(self) -> Path:
+        """Persona clips (``video.ledger.VideoStore``): <key>.mp4 + <key>.json, jobs/, filmstrips/, webhooks/."""
+        return self.data_root / "video"
 
     # ---- models/ -------------------------------------------------------------------------------
     @property
@@ -126,12 +142,12 @@ crops them around the face into data/cleaned/.
 """
 
 
-def scaffold(ws: Workspace, prompt_bank: Path, env_file: Path) -> list[Path]:
-    """Create a workspace: its folders, a prompt bank to edit and a commented ``.env``; returns what it
-    created (anything already there is left as it is)."""
-    from importlib.resources import files
-
+def scaffold(ws: Workspace, prompt_bank: Path, env_file: Path, persona: dict[str, str] | None = None) -> list[Path]:
+    """Create a workspace: its folders, a prompt bank to edit (with ``persona``'s name, class_word and
+    description when given) and a commented ``.env``; returns what it created (anything already there
+    is left as it is)."""
     from ai_influencer.io import atomic_write_text
+    from ai_influencer.prompt_bank import prompt_bank_template
     from ai_influencer.settings import env_template
 
     created: list[Path] = []
@@ -142,7 +158,7 @@ def scaffold(ws: Workspace, prompt_bank: Path, env_file: Path) -> list[Path]:
     readme = ws.input_raw / "README.txt"
     templates = {
         readme: INPUT_README,
-        prompt_bank: (files("ai_influencer") / "templates" / "prompt_bank.yaml").read_text(encoding="utf-8"),
+        prompt_bank: prompt_bank_template(**(persona or {})),
         env_file: env_template(),
     }
     for path, text in templates.items():

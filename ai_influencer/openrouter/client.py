@@ -6,6 +6,11 @@ choices, a cut body or an image that does not fully decode is retried like a
 retry owner for HTTP-level faults: callers (Prefect tasks) must not retry them
 again, or attempts multiply (5 client x 3 task retries was 24 per image).
 
+Images go through the dedicated Image API (``POST /images``: ``n`` images per call, seeds, typed
+per-endpoint capabilities and prices from ``GET /images/models`` and the endpoints listing) or, for a
+model only the chat route serves, through chat completions with ``modalities``; which one a run uses
+is decided by ``ai_influencer.openrouter.capabilities`` before anything is paid.
+
 Every attempt has a whole-request deadline (``timeout``): connect, upload, the
 provider's think time and the body download together. httpx's own timeouts are
 per network operation, so a body dripped a few bytes at a time was waited out
@@ -31,23 +36,27 @@ from tenacity import (
 )
 
 from ai_influencer import __version__
-from ai_influencer.openrouter.data_urls import decode_image, image_to_data_url
+from ai_influencer.openrouter.data_urls import decode_b64_image, decode_image, image_to_data_url, shrunk_data_url
 from ai_influencer.openrouter.errors import (
     DeadlineExceededError,
     EmptyResponseError,
     ImageDecodeError,
     NoImageError,
     OpenRouterError,
+    PayloadTooLargeError,
     RateLimitError,
     StructuredOutputError,
     UpstreamError,
     describe_body,
     error_from_response,
 )
-from ai_influencer.openrouter.retry import WaitRetryAfterOrBackoff, is_retryable
+from ai_influencer.openrouter.retry import WaitRetryAfterOrBackoff, is_retryable, log_retry
 from ai_influencer.openrouter.types import (
     ChatResult,
     Credits,
+    GeneratedImage,
+    ImageEndpoint,
+    ImageModelInfo,
     ImageResult,
     KeyInfo,
     ModelInfo,
@@ -95,6 +104,8 @@ class _Core:
         self.models_ttl = models_ttl
         self._models_cache: tuple[float, list[ModelInfo]] | None = None
         self._models_lock = threading.Lock()
+        self._image_models_cache: tuple[float, list[ImageModelInfo]] | None = None
+        self._endpoints_cache: dict[str, tuple[float, list[ImageEndpoint]]] = {}
 
     @classmethod
     def _settings_kwargs(cls, settings: Settings) -> dict[str, Any]:
@@ -128,6 +139,7 @@ class _Core:
             "retry": retry_if_exception(is_retryable),
             "stop": stop_after_attempt(self.max_retries + 1),
             "wait": WaitRetryAfterOrBackoff(self.backoff_initial, self.retry_cap),
+            "before_sleep": log_retry,
             "reraise": True,
         }
 
@@ -142,7 +154,7 @@ class _Core:
         fallback_models: Sequence[str] = (),
         extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": model, "messages": messages, "usage": {"include": True}}
+        body: dict[str, Any] = {"model": model, "messages": messages}
         if temperature is not None:
             body["temperature"] = temperature
         if max_tokens is not None:
@@ -171,11 +183,36 @@ class _Core:
             "model": model,
             "messages": [{"role": "user", "content": parts}],
             "modalities": ["image", "text"],
-            "usage": {"include": True},
         }
         if aspect_ratio:
             body["image_config"] = {"aspect_ratio": aspect_ratio}
         body.update(extra or {})
+        return body
+
+    @staticmethod
+    def _images_body(
+        model: str,
+        prompt: str,
+        *,
+        n: int,
+        negative_prompt: str | None,
+        references: Sequence[str],
+        params: dict[str, Any] | None,
+        seed: int | None,
+        provider: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        """``POST /images``: the Image API has no negative prompt, so it goes into the text as on chat."""
+        text = prompt if not negative_prompt else f"{prompt}\n\nAvoid: {negative_prompt}"
+        body: dict[str, Any] = {"model": model, "prompt": text}
+        if n != 1:
+            body["n"] = n
+        body.update({k: v for k, v in (params or {}).items() if v is not None})
+        if seed is not None:
+            body["seed"] = seed
+        if references:
+            body["input_references"] = [{"type": "image_url", "image_url": {"url": url}} for url in references]
+        if provider:
+            body["provider"] = provider
         return body
 
     # ---- response parsing ------------------------------------------------------
@@ -239,6 +276,36 @@ class _Core:
             text=text if isinstance(text, str) else "",
             usage=Usage.model_validate(body.get("usage") or {}),
             elapsed_s=elapsed,
+        )
+
+    @staticmethod
+    def _parse_images(body: dict[str, Any], elapsed: float, model: str, requested: int) -> ImageResult:
+        """``data[]`` of ``POST /images``. Billing is per call, all or nothing: when some images of an
+        answer are unusable and others are fine, the fine ones are kept and the others counted as
+        missing (retrying would pay for the whole call again); when none is usable, the call is retried."""
+        items = body.get("data")
+        if not isinstance(items, list) or not items:
+            raise NoImageError("the Image API answered without any image (data is empty)", status=200)
+        images: list[GeneratedImage] = []
+        dropped: list[str] = []
+        for i, item in enumerate(items):
+            try:
+                if not isinstance(item, dict):
+                    raise ImageDecodeError("image entry is not an object")
+                images.append(decode_b64_image(item.get("b64_json"), item.get("media_type")))
+            except ImageDecodeError as exc:
+                dropped.append(f"image {i}: {exc.message}")
+        if not images:
+            raise ImageDecodeError(f"no usable image in the answer ({dropped[0]})", status=200)
+        return ImageResult(
+            id=body.get("id"),
+            model=str(body.get("model") or model),
+            images=images,
+            usage=Usage.model_validate(body.get("usage") or {}),
+            elapsed_s=elapsed,
+            route="images",
+            requested=requested,
+            dropped=dropped,
         )
 
     @staticmethod
@@ -399,7 +466,10 @@ class OpenRouterClient(_Core):
         return self._parse_json(result, schema), result
 
     def generate_image(self, model: str, prompt: str, *, pacer: Pacer | None = None, **kw: Any) -> ImageResult:
-        """``pacer`` sees every attempt, retries included: a provider's rate limit counts each request."""
+        """One image through chat completions (the older route, for models the Image API does not list).
+
+        ``pacer`` sees every attempt, retries included: a provider's rate limit counts each request.
+        """
         return self._call(
             "POST",
             "/chat/completions",
@@ -407,6 +477,84 @@ class OpenRouterClient(_Core):
             pacer=pacer,
             json=self._image_body(model, prompt, **kw),
         )
+
+    def generate_images(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        n: int = 1,
+        negative_prompt: str | None = None,
+        reference_images: Sequence[bytes | str | Path] = (),
+        params: dict[str, Any] | None = None,
+        seed: int | None = None,
+        provider: dict[str, Any] | None = None,
+        pacer: Pacer | None = None,
+    ) -> ImageResult:
+        """``POST /images``: up to ``n`` images in one call (providers may return fewer).
+
+        ``params`` are the Image API's own fields (``size``, ``resolution``, ``aspect_ratio``,
+        ``quality``, ``output_format``, ...), already checked against the endpoint's capabilities.
+        A 413 (the references make the body too large) is answered once by sending the references
+        again as small JPEGs; a second 413 is a clear error. ``pacer`` sees every attempt.
+        """
+        refs = [image_to_data_url(r) for r in reference_images]
+
+        def call(urls: list[str]) -> ImageResult:
+            body = self._images_body(
+                model, prompt, n=n, negative_prompt=negative_prompt, references=urls, params=params, seed=seed,
+                provider=provider,
+            )  # fmt: skip
+            return self._call(
+                "POST", "/images", lambda b, t: self._parse_images(b, t, model, n), pacer=pacer, json=body
+            )
+
+        try:
+            return call(refs)
+        except PayloadTooLargeError as exc:
+            if not refs:
+                raise
+            small = [shrunk_data_url(r) for r in reference_images]
+            try:
+                return call(small)
+            except PayloadTooLargeError:
+                size_kb = sum(len(u) for u in small) // 1024
+                raise PayloadTooLargeError(
+                    f"{model}: the request is too large even with its {len(refs)} reference photo(s) re-encoded to "
+                    f"{size_kb} KB of small JPEGs ({exc.message}); send fewer reference photos",
+                    status=413,
+                    metadata=exc.metadata,
+                ) from None
+
+    def list_image_models(self, *, refresh: bool = False) -> list[ImageModelInfo]:
+        """``GET /images/models``, cached like the model list (``models_ttl``)."""
+        with self._models_lock:
+            cached = self._image_models_cache
+        if not refresh and cached and time.monotonic() - cached[0] < self.models_ttl:
+            return cached[1]
+
+        def parse(body: Any, _: float) -> list[ImageModelInfo]:
+            return [ImageModelInfo.from_api(m) for m in body.get("data") or [] if isinstance(m, dict) and "id" in m]
+
+        models = self._call("GET", "/images/models", parse)
+        with self._models_lock:
+            self._image_models_cache = (time.monotonic(), models)
+        return models
+
+    def image_endpoints(self, model: str, *, refresh: bool = False) -> list[ImageEndpoint]:
+        """``GET /images/models/{author}/{slug}/endpoints``: each provider's definitive parameters and prices."""
+        with self._models_lock:
+            cached = self._endpoints_cache.get(model)
+        if not refresh and cached and time.monotonic() - cached[0] < self.models_ttl:
+            return cached[1]
+
+        def parse(body: Any, _: float) -> list[ImageEndpoint]:
+            return [ImageEndpoint.model_validate(e) for e in body.get("endpoints") or [] if isinstance(e, dict)]
+
+        endpoints = self._call("GET", f"/images/models/{model}/endpoints", parse)
+        with self._models_lock:
+            self._endpoints_cache[model] = (time.monotonic(), endpoints)
+        return endpoints
 
     def list_models(self, output_modality: str | None = None, *, refresh: bool = False) -> list[ModelInfo]:
         models = None if refresh else self._cached_models()

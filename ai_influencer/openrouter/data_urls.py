@@ -86,6 +86,37 @@ def _encode_data_url(data: bytes, label: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
+# What a reference is re-encoded to once a route answers 413 (payload too large): small enough that a
+# handful of them fit any body limit seen, large enough to show a face.
+REFERENCE_SHRUNK_SIDE = 768
+REFERENCE_SHRUNK_QUALITY = 80
+
+
+def shrunk_data_url(image: bytes | str | Path) -> str:
+    """A reference as a JPEG of at most ``REFERENCE_SHRUNK_SIDE`` px, for a second try after a 413."""
+    data = Path(image).read_bytes() if isinstance(image, str | Path) else image
+    label = str(image) if isinstance(image, str | Path) else "<bytes>"
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            rgba = im.convert("RGBA")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"reference image {label} is not an image") from exc
+    rgba.thumbnail((REFERENCE_SHRUNK_SIDE, REFERENCE_SHRUNK_SIDE), Image.Resampling.LANCZOS)
+    flat = Image.new("RGB", rgba.size, (255, 255, 255))
+    flat.paste(rgba, mask=rgba.getchannel("A"))
+    buf = io.BytesIO()
+    flat.save(buf, format="JPEG", quality=REFERENCE_SHRUNK_QUALITY)
+    return f"data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode()}"
+
+
+def decode_b64_image(b64: str, media_type: str | None = None) -> GeneratedImage:
+    """One ``data[].b64_json`` of the Image API, checked like a data URL (the bytes must decode whole)."""
+    if not isinstance(b64, str) or not b64:
+        raise ImageDecodeError("image entry without b64_json")
+    return decode_image(f"data:{media_type or ''};base64,{b64}")
+
+
 def decode_image(url: str) -> GeneratedImage:
     """Decode an image data URL; the bytes must decode to a complete image (see ``verify_image_bytes``)."""
     m = _DATA_URL.match(url.strip())

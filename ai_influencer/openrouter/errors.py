@@ -59,7 +59,45 @@ class AuthError(FatalError):
 
 
 class InsufficientCreditsError(FatalError):
+    """402. ``limit_source`` (``error.metadata``) tells the account's credits from the key's own limit."""
+
     code = "insufficient_credits"
+
+    @property
+    def limit_source(self) -> str | None:
+        value = self.metadata.get("limit_source")
+        return None if value is None else str(value)
+
+
+class CreditsExhaustedError(InsufficientCreditsError):
+    """402, ``limit_source: openrouter_credits``: the account's balance cannot cover the request."""
+
+    code = "credits_exhausted"
+    HINT = "the OpenRouter account is out of credits: add credits at https://openrouter.ai/credits, then run again"
+
+
+class KeyLimitError(InsufficientCreditsError):
+    """402, ``limit_source: openrouter_key_limit``: this key's own spending limit is used up."""
+
+    code = "key_limit"
+    HINT = (
+        "this API key reached its own credit limit (the account may still have credits): raise the key's "
+        "limit at https://openrouter.ai/settings/keys, wait for its reset, or use another key"
+    )
+
+
+class PayloadTooLargeError(BadRequestError):
+    """413: the request body (the reference images, mostly) is larger than the route accepts."""
+
+    code = "payload_too_large"
+
+
+class UnsupportedParameterError(ValueError):
+    """A parameter the run would send is not accepted by the endpoint that would serve it.
+
+    Raised before anything is paid, from the endpoint's capability descriptors; the message is the
+    one line a user needs (``--n 4: google/gemini-2.5-flash-image accepts n = 1``).
+    """
 
 
 class ModerationError(FatalError):
@@ -214,9 +252,16 @@ def error_from_response(status: int, body: Any, headers: dict[str, str] | None =
     if status == 401:
         return AuthError(message, **kw)
     if status == 402:
+        source = metadata.get("limit_source")
+        if source == "openrouter_credits":
+            return CreditsExhaustedError(f"{CreditsExhaustedError.HINT} ({message})", **kw)
+        if source == "openrouter_key_limit":
+            return KeyLimitError(f"{KeyLimitError.HINT} ({message})", **kw)
         return InsufficientCreditsError(message, **kw)
     if status == 403:
         return ModerationError(message, **kw)
+    if status == 413:
+        return PayloadTooLargeError(message, **kw)
     if status == 429:
         return _rate_limit_error(message, headers, kw)
     if status in (408, 200) or status >= 500:

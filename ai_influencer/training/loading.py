@@ -35,7 +35,7 @@ def load_sdxl(base: Path, config_dir: Path | None = None, dtype: Any = None) -> 
     if not (cfg / "model_index.json").is_file():
         raise BaseModelError(
             f"{base} is a single file; its diffusers config folder {cfg} (model_index.json, unet/, vae/, "
-            "text_encoder*/, tokenizer*/, scheduler/) is missing. See README 'Training a LoRA'."
+            "text_encoder*/, tokenizer*/, scheduler/) is missing. See docs/training.md."
         )
     return StableDiffusionXLPipeline.from_single_file(
         str(base), config=str(cfg), local_files_only=True, torch_dtype=dtype

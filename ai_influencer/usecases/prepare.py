@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ai_influencer.settings import Settings
-from ai_influencer.vision.prepare import PrepareItem, prepare_references
+from ai_influencer.vision.image_io import list_images
+from ai_influencer.vision.prepare import PrepareItem, inspect_reference, prepare_references
 from ai_influencer.vision.qc import EngineSpec
 
 MIN_REFERENCES = 2
@@ -39,11 +40,13 @@ def prepare(
     size: int = 1024,
     overwrite: bool = False,
     backend: str | None = None,
+    allow_multi_face: bool = False,
 ) -> PrepareOutcome:
     """EXIF fix, optional background removal, face-centred crop; at least two usable references.
 
-    Photos that cannot be used are reported (``errors``) and the rest go on; too few usable ones
-    raise ``NotEnoughReferencesError`` naming the folder.
+    Photos that cannot be used (no decode, no face, several faces unless ``allow_multi_face``) are
+    reported (``errors``) and the rest go on; too few usable ones raise ``NotEnoughReferencesError``
+    naming the folder.
     """
     remover = None
     if do_rembg:
@@ -52,8 +55,9 @@ def prepare(
         remover = BackgroundRemover(settings.rembg_model, settings.rembg_home, settings.onnx_providers)
     engine = EngineSpec.from_settings(settings, backend).build() if do_facecrop else None
     items = prepare_references(
-        src, dst, engine=engine, remover=remover, do_facecrop=do_facecrop, out_size=size, overwrite=overwrite
-    )
+        src, dst, engine=engine, remover=remover, do_facecrop=do_facecrop, out_size=size, overwrite=overwrite,
+        allow_multi_face=allow_multi_face,
+    )  # fmt: skip
     outcome = PrepareOutcome(items)
     if outcome.usable < MIN_REFERENCES:
         raise NotEnoughReferencesError(
@@ -61,3 +65,18 @@ def prepare(
             f"found {outcome.usable}" + (f" ({'; '.join(outcome.errors)})" if outcome.errors else "")
         )
     return outcome
+
+
+def check_references(
+    settings: Settings, src: Path, *, allow_multi_face: bool = False, backend: str | None = None
+) -> PrepareOutcome:
+    """Which photos ``prepare`` will use, without writing anything: each decoded, its faces counted.
+
+    What ``influencer run`` checks before it starts (a few seconds) and ``doctor`` reports; the
+    rule is ``prepare``'s own (``vision.prepare.the_face``). ``usable`` < 2 means prepare would fail.
+    """
+    photos = list_images(src) if src.is_dir() else []
+    if not photos:
+        return PrepareOutcome([])
+    engine = EngineSpec.from_settings(settings, backend).build()
+    return PrepareOutcome([inspect_reference(p, engine, allow_multi_face=allow_multi_face) for p in photos])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ai_influencer.review.overrides import OverrideStore
 from ai_influencer.settings import Settings
 from ai_influencer.vision.qc import EngineSpec, ProgressCallback, QCResult, QCThresholds, run_qc
 from ai_influencer.vision.qc_stream import StreamingQC
@@ -16,7 +17,8 @@ class QCJob:
     they cannot drift apart in what they check. A bad threshold fails here, before any image is touched.
 
     ``cache_dir`` (the workspace's ``qc_cache``) keeps each image's analysis: an image checked before,
-    in batch or streamed, is not analysed again.
+    in batch or streamed, is not analysed again. ``overrides`` (the workspace's ``qc_overrides``): the
+    user's verdicts from the review page, which win over QC's own (``review.overrides``).
     """
 
     ref_dir: Path
@@ -26,9 +28,14 @@ class QCJob:
     backend: str | None = None
     workers: int | None = None
     cache_dir: Path | None = None
+    overrides: Path | None = None
 
     def __post_init__(self) -> None:
         self.thresholds.validate()
+
+    @property
+    def override_store(self) -> OverrideStore | None:
+        return OverrideStore(self.overrides) if self.overrides is not None else None
 
 
 def qc(settings: Settings, job: QCJob, *, on_progress: ProgressCallback | None = None) -> QCResult:
@@ -45,6 +52,7 @@ def qc(settings: Settings, job: QCJob, *, on_progress: ProgressCallback | None =
         workers=job.workers,
         on_progress=on_progress,
         cache_dir=job.cache_dir,
+        overrides=job.override_store,
     )
 
 
@@ -59,4 +67,5 @@ def qc_stream(settings: Settings, job: QCJob) -> StreamingQC:
         spec=EngineSpec.from_settings(settings, job.backend),
         workers=job.workers,
         cache_dir=job.cache_dir,
+        overrides=job.override_store,
     )

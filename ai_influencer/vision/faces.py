@@ -37,7 +37,8 @@ not resemble (see vision/qc.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -55,12 +56,17 @@ LICENCES = {
 
 @dataclass
 class Face:
-    """One detected face: box (x0, y0, x1, y1) in pixels, detector score, identity embedding."""
+    """One detected face: box (x0, y0, x1, y1) in pixels, detector score, identity embedding.
+
+    ``embedding`` is None for a face from ``DlibEngine.locate`` whose descriptor was not asked for yet;
+    ``native`` is the engine's own handle on it (dlib: the detection image and the 5-point shape).
+    """
 
     box: tuple[int, int, int, int]
     score: float
-    embedding: np.ndarray
+    embedding: np.ndarray | None
     landmarks: np.ndarray | None = None
+    native: object = field(default=None, repr=False, compare=False)
 
     @property
     def area(self) -> int:
@@ -169,22 +175,109 @@ def dlib_models_dir() -> Path:
     )
 
 
+# dlib's frontal face detector scans a HOG pyramid (scan_fhog_pyramid<pyramid_down<6>>): each level is 5/6 of the
+# one above, and a detection at level l is a HOG_WINDOW-pixel square in that level's pixels (measured on the model).
+HOG_WINDOW = 73
+HOG_LEVEL_RATIO = 6 / 5
+COARSE_FRACTION = 1 / 8  # QC's first pass sees faces down to 1/8 of the image's long side...
+SECOND_FACE_RATIO = 1 / 3  # ...and must see every face at least 1/3 as wide as the largest one it found
+LEVEL_MARGIN = 2  # a face found this close to the first scanned level may be one a finer level found better
+FALLBACK_STEP = 4  # levels to go down when a pass finds no face
+
+
+def _rect_key(r: object) -> tuple[int, int, int, int]:
+    return (r.left(), r.top(), r.right(), r.bottom())  # type: ignore[attr-defined]
+
+
+class _HogPyramid:
+    """The pyramid ``detector.run(small, 1)`` scans, built lazily from the top, pixel for pixel the same.
+
+    Why: that call (upsample once, then every 5/6 level down to 80 px) spends most of its time on the
+    two largest levels, which only small faces need. Scanning from level ``j`` of the same pyramid gives
+    the same detections with the same scores for every face found at level ``j`` or below; the
+    upsampling is dlib's ``pyramid_up`` (a bilinear ``resize_image`` to ``pyr2.rect_up`` size) and the
+    levels its ``pyramid_down(6)``, both checked against the full call on every test photo.
+    """
+
+    def __init__(self, small: np.ndarray) -> None:
+        import dlib
+
+        self._dlib = dlib
+        self.p6, self.p2 = dlib.pyramid_down(6), dlib.pyramid_down(2)
+        h, w = small.shape[:2]
+        top = self.p2.rect_up(dlib.rectangle(0, 0, w - 1, h - 1))
+        self._levels = [dlib.resize_image(small, top.bottom() + 1, top.right() + 1)]
+
+    def level(self, j: int) -> np.ndarray:
+        while len(self._levels) <= j:
+            self._levels.append(self.p6(self._levels[-1]))
+        return self._levels[j]
+
+    def to_small(self, rect: object, j: int) -> tuple[tuple[int, int, int, int], int] | None:
+        """A detection made on level ``j`` as the full call reports it (in the input image), and the
+        pyramid level it came from; None when it cannot be mapped exactly.
+
+        The detector maps its level-l box up with one rounding (``rect_up(box, l)``); a run started on
+        level j rounds at j too. The level-l box is a HOG_WINDOW square, so it is found by search and
+        mapped up in one step, as the full call does."""
+        dlib = self._dlib
+        found: set[tuple[tuple[int, int, int, int], int]] = set()
+        want = _rect_key(rect)
+        for m in range(64):
+            base = self.p6.rect_down(rect, m)
+            if base.width() < HOG_WINDOW - 4:
+                break
+            for dx in (-2, -1, 0, 1, 2):
+                for dy in (-2, -1, 0, 1, 2):
+                    x, y = base.left() + dx, base.top() + dy
+                    cand = dlib.rectangle(x, y, x + HOG_WINDOW - 1, y + HOG_WINDOW - 1)
+                    if _rect_key(self.p6.rect_up(cand, m)) == want:
+                        found.add((_rect_key(self.p2.rect_down(self.p6.rect_up(cand, m + j))), m + j))
+        boxes = {b for b, _ in found}
+        if len(boxes) != 1:
+            return None
+        return boxes.pop(), min(level for _, level in found)
+
+
+def _min_face(level: int) -> float:
+    """The smallest face box (input-image pixels) a scan starting at ``level`` can report."""
+    return HOG_WINDOW * HOG_LEVEL_RATIO**level / 2
+
+
+def _level_for(face_px: float) -> int:
+    """The deepest start level that still sees faces of ``face_px``."""
+    if face_px <= _min_face(0):
+        return 0
+    return math.floor(math.log(face_px / _min_face(0)) / math.log(HOG_LEVEL_RATIO))
+
+
 class DlibEngine(DlibScoring):
-    """HOG detector + 5-point aligner + 128-d ResNet descriptor (dlib, offline, public-domain models)."""
+    """HOG detector + 5-point aligner + 128-d ResNet descriptor (dlib, offline, public-domain models).
+
+    ``detect`` finds every face down to ~37 px and describes each one (what reference preparation and
+    evaluation use). QC uses the staged calls instead: ``locate`` (boxes and landmarks, a coarse-to-fine
+    scan), ``face_chip`` and ``embed_chip`` (the descriptor, ~90 ms a face, only for an image that passed
+    the cheaper checks). ``legacy=True`` keeps QC on the path of release 0.1 (full scan, every face
+    described) for ``bench/qc.py``'s baseline.
+    """
 
     name = "dlib"
 
-    def __init__(self, *, upsample: int = 1, max_side: int = 1024) -> None:
+    def __init__(self, *, upsample: int = 1, max_side: int = 1024, legacy: bool = False) -> None:
         import dlib
 
         models = dlib_models_dir()
         self.upsample = upsample
         self.max_side = max_side
+        self.legacy = legacy
         self._detector = dlib.get_frontal_face_detector()
         self._shape = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
-        self._encoder = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
+        self._resnet = models / "dlib_face_recognition_resnet_model_v1.dat"
+        self._encoder = dlib.face_recognition_model_v1(str(self._resnet))
+        self._net: object | None = None  # dlib's network on ONNX Runtime, built on QC's first descriptor
+        self._net_tried = legacy  # the legacy path keeps dlib's own code
 
-    def detect(self, rgb: np.ndarray) -> list[Face]:
+    def _small(self, rgb: np.ndarray) -> tuple[np.ndarray, float]:
         h, w = rgb.shape[:2]
         scale = min(1.0, self.max_side / max(h, w))
         small = rgb
@@ -192,12 +285,16 @@ class DlibEngine(DlibScoring):
             import cv2
 
             small = cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
-        small = np.ascontiguousarray(small)
-        rects, scores, _ = self._detector.run(small, self.upsample, 0.0)
+        return np.ascontiguousarray(small), scale
+
+    def _faces(self, small: np.ndarray, scale: float, full: tuple[int, int], rects: list, scores: list) -> list[Face]:
+        import dlib
+
+        w, h = full
         faces = []
-        for rect, score in zip(rects, scores, strict=True):
+        for r, score in zip(rects, scores, strict=True):
+            rect = r if isinstance(r, dlib.rectangle) else dlib.rectangle(*r)
             shape = self._shape(small, rect)
-            emb = np.asarray(self._encoder.compute_face_descriptor(small, shape), dtype=np.float32)
             box = (
                 max(0, int(rect.left() / scale)),
                 max(0, int(rect.top() / scale)),
@@ -205,8 +302,81 @@ class DlibEngine(DlibScoring):
                 min(h, int(rect.bottom() / scale)),
             )
             pts = np.array([(p.x / scale, p.y / scale) for p in shape.parts()], dtype=np.float32)
-            faces.append(Face(box=box, score=float(score), embedding=emb, landmarks=pts))
+            faces.append(Face(box=box, score=float(score), embedding=None, landmarks=pts, native=(small, shape)))
         return faces
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        small, scale = self._small(rgb)
+        rects, scores, _ = self._detector.run(small, self.upsample, 0.0)
+        faces = self._faces(small, scale, (rgb.shape[1], rgb.shape[0]), list(rects), list(scores))
+        for f in faces:
+            _, shape = f.native  # type: ignore[misc]
+            f.embedding = np.asarray(self._encoder.compute_face_descriptor(small, shape), dtype=np.float32)
+        return faces
+
+    def locate(self, rgb: np.ndarray) -> list[Face]:
+        """The faces (boxes, scores, landmarks; no descriptor) QC counts: those ``detect`` finds, with the same
+        boxes and scores, except faces narrower than both 1/8 of the image and 1/3 of its largest face."""
+        small, scale = self._small(rgb)
+        if self.legacy or self.upsample != 1:
+            rects, scores, _ = self._detector.run(small, self.upsample, 0.0)
+            rects, scores = list(rects), list(scores)
+        else:
+            rects, scores = self._coarse_to_fine(small)
+        return self._faces(small, scale, (rgb.shape[1], rgb.shape[0]), rects, scores)
+
+    def _coarse_to_fine(self, small: np.ndarray) -> tuple[list, list[float]]:
+        """Scan from a coarse pyramid level; go finer while a face sits near the first scanned level (a finer
+        level may have found it better) or a face a third as wide as the largest could hide above it, or
+        nothing was found. Level 0 is the full call, so the worst case is today's result, a little later."""
+        pyramid = _HogPyramid(small)
+        j = _level_for(max(small.shape[:2]) * COARSE_FRACTION)
+        while j > 0:
+            rects, scores, _ = self._detector.run(pyramid.level(j), 0, 0.0)
+            mapped = [pyramid.to_small(r, j) for r in rects]
+            if any(m is None for m in mapped):
+                break
+            if not mapped:
+                j = max(0, j - FALLBACK_STEP)
+                continue
+            boxes = [m[0] for m in mapped if m is not None]
+            lowest = min(m[1] for m in mapped if m is not None)
+            need = _level_for(max(b[2] - b[0] for b in boxes) * SECOND_FACE_RATIO)
+            if lowest >= j + LEVEL_MARGIN and j <= need:
+                return boxes, list(scores)
+            j = max(0, min(j - 1, lowest - LEVEL_MARGIN, need))
+        rects, scores, _ = self._detector.run(small, 1, 0.0)
+        return [_rect_key(r) for r in rects], list(scores)
+
+    def face_chip(self, face: Face) -> np.ndarray:
+        """The 150 px aligned face the descriptor reads (dlib's ``compute_face_descriptor`` makes the same)."""
+        import dlib
+
+        small, shape = face.native  # type: ignore[misc]
+        return dlib.get_face_chip(small, shape, 150, 0.25)
+
+    def embed_chip(self, chip: np.ndarray) -> np.ndarray:
+        """The 128-d descriptor of an aligned chip: dlib's network on ONNX Runtime (same numbers, ~10x faster,
+        ``dlib_descriptor``), or dlib's own code when that could not be built."""
+        if not self._net_tried:
+            self._net_tried = True
+            self._net = _fast_descriptor(self._resnet, self._encoder)
+        if self._net is not None:
+            return self._net.embed([chip])[0]  # type: ignore[attr-defined]
+        return np.asarray(self._encoder.compute_face_descriptor(chip), dtype=np.float32)
+
+
+def _fast_descriptor(model_file: Path, reference: object) -> object | None:
+    """dlib's descriptor network on ONNX Runtime, checked against dlib; None (and a warning) if unavailable."""
+    import logging
+
+    try:
+        from ai_influencer.vision.dlib_descriptor import DlibDescriptor
+
+        return DlibDescriptor.load(model_file, reference)
+    except Exception as exc:  # any failure: dlib's own descriptor, slower but the same numbers
+        logging.getLogger(__name__).warning("dlib face descriptor stays on dlib's own code (slower): %s", exc)
+        return None
 
 
 INSIGHTFACE_REQUIRED = ("detection", "recognition")
@@ -283,8 +453,13 @@ def scorer_for(backend: str) -> Scorer:
 
 
 def create_face_engine(
-    backend: str = "dlib", *, insightface_root: Path = Path("models/insightface"), providers: list[str] | None = None
+    backend: str = "dlib",
+    *,
+    insightface_root: Path = Path("models/insightface"),
+    providers: list[str] | None = None,
+    legacy: bool = False,
 ) -> FaceEngine:
+    """``legacy``: dlib on release 0.1's QC path (bench/qc.py's baseline only)."""
     if resolve_backend(backend) == "insightface":
         return InsightFaceEngine(insightface_pack_dir(insightface_root), providers=providers)
-    return DlibEngine()
+    return DlibEngine(legacy=legacy)

@@ -19,7 +19,7 @@ from PIL import Image, PngImagePlugin
 
 from ai_influencer.io import atomic_write_bytes, file_sha256
 from ai_influencer.vision.background import BackgroundRemover
-from ai_influencer.vision.faces import FaceEngine, largest
+from ai_influencer.vision.faces import Face, FaceEngine, largest
 from ai_influencer.vision.image_io import DEFAULT_MAX_PIXELS, BadImageError, list_images, load_rgb
 
 
@@ -62,13 +62,56 @@ def encode_png(rgb: np.ndarray, recipe: dict[str, object] | None = None) -> byte
     return buf.getvalue()
 
 
+MULTI_FACE_HINT = "use a photo of the persona alone, or --allow-multi-face to keep the largest face"
+
+
+def the_face(faces: list[Face], *, allow_multi_face: bool = False) -> Face:
+    """The one face a reference photo must show; the largest of several only when the user allows it.
+
+    Why refuse several: the largest face is not always the persona's (a friend closer to the camera),
+    and a wrong reference silently skews every identity score of the run.
+    """
+    face = largest(faces)
+    if face is None:
+        raise ValueError("no face found")
+    if len(faces) > 1 and not allow_multi_face:
+        raise ValueError(f"{len(faces)} faces found: {MULTI_FACE_HINT}")
+    return face
+
+
+def inspect_reference(
+    src: Path, engine: FaceEngine, *, allow_multi_face: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> PrepareItem:
+    """Whether ``prepare`` will use a photo: it decodes, and shows one face (status "ok"), else why not.
+
+    What ``influencer run`` checks before it starts and ``doctor`` reports: the same rule prepare applies.
+    """
+    faces: list[Face] = []
+    try:
+        faces = engine.detect(load_rgb(src, max_pixels=max_pixels))
+        the_face(faces, allow_multi_face=allow_multi_face)
+    except BadImageError as exc:
+        return PrepareItem(src, None, "error", exc.reason)
+    except ValueError as exc:
+        return PrepareItem(src, None, "error", str(exc), faces=len(faces))
+    return PrepareItem(src, None, "ok", faces=len(faces))
+
+
 def _recipe(
-    src: Path, *, do_facecrop: bool, crop_scale: float, out_size: int, remover: BackgroundRemover | None
+    src: Path,
+    *,
+    do_facecrop: bool,
+    crop_scale: float,
+    out_size: int,
+    remover: BackgroundRemover | None,
+    allow_multi_face: bool = False,
 ) -> dict[str, object]:
     """What an output depends on: the source's bytes and the options, not its name or mtime."""
     return {
         "source_sha256": file_sha256(src),
         "facecrop": do_facecrop,
+        # Outputs made before photos with several faces were refused are checked again once.
+        "multi_face": allow_multi_face if do_facecrop else None,
         "crop_scale": crop_scale,
         "size": out_size,
         # The model's name, not its absolute path: the same models/ folder mounted elsewhere (a job
@@ -97,6 +140,7 @@ def prepare_references(
     out_size: int = 1024,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     overwrite: bool = False,
+    allow_multi_face: bool = False,
 ) -> list[PrepareItem]:
     if do_facecrop and engine is None:
         raise ValueError("face cropping needs a face engine")
@@ -104,7 +148,10 @@ def prepare_references(
     for src in list_images(in_dir):
         target = out_dir / f"{src.stem}.png"
         try:
-            recipe = _recipe(src, do_facecrop=do_facecrop, crop_scale=crop_scale, out_size=out_size, remover=remover)
+            recipe = _recipe(
+                src, do_facecrop=do_facecrop, crop_scale=crop_scale, out_size=out_size, remover=remover,
+                allow_multi_face=allow_multi_face,
+            )  # fmt: skip
         except OSError as exc:
             items.append(PrepareItem(src, None, "error", f"cannot be read: {exc.strerror or exc}"))
             continue
@@ -113,21 +160,31 @@ def prepare_references(
         if not overwrite and target.exists() and _recipe_of(target) == recipe:
             items.append(PrepareItem(src, target, "skipped", "already prepared"))
             continue
+        n_faces = 0
         try:
             rgb = load_rgb(src, max_pixels=max_pixels)
-            n_faces = 0
             if do_facecrop:
                 assert engine is not None
                 faces = engine.detect(rgb)
                 n_faces = len(faces)
-                face = largest(faces)
-                if face is None:
-                    raise BadImageError(src, "no face found")
+                try:
+                    face = the_face(faces, allow_multi_face=allow_multi_face)
+                except ValueError as exc:
+                    raise BadImageError(src, str(exc)) from None
                 rgb = square_face_crop(rgb, face.box, scale=crop_scale, out_size=out_size)
             if remover is not None:
                 rgb = remover.remove(rgb)
             atomic_write_bytes(target, encode_png(rgb, recipe))
             items.append(PrepareItem(src, target, "ok", faces=n_faces))
         except BadImageError as exc:
-            items.append(PrepareItem(src, None, "error", exc.reason))
+            items.append(PrepareItem(src, None, "error", exc.reason, faces=n_faces))
+            _drop_output_of(src, target, recipe)
     return items
+
+
+def _drop_output_of(src: Path, target: Path, recipe: dict[str, object]) -> None:
+    """Remove a reference made earlier from this very photo, now refused (say it shows two faces):
+    left in place, QC would go on using it. A crop is derived and made again in seconds."""
+    made = _recipe_of(target) if target.exists() else None
+    if made is not None and made.get("source_sha256") == recipe["source_sha256"]:
+        target.unlink(missing_ok=True)

@@ -18,16 +18,17 @@ stage over two folders (``run_qc``) and is where other code imports QC names fro
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ai_influencer.dataset.contact_sheet import Tile, render_contact_sheet
 from ai_influencer.dataset.manifest import sidecar_path
 from ai_influencer.dataset.workspace import REPORT_NAME
 from ai_influencer.io import atomic_write_bytes
+from ai_influencer.review.overrides import OverrideStore, apply_overrides
 from ai_influencer.vision.faces import MINSIM_DEFAULT, FaceEngine, Scorer, scorer_for
 from ai_influencer.vision.image_io import DEFAULT_MAX_PIXELS, list_images
-from ai_influencer.vision.qc_analysis import THUMB, Analysis, EngineSpec, ProgressCallback, analyze
+from ai_influencer.vision.qc_analysis import THUMB, Analysis, EngineSpec, Gate, ProgressCallback, analyze
 from ai_influencer.vision.qc_decision import (
     BYTES_TOLERANCE,
     DETAIL_TOLERANCE,
@@ -66,6 +67,7 @@ __all__ = [
     "AnalysisCache",
     "AnalysisPool",
     "EngineSpec",
+    "Gate",
     "ProgressCallback",
     "QCResult",
     "QCRow",
@@ -74,6 +76,7 @@ __all__ = [
     "analyze",
     "analyze_many",
     "decide",
+    "default_workers",
     "engine_parts",
     "publish",
     "read_report",
@@ -120,11 +123,15 @@ def run_qc(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     on_progress: ProgressCallback | None = None,
     cache_dir: Path | None = None,
+    legacy: bool = False,
+    overrides: OverrideStore | None = None,
 ) -> QCResult:
     """Score, filter and dedupe ``cand_dir`` against ``ref_dir``; copy the approved to ``out_dir``.
 
     With ``cache_dir`` every analysis is stored by the image's content (``qc_pool.AnalysisCache``):
-    images checked before, by this stage or by a streamed QC, are not analysed again.
+    images checked before, by this stage or by a streamed QC, are not analysed again. ``overrides``: the
+    user's verdicts (``review.overrides``), which win over QC's own. ``legacy``: release 0.1's QC
+    (analysis and rules), the baseline of ``bench/qc.py``; nothing else uses it.
     """
     th = QCThresholds(
         minsim=minsim,
@@ -134,11 +141,14 @@ def run_qc(
         dup_hash_distance=dup_hash_distance,
         dup_min_score=dup_min_score,
     ).validate()  # before any work: a typo like --minsim 34 fails at once
+    if legacy:
+        spec = replace(spec or EngineSpec(), legacy=True)
     spec, scorer = engine_parts(engine, spec)
-    workers = os.cpu_count() or 1 if workers is None else workers
+    workers = default_workers() if workers is None else workers
     ref_paths, cand_paths = list_images(ref_dir), list_images(cand_dir)
-    cache = analysis_cache(cache_dir, engine, spec, max_pixels)
-    # References and candidates go through one pool: no serial phase before the workers start.
+    cache = None if legacy else analysis_cache(cache_dir, engine, spec, max_pixels)
+    # References and candidates go through one pool; the references first, so that the candidates' cheap
+    # checks (copies of a reference among them) can spare the descriptor.
     everything = analyze_many(
         ref_paths + cand_paths,
         engine=engine,
@@ -147,9 +157,20 @@ def run_qc(
         max_pixels=max_pixels,
         on_progress=on_progress,
         cache=cache,
+        references=len(ref_paths),
+        gate_for=None if legacy else (lambda refs: th.gate(refs)),
     )
     refs, analyses = everything[: len(ref_paths)], everything[len(ref_paths) :]
-    return publish(refs, analyses, cand_dir, out_dir, scorer, th)
+    return publish(refs, analyses, cand_dir, out_dir, scorer, th, overrides, legacy=legacy)
+
+
+def default_workers() -> int:
+    """One QC worker per CPU this process may run on (its affinity mask or cgroup CPU set, not the host's
+    count: a container limited to 2 of 64 CPUs gets 2)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
 
 
 def engine_parts(engine: FaceEngine | None, spec: EngineSpec | None) -> tuple[EngineSpec | None, Scorer]:
@@ -167,6 +188,8 @@ def analysis_cache(
     """The store for this face backend; none for an engine object of unknown make (tests' fakes)."""
     if cache_dir is None:
         return None
+    if spec is not None and spec.legacy:
+        return None
     backend = spec.resolved_backend() if spec is not None else getattr(engine, "name", None)
     return AnalysisCache(cache_dir, backend, max_pixels) if isinstance(backend, str) and backend else None
 
@@ -178,10 +201,14 @@ def publish(
     out_dir: Path,
     scorer: Scorer,
     th: QCThresholds,
+    overrides: OverrideStore | None = None,
+    *,
+    legacy: bool = False,
 ) -> QCResult:
     """Decide over every analysis, then write what QC gives users: the accepted images (and sidecars) in
     ``out_dir``, ``qc_report.csv`` and the contact sheet. Batch and streamed QC both end here."""
-    verdicts, n_refs = decide(refs, analyses, scorer, th)
+    verdicts, n_refs = decide(refs, analyses, scorer, th, legacy=legacy)
+    verdicts = apply_overrides(verdicts, analyses, overrides)  # REVIEW HOOK (issue 28): the user's verdicts win
     by_name = {a.path.name: a for a in analyses}
     names = sorted(by_name)
     accepted = [cand_dir / n for n in names if verdicts[n].verdict == "accepted"]

@@ -4,6 +4,13 @@ Faces, the largest face's embedding, sharpness, detail, perceptual and pixel has
 depend on the image and nothing else, so they can be measured in any order, in worker processes (each
 holding its own face engine, see ``qc_pool``), or one by one as images arrive: the verdicts come later,
 from ``qc_decision.decide`` over the whole batch.
+
+Cheapest first (docs/streaming.md has the costs): the image is decoded once and its hashes, thumbnail and
+compression come from those pixels; the face engine then finds the faces (a coarse-to-fine scan on dlib);
+the face descriptor, the largest single cost left, is computed only when a ``Gate`` cannot already reject
+the image: a copy of a reference, more faces than allowed, a blurred face. Which checks those are depends
+only on the thresholds and the references' hashes, so ``decide`` can tell from an analysis alone whether its
+missing descriptor matters, and a stored analysis is re-done only when a new gate needs the descriptor.
 """
 
 from __future__ import annotations
@@ -20,13 +27,14 @@ from pathlib import Path
 
 import imagehash
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ai_influencer.vision.faces import FaceEngine, create_face_engine, largest, resolve_backend
 from ai_influencer.vision.image_io import DEFAULT_MAX_PIXELS, BadImageError, load_rgb
 from ai_influencer.vision.quality import compression_quality, face_detail, face_sharpness
 
 THUMB = 160
+SAME_PICTURE_BITS = 4  # pHash this close: one picture resized or re-encoded, even when a tiny face embeds badly
 
 ProgressCallback = Callable[[int, int, str], None]  # (done, total, file name)
 
@@ -38,6 +46,7 @@ class EngineSpec:
     backend: str = "dlib"
     insightface_root: str = "models/insightface"
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    legacy: bool = False  # release 0.1's QC path, for bench/qc.py's baseline: never stored in the analysis cache
 
     @classmethod
     def from_settings(cls, settings: object, backend: str | None = None) -> EngineSpec:
@@ -53,7 +62,10 @@ class EngineSpec:
 
     def build(self) -> FaceEngine:
         return create_face_engine(
-            self.backend, insightface_root=Path(self.insightface_root), providers=list(self.providers)
+            self.backend,
+            insightface_root=Path(self.insightface_root),
+            providers=list(self.providers),
+            legacy=self.legacy,
         )
 
 
@@ -75,6 +87,67 @@ class Analysis:
     compression: int = 0  # 100 lossless, else the estimated JPEG quality
     fmt: str = ""
     nbytes: int = 0
+    phash_mirror: str = ""  # of the mirror image: a reference copied and flipped is still a copy
+    skipped: str = ""  # "copy", "faces" or "blur": the face has no descriptor because that check rejects it
+
+
+@dataclass(frozen=True)
+class ReferencePrint:
+    """What a copy of a reference is recognised by, without any face model."""
+
+    name: str
+    pixel_hash: str
+    phash: str
+    phash_mirror: str
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The checks cheaper than the face descriptor; an image failing one of them never pays for it.
+
+    Picklable (it travels to the worker processes with each image)."""
+
+    minblur: float = 0.0
+    max_faces: int = 1_000_000
+    references: tuple[ReferencePrint, ...] = ()
+
+    @classmethod
+    def build(cls, minblur: float, max_faces: int, refs: list[Analysis]) -> Gate:
+        prints = tuple(
+            ReferencePrint(a.path.name, a.pixel_hash, a.phash, a.phash_mirror)
+            for a in sorted(refs, key=lambda a: a.path.name)
+            if not a.error
+        )
+        return cls(minblur, max_faces, prints)
+
+
+def hash_bits(a: str, b: str) -> int:
+    """Hamming distance of two hex pHashes; 65 (no match possible) when either is missing."""
+    return (int(a, 16) ^ int(b, 16)).bit_count() if a and b else 65
+
+
+def copy_of_reference(a: Analysis, references: tuple[ReferencePrint, ...]) -> str:
+    """The name of the reference ``a`` copies (identical pixels, or a pHash within ``SAME_PICTURE_BITS`` of the
+    reference or of its mirror image: resized, re-encoded, retouched or flipped), or ""."""
+    for ref in references:
+        if a.pixel_hash and a.pixel_hash == ref.pixel_hash:
+            return ref.name
+        if min(hash_bits(a.phash, ref.phash), hash_bits(a.phash, ref.phash_mirror)) <= SAME_PICTURE_BITS:
+            return ref.name
+    return ""
+
+
+def skip_reason(a: Analysis, gate: Gate | None) -> str:
+    """Why ``a`` needs no face descriptor under ``gate`` ("copy", "faces", "blur"), or "" when it does."""
+    if gate is None or a.error or a.faces == 0 or a.box is None:
+        return ""
+    if copy_of_reference(a, gate.references):
+        return "copy"
+    if a.faces > gate.max_faces:
+        return "faces"
+    if a.sharpness < gate.minblur:
+        return "blur"
+    return ""
 
 
 def _thumbnail(rgb: np.ndarray, side: int = THUMB) -> Image.Image:
@@ -89,7 +162,49 @@ def _jpeg(im: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def analyze(engine: FaceEngine, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Analysis:
+def analyze(engine: FaceEngine, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, gate: Gate | None = None) -> Analysis:
+    """Everything QC measures on ``path``; the descriptor only when ``gate`` cannot reject the image without it."""
+    if getattr(engine, "legacy", False):
+        return analyze_legacy(engine, path, max_pixels)
+    try:
+        rgb = load_rgb(path, max_pixels=max_pixels)
+        nbytes = path.stat().st_size
+    except BadImageError as exc:
+        return Analysis(path, error=exc.reason)
+    thumb = _thumbnail(rgb)
+    quality, fmt = compression_quality(path)
+    digest = hashlib.sha1(rgb.tobytes(), usedforsecurity=False)
+    digest.update(repr(rgb.shape).encode())
+    # phash shrinks to 32x32 anyway: hashing the thumbnail gives the same bits for a fraction of the cost.
+    result = Analysis(
+        path,
+        phash=str(imagehash.phash(thumb)),
+        phash_mirror=str(imagehash.phash(ImageOps.mirror(thumb))),
+        thumbnail=_jpeg(thumb),
+        pixel_hash=digest.hexdigest(),
+        compression=quality,
+        fmt=fmt,
+        nbytes=nbytes,
+    )
+    staged = hasattr(engine, "locate")
+    faces = engine.locate(rgb) if staged else engine.detect(rgb)  # type: ignore[attr-defined]
+    result.faces = len(faces)
+    face = largest(faces)
+    if face is None:
+        return result
+    result.sharpness = face_sharpness(rgb, face.box)
+    result.detail = face_detail(rgb, face.box)
+    result.box = face.box
+    result.face_px = face.box[2] - face.box[0]
+    result.skipped = skip_reason(result, gate)
+    if not result.skipped:
+        embedding = engine.embed_chip(engine.face_chip(face)) if staged else face.embedding  # type: ignore[attr-defined]
+        result.embedding = embedding
+    return result
+
+
+def analyze_legacy(engine: FaceEngine, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Analysis:
+    """Release 0.1's analysis, unchanged (every face described, full scan): bench/qc.py's baseline."""
     try:
         rgb = load_rgb(path, max_pixels=max_pixels)
         nbytes = path.stat().st_size
@@ -101,7 +216,6 @@ def analyze(engine: FaceEngine, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS
     quality, fmt = compression_quality(path)
     digest = hashlib.sha1(rgb.tobytes(), usedforsecurity=False)
     digest.update(repr(rgb.shape).encode())
-    # phash shrinks to 32x32 anyway: hashing the thumbnail gives the same bits for a fraction of the cost.
     result = Analysis(
         path,
         faces=len(faces),
@@ -154,6 +268,6 @@ def _exit_with_parent(parent: int) -> None:
             os._exit(0)
 
 
-def analyze_in_worker(args: tuple[Path, int]) -> Analysis:
+def analyze_in_worker(args: tuple[Path, int, Gate | None]) -> Analysis:
     assert _worker_engine is not None
     return analyze(_worker_engine, *args)

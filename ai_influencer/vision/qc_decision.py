@@ -16,7 +16,16 @@ and a batch run agree). Per candidate (docs/identity-calibration.md has the meas
   closest one slipping through. The gap keeps the persona's own near misses
   (a soft still, a profile just under ``minsim``) from vetoing the persona's
   other photos, which are naturally closer to each other than to references.
+* copies of a reference: identical pixels, a pHash within 4 bits of the
+  reference or of its mirror image, or within ``dup_hash_distance`` bits with
+  faces scoring >= ``dup_min_score`` (the duplicate rule below, against the
+  references): "copy of reference X". A generator that echoes its input is
+  not making training images.
 * sharpness (``minblur``), face count (``max_faces``).
+* the checks that need no face descriptor (a copy of a reference, too many
+  faces, a blurred face; ``qc_analysis.Gate``) are judged on analyses without
+  one: a descriptor an analysis happens to carry for such an image is set
+  aside, so a verdict never depends on what an earlier run measured.
 * duplicates: images with one face (any identity verdict) with identical pixels, or
   perceptual hashes within 4 bits (one picture resized or re-encoded), or
   within ``dup_hash_distance`` bits with faces scoring >= ``dup_min_score``
@@ -37,14 +46,23 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import replace as _replace
 
 import numpy as np
 
 from ai_influencer.vision.faces import AGREEMENT_SLACK, MINSIM_DEFAULT, Scorer
-from ai_influencer.vision.qc_analysis import Analysis, quality_label
+from ai_influencer.vision.qc_analysis import (
+    SAME_PICTURE_BITS,
+    Analysis,
+    Gate,
+    copy_of_reference,
+    hash_bits,
+    quality_label,
+    skip_reason,
+)
 from ai_influencer.vision.qc_report import QCRow
 
-SAME_PICTURE_BITS = 4  # pHash this close: one picture resized or re-encoded, even when a tiny face embeds badly
+__all__ = ["SAME_PICTURE_BITS", "QCThresholds", "decide", "reference_centroid", "references_needed"]
 DETAIL_TOLERANCE = 1.3  # copies within this factor of the most detailed one count as equally detailed
 FACE_PX_TOLERANCE = 0.9
 SHARPNESS_TOLERANCE = 0.9  # JPEG artefacts add a little "sharpness": a re-encode must not win on that
@@ -86,6 +104,10 @@ class QCThresholds:
         if not 0.0 <= self.dup_min_score <= 1.0:
             raise ValueError(f"dup_min_score must be between 0 and 1, got {self.dup_min_score}")
         return self
+
+    def gate(self, refs: list[Analysis]) -> Gate:
+        """The checks an image can fail before its face descriptor is computed (``qc_analysis.Gate``)."""
+        return Gate.build(self.minblur, self.max_faces, refs)
 
 
 def reference_centroid(engine: Scorer, refs: list[Analysis]) -> tuple[np.ndarray, int]:
@@ -134,19 +156,63 @@ class _References:
 
 
 def decide(
-    refs: list[Analysis], candidates: list[Analysis], scorer: Scorer, thresholds: QCThresholds
+    refs: list[Analysis],
+    candidates: list[Analysis],
+    scorer: Scorer,
+    thresholds: QCThresholds,
+    *,
+    legacy: bool = False,
 ) -> tuple[dict[str, QCRow], int]:
-    """Verdicts by file name, and how many references had a usable face. Pure and order-independent."""
+    """Verdicts by file name, and how many references had a usable face. Pure and order-independent.
+
+    ``legacy``: release 0.1's rules (no reference-copy check, descriptors used wherever present), for
+    ``bench/qc.py``'s baseline."""
     th = thresholds.validate()
     references = _References.build(refs, scorer, th)
     cands = sorted(candidates, key=lambda a: a.path.name)
+    copies: dict[str, str] = {}
+    if not legacy:
+        gate = th.gate(refs)
+        cands = [_without_descriptor(a, why) if (why := skip_reason(a, gate)) else a for a in cands]
+        copies = _reference_copies(cands, refs, gate, scorer, th)
     ident = {a.path.name: references.identity(scorer, a.embedding, th) for a in cands if a.embedding is not None}
     nearest = _nearest_impostors(cands, _impostors(cands, ident, th), scorer, th)
-    rows = {a.path.name: _judge(a, ident.get(a.path.name), nearest.get(a.path.name), references, th) for a in cands}
+    rows = {
+        a.path.name: _judge(a, ident.get(a.path.name), nearest.get(a.path.name), references, th, copies) for a in cands
+    }
     # copies are grouped over every one-face picture, whatever its verdict: the best copy speaks for them all
-    single = [a for a in cands if a.embedding is not None and not a.error and a.faces <= th.max_faces]
+    single = [a for a in cands if a.box is not None and not a.error and a.faces <= th.max_faces]
+    if legacy:
+        single = [a for a in single if a.embedding is not None]
     _reject_copies(rows, single, scorer, th)
     return rows, references.count
+
+
+def _without_descriptor(a: Analysis, why: str) -> Analysis:
+    return a if a.embedding is None and a.skipped == why else _replace(a, embedding=None, skipped=why)
+
+
+def _reference_copies(
+    cands: list[Analysis], refs: list[Analysis], gate: Gate, scorer: Scorer, th: QCThresholds
+) -> dict[str, str]:
+    """Candidates that copy a reference, and which one: by their hashes (``qc_analysis.copy_of_reference``), or
+    by the duplicate rule (pHash, or its mirror, within ``dup_hash_distance`` and faces >= ``dup_min_score``)."""
+    out: dict[str, str] = {}
+    faced_refs = sorted((r for r in refs if r.embedding is not None), key=lambda r: r.path.name)
+    for a in cands:
+        if a.error:
+            continue
+        if name := copy_of_reference(a, gate.references):
+            out[a.path.name] = name
+            continue
+        if a.embedding is None or not faced_refs:
+            continue
+        for r in faced_refs:
+            bits = min(hash_bits(a.phash, r.phash), hash_bits(a.phash, r.phash_mirror))
+            if bits <= th.dup_hash_distance and scorer.identity_score(a.embedding, r.embedding) >= th.dup_min_score:
+                out[a.path.name] = r.path.name
+                break
+    return out
 
 
 def _impostors(cands: list[Analysis], ident: dict[str, _Identity], th: QCThresholds) -> list[Analysis]:
@@ -169,37 +235,43 @@ def _judge(
     impostor: tuple[Analysis, float] | None,
     references: _References,
     th: QCThresholds,
+    copies: dict[str, str] | None = None,
 ) -> QCRow:
     """One candidate's row before duplicates are grouped."""
     name = a.path.name
     if a.error:
         return QCRow(name, 0, None, None, "", "error", a.error)
-    if a.embedding is None or idn is None:
+    if a.box is None and a.embedding is None:
         return QCRow(name, a.faces, None, None, "", "rejected", "no face detected")
+    copied = (copies or {}).get(name, "")
     row = QCRow(
         name,
         a.faces,
-        round(idn.score, 4),
+        None if idn is None else round(idn.score, 4),
         round(a.sharpness, 1),
         "",
         "accepted",
         "",
-        ref_scores=" ".join(f"{s:.3f}" for s in idn.ref_scores),
+        ref_scores="" if idn is None else " ".join(f"{s:.3f}" for s in idn.ref_scores),
         face_px=a.face_px,
         compression=quality_label(a),
     )
     nearest, nearest_score = impostor if impostor is not None else (None, -1.0)
-    if nearest is not None:
+    if nearest is not None and idn is not None:
         row.nearest_impostor = nearest.path.name
         row.impostor_score = round(nearest_score, 4)
         row.margin = round(idn.score - nearest_score, 4)
     reasons = []
-    if why := _identity_reason(idn, row, nearest_score, references, th):
+    if copied:
+        reasons.append(f"copy of reference {copied}")
+    elif idn is not None and (why := _identity_reason(idn, row, nearest_score, references, th)):
         reasons.append(why)
     if a.faces > th.max_faces:
         reasons.append(f"faces: {a.faces} > max {th.max_faces}")
     if a.sharpness < th.minblur:
         reasons.append(f"sharpness: face {a.sharpness:.1f} < minblur {th.minblur:g}")
+    if not reasons and idn is None:  # cannot happen: a face without a descriptor failed a cheap check
+        reasons.append("identity: not measured")
     row.verdict, row.reason = ("rejected", "; ".join(reasons)) if reasons else ("accepted", "")
     return row
 
@@ -293,9 +365,12 @@ def _duplicate_groups(single: list[Analysis], scorer: Scorer, th: QCThresholds) 
     codes = {h: i for i, h in enumerate(sorted({a.pixel_hash for a in single}))}
     pixels = np.array([codes[a.pixel_hash] for a in single])
     same = (pixels[:, None] == pixels[None, :]) | (bits <= min(SAME_PICTURE_BITS, th.dup_hash_distance))
-    close = (bits <= th.dup_hash_distance) & ~same
+    described = np.array([a.embedding is not None for a in single])
+    close = (bits <= th.dup_hash_distance) & ~same & described[:, None] & described[None, :]
     if close.any():
-        emb = np.stack([a.embedding for a in single])  # type: ignore[misc]  # all have faces
+        # a face without a descriptor (a cheap check rejected it) joins a group by its hashes only
+        dim = next(len(a.embedding) for a in single if a.embedding is not None)
+        emb = np.stack([a.embedding if a.embedding is not None else np.zeros(dim) for a in single])
         same |= close & (scorer.identity_scores(emb, emb) >= th.dup_min_score)
     parent = list(range(n))
 

@@ -1,8 +1,9 @@
 """QC verdict rows and ``qc_report.csv``.
 
 The report keeps its first seven columns (what analytics and the hub read) and adds the evidence: score
-per reference, nearest impostor and its score, the margin, face size and compression. Reports written
-before the evidence columns existed still read.
+per reference, nearest impostor and its score, the margin, face size and compression; then the review
+columns (the user's verdict in force and QC's own, ``review.overrides``). Reports written before the
+evidence or review columns existed still read.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from ai_influencer.io import atomic_write_text
 
 LEGACY_FIELDS = ("file", "faces", "score", "sharpness", "duplicate_of", "verdict", "reason")
 EVIDENCE_FIELDS = ("ref_scores", "nearest_impostor", "impostor_score", "margin", "face_px", "compression")
-REPORT_FIELDS = LEGACY_FIELDS + EVIDENCE_FIELDS
+REVIEW_FIELDS = ("override", "auto_verdict")  # the user's verdict in force, and QC's own (review.overrides)
+REPORT_FIELDS = LEGACY_FIELDS + EVIDENCE_FIELDS + REVIEW_FIELDS
 
 
 @dataclass
@@ -34,17 +36,29 @@ class QCRow:
     margin: float | None = None  # score - impostor_score
     face_px: int | None = None
     compression: str = ""
+    override: str = ""  # the user's verdict when one is in force (review.overrides), else empty
+    auto_verdict: str = ""  # QC's own verdict, whatever the user said
 
 
 def tile_label(r: QCRow) -> str:
     """Two short lines under a contact-sheet tile: the evidence, then the verdict's reason."""
     score = "-" if r.score is None else f"{r.score:.2f}"
-    refs = f" [{'/'.join(s[:4] for s in r.ref_scores.split())}]" if r.ref_scores else ""
+    refs = f" [{'/'.join(_two_places(s) for s in r.ref_scores.split())}]" if r.ref_scores else ""
     sharp = "-" if r.sharpness is None else f"{r.sharpness:.0f}"
     first = f"id {score}{refs} sh {sharp}"
+    if r.override and r.override != r.auto_verdict:
+        return f"{first}\nOVERRIDE, was {r.auto_verdict}"
     if r.margin is not None and r.verdict == "accepted":
         return f"{first}\nmargin {r.margin:+.2f}"
     return f"{first}\n{r.reason or r.verdict}"
+
+
+def _two_places(score: str) -> str:
+    """A reference score rounded for a tile (``-0.0512`` -> ``-0.05``; cutting the text gave ``-0.0``)."""
+    try:
+        return f"{float(score):.2f}"
+    except ValueError:
+        return score
 
 
 def _float(value: str | None) -> float | None:
@@ -73,6 +87,8 @@ def read_report(path: Path) -> dict[str, QCRow]:
                 margin=_float(d.get("margin")),
                 face_px=int(d["face_px"]) if d.get("face_px") else None,
                 compression=d.get("compression") or "",
+                override=d.get("override") or "",
+                auto_verdict=d.get("auto_verdict") or "",
             )
     return rows
 

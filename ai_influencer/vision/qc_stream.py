@@ -20,7 +20,6 @@ file), so the watcher needs no sidecar to trust it. Analyses are stored by conte
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -29,13 +28,16 @@ from pathlib import Path
 
 from ai_influencer.dataset.workspace import REPORT_NAME
 from ai_influencer.pacing import StopFlag
+from ai_influencer.review.overrides import OverrideStore, apply_overrides
 from ai_influencer.vision.faces import FaceEngine
 from ai_influencer.vision.image_io import DEFAULT_MAX_PIXELS, list_images
-from ai_influencer.vision.qc import QCResult, analysis_cache, engine_parts, publish
-from ai_influencer.vision.qc_analysis import Analysis, EngineSpec
+from ai_influencer.vision.qc import QCResult, analysis_cache, default_workers, engine_parts, publish
+from ai_influencer.vision.qc_analysis import Analysis, EngineSpec, Gate
 from ai_influencer.vision.qc_decision import QCThresholds, decide, reference_centroid
 from ai_influencer.vision.qc_pool import AnalysisPool
-from ai_influencer.vision.qc_report import write_report
+from ai_influencer.vision.qc_report import QCRow, write_report
+
+OVERSHOOT_WAIT_S = 300.0  # how long ``UntilAccepted.overshoot`` waits for the images still being checked
 
 
 class QCStreamError(RuntimeError):
@@ -58,6 +60,7 @@ class StreamingQC:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         cache_dir: Path | None = None,
         poll_s: float = 0.5,
+        overrides: OverrideStore | None = None,
     ) -> None:
         self.ref_dir, self.cand_dir, self.out_dir = Path(ref_dir), Path(cand_dir), Path(out_dir)
         self.th = thresholds.validate()
@@ -65,12 +68,14 @@ class StreamingQC:
         self.pool = AnalysisPool(
             engine=engine,
             spec=spec,
-            workers=os.cpu_count() or 1 if workers is None else workers,
+            workers=default_workers() if workers is None else workers,
             max_pixels=max_pixels,
             cache=analysis_cache(cache_dir, engine, spec, max_pixels),
         )
         self.poll_s = poll_s
+        self.overrides = overrides  # the user's verdicts win here too (review.overrides)
         self.refs: list[Analysis] = []
+        self.gate: Gate | None = None  # built from the references: what spares a candidate the descriptor
         self._cond = threading.Condition()
         self._seen: set[str] = set()
         self._done: dict[str, Analysis] = {}
@@ -91,6 +96,9 @@ class StreamingQC:
             refs = [self.pool.submit(p) for p in list_images(self.ref_dir)]
             self.refs = [f.result() for f in refs]
             reference_centroid(self.scorer, self.refs)
+            self.gate = self.th.gate(self.refs)
+            if self.overrides is not None:  # REVIEW HOOK (issue 28): an unreadable store fails before any payment
+                self.overrides.current()
             self.scan()
         except BaseException:
             self.pool.shutdown(cancel=True)
@@ -127,7 +135,7 @@ class StreamingQC:
         if known:
             return
         try:
-            future = self.pool.submit(self.cand_dir / name)
+            future = self.pool.submit(self.cand_dir / name, self.gate)
         except BaseException as exc:  # e.g. the pool is already shut down
             self._arrived(name, None, exc)
             return
@@ -184,7 +192,7 @@ class StreamingQC:
             decided, count = self._decided
         if len(analyses) == decided:
             return count
-        verdicts, _ = decide(self.refs, analyses, self.scorer, self.th)
+        verdicts = self._decide(analyses)
         count = sum(v.verdict == "accepted" for v in verdicts.values())
         with self._cond:
             if len(analyses) > self._decided[0]:
@@ -206,12 +214,23 @@ class StreamingQC:
         with self._cond:
             return self._cond.wait_for(lambda: self._closed, timeout)
 
+    def verdicts(self) -> dict[str, QCRow]:
+        """The decision over every image checked so far, by file name (provisional until ``close()``)."""
+        with self._cond:
+            analyses = list(self._done.values())
+        return self._decide(analyses)
+
+    def _decide(self, analyses: list[Analysis]) -> dict[str, QCRow]:
+        """QC's verdicts, then the user's (``review.overrides``), which win: what every count here sees."""
+        verdicts, _ = decide(self.refs, analyses, self.scorer, self.th)
+        return apply_overrides(verdicts, analyses, self.overrides)  # REVIEW HOOK (issue 28)
+
     def write_report(self) -> Path:
         """``qc_report.csv`` for the images checked so far (what generate-until-N's down-weighting reads
         between rounds); ``result()`` writes the final one."""
         with self._cond:
             analyses = list(self._done.values())
-        verdicts, _ = decide(self.refs, analyses, self.scorer, self.th)
+        verdicts = self._decide(analyses)
         return write_report([verdicts[n] for n in sorted(verdicts)], self.out_dir / REPORT_NAME)
 
     def result(self) -> QCResult:
@@ -225,7 +244,7 @@ class StreamingQC:
         names = {p.name for p in list_images(self.cand_dir)} if self.cand_dir.is_dir() else set()
         with self._cond:
             analyses = [a for n, a in self._done.items() if n in names]
-        return publish(self.refs, analyses, self.cand_dir, self.out_dir, self.scorer, self.th)
+        return publish(self.refs, analyses, self.cand_dir, self.out_dir, self.scorer, self.th, self.overrides)
 
 
 class UntilAccepted:
@@ -239,8 +258,14 @@ class UntilAccepted:
     (``overshoot`` counts it). A slower QC holds generation back instead of letting unchecked paid
     images pile up.
 
-    ``image_of(result)`` says what a finished request produced: ``(path, paid)``, or None for a
-    request that produced no image (failed, refused by the budget, stopped).
+    ``image_of(result)`` says what a finished request produced: ``(path, paid)`` or a list of them
+    (a request for several images), or None for a request that produced no image (failed, refused by
+    the budget, stopped).
+
+    ``overshoot`` is counted on the final verdicts, in the order QC finished the images: what the files
+    show (bench/streaming.py counts it from the report and the analysis store's write times). It used
+    to be the count at the moment the provisional count first reached ``target``, which a later image
+    can revise (a better copy, a look-alike): a run reported 12 where the files showed 10.
     """
 
     def __init__(
@@ -248,7 +273,7 @@ class UntilAccepted:
         stream: StreamingQC,
         target: int,
         window: int,
-        image_of: Callable[[object], tuple[Path, bool] | None],
+        image_of: Callable[[object], tuple[Path, bool] | list[tuple[Path, bool]] | None],
         stop: StopFlag | None = None,
     ) -> None:
         self.stream = stream
@@ -260,13 +285,15 @@ class UntilAccepted:
         self.paid = 0  # this run's paid images
         self.paid_checked = 0
         self.paid_at_target: int | None = None  # paid images checked when the target was first reached
+        self._checked_order: list[str] = []  # this run's paid images, in the order QC finished them
         self._cond = threading.Condition()
 
     def pass_rate(self) -> float:
         """Accepted over checked so far, smoothed (an empty start counts as one in two)."""
         return (self.stream.accepted() + 1) / (self.stream.checked + 2)
 
-    def enter(self) -> None:
+    def enter(self, images: int = 1) -> None:
+        """A request for ``images`` images may be sent (it takes that many places of the window)."""
         with self._cond:
             while True:
                 if self.stop is not None:
@@ -274,7 +301,7 @@ class UntilAccepted:
                 accepted = self.stream.accepted()
                 promised = accepted + self.open * self.pass_rate()
                 if accepted >= self.target or (self.open < self.window and promised < self.target):
-                    self.open += 1  # a reached target is let through: keep_going stops the loop next
+                    self.open += images  # a reached target is let through: keep_going stops the loop next
                     return
                 self._cond.wait(0.25)
 
@@ -286,31 +313,47 @@ class UntilAccepted:
     def keep_going(self) -> bool:
         return self.stream.accepted() < self.target
 
-    def on_done(self, future: object) -> None:
+    def on_done(self, future: object, images: int = 1) -> None:
+        """A request for ``images`` images finished: each image it produced goes to QC (and leaves the
+        window once checked); the places of images it did not produce (failed, short answer) free now."""
         try:
             produced = self.image_of(future.result())  # type: ignore[attr-defined]
         except Exception:
             produced = None
-        if produced is None:
+        items = [] if produced is None else [produced] if isinstance(produced, tuple) else list(produced)
+        for _ in range(max(0, images - len(items))):
             self.leave()
-            return
-        path, paid = produced
-        if paid:
-            with self._cond:
-                self.paid += 1
-        self.stream.feed(path, on_checked=lambda: self._checked(paid))
+        for path, paid in items:
+            if paid:
+                with self._cond:
+                    self.paid += 1
+            self.stream.feed(path, on_checked=lambda paid=paid, name=Path(path).name: self._checked(paid, name))
 
-    def _checked(self, paid: bool) -> None:
+    def _checked(self, paid: bool, name: str) -> None:
         reached = self.stream.accepted() >= self.target
         with self._cond:
             if paid:
                 self.paid_checked += 1
+                self._checked_order.append(name)
             if reached and self.paid_at_target is None:
                 self.paid_at_target = self.paid_checked
         self.leave()
 
     @property
     def overshoot(self) -> int:
-        """Paid images beyond the one that brought QC to ``target`` (0 if it was never reached)."""
+        """This run's paid images that QC finished after the one that brought the accepted count to ``target``,
+        by the final verdicts (0 if the target was never reached). Waits for the images still being checked."""
+        self.stream.wait_idle(OVERSHOOT_WAIT_S)
+        verdicts = self.stream.verdicts()
         with self._cond:
-            return 0 if self.paid_at_target is None else self.paid - self.paid_at_target
+            order, paid = list(self._checked_order), self.paid
+        mine = set(order)
+        accepted = sum(r.verdict == "accepted" for n, r in verdicts.items() if n not in mine)  # from earlier runs
+        if accepted >= self.target:
+            return paid
+        for position, name in enumerate(order, start=1):
+            row = verdicts.get(name)
+            accepted += row is not None and row.verdict == "accepted"
+            if accepted >= self.target:
+                return paid - position
+        return 0

@@ -9,7 +9,9 @@ one clear line and exit non-zero instead of a traceback.
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,13 +56,91 @@ BackendOpt = Annotated[
 ]
 
 
+# Exit codes: 0 done; 1 an error (one line on stderr); 2 some images failed (or a usage error, Click's
+# own code); 3 a triggered run did not complete (`trigger --wait`); 4 the budget refused images
+# (everything within it is saved; raise --budget or run again to continue); 128+N stopped by signal N.
+EXIT_ERROR = 1
+EXIT_FAILED = 2
+EXIT_RUN_FAILED = 3
+EXIT_BUDGET = 4
+
+
 class CliError(Exception):
     """An expected failure reported as one line."""
 
 
+# Prefect settings this CLI changes by default, each only where the user has not set it anywhere
+# Prefect reads settings from. Analytics: the embedded server's telemetry service phones home at every
+# start, and on an offline machine each run printed "ERROR | prefect.server.services.telemetry - Failed
+# to send telemetry"; the SDK's own events follow the same setting when no PREFECT_API_URL is set.
+PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": (
+        ("server", "ephemeral", "startup_timeout_seconds"),
+        EPHEMERAL_STARTUP_TIMEOUT_S,
+    ),
+    "PREFECT_SERVER_ANALYTICS_ENABLED": (("server", "analytics_enabled"), "false"),
+}
+
+
+def _toml(path: Path) -> dict:
+    import tomllib
+
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _set_by_user(env_name: str, toml_keys: tuple[str, ...]) -> bool:
+    """Whether the user set this Prefect setting: environment, ``.env``, ``prefect.toml``, ``pyproject.toml``
+    ``[tool.prefect]`` (all in the current folder) or the active profile. Read without importing Prefect
+    (a second), the way Prefect 3 reads them."""
+    if env_name in os.environ:
+        return True
+    cwd = Path.cwd()
+    try:
+        dotenv = (cwd / ".env").read_text(encoding="utf-8") if (cwd / ".env").is_file() else ""
+    except OSError:
+        dotenv = ""
+    if any(line.strip().startswith(f"{env_name}=") for line in dotenv.splitlines()):
+        return True
+    for table in (_toml(cwd / "prefect.toml"), _toml(cwd / "pyproject.toml").get("tool", {}).get("prefect", {})):
+        for key in toml_keys[:-1]:
+            table = table.get(key, {}) if isinstance(table, dict) else {}
+        if isinstance(table, dict) and toml_keys[-1] in table:
+            return True
+    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
+    profiles = _toml(Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")).expanduser())
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active") or "ephemeral"
+    return env_name in profiles.get("profiles", {}).get(active, {})
+
+
+def prefect_defaults() -> None:
+    """This CLI's defaults for Prefect (see ``PREFECT_DEFAULTS``), set before Prefect is imported."""
+    for env_name, (toml_keys, value) in PREFECT_DEFAULTS.items():
+        if not _set_by_user(env_name, toml_keys):
+            os.environ[env_name] = value
+
+
+class _ConsoleLog(logging.Handler):
+    """The project's own log lines (e.g. ``retrying in 4 s: ...``) on the console, above any progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from rich.markup import escape
+
+        style = "yellow" if record.levelno < logging.ERROR else "bold red"
+        console.print(f"[{style}]{record.levelname.lower()}:[/] {escape(record.getMessage())}", highlight=False)
+
+
+CONSOLE_LOG = _ConsoleLog(logging.WARNING)
+
+
 @app.callback()
 def _startup() -> None:
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_TIMEOUT_S)
+    prefect_defaults()
+    project = logging.getLogger("ai_influencer")
+    if CONSOLE_LOG not in project.handlers:
+        project.addHandler(CONSOLE_LOG)
 
 
 def one_line(exc: BaseException, *, first_line_only: bool = False) -> str:
@@ -96,28 +176,32 @@ def one_line(exc: BaseException, *, first_line_only: bool = False) -> str:
     return text.splitlines()[0] if first_line_only else text
 
 
-@contextmanager
-def friendly_errors() -> Iterator[None]:
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """The failures a command reports as one line. Prefect's HTTP error only when Prefect is loaded:
+    importing it costs a second, and a command that never loaded it cannot have raised it."""
     import httpx
-    from prefect.exceptions import PrefectHTTPStatusError
 
-    from ai_influencer.openrouter import OpenRouterError
+    from ai_influencer.openrouter.errors import OpenRouterError
     from ai_influencer.prompt_bank import PromptBankError
 
+    found: tuple[type[BaseException], ...] = (
+        CliError, MissingApiKeyError, PromptBankError, OpenRouterError, ValueError, FileNotFoundError,
+        httpx.HTTPError,
+    )  # fmt: skip
+    if "prefect.exceptions" in sys.modules:
+        found += (sys.modules["prefect.exceptions"].PrefectHTTPStatusError,)
+    return found
+
+
+@contextmanager
+def friendly_errors() -> Iterator[None]:
     try:
         yield
-    except (
-        CliError,
-        MissingApiKeyError,
-        PromptBankError,
-        OpenRouterError,
-        ValueError,
-        FileNotFoundError,
-        httpx.HTTPError,
-        PrefectHTTPStatusError,
-    ) as exc:
+    except Exception as exc:
+        if not isinstance(exc, expected_errors()):
+            raise
         console.print(f"[bold red]error:[/] {one_line(exc)}", highlight=False, markup=True, soft_wrap=True)
-        raise typer.Exit(code=1) from None
+        raise typer.Exit(code=EXIT_ERROR) from None
 
 
 def settings() -> Settings:

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from ai_influencer.diagnostics import Check
-from interfaces.cli.base import CliError, app, client, friendly_errors, out, settings, workspace
+from interfaces.cli.base import EXIT_RUN_FAILED, CliError, app, friendly_errors, out, settings, workspace
 
 PANEL = "Setup and operations"
 
@@ -24,38 +24,66 @@ app.add_typer(stack_app, name="stack", rich_help_panel=PANEL)
 @app.command(rich_help_panel=PANEL)
 def init(
     root: Annotated[Path, typer.Argument(help="Folder of the workspace (default: here).")] = Path("."),
+    name: Annotated[str | None, typer.Option(help="The persona's name (asked when omitted in a terminal).")] = None,
+    class_word: Annotated[
+        str | None,
+        typer.Option(help="The persona's class word, as in captions 'ohwx <class word>': woman, man, person..."),
+    ] = None,
+    description: Annotated[
+        str | None, typer.Option(help="Identity traits kept in every prompt (age, hair, eyes, ...).")
+    ] = None,
 ) -> None:
-    """Scaffold a workspace: data/ and models/ folders, a prompt bank to edit, a commented .env."""
+    """Scaffold a workspace: data/ and models/ folders, a prompt bank for your persona, a commented .env."""
     from ai_influencer.dataset.workspace import Workspace, scaffold
+    from ai_influencer.diagnostics import template_persona
+    from ai_influencer.prompt_bank import load_prompt_bank
 
     with friendly_errors():
         s = settings()
         root = root.resolve()
         ws = Workspace(root / s.data_root, root / s.models_root)  # relative settings are under the workspace
-        created = scaffold(ws, root / s.prompt_bank, root / ".env")
+        bank = root / s.prompt_bank
+        persona = {"name": name, "class_word": class_word, "description": description}
+        if not bank.exists() and sys.stdin.isatty() and name is None:
+            template = template_persona()
+            persona["name"] = typer.prompt("Persona's name", default=template.name)
+            persona["class_word"] = class_word or typer.prompt(
+                "Class word (captions read 'ohwx <class word>')", default=template.class_word
+            )
+            persona["description"] = description or typer.prompt(
+                "Identity traits (age, hair, eyes...)", default=template.description
+            )
+        given = {k: v for k, v in persona.items() if v is not None}
+        created = scaffold(ws, bank, root / ".env", given)
         for path in created:
             out.print(f"created {path}")
+        who = load_prompt_bank(bank).persona
+        if bank not in created and given:
+            out.print(f"{bank} already exists: persona left as it is ({who.name!r}); edit it there")
+        template = template_persona()
+        note = ""
+        if bank in created and (who.name, who.class_word) == (template.name, template.class_word):
+            note = " (the template's: pass --name/--class-word/--description, or edit the bank)"
+        elif bank in created and who.description == template.description:
+            note = f" (the description is the template's: edit persona.description in {bank})"
+        out.print(f"persona {who.name!r}: captions read '{who.trigger_token} {who.class_word}'{note}")
         out.print(
             f"workspace ready in {root}: put at least 2 photos of the persona in {ws.input_raw}/, "
             "set OPENROUTER_API_KEY (or `influencer set-key`), then `influencer doctor` and `influencer run`"
         )
 
 
-def _key_check() -> Check:
-    """Where the key comes from (block, then environment), and a free GET /key with it."""
+def _openrouter_checks() -> list[Check]:
+    """The key where `run` finds it (block, then environment), against its base URL, and the models
+    `run` calls: the same checks `run` makes before it starts."""
+    from ai_influencer import diagnostics as d
     from blocks.openrouter import resolve_settings
 
     resolved, source = resolve_settings(settings())
-    if resolved.openrouter_api_key is None:
-        return Check("OpenRouter key", "fail", "none found", "`influencer set-key` or OPENROUTER_API_KEY")
-    try:
-        with client(resolved) as c:
-            info = c.key_info()
-    except Exception as exc:  # shown as the check's result
-        return Check("OpenRouter key", "fail", f"from {source}: {exc}", "check the key and OPENROUTER_BASE_URL")
-    left = "no limit" if info.limit_remaining is None else f"${info.limit_remaining:.2f} left"
-    status = "fail" if info.limit_remaining is not None and info.limit_remaining <= 0 else "ok"
-    return Check("OpenRouter key", status, f"from {source}: works ({left})", "add credits" if status == "fail" else "")
+    return [
+        d.check_openrouter_key(resolved, source),
+        d.check_openrouter_models(resolved, {"text": resolved.text_model, "image": resolved.image_model}),
+    ]
 
 
 def _prefect_check() -> Check:
@@ -83,14 +111,17 @@ def doctor(
 ) -> None:
     """Check the installation and the workspace; each line ok, or what to do. Exit 1 if something fails.
 
-    Images that do not decode are moved to .quarantine/ so the next run redoes them.
+    The reference photos are decoded and their faces counted (what `run` will use or skip); the key, base
+    URL and models are checked as `run` checks them. Images that do not decode are moved to .quarantine/
+    so the next run redoes them.
     """
     from ai_influencer import diagnostics as d
 
     with friendly_errors():
         s, ws = settings(), workspace()
         checks = [
-            *d.check_workspace(ws), d.check_prompt_bank(Path(s.prompt_bank)), _key_check(), _prefect_check(),
+            *d.check_workspace(ws), d.check_reference_photos(s, ws.input_raw),
+            *d.check_prompt_bank_and_persona(Path(s.prompt_bank)), *_openrouter_checks(), _prefect_check(),
             *d.check_models(s, ws), *d.check_compute(s), d.check_disk(ws), d.check_images(ws, fix),
         ]  # fmt: skip
         style = {"ok": "green", "warn": "yellow", "fail": "bold red"}
@@ -197,7 +228,7 @@ def compose_command() -> list[str]:
     legacy = shutil.which("docker-compose")
     if legacy:
         return [legacy, *project]
-    raise CliError("neither `docker compose` nor `docker-compose` is installed (see README 'Running on a GPU server')")
+    raise CliError("neither `docker compose` nor `docker-compose` is installed (see docs/gpu-server.md)")
 
 
 def _compose(args: list[str]) -> None:
@@ -259,7 +290,7 @@ def trigger(
                     final = wait_for_run(client, run["id"])
                     out.print(f"flow run {run['name']}: {final['state_type']}")
                     if final["state_type"] != "COMPLETED":
-                        raise typer.Exit(code=3)
+                        raise typer.Exit(code=EXIT_RUN_FAILED)
         except (PermissionError, LookupError) as exc:
             raise CliError(str(exc)) from None
 
@@ -284,8 +315,9 @@ def hub(
         from interfaces.hub.app import create_app
 
         h, p = host or s.hub_host, port or s.hub_port
+        hub_app = create_app(s, bind=h)  # refuses an empty token, or a short one on a non-loopback address
         out.print(f"Control Hub on http://{h}:{p}/  (API docs: /docs)")
-        uvicorn.run(create_app(s), host=h, port=p, log_level="info")
+        uvicorn.run(hub_app, host=h, port=p, log_level="info")
 
 
 @app.command(rich_help_panel=PANEL)

@@ -42,8 +42,10 @@ def models(
     """List OpenRouter models (cached), optionally only image generators."""
     with friendly_errors():
         from ai_influencer.openrouter import OpenRouterClient
+        from blocks.openrouter import resolve_settings
 
-        client = OpenRouterClient(**OpenRouterClient._settings_kwargs(settings()))  # /models needs no key
+        # The base URL stored with the key (`set-key --base-url`) wins, as for every other call; /models needs no key.
+        client = OpenRouterClient(**OpenRouterClient._settings_kwargs(resolve_settings(settings())[0]))
         found = client.list_models(output_modality, refresh=refresh)
         if as_json:
             out.print_json(json.dumps([m.model_dump() for m in found]))
@@ -88,7 +90,8 @@ def _usd(v: float | None) -> str:
 
 @report_app.command("costs")
 def report_costs(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Spend, accepted images and cost per accepted image, per run and per model."""
+    """Spend (billed) beside the price lines' estimate, accepted images and cost per accepted image, per run
+    and per model."""
     with friendly_errors():
         costs = _report().costs
         if as_json:
@@ -96,11 +99,12 @@ def report_costs(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
             return
         for section in ("by_run", "by_model", "total"):
             table = Table(
-                section.replace("_", " "), "images", "checked", "accepted", "spend", "per accepted", "unpriced"
-            )
+                section.replace("_", " "), "images", "checked", "accepted", "spend", "estimated", "per accepted",
+                "unpriced",
+            )  # fmt: skip
             for r in costs[section]:
                 table.add_row(
-                    r.group, str(r.images), str(r.checked), str(r.accepted), _usd(r.spend_usd),
+                    r.group, str(r.images), str(r.checked), str(r.accepted), _usd(r.spend_usd), _usd(r.estimate_usd),
                     _usd(r.cost_per_accepted_usd), str(r.unpriced),
                 )  # fmt: skip
             out.print(table)

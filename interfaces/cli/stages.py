@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ai_influencer import usecases
+from ai_influencer.image_options import IMAGE_OPTION_DEFAULTS as _IMG_DEFAULTS
+from ai_influencer.image_options import N_MAX as _N_MAX
+from ai_influencer.image_options import option_help
 from ai_influencer.settings import Settings
 from interfaces.cli.base import (
+    CONSOLE_LOG,
+    EXIT_BUDGET,
+    EXIT_FAILED,
     NONCOMMERCIAL,
     BackendOpt,
     BankOpt,
@@ -21,6 +30,7 @@ from interfaces.cli.base import (
     bank_path,
     client,
     console,
+    expected_errors,
     friendly_errors,
     one_line,
     out,
@@ -28,7 +38,22 @@ from interfaces.cli.base import (
     workspace,
 )
 
+if TYPE_CHECKING:
+    from ai_influencer.diagnostics import Check
+    from ai_influencer.image_options import ImageOptions
+
 PANEL = "Pipeline stages"
+AllowMultiFaceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-multi-face",
+        help="Use reference photos that show several faces, keeping the largest (by default they are refused: "
+        "the largest face is not always the persona's).",
+    ),
+]
+
+# The image options' defaults and help come from their one place (ImageOptions); the CLI only shows them.
+_IMG_HELP = {name: option_help(name) for name in ("size", "n", "seed", "quality", "output_format")}
 
 
 def _progress(label: str, extra: str) -> Progress:
@@ -52,6 +77,7 @@ def prepare(
     size: Annotated[int, typer.Option(help="Output side in pixels.")] = 1024,
     overwrite: Annotated[bool, typer.Option(help="Redo images already prepared.")] = False,
     backend: BackendOpt = None,
+    allow_multi_face: AllowMultiFaceOpt = False,
 ) -> None:
     with friendly_errors():
         ws = workspace()
@@ -60,7 +86,7 @@ def prepare(
             try:
                 outcome = usecases.prepare(
                     settings(), src, dst, do_rembg=do_rembg, do_facecrop=do_facecrop, size=size,
-                    overwrite=overwrite, backend=backend,
+                    overwrite=overwrite, backend=backend, allow_multi_face=allow_multi_face,
                 )  # fmt: skip
             except usecases.NotEnoughReferencesError as exc:
                 raise CliError(str(exc)) from None
@@ -92,7 +118,8 @@ def generate(
     model: Annotated[str | None, typer.Option(help="Image model (default: settings.image_model).")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder.")] = None,
     per_scene: Annotated[int, typer.Option("--per-scene", "--per_scene", min=1, help="Images per scene.")] = 12,
-    size: Annotated[str, typer.Option(help="WxH; sent as aspect ratio.")] = "1024x1024",
+    size: Annotated[str, typer.Option(help=_IMG_HELP["size"])] = _IMG_DEFAULTS.size,
+    n: Annotated[int, typer.Option("--n", min=1, max=_N_MAX, help=_IMG_HELP["n"])] = _IMG_DEFAULTS.n,
     sleep: Annotated[
         float, typer.Option(min=0, help="Minimum seconds between request starts (the manual's pacing; = --rate 1/s).")
     ] = 0.0,
@@ -105,70 +132,104 @@ def generate(
         ),
     ] = None,
     concurrency: Annotated[int, typer.Option(min=1, max=64, help="Requests in flight.")] = 4,
-    seed: Annotated[int, typer.Option(help="Prompt composition seed.")] = 0,
+    seed: Annotated[int | None, typer.Option(help=_IMG_HELP["seed"])] = _IMG_DEFAULTS.seed,
+    quality: Annotated[str | None, typer.Option(help=_IMG_HELP["quality"])] = None,
+    output_format: Annotated[str | None, typer.Option("--format", help=_IMG_HELP["output_format"])] = None,
+    provider: Annotated[
+        list[str] | None, typer.Option(help="Only these Image API providers (slug; repeatable), no fallbacks.")
+    ] = None,
     ref: Annotated[
         Path | None, typer.Option("--ref", help="Reference photos sent with each request (e.g. data/cleaned).")
     ] = None,
+    regenerate: Annotated[
+        bool, typer.Option(help="Remake images made with an earlier set of reference photos (kept otherwise).")
+    ] = False,
     limit: Annotated[int | None, typer.Option(help="Generate at most this many (after skipping done ones).")] = None,
     budget: Annotated[
         float | None, typer.Option(min=0, help="Send no paid request that could take the spend beyond this (USD).")
     ] = None,
     estimate_usd: Annotated[
-        float | None, typer.Option("--estimate-usd", min=0, help="Expected cost of one image (default: listed price).")
+        float | None,
+        typer.Option("--estimate-usd", min=0, help="Expected cost of one image where the endpoint lists no price."),
     ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the plan, the route and the price estimate; send nothing paid.")
+    ] = False,
 ) -> None:
-    """Generate images through OpenRouter: content-addressed, resumable, with a manifest.
+    """Generate images through OpenRouter's Image API (or chat, for models only it serves): planned by
+    slot, several images per request with --n, resumable, with a manifest and a price estimate first.
 
     Ctrl-C or SIGTERM stops sending new requests; the ones already sent finish and are saved
-    (a second Ctrl-C stops at once).
+    (a second Ctrl-C stops at once). Exit code 2: some images failed; 4: the budget refused images.
     """
+    from ai_influencer.image_options import ProviderRouting, image_options
     from ai_influencer.pacing import StopFlag, drain_on_signals
 
     with friendly_errors():
         s = settings()
         target = out_dir or workspace().synth
         model = model or s.image_model
-        plan = usecases.plan_requests(
-            bank_path(prompt_bank), target, model=model, per_scene=per_scene, size=size, seed=seed,
-            references=ref, limit=limit,
-        )  # fmt: skip
-        todo = len(plan.todo)
-        console.print(
-            f"{len(plan.requests)} requested, {plan.already_done} already done, {todo} to generate -> {target}"
+        routing = ProviderRouting(only=provider, allow_fallbacks=False) if provider else None
+        options = image_options(
+            size=size,
+            n=n,
+            seed=seed,
+            quality=quality,
+            output_format=output_format,
+            provider=routing,
         )
-        if not plan.todo:
+        plan = usecases.plan_requests(
+            bank_path(prompt_bank), target, model=model, per_scene=per_scene, options=options, references=ref,
+            limit=limit, regenerate=regenerate,
+        )  # fmt: skip
+        console.print(f"{plan.summary()} -> {target}")
+        if not plan.todo and not dry_run:
             out.print(f"nothing to generate; manifest: {target / 'manifest.json'}")
             return
         ceiling = 1.0 / sleep if sleep > 0 else rate  # no default ceiling: the release before AIMD had none
         stop = StopFlag()
-        with (
-            client(s) as c,
-            drain_on_signals(stop, redeliver=False),
-            _progress("generate", "{task.fields[cost]}") as bar,
-        ):
-            task = bar.add_task("images", total=len(plan.todo), cost="")
+        with client(s) as c:
+            route = usecases.prepare_route(c, plan, estimate_usd=estimate_usd, check_key=not dry_run)
+            for line in usecases.describe_plan(plan, route)[1:]:
+                out.print(f"plan: {line}")
+            if dry_run:
+                out.print("dry run: nothing was sent")
+                return
+            with drain_on_signals(stop, redeliver=False), _progress("generate", "{task.fields[cost]}") as bar:
+                task = bar.add_task("images", total=plan.images_todo, cost="")
 
-            def tick(outcome: object) -> None:
-                if outcome.error and outcome.status != "stopped":  # type: ignore[attr-defined]
-                    bar.console.print(f"[yellow]{outcome.status}[/] {outcome.request.key}: {outcome.error}")  # type: ignore[attr-defined]
-                bar.update(task, advance=1)
+                def tick(outcome: object) -> None:
+                    if outcome.error and outcome.status != "stopped":  # type: ignore[attr-defined]
+                        bar.console.print(f"[yellow]{outcome.status}[/] {outcome.request.key}: {outcome.error}")  # type: ignore[attr-defined]
+                    bar.update(task, advance=outcome.request.n)  # type: ignore[attr-defined]
 
-            done = usecases.generate(
-                c, plan, target, rate_per_s=ceiling or None, concurrency=concurrency, budget_usd=budget,
-                estimate_usd=estimate_usd, stop=stop, on_done=tick,
-            )  # fmt: skip
+                done = usecases.generate(
+                    c, plan, target, rate_per_s=ceiling or None, concurrency=concurrency, budget_usd=budget,
+                    estimate_usd=estimate_usd, stop=stop, on_done=tick, route=route,
+                )  # fmt: skip
         money = done.money
         unpriced = f" ({money['unpriced_calls']} unpriced, counted at the estimate)" if money["unpriced_calls"] else ""
+        short = f", {done.short} short answer(s) (the rest stay owed)" if done.short else ""
+        est = done.estimated_paid_usd
+        estimated = "" if est is None else f"; by the price lines ${est:.4f}"
+        refused, stopped = done.images("budget"), done.images("stopped")
         out.print(
-            f"generated {done.count('generated')}, failed {done.count('failed')}, refused by budget "
-            f"{done.count('budget')}, not sent after stop {done.count('stopped')}; spent ${money['spent_usd']:.4f}"
-            f"{unpriced}; {done.pacing.describe()}; manifest: {target / 'manifest.json'}"
+            f"generated {done.images()}, failed {done.images('failed')}, refused by budget {refused}, not sent "
+            f"after stop {stopped} (images; {money['paid_calls']} paid requests{short}); spent "
+            f"${money['spent_usd']:.4f}{unpriced}{estimated}; {done.pacing.describe()}; "
+            f"manifest: {target / 'manifest.json'}"
         )
         if stop.is_set():
             console.print(f"[yellow]stopped:[/] {stop.reason}; every image already paid for is saved")
             raise typer.Exit(code=128 + (stop.signal or 15))
         if done.count("failed"):
-            raise typer.Exit(code=2)
+            raise typer.Exit(code=EXIT_FAILED)
+        if done.count("budget"):
+            console.print(
+                f"[yellow]budget reached:[/] {done.images('budget')} images not generated within --budget {budget} "
+                f"(exit code {EXIT_BUDGET}); raise --budget or run again to continue"
+            )
+            raise typer.Exit(code=EXIT_BUDGET)
 
 
 def _threshold(**value: float) -> float:
@@ -182,43 +243,61 @@ def _threshold(**value: float) -> float:
     return next(iter(value.values()))
 
 
-@app.command(
+qc_app = typer.Typer(pretty_exceptions_show_locals=False)  # ``influencer qc`` runs QC; ``qc calibrate`` (review.py)
+app.add_typer(
+    qc_app,
+    name="qc",
     rich_help_panel=PANEL,
     help="Identity QC: calibrated identity score vs the references (each reference must agree, and a face closer "
-    f"to another person in the batch is rejected), face sharpness, dedupe keeping the best copy. {NONCOMMERCIAL}",
+    "to another person in the batch is rejected), face sharpness, dedupe keeping the best copy; your review "
+    f"overrides win. Thresholds: --minsim/--minblur > this persona's calibration > default. {NONCOMMERCIAL}",
 )
+
+
+@qc_app.callback(invoke_without_command=True)
 def qc(
+    ctx: typer.Context,
     ref: Annotated[Path | None, typer.Option("--ref", help="References (default data/cleaned).")] = None,
     cand: Annotated[Path | None, typer.Option("--cand", help="Candidates (default data/synth_openrouter).")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Approved copies (default data/qc_passed).")] = None,
     minsim: Annotated[
-        float,
+        float | None,
         typer.Option(
-            callback=lambda v: _threshold(minsim=v),
-            help="Minimum identity score, 0..1; 0.34 = same person on either backend (docs/identity-calibration.md).",
+            callback=lambda v: v if v is None else _threshold(minsim=v),
+            help="Minimum identity score, 0..1; 0.34 = same person on either backend (docs/identity-calibration.md). "
+            "Default: this persona's calibration (`influencer qc calibrate --apply`), else 0.34.",
+            show_default=False,
         ),
-    ] = 0.34,
+    ] = None,
     minblur: Annotated[
-        float,
+        float | None,
         typer.Option(
-            callback=lambda v: _threshold(minblur=v),
-            help="Minimum face sharpness, >= 0; 80 = the sharp/blurred line at any resolution.",
+            callback=lambda v: v if v is None else _threshold(minblur=v),
+            help="Minimum face sharpness, >= 0; 80 = the sharp/blurred line at any resolution. "
+            "Default: this persona's calibration, else 80.",
+            show_default=False,
         ),
-    ] = 80.0,
+    ] = None,
     max_faces: Annotated[int, typer.Option("--max-faces", "--max_faces", help="Reject images with more faces.")] = 1,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")] = None,
     backend: BackendOpt = None,
 ) -> None:
+    if ctx.invoked_subcommand is not None:  # `qc [--minsim X] calibrate`: compare against the given values
+        ctx.obj = {"minsim": minsim, "minblur": minblur}
+        return
+    from ai_influencer.review.persona import effective_thresholds
     from ai_influencer.vision.qc import QCThresholds
 
     with friendly_errors():
         ws = workspace()
+        chosen = effective_thresholds(ws, {"minsim": minsim, "minblur": minblur})
+        out.print(f"thresholds: {chosen.describe()}", highlight=False)
         with _progress("qc", "{task.fields[file]}") as bar:
             task = bar.add_task("images", total=None, file="")
             job = usecases.QCJob(
                 ref or ws.cleaned, cand or ws.synth, out_dir or ws.qc_passed,
-                QCThresholds(minsim=minsim, minblur=minblur, max_faces=max_faces),
-                backend=backend, workers=workers, cache_dir=ws.qc_cache,
+                QCThresholds(minsim=chosen.minsim.value, minblur=chosen.minblur.value, max_faces=max_faces),
+                backend=backend, workers=workers, cache_dir=ws.qc_cache, overrides=ws.qc_overrides,
             )  # fmt: skip
             result = usecases.qc(
                 settings(), job,
@@ -229,6 +308,17 @@ def qc(
             f"accepted {counts['accepted']}, rejected {counts['rejected']}, errors {counts['error']} "
             f"(references: {result.references_used}); report {result.report}; contact sheet {result.contact_sheet}"
         )
+        judged = [r for r in result.rows if r.override]
+        if judged or ws.qc_overrides.is_file():
+            from ai_influencer.review.overrides import OverrideStore, inactive
+
+            overridden = sum(r.override != r.auto_verdict for r in judged)
+            idle = inactive(OverrideStore(ws.qc_overrides), [(cand or ws.synth) / r.file for r in result.rows])
+            out.print(
+                f"review: {overridden} verdict(s) overridden by you, {len(judged) - overridden} confirmed"
+                + (f"; {len(idle)} kept for images no longer among the candidates" if idle else ""),
+                highlight=False,
+            )
 
 
 @app.command(rich_help_panel=PANEL)
@@ -270,28 +360,38 @@ def augment(
 STAGES = ("prepare", "plan", "generate", "qc", "augment", "train", "evaluate")
 
 
-def _check_run_inputs(s: Settings, prompt_bank: Path, skipped: set[str]) -> None:
-    """What `run` needs, checked in seconds before Prefect starts (it used to take ~50 s to say
-    that data/input_raw was empty)."""
-    from ai_influencer.prompt_bank import load_prompt_bank
-    from ai_influencer.vision.image_io import list_images
+def _passed(check: Check) -> None:
+    """A check's verdict for `run`: a failure stops it in one line, a warning is shown and it goes on."""
+    if check.status == "fail":
+        raise CliError(f"{check.name}: {check.detail}" + (f" -> {check.fix}" if check.fix else ""))
+    if check.status == "warn":
+        console.print(f"[yellow]warning:[/] {check.name}: {check.detail}" + (f" -> {check.fix}" if check.fix else ""))
 
-    ws = workspace()
-    load_prompt_bank(prompt_bank)
+
+def _check_run_inputs(s: Settings, prompt_bank: Path, skipped: set[str], *, allow_multi_face: bool = False) -> None:
+    """The prompt bank (and whether its persona is still the template's) and, unless prepare is skipped,
+    each reference photo, decoded, faces counted: what prepare will use. Checked before Prefect starts;
+    the photos take about 0.5 s each."""
+    from ai_influencer import diagnostics as d
+
+    for check in d.check_prompt_bank_and_persona(prompt_bank):  # a template persona is a warning
+        _passed(check)
     if "prepare" not in skipped:
-        found = list_images(ws.input_raw) if ws.input_raw.is_dir() else []
-        if len(found) < usecases.MIN_REFERENCES:
-            raise CliError(
-                f"put at least {usecases.MIN_REFERENCES} photos of the persona (JPEG/PNG/WEBP, one face each) in "
-                f"{ws.input_raw}/ (found {len(found)}); then run again"
-            )
-    if {"plan", "generate"} - skipped and s.openrouter_api_key is None:
-        from blocks.openrouter import blocks_possible
+        _passed(d.check_reference_photos(s, workspace().input_raw, allow_multi_face=allow_multi_face))
 
-        if not blocks_possible():
-            raise CliError(
-                "no OpenRouter key: set OPENROUTER_API_KEY (environment or .env) or store it with `influencer set-key`"
-            )
+
+def _check_openrouter(s: Settings, source: str, skipped: set[str], options: ImageOptions) -> None:
+    """The key (from a block or the environment) against the base URL, then the models this run calls
+    and the image options against the endpoint that will serve them: ``GET /key``, ``GET /models`` and
+    the Image API's listings, free, no retries, a few seconds at most."""
+    from ai_influencer import diagnostics as d
+
+    _passed(d.check_openrouter_key(s, source))
+    wanted = {o: m for o, m, stage in (("text", s.text_model, "plan"), ("image", s.image_model, "generate"))
+              if stage not in skipped}  # fmt: skip
+    _passed(d.check_openrouter_models(s, wanted))
+    if "generate" not in skipped:
+        _passed(d.check_image_options(s, s.image_model, options))
 
 
 @app.command(rich_help_panel=PANEL)
@@ -300,12 +400,18 @@ def run(
     per_scene: Annotated[int, typer.Option("--per-scene", "--per_scene", min=1)] = 12,
     model: Annotated[str | None, typer.Option(help="Image model (default: settings.image_model).")] = None,
     budget: Annotated[float | None, typer.Option(help="Stop new paid image requests beyond this USD spend.")] = None,
+    n: Annotated[int, typer.Option("--n", min=1, max=_N_MAX, help=_IMG_HELP["n"])] = _IMG_DEFAULTS.n,
+    seed: Annotated[int | None, typer.Option(help=_IMG_HELP["seed"])] = _IMG_DEFAULTS.seed,
     skip: Annotated[list[str] | None, typer.Option(help=f"Stage to skip ({', '.join(STAGES)}); repeatable.")] = None,
     do_rembg: Annotated[bool, typer.Option("--do-rembg/--no-rembg", "--do_rembg")] = False,
+    allow_multi_face: AllowMultiFaceOpt = False,
 ) -> None:
     """Run the hybrid Prefect flow in-process (local Prefect with SQLite; no server or Docker needed).
 
-    Ctrl-C or SIGTERM during generation stops new paid requests and saves the ones in flight.
+    The inputs are checked first, in seconds: prompt bank, OpenRouter key, base URL and models, each
+    reference photo decoded with one face. Each failure is one line saying what to do. The run's log
+    is kept in data/logs/. Exit code 4: the budget refused images. Ctrl-C or SIGTERM during generation
+    stops new paid requests and saves the ones in flight.
     """
     with friendly_errors():
         s = settings()
@@ -314,21 +420,118 @@ def run(
         if unknown:
             raise CliError(f"--skip: unknown stage(s) {sorted(unknown)}")
         bank = bank_path(prompt_bank)
-        _check_run_inputs(s, bank, skipped)
+        if model:
+            s = s.model_copy(update={"image_model": model})
+        from ai_influencer.image_options import image_options
+
+        options = image_options(n=n, seed=seed)
+        before_flow = None
+        if {"plan", "generate"} - skipped:
+            from blocks.openrouter import blocks_possible
+
+            if blocks_possible():
+                # A key stored with `set-key` wins over the environment, and reading it needs Prefect's
+                # server: checked once that has started, still before the flow.
+                def before_flow() -> None:
+                    from blocks.openrouter import resolve_settings
+
+                    _check_openrouter(*resolve_settings(s), skipped, options)
+            else:
+                _check_openrouter(s, "env" if s.openrouter_api_key else "none", skipped, options)
+        _check_run_inputs(s, bank, skipped, allow_multi_face=allow_multi_face)
 
         from flows.params import GenerateParams, HybridParams, Paths, PrepareParams
 
         params = HybridParams(
             paths=Paths(data_root=str(s.data_root), prompt_bank=str(bank), models_root=str(s.models_root)),
             **{f"run_{stage}": stage not in skipped for stage in STAGES},
-            prepare=PrepareParams(do_rembg=do_rembg),
-            generate=GenerateParams(per_scene=per_scene, model=model or s.image_model, budget_usd=budget),
+            prepare=PrepareParams(do_rembg=do_rembg, allow_multi_face=allow_multi_face),
+            generate=GenerateParams(
+                per_scene=per_scene, model=model or s.image_model, budget_usd=budget, n=n, seed=seed
+            ),
         )
-        out.print_json(data=_run_hybrid(params))
+        result = _run_hybrid(params, before_flow=before_flow)
+        out.print_json(data=result)
+        generated = result.get("generate") if isinstance(result, dict) else None
+        if isinstance(generated, dict) and (generated.get("stopped_by_budget") or generated.get("stopped") == "budget"):
+            refused = generated.get("stopped_by_budget")
+            console.print(
+                f"[yellow]budget reached:[/] {f'{refused} images were ' if refused else 'images were '}not generated "
+                f"within --budget {budget} (exit code {EXIT_BUDGET}); raise --budget or run again to continue"
+            )
+            raise typer.Exit(code=EXIT_BUDGET)
 
 
-def _run_hybrid(params: object) -> dict:
-    """The hybrid flow on the embedded server (started detached, see prefect_compat), signals handled."""
+RUN_FAILURE_LOGGER = "ai_influencer.cli.run"
+
+
+class _NoTraceback(logging.Formatter):
+    """Prefect's console lines without tracebacks: those go to the run's log file, and the console
+    says where it is. A failed task printed two full tracebacks (137 lines) for one wrong key."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info or record.exc_text or record.stack_info:
+            record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None, "stack_info": None})
+        return self.inner.format(record)
+
+
+@contextmanager
+def _run_log(folder: Path) -> Iterator[Path]:
+    """Every log line of the run, tracebacks included, in ``<data>/logs/run-<time>.log``.
+
+    Why a file: the embedded Prefect server and its UI are gone when `influencer run` ends, so "see the
+    run's logs in the Prefect UI" pointed at nothing. Call after Prefect configured logging (importing
+    it does): its console handler on the root logger then keeps one line per record.
+    """
+    from datetime import datetime
+
+    from prefect import flow  # noqa: F401  (this import sets up Prefect's logging: console on the root logger)
+    from prefect.logging.formatters import PrefectFormatter
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"run-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(
+        PrefectFormatter(
+            format="%(asctime)s | %(levelname)-7s | %(name)s - %(message)s",
+            flow_run_fmt="%(asctime)s | %(levelname)-7s | Flow run %(flow_run_name)r - %(message)s",
+            task_run_fmt="%(asctime)s | %(levelname)-7s | Task run %(task_run_name)r - %(message)s",
+        )
+    )
+    root = logging.getLogger()
+    consoles = [
+        h for h in root.handlers if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+    ]
+    formatters = {h: h.formatter for h in consoles}
+    for h in consoles:
+        h.setFormatter(_NoTraceback(h.formatter))
+    root.addHandler(handler)
+    failures = logging.getLogger(RUN_FAILURE_LOGGER)  # the traceback of a failed run: only into the file
+    failures.propagate, failures.level = False, logging.DEBUG
+    failures.addHandler(handler)
+    project = logging.getLogger("ai_influencer")
+    project.removeHandler(CONSOLE_LOG)  # Prefect's root console shows the project's lines during a run
+    try:
+        yield path
+    finally:
+        root.removeHandler(handler)
+        failures.removeHandler(handler)
+        handler.close()
+        for h, f in formatters.items():
+            h.setFormatter(f)
+        project.addHandler(CONSOLE_LOG)
+
+
+def _run_hybrid(params: object, before_flow: Callable[[], None] | None = None) -> dict:
+    """The hybrid flow on the embedded server (started detached, see prefect_compat), signals handled.
+
+    ``before_flow`` runs once the server is up, before the flow (checks that need Prefect). Expected
+    failures end in one line naming the run's log file, which keeps the details and any traceback.
+    """
 
     def terminated(sig: int, _frame: object) -> None:
         # Reached after the generate flow drained and Prefect ended the run: exit through Python,
@@ -336,22 +539,34 @@ def _run_hybrid(params: object) -> dict:
         raise SystemExit(128 + sig)
 
     signal.signal(signal.SIGTERM, terminated)
+    from prefect.settings import get_current_settings
+
     from tasks.limits import durable_local_leases
 
-    try:
-        with durable_local_leases():
-            from flows.hybrid import hybrid_flow
-            from tasks.prefect_compat import start_embedded_server
+    with _run_log(workspace().data_root / "logs") as log_file:
+        console.print(f"run log: {log_file}", highlight=False)
+        try:
+            with durable_local_leases():
+                from flows.hybrid import hybrid_flow
+                from tasks.prefect_compat import start_embedded_server
 
-            start_embedded_server(int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
-            return hybrid_flow(params)
-    except (KeyboardInterrupt, SystemExit) as exc:
-        code = 130 if isinstance(exc, KeyboardInterrupt) else int(exc.code or 143)
-        console.print("[yellow]stopped:[/] every image already paid for is saved; run again to continue")
-        raise typer.Exit(code=code) from None
-    except (CliError, typer.Exit):
-        raise
-    except Exception as exc:  # a failed stage: one line here, the details are in the Prefect run's logs
-        raise CliError(
-            f"{one_line(exc, first_line_only=True)} (details: the run's logs in the Prefect UI or above)"
-        ) from None
+                start_embedded_server(get_current_settings().server.ephemeral.startup_timeout_seconds)
+                if before_flow is not None:
+                    before_flow()
+                return hybrid_flow(params)
+        except (KeyboardInterrupt, SystemExit) as exc:
+            code = 130 if isinstance(exc, KeyboardInterrupt) else int(exc.code or 143)
+            console.print(
+                f"[yellow]stopped:[/] every image already paid for is saved; run again to continue (log: {log_file})"
+            )
+            raise typer.Exit(code=code) from None
+        except (CliError, typer.Exit):
+            raise
+        except Exception as exc:  # a failed stage: one line here, the details and traceback in the run's log
+            logging.getLogger(RUN_FAILURE_LOGGER).error("the run failed", exc_info=exc)
+            expected = isinstance(exc, expected_errors())
+            raise CliError(
+                f"{one_line(exc, first_line_only=True)} ("
+                + ("details" if expected else "an unexpected error; its traceback")
+                + f": {log_file})"
+            ) from None

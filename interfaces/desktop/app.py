@@ -26,6 +26,7 @@ from tkinter.scrolledtext import ScrolledText
 
 from ai_influencer.dataset.manifest import MANIFEST_NAME
 from ai_influencer.dataset.workspace import KOHYA_SUBDIR, Workspace
+from ai_influencer.image_options import IMAGE_OPTION_DEFAULTS, N_MAX
 from ai_influencer.settings import Settings
 
 STAGES = ("prepare", "plan", "generate", "qc", "augment", "train", "run")
@@ -57,6 +58,7 @@ class FormValues:
     minblur: str
     api_key: str = ""
     base_url: str = ""
+    n: str = str(IMAGE_OPTION_DEFAULTS.n)  # images per request (Image API)
 
 
 def stage_command(stage: str, v: FormValues, exe: str | None = None) -> list[str]:
@@ -68,7 +70,7 @@ def stage_command(stage: str, v: FormValues, exe: str | None = None) -> list[str
         return [cli, "plan", "--prompt_bank", v.prompt_bank, "--model", v.text_model]
     if stage == "generate":
         return [cli, "generate", "--prompt_bank", v.prompt_bank, "--model", v.image_model, "--out", v.synth,
-                "--per_scene", v.per_scene, "--ref", v.cleaned]  # fmt: skip
+                "--per_scene", v.per_scene, "--n", v.n, "--ref", v.cleaned]  # fmt: skip
     if stage == "qc":
         return [cli, "qc", "--ref", v.cleaned, "--cand", v.synth, "--out", v.qc_passed,
                 "--minsim", v.minsim, "--minblur", v.minblur]  # fmt: skip
@@ -79,7 +81,8 @@ def stage_command(stage: str, v: FormValues, exe: str | None = None) -> list[str
     if stage == "train":
         return [cli, "train", "--dataset", str(Path(v.augment) / KOHYA_SUBDIR)]
     if stage == "run":
-        return [cli, "run", "--prompt_bank", v.prompt_bank, "--per_scene", v.per_scene, "--model", v.image_model]
+        return [cli, "run", "--prompt_bank", v.prompt_bank, "--per_scene", v.per_scene, "--n", v.n,
+                "--model", v.image_model]  # fmt: skip
     raise ValueError(f"unknown stage {stage!r}")
 
 
@@ -188,6 +191,10 @@ class DesktopApp:
         ttk.Entry(api, textvariable=var("image_model", s.image_model), width=50).grid(row=2, column=1, sticky="w")
         ttk.Label(api, text="Images per scene").grid(row=3, column=0, sticky="w")
         ttk.Spinbox(api, from_=1, to=200, textvariable=var("per_scene", 12), width=6).grid(row=3, column=1, sticky="w")
+        ttk.Label(api, text="Images per request").grid(row=4, column=0, sticky="w")
+        ttk.Spinbox(api, from_=1, to=N_MAX, textvariable=var("n", IMAGE_OPTION_DEFAULTS.n), width=6).grid(
+            row=4, column=1, sticky="w"
+        )
         var("base_url", s.openrouter_base_url)
 
         qc = ttk.LabelFrame(root, text="QC thresholds")

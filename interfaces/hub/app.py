@@ -5,26 +5,31 @@ No pipeline logic lives here: models and generation go through the one OpenRoute
 through Prefect's REST API and the dataset view over the files the stages wrote
 (``routes.pipeline``).
 
-Security: every ``/api`` and ``/files`` route needs the hub token, reads included (the dataset, run
-list and thumbnails are the user's data, and ``/api/models`` spends the hub's key). A script sends
-it as ``Authorization: Bearer`` (or ``X-Hub-Token``); the pages also get an HttpOnly,
+Security (``guard``): every path except the page shells, /static and the API docs needs the hub
+token, reads included (the dataset, run list and thumbnails are the user's data, and
+``/api/models`` spends the hub's key), and it is checked before anything reads the body. A script
+sends it as ``Authorization: Bearer`` (or ``X-Hub-Token``); the pages also get an HttpOnly,
 SameSite=Strict cookie from ``POST /api/session`` so that ``<img>`` tags and links work.
 State-changing calls (POST) accept the header only, never the cookie, so another site cannot make
-a browser spend money. Files are served only from inside the data root; uploads are size-limited.
-The page shells and /docs carry no data and stay open.
+a browser spend money. Every body is bounded while it streams (the upload limit for the multipart
+route, a smaller JSON limit elsewhere); error answers quote at most a short excerpt of the input
+(``errors``). Files are served only from inside the data root. ``create_app`` refuses an empty
+token, and a short one on an address other machines reach.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import FileResponse
+from fastapi.routing import APIRoute
 
 from ai_influencer.openrouter import OpenRouterClient
 from ai_influencer.settings import Settings
+from interfaces.hub import errors
 from interfaces.hub.context import HubContext
+from interfaces.hub.guard import BodyLimit, BodyLimits, TokenGuard, check_token
 from interfaces.hub.routes import insights, openrouter, pipeline
 
 STATIC = Path(__file__).with_name("static")
@@ -36,8 +41,11 @@ def create_app(
     *,
     client: OpenRouterClient | None = None,
     prefect_api_url: str | None = None,
+    bind: str | None = None,
 ) -> FastAPI:
+    """The hub for ``settings``; ``HubConfigError`` if its token must not serve on ``bind`` (default hub_host)."""
     settings = settings or Settings()
+    token = check_token(settings, bind or settings.hub_host)
     app = FastAPI(
         title="ai-influencer Control Hub",
         description="Models, generation, social insights and the Prefect pipeline of ai-influencer.",
@@ -54,19 +62,23 @@ def create_app(
 
     @app.get("/static/{name}", include_in_schema=False)
     def static(name: str) -> FileResponse:
-        path = (STATIC / name).resolve()
-        if path.parent != STATIC.resolve() or not path.is_file():
+        try:
+            path = (STATIC / name).resolve()
+            found = path.parent == STATIC.resolve() and path.is_file()
+        except (OSError, ValueError):  # a NUL byte, a name too long
+            found = False
+        if not found:
             raise HTTPException(404)
         return FileResponse(path)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Any) -> Any:
-        # Refuse oversized requests before reading them (the per-file check catches chunked ones).
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > ctx.max_upload + 64 * 1024:
-            return JSONResponse({"detail": f"request larger than {settings.hub_max_upload_mb:g} MB"}, status_code=413)
-        return await call_next(request)
-
     for module in (openrouter, insights, pipeline):
         app.include_router(module.router)
+    errors.install(app)
+    # The last middleware added runs first: the token, then the body limit (uploads: the insights router).
+    upload = BodyLimit(ctx.max_upload, "INFLUENCER_HUB_MAX_UPLOAD_MB")
+    uploads = {route.path: upload for route in insights.router.routes if isinstance(route, APIRoute)}
+    app.add_middleware(BodyLimits, default=BodyLimit(ctx.max_json, "INFLUENCER_HUB_MAX_JSON_MB"), by_path=uploads)
+    docs = {app.docs_url, app.redoc_url, app.openapi_url, app.swagger_ui_oauth2_redirect_url}
+    open_paths = frozenset({*PAGES, *(d for d in docs if d)})
+    app.add_middleware(TokenGuard, token=token, open_paths=open_paths, open_prefixes=("/static/",))
     return app

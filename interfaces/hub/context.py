@@ -1,23 +1,28 @@
-"""What every hub route shares: the settings, the data root, the OpenRouter client, the token check.
+"""What every hub route shares: the settings, the data root, the OpenRouter client.
 
 Stored on ``app.state`` by ``create_app`` and reached through FastAPI dependencies, so each router
-is a plain module.
+is a plain module. The token itself is checked by ``guard.TokenGuard`` before a route runs;
+``token_scheme`` only tells the OpenAPI docs (and their Authorize button) about it.
 """
 
 from __future__ import annotations
 
-import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import HTTPException, Request
+from fastapi.security import HTTPBearer
 
 from ai_influencer.dataset.workspace import Workspace
 from ai_influencer.openrouter import OpenRouterClient
 from ai_influencer.settings import MissingApiKeyError, Settings
 
-COOKIE = "hub_token"
+token_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="hub token",
+    description="INFLUENCER_HUB_TOKEN, as `Authorization: Bearer` (or `X-Hub-Token`); checked before the body is read.",
+)
 
 
 @dataclass
@@ -26,10 +31,6 @@ class HubContext:
     client: OpenRouterClient | None = None
     prefect_api_url: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    @property
-    def token(self) -> str | None:
-        return self.settings.hub_token.get_secret_value() if self.settings.hub_token else None
 
     @property
     def workspace(self) -> Workspace:
@@ -41,7 +42,11 @@ class HubContext:
 
     @property
     def max_upload(self) -> int:
-        return int(self.settings.hub_max_upload_mb * 1024 * 1024)
+        return int(self.settings.hub_max_upload_mb * 2**20)
+
+    @property
+    def max_json(self) -> int:
+        return int(self.settings.hub_max_json_mb * 2**20)
 
     def openrouter(self) -> OpenRouterClient:
         """The hub's client, its key resolved like everywhere else: Prefect block, then environment."""
@@ -56,7 +61,14 @@ class HubContext:
             return self.client
 
     def inside_data(self, relative: str) -> Path:
-        path = (self.data_root / relative).resolve()
+        """``relative`` under the data root, or 400 (unusable path) / 403 (outside the root)."""
+        if "\x00" in relative:
+            raise HTTPException(400, detail="the path contains a NUL byte")
+        try:
+            path = (self.data_root / relative).resolve()
+            path.is_file()  # False when missing; raises for a name too long, a parent not readable
+        except OSError as exc:  # the message without the path: it holds the data root and may be huge
+            raise HTTPException(400, detail=f"unusable path: {exc.strerror or exc.__class__.__name__}") from None
         if not path.is_relative_to(self.data_root):
             raise HTTPException(403, detail="path escapes the data root")
         return path
@@ -64,27 +76,3 @@ class HubContext:
 
 def hub(request: Request) -> HubContext:
     return request.app.state.hub
-
-
-def sent_token(request: Request) -> str:
-    """The token from the header; for reads (GET) also from the session cookie."""
-    sent = request.headers.get("x-hub-token") or ""
-    auth = request.headers.get("authorization") or ""
-    if auth.lower().startswith("bearer "):
-        sent = auth[7:]
-    if not sent and request.method in ("GET", "HEAD"):
-        sent = request.cookies.get(COOKIE) or ""
-    return sent
-
-
-def require_token(request: Request) -> None:
-    """Every /api and /files route: the hub token in the header (or, for reads, the session cookie)."""
-    token = hub(request).token
-    if token is None:
-        raise HTTPException(403, detail="the hub has no token configured (set INFLUENCER_HUB_TOKEN)")
-    if not secrets.compare_digest(sent_token(request).encode(), token.encode()):
-        raise HTTPException(
-            401,
-            detail="missing or wrong hub token (enter it in the hub token box)",
-            headers={"WWW-Authenticate": "Bearer"},
-        )

@@ -2,13 +2,23 @@
 
 A real HTTP server on 127.0.0.1 (random port) speaking OpenRouter's wire
 format: ``POST /chat/completions`` (text, ``json_schema`` structured output,
-``modalities: ["image","text"]`` image generation), ``GET /models``, ``/key``,
-``/credits``, ``/generation``. It adds what the real service does to a client
-under load: latency, a requests-per-second limit answered with 429 +
-Retry-After, injected faults of every class, and a credit balance that ends in
-402. Generated "images" are real photos (the persona, other people, blurred
-persona) so downstream identity QC can be tested end to end. Every request is
-recorded, so tests can count paid calls and requests per second.
+``modalities: ["image","text"]`` image generation), the Image API as
+OpenRouter's docs describe it (``GET /images/models`` with typed capability
+descriptors, ``GET /images/models/{author}/{slug}/endpoints`` with each
+provider's definitive parameters and pricing lines, ``POST /images`` with ``n``,
+``seed``, sizes, ``input_references`` and provider routing, parameters checked
+against the endpoint that serves the request, billed by its price lines, all or
+nothing), ``GET /models``, ``/key``, ``/credits``, ``/generation``. It adds what
+the real service does to a client under load: latency, a requests-per-second
+limit answered with 429 + Retry-After, injected faults of every class (on both
+image routes), short answers, a credit balance and a key limit that end in 402
+(``limit_source``), a body limit answered with 413, and, with
+``chat_images=False``, a chat route that refuses image output (a look-alike that
+serves images only on ``/images``). Generated "images" are real photos (the
+persona, other people, blurred persona) so downstream identity QC can be tested
+end to end; with a ``seed`` the same request answers the same images. Every
+request is recorded, so tests can count paid calls, images and requests per
+second.
 
 It lives with the tests and is never the product's default endpoint.
 """
@@ -17,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import copy
 import hashlib
 import io
 import json
@@ -55,7 +66,116 @@ FAULTS = (
     "html-503",
     "cut-json",  # a 200 whose JSON body stops half-way, sent without Content-Length
     "drip",  # a 200 whose body trickles in over ``drip_seconds`` (each chunk well inside any read timeout)
+    # The Image API's own errors and answers:
+    "413",  # payload too large
+    "524",  # upstream timeout at the edge
+    "529",  # provider overloaded
+    "402-credits",  # 402 with error.metadata.limit_source = openrouter_credits
+    "402-key",  # 402 with error.metadata.limit_source = openrouter_key_limit
+    "429-no-retry-after",  # a 429 without a Retry-After header (an upstream provider's)
+    "short",  # an Image API answer with fewer images than asked (half, rounded up; billed for those)
 )
+
+IMAGE_CALLS = ("/images", "/chat/completions")  # the paths an image request may take (chat: the older route)
+ASPECTS = ["1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9"]
+SEED_RANGE = {"type": "range", "min": 0, "max": 2147483647}
+
+
+def _endpoint(name: str, slug: str, params: dict[str, Any], pricing: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "provider_name": name,
+        "provider_slug": slug,
+        "provider_tag": slug,
+        "supported_parameters": params,
+        "allowed_passthrough_parameters": [],
+        "supports_streaming": False,
+        "pricing": pricing,
+    }
+
+
+# The Image API's catalogue: model id -> (display name, endpoints). Shapes from OpenRouter's docs
+# (guides/overview/multimodal/image-generation.mdx, openapi ImageEndpoint / ImagePricingEntry).
+DEFAULT_IMAGE_MODELS: dict[str, tuple[str, list[dict[str, Any]]]] = {
+    "google/gemini-2.5-flash-image": (
+        "Gemini 2.5 Flash Image",
+        [
+            _endpoint(
+                "Google AI Studio",
+                "google-ai-studio",
+                {
+                    "aspect_ratio": {"type": "enum", "values": ASPECTS},
+                    "input_references": {"type": "range", "min": 0, "max": 3},
+                },
+                [{"billable": "output_image", "unit": "image", "cost_usd": 0.039}],
+            )
+        ],
+    ),
+    "bytedance-seed/seedream-4.5": (
+        "Seedream 4.5",
+        [
+            _endpoint(
+                "Bytedance",
+                "bytedance",
+                {
+                    "n": {"type": "range", "min": 1, "max": 4},
+                    "resolution": {"type": "enum", "values": ["1K", "2K", "4K"]},
+                    "aspect_ratio": {"type": "enum", "values": ASPECTS},
+                    "seed": SEED_RANGE,
+                    "input_references": {"type": "range", "min": 0, "max": 10},
+                },
+                [
+                    {"billable": "output_image", "unit": "image", "cost_usd": 0.04},
+                    {"billable": "output_image", "unit": "image", "cost_usd": 0.08, "variant": "4k"},
+                    {"billable": "input_reference", "unit": "image", "cost_usd": 0.002},
+                ],
+            )
+        ],
+    ),
+    "black-forest-labs/flux.2-pro": (
+        "FLUX.2 Pro",
+        [
+            _endpoint(
+                "Black Forest Labs",
+                "black-forest-labs",
+                {
+                    "aspect_ratio": {"type": "enum", "values": ASPECTS},
+                    "resolution": {"type": "enum", "values": ["1K", "2K"]},
+                    "seed": {"type": "boolean"},
+                    "output_format": {"type": "enum", "values": ["jpeg", "png"]},
+                    "input_references": {"type": "range", "min": 0, "max": 8},
+                },
+                [
+                    {"billable": "output_image", "unit": "megapixel", "cost_usd": 0.03},
+                    {"billable": "input_reference", "unit": "megapixel", "cost_usd": 0.015},
+                ],
+            )
+        ],
+    ),
+    "openai/gpt-image-1": (
+        "GPT Image 1",
+        [
+            _endpoint(
+                "OpenAI",
+                "openai",
+                {
+                    "n": {"type": "range", "min": 1, "max": 10},
+                    "size": {"type": "enum", "values": ["1024x1024", "1536x1024", "1024x1536", "auto"]},
+                    "quality": {"type": "enum", "values": ["auto", "low", "medium", "high"]},
+                    "output_format": {"type": "enum", "values": ["png", "jpeg", "webp"]},
+                    "background": {"type": "enum", "values": ["auto", "transparent", "opaque"]},
+                    "output_compression": {"type": "range", "min": 0, "max": 100},
+                    "input_references": {"type": "range", "min": 0, "max": 16},
+                },
+                [
+                    {"billable": "output_image", "unit": "image", "cost_usd": 0.042},
+                    {"billable": "input_reference", "unit": "image", "cost_usd": 0.01},
+                ],
+            )
+        ],
+    ),
+}
+_TIER_SIDE = {"512": 512, "1K": 1024, "2K": 2048, "4K": 4096}
+_MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 
 DEFAULT_MODELS: list[dict[str, Any]] = [
     {
@@ -106,6 +226,19 @@ DEFAULT_MODELS: list[dict[str, Any]] = [
         },
         "supported_parameters": [],
     },
+    {
+        # Makes images through chat completions only: the Image API does not list it.
+        "id": "acme/chat-painter",
+        "name": "Chat Painter",
+        "context_length": 8192,
+        "pricing": {"prompt": "0", "completion": "0", "image": "0.02"},
+        "architecture": {
+            "modality": "text+image->text+image",
+            "input_modalities": ["text", "image"],
+            "output_modalities": ["image", "text"],
+        },
+        "supported_parameters": [],
+    },
 ]
 
 
@@ -119,8 +252,11 @@ class RecordedRequest:
     paid: bool = False
     fault: str | None = None
     served_kind: str | None = None
+    images: int = 0  # images the answer carried (paid ones)
+    asked: int = 0  # images the request asked for (Image API ``n``; 1 on the chat route)
     authorization_ok: bool = False
     headers: dict[str, str] = field(default_factory=dict)
+    wall: float = field(default_factory=time.time)  # arrival, wall clock (to compare with server timestamps)
 
 
 def _schema_instance(schema: dict[str, Any], defs: dict[str, Any], name: str = "value", depth: int = 0) -> Any:
@@ -201,6 +337,8 @@ class _PhotoPool:
         buf = io.BytesIO()
         if fmt == "JPEG":
             crop.save(buf, format="JPEG", quality=90)
+        elif fmt == "WEBP":
+            crop.save(buf, format="WEBP", quality=90)
         else:
             crop.save(buf, format="PNG", compress_level=1)
         return buf.getvalue()
@@ -231,6 +369,11 @@ class StubOpenRouter:
         seed: int = 0,
         chat_reply: Callable[[dict[str, Any]], str] | None = None,
         models: list[dict[str, Any]] | None = None,
+        image_models: dict[str, tuple[str, list[dict[str, Any]]]] | None = None,
+        chat_images: bool = True,
+        answer_cap: int | None = None,
+        key_limit: float | None = None,
+        max_body_bytes: int | None = None,
     ) -> None:
         self.valid_keys = set(valid_keys)
         self.latency = latency
@@ -260,6 +403,16 @@ class StubOpenRouter:
         # Optional: pick the served image kind from the request (e.g. "other" for one outfit), else image_mix.
         self.kind_for: Callable[[dict[str, Any]], str | None] | None = None
         self.models = models or DEFAULT_MODELS
+        # The Image API: {model id: (name, endpoints)}; an empty dict answers 404 (a look-alike without it).
+        if image_models is None:  # the default catalogue, the default image model priced at ``image_cost``
+            image_models = copy.deepcopy(DEFAULT_IMAGE_MODELS)
+            image_models["google/gemini-2.5-flash-image"][1][0]["pricing"][0]["cost_usd"] = image_cost
+        self.image_models = image_models
+        self.chat_images = chat_images  # False: the chat route refuses image output (images only on /images)
+        self.answer_cap = answer_cap  # every Image API answer carries at most this many images
+        self.key_limit = key_limit  # the key's own credit limit (402 openrouter_key_limit beyond it)
+        self.max_body_bytes = max_body_bytes  # POST /images bodies above this are answered 413
+        self._unseeded = 0
         self.usage_total = 0.0
         self.requests: list[RecordedRequest] = []
         self._faults: collections.deque[tuple[str, str | None]] = collections.deque()
@@ -341,7 +494,22 @@ class StubOpenRouter:
         with self._lock:
             return [r.t for r in self.requests if r.status not in (429,) and r.authorization_ok]
 
-    def max_requests_in_window(self, window: float = 1.0, *, paths: tuple[str, ...] = ("/chat/completions",)) -> int:
+    def image_requests(self) -> list[RecordedRequest]:
+        """Every image request received (both routes), in arrival order."""
+        with self._lock:
+            return [
+                r
+                for r in self.requests
+                if r.path.endswith("/images")
+                or (r.path.endswith("/chat/completions") and isinstance(r.body, dict) and "modalities" in r.body)
+            ]
+
+    @property
+    def paid_images(self) -> int:
+        with self._lock:
+            return sum(r.images for r in self.requests if r.paid)
+
+    def max_requests_in_window(self, window: float = 1.0, *, paths: tuple[str, ...] = IMAGE_CALLS) -> int:
         """Largest number of admitted requests inside any ``window``-second interval."""
         with self._lock:
             times = sorted(r.t for r in self.requests if r.status != 429 and r.path.endswith(paths))
@@ -442,7 +610,8 @@ class StubOpenRouter:
                 err["metadata"] = metadata
             reply(status, {"error": err}, {k.replace("_", "-"): v for k, v in hdrs.items()})
 
-        if not rec.authorization_ok and path != "/api/v1/models":
+        public = path == "/api/v1/models" or path.startswith("/api/v1/images/models")
+        if not rec.authorization_ok and not public:
             return error(401, "No auth credentials found" if not auth else "User not found.")
         if now < self._limited_until or self._rate_limited(now):
             return error(429, "Rate limit exceeded", **self._own_limit_headers(now))
@@ -458,6 +627,14 @@ class StubOpenRouter:
 
         if method == "GET" and path == "/api/v1/models":
             return reply(200, {"data": self.models})
+        if method == "GET" and path.startswith("/api/v1/images/models"):
+            return self._image_listing(path, reply, error)
+        if method == "POST" and path == "/api/v1/images":
+            if self.max_body_bytes is not None and length > self.max_body_bytes:
+                return error(413, f"Request payload too large ({length} bytes; limit {self.max_body_bytes})")
+            if not isinstance(body, dict):
+                return error(400, "the request body must be a JSON object")
+            return self._images(body, rec, reply, error)
         if method == "GET" and path == "/api/v1/key":
             return reply(
                 200,
@@ -509,11 +686,21 @@ class StubOpenRouter:
             extra = {"Retry_After": self.retry_after} if status == 429 else {}
             error(status, f"injected {status}", meta, **extra)
             return True
+        if fault in ("402-credits", "402-key"):
+            source = "openrouter_credits" if fault == "402-credits" else "openrouter_key_limit"
+            error(402, "Insufficient credits. Add more using https://openrouter.ai/credits", {"limit_source": source})
+            return True
+        if fault == "429-no-retry-after":
+            error(429, "Rate limit exceeded", {"error_type": "rate_limit_exceeded", "provider_code": "rate_limited"})
+            return True
         if fault == "200-error":
             reply(200, {"error": {"code": 502, "message": "provider returned error"}})
             return True
         if fault == "empty-choices":
-            reply(200, {"id": "gen-empty", "model": "stub", "choices": []})
+            if rec.path.endswith("/images"):  # the Image API's empty answer
+                reply(200, {"created": int(time.time()), "data": []})
+            else:
+                reply(200, {"id": "gen-empty", "model": "stub", "choices": []})
             return True
         if fault == "timeout":
             time.sleep(self.timeout_sleep)
@@ -523,7 +710,7 @@ class StubOpenRouter:
             h.close_connection = True
             h.connection.close()
             return True
-        return False  # no-image / bad-image are applied inside the image response
+        return False  # no-image / bad-image / short / ... are applied inside the image response
 
     def _chat(self, body: dict[str, Any], rec: RecordedRequest, reply: Any, error: Any) -> None:
         model = body.get("model")
@@ -532,6 +719,12 @@ class StubOpenRouter:
         if model not in {m["id"] for m in self.models}:
             return error(400, f"{model} is not a valid model ID")
         is_image = "image" in (body.get("modalities") or [])
+        if is_image and not self.chat_images:
+            return error(
+                400,
+                f"{model} does not generate images on /chat/completions here: use the Image API (POST /api/v1/images)",
+                {"error_type": "invalid_request", "availability": {"code": "wrong_endpoint", "retryable": False}},
+            )
         cost = self.image_cost if is_image else self.text_cost
         with self._lock:
             if self.usage_total + cost > self.credits_total:
@@ -579,6 +772,8 @@ class StubOpenRouter:
         else:
             message["content"] = self._text_reply(body)
         rec.paid = True
+        rec.asked = 1 if is_image else 0
+        rec.images = len(message.get("images") or [])
         self._generations[gen_id] = {"id": gen_id, "model": model, "total_cost": cost, **usage}
         reply(
             200,
@@ -591,6 +786,188 @@ class StubOpenRouter:
                 "usage": usage,
             },
         )
+
+    # ---- the Image API ------------------------------------------------------------------------
+    def _image_listing(self, path: str, reply: Any, error: Any) -> None:
+        if not self.image_models:
+            return error(404, "Not Found")
+        if path == "/api/v1/images/models":
+            data = []
+            for model_id, (name, endpoints) in self.image_models.items():
+                union: dict[str, Any] = {}
+                for e in endpoints:
+                    union.update(e["supported_parameters"])
+                data.append(
+                    {
+                        "id": model_id,
+                        "name": name,
+                        "description": f"{name} (stub)",
+                        "created": 1750000000,
+                        "architecture": {"input_modalities": ["text", "image"], "output_modalities": ["image"]},
+                        "supported_parameters": union,
+                        "supports_streaming": False,
+                        "endpoints": f"/api/v1/images/models/{model_id}/endpoints",
+                    }
+                )
+            return reply(200, {"data": data})
+        model_id = path.removeprefix("/api/v1/images/models/").removesuffix("/endpoints")
+        if not path.endswith("/endpoints") or model_id not in self.image_models:
+            return error(404, f"image model {model_id} not found")
+        return reply(200, {"id": model_id, "endpoints": self.image_models[model_id][1]})
+
+    @staticmethod
+    def _served_by(endpoints: list[dict[str, Any]], provider: dict[str, Any]) -> dict[str, Any] | None:
+        """The endpoint provider routing picks: ``only`` / ``ignore`` filter, ``order`` first, else the first."""
+        found = endpoints
+        if provider.get("only"):
+            found = [e for e in found if e["provider_slug"] in provider["only"]]
+        if provider.get("ignore"):
+            found = [e for e in found if e["provider_slug"] not in provider["ignore"]]
+        for slug in provider.get("order") or []:
+            for e in found:
+                if e["provider_slug"] == slug:
+                    return e
+        return found[0] if found else None
+
+    @staticmethod
+    def _accepts(cap: dict[str, Any], value: Any) -> bool:
+        if cap.get("type") == "enum":
+            return str(value) in [str(v) for v in cap.get("values") or []]
+        if cap.get("type") == "range":
+            return isinstance(value, int) and not isinstance(value, bool) and cap["min"] <= value <= cap["max"]
+        return True
+
+    @staticmethod
+    def _dimensions(body: dict[str, Any]) -> tuple[int, int]:
+        """The pixels an answer is billed for: explicit ``size``, else the tier's side on the aspect ratio."""
+        size = str(body.get("size") or "")
+        if "x" in size:
+            w, h = size.lower().split("x")
+            return int(w), int(h)
+        side = _TIER_SIDE.get(str(body.get("resolution") or size or "1K"), 1024)
+        a, b = (int(x) for x in str(body.get("aspect_ratio") or "1:1").split(":"))
+        return (side, side * b // a) if a >= b else (side * a // b, side)
+
+    @staticmethod
+    def _price(lines: list[dict[str, Any]], billable: str, tier: str) -> dict[str, Any] | None:
+        found = [p for p in lines if p["billable"] == billable]
+        exact = [p for p in found if (p.get("variant") or "").lower() == tier.lower()]
+        plain = [p for p in found if not p.get("variant")]
+        return (exact or plain or [None])[0]
+
+    def _images(self, body: dict[str, Any], rec: RecordedRequest, reply: Any, error: Any) -> None:
+        """``POST /images`` as the docs describe it, every parameter checked against the serving endpoint."""
+        model, prompt = body.get("model"), body.get("prompt")
+        if not model or not isinstance(prompt, str) or not prompt:
+            return error(400, "model and prompt are required")
+        if model not in self.image_models:
+            return error(400, f"{model} is not a valid image model ID")
+        if "x" in str(body.get("size") or "") and ("resolution" in body or "aspect_ratio" in body):
+            return error(400, "an explicit pixel size cannot be combined with resolution or aspect_ratio")
+        provider = body.get("provider") or {}
+        endpoint = self._served_by(self.image_models[model][1], provider)
+        if endpoint is None:
+            return error(404, f"no endpoint of {model} matches your provider routing")
+        params = endpoint["supported_parameters"]
+        n = body.get("n", 1)
+        if not isinstance(n, int) or not 1 <= n <= 10:
+            return error(400, "n must be an integer from 1 to 10")
+        if n > 1 and "n" not in params:
+            return error(
+                400, f"{endpoint['provider_name']} generates a single image per request: n > 1 is not supported"
+            )
+        known = {"model", "prompt", "provider", "stream", "input_references"}
+        for key, value in body.items():
+            if key in known or (key == "n" and n == 1):
+                continue
+            cap = params.get(key)
+            if cap is None:
+                return error(400, f"{endpoint['provider_name']} does not support the parameter {key!r} for {model}")
+            if not self._accepts(cap, value):
+                return error(400, f"{key}={value!r} is not accepted by {endpoint['provider_name']} for {model}")
+        refs = body.get("input_references") or []
+        if refs:
+            cap = params.get("input_references")
+            if cap is None:
+                return error(400, f"{endpoint['provider_name']} takes no input_references for {model}")
+            if cap.get("type") == "range" and len(refs) > cap["max"]:
+                return error(400, f"at most {cap['max']} input_references are accepted by {endpoint['provider_name']}")
+        count = n
+        if self.answer_cap is not None:
+            count = min(count, self.answer_cap)
+        if rec.fault == "short":
+            count = -(-n // 2) if n > 1 else n
+        if rec.fault == "no-image":
+            count = 0
+        w, h = self._dimensions(body)
+        tier = str(body.get("resolution") or next((t for t, s in _TIER_SIDE.items() if s >= max(w, h)), "4K"))
+        cost = 0.0
+        out = self._price(endpoint["pricing"], "output_image", tier)
+        if out is not None:
+            cost += out["cost_usd"] * count * (w * h / 1e6 if out["unit"] == "megapixel" else 1)
+        ref_line = self._price(endpoint["pricing"], "input_reference", tier)
+        if ref_line is not None and refs and count:
+            sizes = [self._reference_pixels(r) for r in refs]
+            cost += ref_line["cost_usd"] * (sum(sizes) / 1e6 if ref_line["unit"] == "megapixel" else len(refs))
+        with self._lock:
+            if self.key_limit is not None and self.usage_total + cost > self.key_limit + 1e-12:
+                broke = "openrouter_key_limit"
+            elif self.usage_total + cost > self.credits_total + 1e-12:
+                broke = "openrouter_credits"
+            else:
+                broke = ""
+                self.usage_total += cost
+        if broke:
+            return error(
+                402, "Insufficient credits. Add more using https://openrouter.ai/credits", {"limit_source": broke}
+            )
+        fmt = {"jpeg": "JPEG", "webp": "WEBP"}.get(str(body.get("output_format") or "png"), "PNG")
+        data = [self._image_item(body, rec, i, fmt) for i in range(count)]
+        rec.paid, rec.asked, rec.images = True, n, count
+        gen_id = f"gen-img-{len(self.requests)}"
+        usage = {"prompt_tokens": 0, "completion_tokens": 1290 * count, "total_tokens": 1290 * count, "cost": cost}
+        if not self.report_cost:
+            del usage["cost"]
+        self._generations[gen_id] = {"id": gen_id, "model": model, "total_cost": cost, **usage}
+        reply(200, {"created": int(time.time()), "data": data, "usage": usage})
+
+    @staticmethod
+    def _reference_pixels(ref: Any) -> int:
+        url = ((ref or {}).get("image_url") or {}).get("url", "") if isinstance(ref, dict) else ""
+        try:
+            with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as im:
+                return im.width * im.height
+        except Exception:  # an unreadable reference is billed as nothing
+            return 0
+
+    def _image_item(self, body: dict[str, Any], rec: RecordedRequest, index: int, fmt: str) -> dict[str, Any]:
+        """One ``data[]`` entry: deterministic for a given seed (same question, same images), else fresh."""
+        if body.get("seed") is not None:
+            basis = {
+                k: body.get(k) for k in ("model", "prompt", "seed", "size", "resolution", "aspect_ratio", "quality")
+            }
+            basis["index"] = index
+        else:
+            with self._lock:
+                self._unseeded += 1
+                basis = {"body": body.get("prompt"), "n": self._unseeded, "index": index}
+        digest = hashlib.sha256(json.dumps(basis, sort_keys=True).encode() + str(self.seed).encode()).digest()
+        rng = random.Random(int.from_bytes(digest[:8], "big"))
+        kinds, weights = zip(*self.image_mix.items(), strict=True)
+        kind = rng.choices(kinds, weights=weights, k=1)[0]
+        if self.kind_for is not None:
+            kind = self.kind_for(body) or kind
+        rec.served_kind = kind
+        if rec.fault == "bad-image":
+            return {"b64_json": "iVBORw0KGgoAAAA", "media_type": "image/png"}
+        if rec.fault == "truncated-jpeg":
+            b64 = base64.b64encode(self._pool.render(kind, rng, fmt="JPEG")).decode()
+            return {"b64_json": b64[: (len(b64) * 2 // 3) // 4 * 4], "media_type": "image/jpeg"}
+        if rec.fault == "html-data-url":
+            page = b"<!DOCTYPE html><html><head><title>Error</title></head></html>"
+            return {"b64_json": base64.b64encode(page).decode(), "media_type": "image/png"}
+        payload = self._pool.render(kind, rng, fmt=fmt)
+        return {"b64_json": base64.b64encode(payload).decode(), "media_type": _MIME[fmt]}
 
     def _text_reply(self, body: dict[str, Any]) -> str:
         if self.chat_reply is not None:

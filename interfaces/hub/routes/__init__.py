@@ -1,1 +1,1 @@
-"""The hub's API routers, one per concern; every route in them needs the hub token."""
+"""The hub's API routers, one per concern; ``guard.TokenGuard`` requires the token on all of them."""

@@ -7,22 +7,16 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, UploadFile
 
 from ai_influencer.insights import InsightsError, compute_insights, parse_upload
-from interfaces.hub.context import HubContext, hub, require_token
+from interfaces.hub.context import token_scheme
 
-router = APIRouter(dependencies=[Depends(require_token)], tags=["insights"])
-
-
-async def _read_limited(upload: UploadFile, ctx: HubContext) -> bytes:
-    data = await upload.read(ctx.max_upload + 1)
-    if len(data) > ctx.max_upload:
-        raise HTTPException(413, detail=f"{upload.filename}: larger than {ctx.settings.hub_max_upload_mb:g} MB")
-    return data
+# create_app bounds the bodies of this router's paths by INFLUENCER_HUB_MAX_UPLOAD_MB (guard.BodyLimits).
+router = APIRouter(dependencies=[Depends(token_scheme)], tags=["insights"])
 
 
 @router.post("/api/influencer")
-async def influencer(files: list[UploadFile], ctx: HubContext = Depends(hub)) -> dict[str, Any]:
+async def influencer(files: list[UploadFile]) -> dict[str, Any]:
     """Upload posts (and optionally profiles) as CSV/JSON; returns profiles sorted by success_score."""
-    payload = {(f.filename or f"upload-{i}"): await _read_limited(f, ctx) for i, f in enumerate(files)}
+    payload = {(f.filename or f"upload-{i}"): await f.read() for i, f in enumerate(files)}
     try:
         posts, profiles = parse_upload(payload)
         insights = compute_insights(posts, profiles)

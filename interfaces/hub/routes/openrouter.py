@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from ai_influencer.image_options import IMAGE_OPTION_DEFAULTS, N_MAX, option_help
 from ai_influencer.openrouter import (
     AuthError,
     BadRequestError,
@@ -17,9 +18,9 @@ from ai_influencer.openrouter import (
     OpenRouterError,
     RateLimitError,
 )
-from interfaces.hub.context import HubContext, hub, require_token
+from interfaces.hub.context import HubContext, hub, token_scheme
 
-router = APIRouter(dependencies=[Depends(require_token)], tags=["openrouter"])
+router = APIRouter(dependencies=[Depends(token_scheme)], tags=["openrouter"])
 
 
 class GenerateRequest(BaseModel):
@@ -27,7 +28,10 @@ class GenerateRequest(BaseModel):
     prompt: str = Field(min_length=1, max_length=20_000)
     negative_prompt: str | None = None
     system: str | None = Field(default=None, description="System message (text only).")
-    aspect_ratio: str | None = Field(default=None, pattern=r"^\d{1,2}:\d{1,2}$")
+    aspect_ratio: str | None = Field(default=None, pattern=r"^\d{1,2}:\d{1,2}$", description="Image: W:H (or size).")
+    size: str | None = Field(default=None, description=f"Image: {option_help('size')}")
+    n: int = Field(default=IMAGE_OPTION_DEFAULTS.n, ge=1, le=N_MAX, description=f"Image: {option_help('n')}")
+    seed: int | None = Field(default=None, description="Image: request seed where the endpoint supports seed.")
     max_tokens: int | None = Field(default=None, ge=1, le=32_000)
 
 
@@ -98,6 +102,17 @@ def models(
     }
 
 
+def _size_for(ratio: str | None) -> str:
+    """A size with exactly the aspect ratio ``W:H`` and a longer side of about 1024 px (default: square)."""
+    if not ratio:
+        return IMAGE_OPTION_DEFAULTS.size
+    a, b = (int(x) for x in ratio.split(":"))
+    k = max(1, 1024 // max(a, b))
+    while min(a, b) * k < 64:
+        k += 1
+    return f"{a * k}x{b * k}"
+
+
 def _failure(kind: str, model: str, status: int, code: str, message: str) -> JSONResponse:
     body = GenerateResponse(ok=False, kind=kind, model=model, error=ApiError(code=code, message=message))  # type: ignore[arg-type]
     return JSONResponse(body.model_dump(), status_code=status)
@@ -116,11 +131,19 @@ def generate(kind: Literal["text", "image", "video"], req: GenerateRequest, ctx:
             res = ctx.openrouter().chat(req.model, messages, **extra)
             items = [Item(mime="text/plain", text=res.text)]
         else:
-            img = ctx.openrouter().generate_image(
-                req.model, req.prompt, negative_prompt=req.negative_prompt, aspect_ratio=req.aspect_ratio
+            # The CLI's and the flow's path: the Image API where it lists the model (n images, seed,
+            # parameters checked against the endpoint first), else the chat route.
+            from ai_influencer.image_options import image_options
+            from ai_influencer.usecases import make_images
+
+            options = image_options(size=req.size or _size_for(req.aspect_ratio), n=req.n, seed=req.seed)
+            img, _route = make_images(
+                ctx.openrouter(), req.model, req.prompt, options=options, negative_prompt=req.negative_prompt
             )
             items = [Item(mime=i.mime, b64=base64.b64encode(i.data).decode()) for i in img.images]
             res = img
+    except ValueError as exc:  # an option the model's endpoint does not take: nothing was paid
+        return _failure(kind, req.model, 400, "unsupported_parameter", str(exc))
     except OpenRouterError as exc:
         status, code = error_status(exc)
         response = _failure(kind, req.model, status, code, str(exc))

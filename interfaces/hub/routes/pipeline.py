@@ -11,9 +11,10 @@ from pydantic import BaseModel, Field
 
 from ai_influencer.dataset.manifest import IMAGE_SUFFIXES
 from ai_influencer.vision.qc import read_report
-from interfaces.hub.context import COOKIE, HubContext, hub, require_token, sent_token
+from interfaces.hub.context import HubContext, hub, token_scheme
+from interfaces.hub.guard import COOKIE, sent_token
 
-router = APIRouter(dependencies=[Depends(require_token)])
+router = APIRouter(dependencies=[Depends(token_scheme)])
 SERVABLE = {*IMAGE_SUFFIXES, ".gif", ".csv", ".json", ".txt"}
 
 
@@ -117,16 +118,22 @@ def files(relative: str, ctx: HubContext = Depends(hub)) -> FileResponse:
 
 @router.get("/api/thumb", tags=["pipeline"])
 def thumb(path: str, size: int = Query(default=256, ge=32, le=1024), ctx: HubContext = Depends(hub)) -> Response:
+    """A JPEG thumbnail of an image under the data root; 415 when the file is not a readable image."""
     from PIL import Image
 
     file = ctx.inside_data(path)
     if not file.is_file() or file.suffix.lower() not in IMAGE_SUFFIXES:
         raise HTTPException(404, detail="no such image")
-    with Image.open(file) as im:
-        im = im.convert("RGB")
-        im.thumbnail((size, size))
-        buf = io.BytesIO()
-        im.save(buf, format="JPEG", quality=85)
+    buf = io.BytesIO()
+    try:
+        with Image.open(file) as im:
+            im.draft("RGB", (size, size))  # a JPEG decodes at a reduced scale: a huge photo stays cheap
+            im = im.convert("RGB")
+            im.thumbnail((size, size))
+            im.save(buf, format="JPEG", quality=85)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        # UnidentifiedImageError and truncated files are OSErrors; a bad header can be a SyntaxError.
+        raise HTTPException(415, detail=f"{path}: not a readable image ({exc.__class__.__name__})") from None
     return Response(buf.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
 
 
