@@ -51,12 +51,12 @@ from ai_influencer.openrouter import OpenRouterClient
 from ai_influencer.pacing import StopFlag
 from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
 from bench.pacing_v1 import AdaptiveRateV1
-from tests.support.openrouter_stub import StubOpenRouter
+from tests.support.openrouter_stub import IMAGE_CALLS, StubOpenRouter
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-or-bench"
 MODEL = "google/gemini-2.5-flash-image"
-IMAGE_PATH = ("/chat/completions",)
+IMAGE_PATH = IMAGE_CALLS  # the Image API, or chat for a model only chat serves
 OLD_CLI_CEILING = 2.0  # settings.image_rate_per_s, the CLI's default --rate from c93912a to acd39db
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.support.assets import face
-from tests.support.openrouter_stub import StubOpenRouter
+from tests.support.openrouter_stub import IMAGE_CALLS, StubOpenRouter
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-or-bench"
@@ -45,7 +45,12 @@ def export(ref: str, into: Path) -> Path:
 
 
 def paid_after(stub: StubOpenRouter, t: float) -> list[float]:
-    return sorted(r.t for r in stub.requests if r.paid and r.t > t and "modalities" in (r.body or {}))
+    """Paid image requests after ``t``: the Image API's, or chat's with image output (the plan's are chat too)."""
+    return sorted(
+        r.t
+        for r in stub.requests
+        if r.paid and r.t > t and (r.path.endswith("/images") or "modalities" in (r.body or {}))
+    )
 
 
 def one(code: Path, work: Path) -> dict[str, float | bool]:
@@ -56,7 +61,7 @@ def one(code: Path, work: Path) -> dict[str, float | bool]:
         shutil.copy(face(name), raw / name)
     out = work / "data" / "synth_openrouter"
     command = [sys.executable, "-c", "from interfaces.cli import app; app()", *ARGS]
-    with StubOpenRouter(valid_keys=[KEY], latency=0.5, latency_paths=("/chat/completions",)) as stub:
+    with StubOpenRouter(valid_keys=[KEY], latency=0.5, latency_paths=IMAGE_CALLS) as stub:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "OPENROUTER_", "INFLUENCER_"))}
         env.update(
             PYTHONPATH=str(code), OPENROUTER_API_KEY=KEY, OPENROUTER_BASE_URL=stub.base_url,

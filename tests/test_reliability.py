@@ -23,7 +23,7 @@ from ai_influencer.openrouter import OpenRouterClient
 from ai_influencer.pacing import StopFlag
 from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
 from tests.conftest import REPO, TEST_KEY
-from tests.support.openrouter_stub import StubOpenRouter
+from tests.support.openrouter_stub import IMAGE_CALLS, StubOpenRouter
 
 MODEL = "google/gemini-2.5-flash-image"
 INFLUENCER = str(Path(sys.executable).with_name("influencer"))
@@ -169,9 +169,7 @@ def test_random_upstream_429s_do_not_collapse_the_send_rate(tmp_path: Path) -> N
     """A third of the image requests answered 429 by a busy upstream provider (no X-RateLimit-* headers,
     no Retry-After), whatever our rate: every image is made and the rate is not pushed down. The old
     pacer fell to its 0.05 req/s floor (30 images: 124.8 s against 8.2 s without it)."""
-    with StubOpenRouter(
-        valid_keys=[TEST_KEY], latency=0.2, latency_paths=("/chat/completions",), upstream_429=0.3
-    ) as stub:
+    with StubOpenRouter(valid_keys=[TEST_KEY], latency=0.2, latency_paths=IMAGE_CALLS, upstream_429=0.3) as stub:
         outcomes, stats = _paced_batch(stub, tmp_path, 30, 4)
         refused = sum(r.status == 429 for r in stub.requests)
     assert [o.status for o in outcomes].count("generated") == 30, stats.describe()  # old pacer: stopped at 60 s
@@ -184,10 +182,10 @@ def test_openrouters_own_429s_still_slow_the_send_rate(tmp_path: Path) -> None:
     """OpenRouter's own limit (3 req/s, 429 with X-RateLimit-* headers and Retry-After): our rate is the
     cause, so the pacer lowers it at once and every worker honours the Retry-After."""
     with StubOpenRouter(
-        valid_keys=[TEST_KEY], latency=0.2, latency_paths=("/chat/completions",), rps_limit=3, limit_headers=True
+        valid_keys=[TEST_KEY], latency=0.2, latency_paths=IMAGE_CALLS, rps_limit=3, limit_headers=True
     ) as stub:
         outcomes, stats = _paced_batch(stub, tmp_path, 18, 8)
-        image_calls = [r for r in stub.requests if r.path.endswith("/chat/completions")]
+        image_calls = [r for r in stub.requests if r.path.endswith(IMAGE_CALLS)]
     assert [o.status for o in outcomes].count("generated") == 18
     assert stats.own_limited >= 1 and stats.decreases >= 1 and stats.probes == 0, stats
     # 8 workers at 0.2 s per image could send ~40 req/s: the rate came down to about the limit.

@@ -615,7 +615,7 @@ class StubOpenRouter:
             return error(401, "No auth credentials found" if not auth else "User not found.")
         if now < self._limited_until or self._rate_limited(now):
             return error(429, "Rate limit exceeded", **self._own_limit_headers(now))
-        if self.upstream_429 and path.endswith("/chat/completions") and self._upstream_busy():
+        if self.upstream_429 and method == "POST" and path.endswith(IMAGE_CALLS) and self._upstream_busy():
             hint = {"Retry_After": self.upstream_retry_after} if self.upstream_retry_after is not None else {}
             return error(429, "Provider returned error", {"provider_name": "stub-upstream", "raw": "busy"}, **hint)
         if self.latency and (self.latency_paths is None or path.endswith(self.latency_paths)):
