@@ -384,7 +384,7 @@ class StubOpenRouter:
         # How OpenRouter itself answers its own limits (``rps_limit``, ``rate_limit_burst``): with
         # X-RateLimit-Limit/Remaining/Reset headers. False: the bare 429 + Retry-After of older tests.
         self.limit_headers = limit_headers
-        # An upstream provider that is busy, whatever our rate: this share of chat requests is answered
+        # An upstream provider that is busy, whatever our rate: this share of image requests is answered
         # 429 with no X-RateLimit-* headers, and Retry-After only when ``upstream_retry_after`` is set
         # (OpenRouter passes one on only when every provider it tried gave a hint).
         self.upstream_429 = upstream_429
@@ -613,7 +613,9 @@ class StubOpenRouter:
         public = path == "/api/v1/models" or path.startswith("/api/v1/images/models")
         if not rec.authorization_ok and not public:
             return error(401, "No auth credentials found" if not auth else "User not found.")
-        if now < self._limited_until or self._rate_limited(now):
+        # The free public listings (models, Image API endpoints) are not counted against ``rps_limit``: a
+        # provider's limit never sees them, and counting them took a run's first second under the limit.
+        if now < self._limited_until or (not public and self._rate_limited(now)):
             return error(429, "Rate limit exceeded", **self._own_limit_headers(now))
         if self.upstream_429 and method == "POST" and path.endswith(IMAGE_CALLS) and self._upstream_busy():
             hint = {"Retry_After": self.upstream_retry_after} if self.upstream_retry_after is not None else {}
