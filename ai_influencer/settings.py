@@ -72,7 +72,9 @@ class Settings(BaseSettings):
         default="openrouter-image-rate", description="Global concurrency limit (slot decay) shared by all runs."
     )
     image_rate_per_s: float = Field(
-        default=2.0, gt=0, description="Image requests/s when that limit is created; the CLI's default --rate."
+        default=2.0,
+        gt=0,
+        description="Image requests/s of the shared limit when created; `generate` has none unless --rate.",
     )
     image_inflight_limit_name: str = Field(
         default="openrouter-image-inflight", description="Global concurrency limit of image requests in flight."

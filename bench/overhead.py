@@ -41,11 +41,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
 
+from ai_influencer.adaptive_pacing import AdaptiveRate
 from ai_influencer.analytics.report import cost_report, drift_report, join
 from ai_influencer.dataset.augment import augment_and_caption
 from ai_influencer.generation import build_requests, generate_batch, iter_reference_images
 from ai_influencer.openrouter import OpenRouterClient
-from ai_influencer.pacing import SEND_SAFETY, AdaptiveRate
+from ai_influencer.pacing import SEND_SAFETY
 from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
 from ai_influencer.settings import Settings
 from ai_influencer.storyboard import plan_storyboard, write_storyboard

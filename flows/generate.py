@@ -26,19 +26,21 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from ai_influencer import usecases
+from ai_influencer.adaptive_pacing import AdaptiveRate, PacingStats
 from ai_influencer.costs import CostLedger
 from ai_influencer.dataset.manifest import rebuild_manifest
 from ai_influencer.dataset.workspace import Workspace
 from ai_influencer.dispatch import Dispatched, dispatch
 from ai_influencer.generation import ImageRequest, iter_reference_images
 from ai_influencer.openrouter.capabilities import ImageRoute
-from ai_influencer.pacing import AdaptiveRate, PacingStats, StopRequested, drain_on_signals, rate_limit_capacity
+from ai_influencer.pacing import StopRequested, drain_on_signals, rate_limit_capacity
 from ai_influencer.settings import Settings
 from ai_influencer.vision.qc_stream import StreamingQC, UntilAccepted
 from flows.params import GenerateParams, Paths, current_params
 from tasks.clients import RUN_STOP, openrouter_client
 from tasks.generate import generate_image_task, release_ledger
 from tasks.limits import InflightPool, RunSeat, context_thread, ensure_limit
+from tasks.prefect_compat import flush_api_logs
 from tasks.rate import RateDispatcher, SharedSlots
 from tasks.streaming import stream_for
 
@@ -148,6 +150,7 @@ class _Run:
                 "stopped (%s): all %d requests sent have finished, their images are saved; %d not sent",
                 RUN_STOP.reason, len(done.results) + len(done.errors), len(done.not_sent),
             )  # fmt: skip
+            flush_api_logs()  # on the server before the signal is passed on and the run is Cancelled
         return self._summarise(done, ledger)
 
     def _dispatch(self) -> Dispatched:
@@ -159,7 +162,13 @@ class _Run:
         lim, todo = self.params.limits, self.plan.todo
         with (
             frozen_heap(),
-            RunSeat(lim.rate_limit_name, lease_s=INFLIGHT_LEASE_S, stop=RUN_STOP, logger=self.logger) as seat,
+            RunSeat(
+                lim.rate_limit_name,
+                lease_s=INFLIGHT_LEASE_S,
+                stop=RUN_STOP,
+                logger=self.logger,
+                workspace=str(self.ws.data_root.resolve()),
+            ) as seat,
             InflightPool(
                 lim.inflight_limit_name, seat, self.max_inflight, lease_s=INFLIGHT_LEASE_S, stop=RUN_STOP
             ) as pool,

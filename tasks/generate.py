@@ -17,11 +17,12 @@ from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency, rate_limit
 from prefect.runtime import task_run
 
+from ai_influencer.adaptive_pacing import AdaptiveRate
 from ai_influencer.costs import BudgetExceededError, CostLedger, RunHaltedError
 from ai_influencer.generation import GenerationOutcome, ImageRequest, generate_one
 from ai_influencer.openrouter import AuthError, InsufficientCreditsError, OpenRouterError
 from ai_influencer.openrouter.capabilities import ImageRoute
-from ai_influencer.pacing import AdaptiveRate, StopRequested
+from ai_influencer.pacing import StopRequested
 from tasks.clients import RUN_STOP, openrouter_client
 from tasks.rate import RateDispatcher, send_clock, take_rate_slots
 from tasks.retry import retry_options
@@ -92,8 +93,8 @@ class _TaskPacer:
         send_clock.wait(self.name, not_before, rate)
         RUN_STOP.check()
 
-    def on_response(self, rate_limited: bool, retry_after: float | None = None) -> None:
-        self.adaptive.on_response(rate_limited, retry_after)
+    def on_response(self, rate_limited: bool, retry_after: float | None = None, *, own_limit: bool = False) -> None:
+        self.adaptive.on_response(rate_limited, retry_after, own_limit=own_limit)
 
 
 @task(

@@ -15,7 +15,8 @@ from typing import ClassVar
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
 
-from ai_influencer.pacing import SEND_SAFETY, AdaptiveRate, SendClock, requests_per_second
+from ai_influencer.adaptive_pacing import AdaptiveRate
+from ai_influencer.pacing import SEND_SAFETY, SendClock, requests_per_second
 from tasks.limits import InflightPool, RunSeat, context_thread
 from tasks.prefect_compat import post_increment
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ai_influencer.adaptive_pacing import AdaptiveRate, PacingStats
 from ai_influencer.costs import CostEstimate, CostLedger
 from ai_influencer.generation import (
     GenerationOutcome,
@@ -31,7 +32,7 @@ from ai_influencer.io import file_sha256
 from ai_influencer.openrouter import OpenRouterClient
 from ai_influencer.openrouter.capabilities import IMAGE_OPTION_DEFAULTS, ImageOptions, ImageRoute, resolve_route
 from ai_influencer.openrouter.types import ImageResult
-from ai_influencer.pacing import AdaptiveRate, PacingStats, StopFlag
+from ai_influencer.pacing import StopFlag
 from ai_influencer.prompt_bank import PromptSpec, compose_prompts, load_prompt_bank
 
 

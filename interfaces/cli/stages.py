@@ -127,8 +127,8 @@ def generate(
         float | None,
         typer.Option(
             min=0,
-            help="Most requests per second (default: settings.image_rate_per_s; 0: no ceiling). "
-            "Lowered automatically on 429s, then slowly raised again.",
+            help="Most requests per second (default and 0: no ceiling, --concurrency bounds the sends). "
+            "Lowered only while the provider limits our rate (OpenRouter's own 429s, or 429s that follow it).",
         ),
     ] = None,
     concurrency: Annotated[int, typer.Option(min=1, max=64, help="Requests in flight.")] = 4,
@@ -186,7 +186,7 @@ def generate(
         if not plan.todo and not dry_run:
             out.print(f"nothing to generate; manifest: {target / 'manifest.json'}")
             return
-        ceiling = 1.0 / sleep if sleep > 0 else (s.image_rate_per_s if rate is None else rate)
+        ceiling = 1.0 / sleep if sleep > 0 else rate  # no default ceiling: the release before AIMD had none
         stop = StopFlag()
         with client(s) as c:
             route = usecases.prepare_route(c, plan, estimate_usd=estimate_usd, check_key=not dry_run)
