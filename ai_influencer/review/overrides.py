@@ -165,7 +165,7 @@ def automatic_reason(row: QCRow) -> str:
     return row.reason
 
 
-REASON_KINDS = ("identity", "sharpness", "duplicate", "faces", "no face", "error", "override")
+REASON_KINDS = ("identity", "sharpness", "duplicate", "copy", "faces", "no face", "error", "override")
 
 
 def reason_kinds(reason: str) -> set[str]:
@@ -179,6 +179,8 @@ def reason_kinds(reason: str) -> set[str]:
             kinds.add("sharpness")
         elif part.startswith("duplicate:"):
             kinds.add("duplicate")
+        elif part.startswith("copy of reference"):
+            kinds.add("copy")
         elif part.startswith("faces:"):
             kinds.add("faces")
         elif part == "no face detected":
