@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageOps
 
 from ai_influencer import usecases
 from ai_influencer.dataset.workspace import Workspace
@@ -40,63 +39,17 @@ from ai_influencer.review.calibration import MIN_PER_CLASS, fit_threshold, opera
 from ai_influencer.review.overrides import content_digest, inactive
 from ai_influencer.review.persona import store_thresholds
 from ai_influencer.settings import Settings
-from ai_influencer.vision.qc import REPORT_FIELDS, EngineSpec, QCResult, QCThresholds, run_qc, tile_label
+from ai_influencer.vision.qc import REPORT_FIELDS, EngineSpec, QCResult, QCThresholds, tile_label
 from ai_influencer.vision.qc_stream import StreamingQC
-from tests.support.assets import face
-from tests.support.calibration import PHOTOS, _write_variant, calibration_photos
+from tests.support.review_workspace import ECHO, PERSONA, VARIED, Template, build, clone
+from tests.support.review_workspace import workspace as _workspace
 
-PERSONA = "obama"
-# Two distinct pictures of the persona as references: obama_1, _3 and _4 are crops of one official portrait
-# (faces.csv), the other candidates of the persona.
-REFERENCES = ("obama_2.jpg", "obama3.jpg")  # the first from the calibration set, the second from tests/support/assets
-VARIED = ("obama_1.jpg", "obama_3_720p.jpg", "obama_4_small.jpg")  # mirrored and blurred; obama_3_240p: resized
-ECHO = "obama_2_echo.png"  # the generator returned a reference, mirrored
 INFLUENCER = str(Path(sys.executable).with_name("influencer"))
-
-
-@dataclass
-class Template:
-    root: Path
-    identity: dict[str, str]  # candidate file -> the person in it (labels.csv), MULTI for group photos
-    blurred: set[str]
-
-
-def _workspace(root: Path) -> Workspace:
-    return Workspace(root / "data", root / "models")
 
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
-    root = tmp_path_factory.mktemp("review")
-    ws = _workspace(root)
-    ws.cleaned.mkdir(parents=True)
-    ws.synth.mkdir(parents=True)
-    for name in REFERENCES:
-        shutil.copy(PHOTOS / name if (PHOTOS / name).is_file() else face(name), ws.cleaned / name)
-    identity = {}
-    for p in calibration_photos():
-        if p.name not in REFERENCES:
-            shutil.copy(p.path, ws.synth / p.name)
-            identity[p.name] = p.identity
-    blurred = set()
-    for name in VARIED:
-        src, stem = PHOTOS / name, Path(name).stem
-        im = Image.open(src).convert("RGB")
-        ImageOps.mirror(im).save(ws.synth / f"{stem}_mirror.png")  # another picture of the persona to pHash
-        identity[f"{stem}_mirror.png"] = PERSONA
-        for kind, suffix in (("blur04", "_blur04.png"), ("blur10", "_blur10.jpg")):
-            _write_variant(kind, im, src, ws.synth / f"{stem}{suffix}")
-            identity[f"{stem}{suffix}"] = PERSONA
-            blurred.add(f"{stem}{suffix}")
-    ImageOps.mirror(Image.open(ws.cleaned / "obama_2.jpg").convert("RGB")).save(ws.synth / ECHO)
-    identity[ECHO] = PERSONA
-    run_qc(ws.cleaned, ws.synth, ws.qc_passed, spec=EngineSpec("dlib"), workers=2, cache_dir=ws.qc_cache)
-    return Template(root, identity, blurred)
-
-
-def clone(template: Template, tmp_path: Path) -> Workspace:
-    shutil.copytree(template.root / "data", tmp_path / "data")
-    return _workspace(tmp_path)
+    return build(tmp_path_factory.mktemp("review"))
 
 
 def qc(ws: Workspace, minsim: float = 0.34, minblur: float = 80.0) -> QCResult:

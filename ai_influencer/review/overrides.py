@@ -40,6 +40,10 @@ class OverrideError(ValueError):
     """A refused request or an unreadable store, as one line naming the file or the field."""
 
 
+class OverrideStoreError(OverrideError):
+    """The store itself cannot be read: the user must fix or move the file (no request can succeed)."""
+
+
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -95,7 +99,7 @@ class OverrideStore:
         except FileNotFoundError:
             return {}
         except OSError as exc:
-            raise OverrideError(f"{self.path}: cannot read the review overrides ({exc.strerror})") from exc
+            raise OverrideStoreError(f"{self.path}: cannot read the review overrides ({exc.strerror})") from exc
         try:
             data = json.loads(text)
             if not isinstance(data, dict) or not isinstance(data.get("images"), dict):
@@ -106,7 +110,7 @@ class OverrideStore:
                 for j in entry.get("history", []):
                     Judgement.from_json(j)
         except (ValueError, TypeError, AttributeError) as exc:
-            raise OverrideError(
+            raise OverrideStoreError(
                 f"{self.path}: unreadable review overrides ({str(exc).splitlines()[0]}); fix or move the file, "
                 "QC will not run without the verdicts it holds"
             ) from None

@@ -3,7 +3,8 @@
 No pipeline logic lives here: models and generation go through the one OpenRouter client
 (``routes.openrouter``), insights through ``ai_influencer.insights`` (``routes.insights``), runs
 through Prefect's REST API and the dataset view over the files the stages wrote
-(``routes.pipeline``).
+(``routes.pipeline``), the review of QC's verdicts and the calibration through ``ai_influencer.review``
+(``routes.review``).
 
 Security (``guard``): every path except the page shells, /static and the API docs needs the hub
 token, reads included (the dataset, run list and thumbnails are the user's data, and
@@ -30,10 +31,10 @@ from ai_influencer.settings import Settings
 from interfaces.hub import errors
 from interfaces.hub.context import HubContext
 from interfaces.hub.guard import BodyLimit, BodyLimits, TokenGuard, check_token
-from interfaces.hub.routes import insights, openrouter, pipeline
+from interfaces.hub.routes import insights, openrouter, pipeline, review
 
 STATIC = Path(__file__).with_name("static")
-PAGES = {"/": "index.html", "/influencer": "influencer.html", "/pipeline": "pipeline.html"}
+PAGES = {"/": "index.html", "/influencer": "influencer.html", "/pipeline": "pipeline.html", "/review": "review.html"}
 
 
 def create_app(
@@ -71,7 +72,7 @@ def create_app(
             raise HTTPException(404)
         return FileResponse(path)
 
-    for module in (openrouter, insights, pipeline):
+    for module in (openrouter, insights, pipeline, review):
         app.include_router(module.router)
     errors.install(app)
     # The last middleware added runs first: the token, then the body limit (uploads: the insights router).
