@@ -116,6 +116,11 @@ class Settings(BaseSettings):
     )
     hub_max_json_mb: float = Field(default=1.0, gt=0, description="Largest body of every other hub request (JSON).")
     hub_deployment: str = Field(default="hybrid/hybrid-local", description="Deployment the hub's Start runs.")
+    prefect_local_server: bool = Field(
+        default=True,
+        description="With no PREFECT_API_URL: keep one Prefect server per workspace (data/.prefect/) that runs and "
+        "the hub share; false: a temporary server per run, its runs gone with it.",
+    )
 
     # --- training ---------------------------------------------------------------------
     kohya_path: Path | None = Field(
