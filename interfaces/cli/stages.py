@@ -406,6 +406,14 @@ def run(
     skip: Annotated[list[str] | None, typer.Option(help=f"Stage to skip ({', '.join(STAGES)}); repeatable.")] = None,
     do_rembg: Annotated[bool, typer.Option("--do-rembg/--no-rembg", "--do_rembg")] = False,
     allow_multi_face: AllowMultiFaceOpt = False,
+    review: Annotated[
+        bool,
+        typer.Option(
+            "--review",
+            help="After QC, pause until you have reviewed the images on the hub's /review page, then resume the "
+            "run (review page or Prefect UI): continue with your verdicts, or stop.",
+        ),
+    ] = False,
 ) -> None:
     """Run the hybrid Prefect flow in-process (local Prefect with SQLite; no server or Docker needed).
 
@@ -446,6 +454,7 @@ def run(
         params = HybridParams(
             paths=Paths(data_root=str(s.data_root), prompt_bank=str(bank), models_root=str(s.models_root)),
             **{f"run_{stage}": stage not in skipped for stage in STAGES},
+            review=review,
             prepare=PrepareParams(do_rembg=do_rembg, allow_multi_face=allow_multi_face),
             generate=GenerateParams(
                 per_scene=per_scene, model=model or s.image_model, budget_usd=budget, n=n, seed=seed

@@ -233,3 +233,59 @@ def calibration_apply(ctx: HubContext = Depends(hub)) -> dict[str, Any]:
     except ValueError as exc:
         raise HTTPException(409, detail=str(exc)) from None
     return {"stored": cal.suggested(), "path": str(path), "calibration": _calibration(_suggest(ctx))}
+
+
+# ---- runs paused for this review (HybridParams.review, flows/review.py) ----------------------------------------
+
+
+class ResumeRequest(BaseModel):
+    run_id: str = Field(max_length=64, pattern=r"^[0-9a-fA-F-]{32,36}$")
+    action: Literal["continue", "stop"] = Field(
+        description="continue: QC again with the verdicts as they stand now, then augment and train; stop: end it."
+    )
+
+
+@router.get("/api/review/runs")
+def paused_runs(ctx: HubContext = Depends(hub)) -> dict[str, Any]:
+    """Pipeline runs paused for this review (newest first); ``prefect`` says why none can be listed."""
+    from interfaces.hub.routes.pipeline import prefect_client
+
+    try:
+        client = prefect_client(ctx)
+    except HTTPException as exc:
+        return {"paused": [], "prefect": exc.detail}
+    body = {"flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}}, "limit": 20, "sort": "START_TIME_DESC"}
+    with client as c:
+        try:
+            found = c.post("/flow_runs/filter", json=body).raise_for_status().json()
+        except Exception as exc:  # httpx errors: say so, the page goes on without them
+            return {"paused": [], "prefect": f"Prefect API: {exc}"}
+    return {
+        "paused": [
+            {"id": r["id"], "name": r["name"], "since": (r.get("state") or {}).get("timestamp")}
+            for r in found
+            if ((r.get("state") or {}).get("state_details") or {}).get("pause_key") == "review"
+        ],
+        "prefect": None,
+    }
+
+
+@router.post("/api/review/resume")
+def resume(req: ResumeRequest, ctx: HubContext = Depends(hub)) -> dict[str, Any]:
+    """Resume a run paused for review with the user's answer (the run's Prefect input form, from here)."""
+    from interfaces.hub.routes.pipeline import prefect_client
+
+    with prefect_client(ctx) as c:
+        try:
+            r = c.post(f"/flow_runs/{req.run_id}/resume", json={"run_input": {"action": req.action}})
+        except Exception as exc:
+            raise HTTPException(502, detail=f"Prefect API: {exc}") from None
+    if r.status_code == 404:
+        raise HTTPException(404, detail=f"no flow run {req.run_id} on the Prefect server")
+    if r.status_code >= 400:
+        raise HTTPException(502, detail=f"Prefect API: HTTP {r.status_code}: {r.text[:300]}")
+    state = r.json().get("state") or {}
+    if state.get("type") != "RUNNING":
+        reason = (r.json().get("details") or {}).get("reason") or "the run is not paused"
+        raise HTTPException(409, detail=f"not resumed: {reason}")
+    return {"id": req.run_id, "action": req.action, "state": state.get("type")}
