@@ -263,6 +263,9 @@ def use_local_defaults(data_root: Path) -> str | None:
     if found is not None:
         os.environ["PREFECT_API_URL"] = os.environ[MARK] = found.url
         return found.url
+    if os.environ.get(MARK):  # inherited from a process that used a local server since stopped
+        os.environ.pop("PREFECT_API_URL", None)
+        os.environ.pop(MARK, None)
     if (folder(data_root) / DATABASE).is_file():
         os.environ.setdefault("PREFECT_API_DATABASE_CONNECTION_URL", database_url(data_root))
     return None

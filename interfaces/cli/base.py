@@ -190,10 +190,11 @@ def expected_errors() -> tuple[type[BaseException], ...]:
 
     from ai_influencer.openrouter.errors import OpenRouterError
     from ai_influencer.prompt_bank import PromptBankError
+    from interfaces.local_server import LocalServerError
 
     found: tuple[type[BaseException], ...] = (
         CliError, MissingApiKeyError, PromptBankError, OpenRouterError, ValueError, FileNotFoundError,
-        httpx.HTTPError,
+        httpx.HTTPError, LocalServerError,
     )  # fmt: skip
     if "prefect.exceptions" in sys.modules:
         found += (sys.modules["prefect.exceptions"].PrefectHTTPStatusError,)

@@ -334,20 +334,24 @@ def hub(
             out.print(f"hub token for this run (set INFLUENCER_HUB_TOKEN to fix one): {s.hub_token.get_secret_value()}")
         from interfaces import local_server
         from interfaces.hub.app import create_app
+        from interfaces.hub.guard import check_token
 
         h, p = host or s.hub_host, port or s.hub_port
+        check_token(s, h)  # a token the hub must refuse is refused before any server starts
         api_url, runner = None, None
-        if s.prefect_local_server and not local_server.configured_api_url():  # the default install: the kept server
+        local = s.prefect_local_server and not local_server.configured_api_url()
+        if local:  # the default install: the workspace's kept server
             ws = workspace()
             server, started = local_server.ensure(ws.data_root)
             api_url = server.url
-            runner = local_server.start_runner(api_url, local_server.folder(ws.data_root) / "runner.log")
             out.print(
                 f"Prefect server: {server.ui} ({'started' if started else 'running'}; runs started from the hub "
                 f"run here, as deployment hybrid/{local_server.LOCAL_DEPLOYMENT})",
                 highlight=False,
             )
-        hub_app = create_app(s, prefect_api_url=api_url, bind=h)  # refuses an empty token, or a short one
+        hub_app = create_app(s, prefect_api_url=api_url, bind=h)
+        if local:
+            runner = local_server.start_runner(api_url, local_server.folder(ws.data_root) / "runner.log")
         out.print(f"Control Hub on http://{h}:{p}/  (API docs: /docs; review: /review)")
         try:
             uvicorn.run(hub_app, host=h, port=p, log_level="info")
