@@ -98,7 +98,12 @@ def _prefect_check() -> Check:
 
     url = get_current_settings().api.url
     if not url:
-        return Check("Prefect", "ok", "no PREFECT_API_URL: `influencer run` uses the embedded server (SQLite)")
+        local = (
+            "its local server (data/.prefect/, kept between runs)"
+            if settings().prefect_local_server
+            else ("a temporary server")
+        )
+        return Check("Prefect", "ok", f"no PREFECT_API_URL: `influencer run` and `influencer hub` start {local}")
     try:
         from flows.api import api_client
 
