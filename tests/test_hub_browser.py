@@ -132,7 +132,8 @@ def test_review_page_keyboard_overrides_survive_a_reload_and_calibration_appears
     browser: object, stub: StubOpenRouter, review_template: Template, tmp_path: Path
 ) -> None:
     """Issue 28: A / R / U on the keyboard, the full-size view beside the references, the verdicts kept
-    across a reload, and the calibration suggestion once the labels suffice (keyboard triage only)."""
+    across a reload and over a listing that arrives late, and the calibration suggestion once the labels
+    suffice (keyboard triage only), applied with one click."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     clone(review_template, tmp_path)
     with serve(create_app(hub_settings(stub, tmp_path))) as url:
@@ -204,12 +205,42 @@ def test_review_page_keyboard_overrides_survive_a_reload_and_calibration_appears
         press("ArrowRight", 1)
         press("ArrowRight", 2)
         persona = {n for n, p in review_template.identity.items() if p == PERSONA} - review_template.blurred - {ECHO}
-        for k in range(2, len(order)):
-            press("a" if order[k] in persona else "r", min(k + 1, len(order) - 1))
+        truth = {f: "a" if f in persona else "r" for f in order}
+
+        # A list the hub served before a verdict was stored is not drawn over that verdict (it happens with a
+        # Refresh, a filter change, or the second "change" of the token field when it loses focus, while keys
+        # are pressed): hold a listing back, press a key meanwhile, then let the listing arrive.
+        held: list[tuple[object, object]] = []
+        sent: list[str] = []
+        pg.on("request", lambda r: sent.append(r.url) if "/api/review/verdict" in r.url else None)
+        pg.route("**/api/review/items*", lambda route: held.append((route, route.fetch())))
+        pg.click("#refresh")
+        for _ in range(400):  # the listing reaches the route within a few ms; bounded all the same
+            if held:
+                break
+            pg.wait_for_timeout(25)
+        assert held, "the Refresh button listed nothing"
+        pg.keyboard.press(truth[order[2]])
+        pg.wait_for_timeout(300)  # ample for the page to send the verdict if it did not wait for the listing
+        assert sent == [], "a verdict was sent while a listing asked before it was still on its way"
+        route, response = held[0]
+        route.fulfill(response=response)  # type: ignore[attr-defined]
+        pg.unroute("**/api/review/items*")
+        pg.wait_for_function("() => document.querySelector('#grid .tile.selected').dataset.index === '3'")
+        assert "judged" in pg.get_attribute(f'#grid .tile[data-file="{order[2]}"]', "class").split()
+        assert len(sent) == 1
+
+        for k in range(3, len(order)):
+            press(truth[order[k]], min(k + 1, len(order) - 1))
             if pg.get_attribute("#cal-status", "data-ready") == "yes":
                 break
         pg.wait_for_selector("#cal-table:not([hidden]) tr[data-threshold='minsim']")
         assert pg.get_attribute("#cal-status", "data-ready") == "yes"
         assert pg.is_visible("#cal-apply")
         pg.screenshot(path=str(SHOTS / "hub-review-calibration.png"), full_page=True)
+        # One click stores the suggestion in the persona's settings; the page says QC now uses them.
+        pg.click("#cal-apply")
+        pg.wait_for_selector("#cal-result:has-text('stored in')")
+        pg.wait_for_selector("#thresholds:has-text('persona calibration')")
+        assert (tmp_path / "data" / "persona.json").is_file()
         context.close()
