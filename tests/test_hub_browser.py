@@ -118,6 +118,9 @@ def test_pipeline_page_shows_the_dataset_with_verdicts(page: tuple[object, str],
     pg.wait_for_selector(".tile.accepted img")
     pg.wait_for_function("() => [...document.querySelectorAll('.tile img')].every(i => i.complete && i.naturalWidth)")
     assert "1 accepted · 1 rejected" in pg.text_content("#dataset-summary")
+    # a rejected image says why (issue 28: a bare "rejected · 0.10" said nothing), and the review is one click away
+    assert pg.text_content(".tile.rejected .reason") == "id" and pg.query_selector(".tile.accepted .reason") is None
+    assert pg.get_attribute("#review-link", "href") == "/review"
     # no Prefect server configured for this hub: the runs table says so instead of failing silently
     assert "no Prefect server configured" in pg.text_content("#runs-error")
     pg.screenshot(path=str(SHOTS / "hub-pipeline.png"), full_page=True)

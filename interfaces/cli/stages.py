@@ -548,9 +548,13 @@ def _prefect_server() -> AbstractContextManager[object]:
     if not settings().prefect_local_server:  # Prefect's temporary server, detached from the terminal
         from prefect.settings import get_current_settings
 
+        from tasks.limits import durable_local_leases
         from tasks.prefect_compat import start_embedded_server
 
-        start_embedded_server(get_current_settings().server.ephemeral.startup_timeout_seconds)
+        # Started under the run's lease settings: the server keeps its leases on disk (it runs no repossessor),
+        # where the next run frees those of a killed one; started before them it kept them in its memory.
+        with durable_local_leases():
+            start_embedded_server(get_current_settings().server.ephemeral.startup_timeout_seconds)
         return nullcontext()
     began = time.monotonic()
     server, started = local_server.ensure(workspace().data_root)
