@@ -129,6 +129,11 @@ class Settings(BaseSettings):
     video_webhook_block: str = Field(
         default="openrouter-video-webhook", description="Prefect Secret block with the webhook signing secret."
     )
+    prefect_local_server: bool = Field(
+        default=True,
+        description="With no PREFECT_API_URL: keep one Prefect server per workspace (data/.prefect/) that runs and "
+        "the hub share; false: a temporary server per run, its runs gone with it.",
+    )
 
     # --- training ---------------------------------------------------------------------
     kohya_path: Path | None = Field(

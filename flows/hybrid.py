@@ -17,6 +17,7 @@ from prefect import flow
 from ai_influencer.settings import Settings
 from flows.generate import check_image_route, generate_flow
 from flows.params import HybridParams, current_params
+from flows.review import review_after_qc
 from flows.rounds import generate_until_flow
 from flows.stages import augment_flow, evaluate_flow, plan_flow, prepare_flow, qc_flow, train_flow
 from flows.streaming import streamed_qc
@@ -58,6 +59,10 @@ def hybrid_flow(params: HybridParams = HybridParams()) -> dict:
         out["qc"] = qc_flow(p.qc, p.paths)
     if p.run_qc or (p.run_generate and p.target_accepted):
         out["analytics"] = analytics_task(str(ws.synth), str(ws.qc_report))
+        if p.review:  # pause for the user's verdicts (flows/review.py); stopped or timed out: the run ends here
+            ended = review_after_qc(p, s, out)
+            if ended is not None:
+                return ended  # type: ignore[return-value]  (a State: Prefect ends the run in it)
     if p.run_video:
         out["video"] = video_flow(p.video, p.paths)
     if p.run_augment:

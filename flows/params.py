@@ -173,12 +173,26 @@ class GenerateParams(RunParams):
 
 class QCParams(RunParams):
     SETTINGS: ClassVar[dict[str, str]] = {"backend": "face_backend"}
-    minsim: float = Field(
-        default=0.34, ge=0, le=1, description="Identity score 0..1; 0.34 = same person (docs/identity-calibration.md)."
+    minsim: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Identity score 0..1; empty: this persona's calibration (data/persona.json, `influencer qc "
+        "calibrate --apply`), else 0.34 = same person (docs/identity-calibration.md).",
     )
-    minblur: float = Field(default=80.0, ge=0, description="Face sharpness; 80 = the sharp/blurred line.")
+    minblur: float | None = Field(
+        default=None, ge=0, description="Face sharpness; empty: this persona's calibration, else 80 (sharp/blurred)."
+    )
     max_faces: int = Field(default=1, ge=1)
     backend: str | None = Field(default=None, description=BACKEND_HELP)
+
+    def for_workspace(self, ws: Workspace) -> QCParams:
+        """A copy with the thresholds left empty filled as ``influencer qc`` fills them: this persona's
+        calibration, else the built-in default (``review.effective_thresholds``)."""
+        from ai_influencer.review import effective_thresholds
+
+        chosen = effective_thresholds(ws, {"minsim": self.minsim, "minblur": self.minblur})
+        return self.model_copy(update=chosen.values())
 
 
 class AugmentParams(RunParams):
@@ -273,6 +287,14 @@ class HybridParams(RunParams):
     streaming: bool = Field(
         default=True,
         description="QC checks each image as it is generated (the same verdicts as QC afterwards, sooner).",
+    )
+    review: bool = Field(
+        default=False,
+        description="After QC, pause until you have reviewed the images on the hub's review page (/review), "
+        "then continue (QC again with your verdicts, then augment and train) or stop.",
+    )
+    review_timeout_s: int = Field(
+        default=3600, ge=1, description="A review left open this long ends the run (Failed, ReviewTimedOut)."
     )
     target_accepted: int | None = Field(
         default=None, ge=1, description="Generate until this many images pass QC (streamed: stops paying at once)."

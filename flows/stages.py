@@ -43,7 +43,8 @@ def plan_flow(params: PlanParams = PlanParams(), paths: Paths = Paths()) -> dict
 @flow(name="qc", log_prints=True)
 def qc_flow(params: QCParams = QCParams(), paths: Paths = Paths()) -> dict:
     s = Settings()
-    p, ws = params.resolve(s), paths.resolve(s).workspace()
+    ws = paths.resolve(s).workspace()
+    p = params.resolve(s).for_workspace(ws)  # empty thresholds: this persona's calibration, else the defaults
     summary = call_with_intact_outputs(
         qc_task,
         str(ws.cleaned),
@@ -54,6 +55,7 @@ def qc_flow(params: QCParams = QCParams(), paths: Paths = Paths()) -> dict:
         p.max_faces,
         p.backend,
         str(ws.qc_cache),
+        str(ws.qc_overrides),  # the user's verdicts from the review page win over QC's
         log=get_run_logger().info,
     )
     print(f"qc: {_shown(summary)}")

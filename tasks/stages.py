@@ -62,7 +62,8 @@ def plan_task(prompt_bank: str, model: str, storyboard: str | None = None) -> di
 
 def _qc_key(context: Any, p: dict[str, Any]) -> str:
     extra = ("qc", p["out_dir"], p["minsim"], p["minblur"], p["max_faces"], p["backend"])
-    return fingerprint(p["ref_dir"], p["cand_dir"], extra=extra)
+    # the review overrides' content is an input: a verdict changed on the review page re-runs QC (cached analyses)
+    return fingerprint(p["ref_dir"], p["cand_dir"], p.get("overrides"), extra=extra)
 
 
 @task(name="qc", tags=["vision", "qc"], cache_key_fn=_qc_key, persist_result=True, **RETRY)
@@ -75,10 +76,12 @@ def qc_task(
     max_faces: int,
     backend: str,
     cache_dir: str | None = None,
+    overrides: str | None = None,
 ) -> dict:
     job = usecases.QCJob(
         Path(ref_dir), Path(cand_dir), Path(out_dir), QCThresholds(minsim=minsim, minblur=minblur, max_faces=max_faces),
         backend=backend, cache_dir=Path(cache_dir) if cache_dir else None,
+        overrides=Path(overrides) if overrides else None,
     )  # fmt: skip
     result = usecases.qc(Settings(), job, on_progress=ProgressArtifact("qc-progress", "QC: images analysed"))
     return publish_qc(result, minsim, minblur)

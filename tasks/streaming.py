@@ -67,12 +67,13 @@ def open_stream(
     max_faces: int,
     backend: str | None,
     target: int | None = None,
+    overrides: Path | None = None,
 ) -> Iterator[QCStream]:
     """Check the references (a bad one fails here, before anything is paid), then keep the stream open
     for the generate flow; closed and removed on exit."""
     job = usecases.QCJob(
         ref_dir, cand_dir, out_dir, QCThresholds(minsim=minsim, minblur=minblur, max_faces=max_faces),
-        backend=backend, cache_dir=cache_dir,
+        backend=backend, cache_dir=cache_dir, overrides=overrides,
     )  # fmt: skip
     stream = usecases.qc_stream(settings, job)
     key = _key(cand_dir)

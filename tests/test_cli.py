@@ -84,7 +84,7 @@ def test_generate_budget_stops_paid_requests_at_the_cap(
 def test_main_job_killed_mid_generation_resumes_on_the_embedded_server(
     cli_env: dict[str, str], tmp_path: Path, stub: StubOpenRouter
 ) -> None:
-    """README's first command, `influencer run`, with no Prefect server configured: killed with SIGKILL
+    """`influencer run` on Prefect's temporary server (INFLUENCER_PREFECT_LOCAL_SERVER=false): killed with SIGKILL
     while generating, then run again. The re-run must not wait for the dead run's slots (Prefect's
     embedded server has no lease repossessor and the leases last 60 s: the re-run frees those of its
     dead predecessor at once), and nothing saved before the kill is paid again."""
@@ -98,6 +98,7 @@ def test_main_job_killed_mid_generation_resumes_on_the_embedded_server(
     env = {k: v for k, v in cli_env.items() if not k.startswith("PREFECT_API_")}
     env.update(
         PREFECT_HOME=str(tmp_path / "prefect-home"),
+        INFLUENCER_PREFECT_LOCAL_SERVER="false",  # the temporary per-run server (the kept one has a repossessor)
         INFLUENCER_IMAGE_RATE_PER_S="4",
         # Two in-flight slots: the killed run holds all of them, so the re-run can finish only by freeing
         # them itself once their leases expire (the embedded server has no repossessor).
@@ -286,11 +287,11 @@ def test_prefect_outside_the_tested_range_is_named_at_start_up() -> None:
 def test_stopping_the_main_job_keeps_every_paid_image(
     cli_env: dict[str, str], tmp_path: Path, stub: StubOpenRouter, sig: int, group: bool, code: int
 ) -> None:
-    """`influencer run` (the flow in-process on the embedded server) stopped mid-generation with SIGTERM
-    (a service manager), or with Ctrl-C in a terminal, which signals the whole process group: the generate
-    flow drains (nothing new sent, requests in flight finish and are saved), then the signal goes on to
-    Prefect, which ends the run. The embedded server is in its own session, so Ctrl-C does not kill the
-    API the drain still needs, and it is not left behind."""
+    """`influencer run` (the flow in-process on the workspace's kept Prefect server) stopped mid-generation with
+    SIGTERM (a service manager), or with Ctrl-C in a terminal, which signals the whole process group: the
+    generate flow drains (nothing new sent, requests in flight finish and are saved), then the signal goes on
+    to Prefect, which ends the run. The server is in its own session, so Ctrl-C does not kill the API the
+    drain still needs, and it holds none of the run's pipes."""
     from tests.support.assets import face
 
     stub.latency, stub.latency_paths = 1.5, ("/images",)
@@ -320,8 +321,7 @@ def test_stopping_the_main_job_keeps_every_paid_image(
         os.killpg(proc.pid, sig)
     else:
         proc.send_signal(sig)
-    # communicate() also waits for every process holding the pipes: an embedded Prefect server left
-    # behind would hang it.
+    # communicate() also waits for every process holding the pipes: a Prefect server holding them would hang it.
     _stdout, stderr = proc.communicate(timeout=120)
     time.sleep(0.2)
     paid = sum(r.paid for r in stub.image_requests())

@@ -138,6 +138,13 @@ CONSOLE_LOG = _ConsoleLog(logging.WARNING)
 @app.callback()
 def _startup() -> None:
     prefect_defaults()
+    try:  # before Prefect is imported: the workspace's kept server, or its database (interfaces.local_server)
+        from interfaces.local_server import use_local_defaults
+
+        if settings().prefect_local_server:
+            use_local_defaults(workspace().data_root)
+    except Exception:  # bad settings are reported by the command that reads them
+        pass
     project = logging.getLogger("ai_influencer")
     if CONSOLE_LOG not in project.handlers:
         project.addHandler(CONSOLE_LOG)
@@ -183,10 +190,11 @@ def expected_errors() -> tuple[type[BaseException], ...]:
 
     from ai_influencer.openrouter.errors import OpenRouterError
     from ai_influencer.prompt_bank import PromptBankError
+    from interfaces.local_server import LocalServerError
 
     found: tuple[type[BaseException], ...] = (
         CliError, MissingApiKeyError, PromptBankError, OpenRouterError, ValueError, FileNotFoundError,
-        httpx.HTTPError,
+        httpx.HTTPError, LocalServerError,
     )  # fmt: skip
     if "prefect.exceptions" in sys.modules:
         found += (sys.modules["prefect.exceptions"].PrefectHTTPStatusError,)

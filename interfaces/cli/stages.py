@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -411,6 +412,14 @@ def run(
     video_budget: Annotated[
         float | None, typer.Option("--video-budget", min=0, help="No clip submit beyond this USD spend.")
     ] = None,
+    review: Annotated[
+        bool,
+        typer.Option(
+            "--review",
+            help="After QC, pause until you have reviewed the images on the hub's /review page, then resume the "
+            "run (review page or Prefect UI): continue with your verdicts, or stop.",
+        ),
+    ] = False,
 ) -> None:
     """Run the hybrid Prefect flow in-process (local Prefect with SQLite; no server or Docker needed).
 
@@ -451,6 +460,7 @@ def run(
         params = HybridParams(
             paths=Paths(data_root=str(s.data_root), prompt_bank=str(bank), models_root=str(s.models_root)),
             **{f"run_{stage}": stage not in skipped for stage in STAGES},
+            review=review,
             prepare=PrepareParams(do_rembg=do_rembg, allow_multi_face=allow_multi_face),
             generate=GenerateParams(
                 per_scene=per_scene, model=model or s.image_model, budget_usd=budget, n=n, seed=seed
@@ -534,31 +544,54 @@ def _run_log(folder: Path) -> Iterator[Path]:
         project.addHandler(CONSOLE_LOG)
 
 
+def _prefect_server() -> AbstractContextManager[object]:
+    """The Prefect server this run records to: a configured ``PREFECT_API_URL`` as it is, else the workspace's
+    kept local server (``interfaces.local_server``: started on first use, reused after), so the run stays
+    visible in the hub and the Prefect UI once it ends; with ``prefect_local_server`` off, Prefect's
+    temporary server (gone with the run)."""
+    from interfaces import local_server
+
+    if local_server.configured_api_url():
+        return nullcontext()
+    if not settings().prefect_local_server:  # Prefect's temporary server, detached from the terminal
+        from prefect.settings import get_current_settings
+
+        from tasks.limits import durable_local_leases
+        from tasks.prefect_compat import start_embedded_server
+
+        # Started under the run's lease settings: the server keeps its leases on disk (it runs no repossessor),
+        # where the next run frees those of a killed one; started before them it kept them in its memory.
+        with durable_local_leases():
+            start_embedded_server(get_current_settings().server.ephemeral.startup_timeout_seconds)
+        return nullcontext()
+    began = time.monotonic()
+    server, started = local_server.ensure(workspace().data_root)
+    how = f"started in {time.monotonic() - began:.1f} s" if started else "running"
+    console.print(f"Prefect server: {server.ui} ({how}; `influencer server stop` stops it)", highlight=False)
+    return local_server.api_url_for_this_process(server.url)
+
+
 def _run_hybrid(params: object, before_flow: Callable[[], None] | None = None) -> dict:
-    """The hybrid flow on the embedded server (started detached, see prefect_compat), signals handled.
+    """The hybrid flow on the workspace's local Prefect server (or the configured one), signals handled.
 
     ``before_flow`` runs once the server is up, before the flow (checks that need Prefect). Expected
     failures end in one line naming the run's log file, which keeps the details and any traceback.
     """
 
     def terminated(sig: int, _frame: object) -> None:
-        # Reached after the generate flow drained and Prefect ended the run: exit through Python,
-        # so atexit stops the embedded server instead of leaving it behind.
+        # Reached after the generate flow drained and Prefect ended the run: exit through Python (the
+        # run log is closed, the run's final state recorded; the kept server stays, a temporary one stops).
         raise SystemExit(128 + sig)
 
     signal.signal(signal.SIGTERM, terminated)
-    from prefect.settings import get_current_settings
-
     from tasks.limits import durable_local_leases
 
     with _run_log(workspace().data_root / "logs") as log_file:
         console.print(f"run log: {log_file}", highlight=False)
         try:
-            with durable_local_leases():
+            with _prefect_server(), durable_local_leases():
                 from flows.hybrid import hybrid_flow
-                from tasks.prefect_compat import start_embedded_server
 
-                start_embedded_server(get_current_settings().server.ephemeral.startup_timeout_seconds)
                 if before_flow is not None:
                     before_flow()
                 return hybrid_flow(params)

@@ -75,8 +75,10 @@ def stage_command(stage: str, v: FormValues, exe: str | None = None) -> list[str
         return [cli, "generate", "--prompt_bank", v.prompt_bank, "--model", v.image_model, "--out", v.synth,
                 "--per_scene", v.per_scene, "--n", v.n, "--ref", v.cleaned]  # fmt: skip
     if stage == "qc":
+        # A threshold left empty is not passed: QC then uses this persona's calibration, else its default.
+        given = [(flag, value.strip()) for flag, value in (("--minsim", v.minsim), ("--minblur", v.minblur))]
         return [cli, "qc", "--ref", v.cleaned, "--cand", v.synth, "--out", v.qc_passed,
-                "--minsim", v.minsim, "--minblur", v.minblur]  # fmt: skip
+                *(part for flag, value in given if value for part in (flag, value))]  # fmt: skip
     if stage == "augment":
         return [cli, "augment", "--in", v.qc_passed, "--out", v.augment, "--captions", v.captions,
                 "--meta", str(Path(v.synth) / MANIFEST_NAME), "--prompt_bank", v.prompt_bank,
@@ -209,9 +211,12 @@ class DesktopApp:
         qc = ttk.LabelFrame(root, text="QC thresholds")
         qc.pack(fill="x", padx=8, pady=4)
         ttk.Label(qc, text="min identity (--minsim)").grid(row=0, column=0)
-        ttk.Entry(qc, textvariable=var("minsim", 0.34), width=8).grid(row=0, column=1)
+        ttk.Entry(qc, textvariable=var("minsim", ""), width=8).grid(row=0, column=1)
         ttk.Label(qc, text="min sharpness (--minblur)").grid(row=0, column=2)
-        ttk.Entry(qc, textvariable=var("minblur", 80), width=8).grid(row=0, column=3)
+        ttk.Entry(qc, textvariable=var("minblur", ""), width=8).grid(row=0, column=3)
+        ttk.Label(qc, text="empty: this persona's calibration (influencer qc calibrate), else 0.34 / 80").grid(
+            row=0, column=4, padx=(8, 0)
+        )
 
         buttons = ttk.Frame(root)
         buttons.pack(fill="x", padx=8, pady=6)

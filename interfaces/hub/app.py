@@ -4,7 +4,8 @@ No pipeline logic lives here: models and generation go through the one OpenRoute
 (``routes.openrouter``), clips through the video stage's ledger (``routes.video``), insights through
 ``ai_influencer.insights`` (``routes.insights``), runs
 through Prefect's REST API and the dataset view over the files the stages wrote
-(``routes.pipeline``).
+(``routes.pipeline``), the review of QC's verdicts and the calibration through ``ai_influencer.review``
+(``routes.review``).
 
 Security (``guard``): every path except the page shells, /static and the API docs needs the hub
 token, reads included (the dataset, run list and thumbnails are the user's data, and
@@ -32,10 +33,10 @@ from ai_influencer.settings import Settings
 from interfaces.hub import errors
 from interfaces.hub.context import HubContext
 from interfaces.hub.guard import BodyLimit, BodyLimits, TokenGuard, check_token
-from interfaces.hub.routes import insights, openrouter, pipeline, video
+from interfaces.hub.routes import insights, openrouter, pipeline, review, video
 
 STATIC = Path(__file__).with_name("static")
-PAGES = {"/": "index.html", "/influencer": "influencer.html", "/pipeline": "pipeline.html"}
+PAGES = {"/": "index.html", "/influencer": "influencer.html", "/pipeline": "pipeline.html", "/review": "review.html"}
 
 
 def create_app(
@@ -74,7 +75,7 @@ def create_app(
         return FileResponse(path)
 
     app.include_router(video.webhook_router)
-    for module in (video, openrouter, insights, pipeline):  # video first: its POST /api/generate/video is specific
+    for module in (video, openrouter, insights, pipeline, review):  # video first: its /api/generate/video
         app.include_router(module.router)
     errors.install(app)
     # The last middleware added runs first: the token, then the body limit (uploads: the insights router).

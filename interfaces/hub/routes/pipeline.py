@@ -23,7 +23,9 @@ class RunRequest(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 
-def _prefect(ctx: HubContext) -> Any:
+def prefect_client(ctx: HubContext) -> Any:
+    """An httpx client for the hub's Prefect server; 503 when there is none (a hub created without one and no
+    PREFECT_API_URL: ``influencer hub`` passes the workspace's local server)."""
     from flows.api import api_client
 
     try:
@@ -38,7 +40,7 @@ def run_pipeline(req: RunRequest, ctx: HubContext = Depends(hub)) -> dict[str, A
     from flows.api import trigger_deployment
 
     deployment = req.deployment or ctx.settings.hub_deployment
-    with _prefect(ctx) as c:
+    with prefect_client(ctx) as c:
         try:
             run = trigger_deployment(c, deployment, req.parameters)
         except LookupError as exc:
@@ -53,7 +55,7 @@ def run_pipeline(req: RunRequest, ctx: HubContext = Depends(hub)) -> dict[str, A
 @router.get("/api/runs", tags=["pipeline"])
 def runs(limit: int = Query(default=20, ge=1, le=200), ctx: HubContext = Depends(hub)) -> dict[str, Any]:
     """Recent flow runs and their states, newest first."""
-    with _prefect(ctx) as c:
+    with prefect_client(ctx) as c:
         try:
             found = c.post("/flow_runs/filter", json={"limit": limit, "sort": "EXPECTED_START_TIME_DESC"})
             found.raise_for_status()
