@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,28 +14,18 @@ from ai_influencer.settings import Settings
 from tests.conftest import REPO, TEST_KEY
 from tests.support.assets import face
 from tests.support.openrouter_stub import StubOpenRouter
+from tests.support.xvfb import XVFB, session_display
 
-XVFB = shutil.which("Xvfb")
 SHOTS = REPO / "test-output" / "screenshots"
 pytestmark = pytest.mark.skipif(XVFB is None, reason="Xvfb is not installed (apt-get install xvfb)")
 
 
 @pytest.fixture(scope="module")
-def display() -> Iterator[str]:
-    for n in range(90, 140):
-        if not Path(f"/tmp/.X11-unix/X{n}").exists() and not Path(f"/tmp/.X{n}-lock").exists():
-            break
-    proc = subprocess.Popen([XVFB, f":{n}", "-screen", "0", "1280x900x24", "-nolisten", "tcp"])  # type: ignore[list-item]
-    deadline = time.monotonic() + 20
-    while not Path(f"/tmp/.X11-unix/X{n}").exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            pytest.fail("Xvfb did not start")
-        time.sleep(0.05)
+def display() -> str:
     try:
-        yield f":{n}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+        return session_display()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ polling and the restart), and the hub's video routes (submit, status, content, s
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -512,30 +511,31 @@ def test_the_gui_video_button_runs_the_stage_and_streams_its_log(
     import tkinter as tk
 
     from interfaces.desktop.app import DesktopApp
-    from tests.test_desktop import XVFB, display, pump
+    from tests.support.xvfb import XVFB, session_display
+    from tests.test_desktop import pump
 
     if XVFB is None:
         pytest.skip("Xvfb is not installed")
     data = workspace_after_qc(tmp_path / "data")
-    with contextlib.contextmanager(display.__wrapped__)() as screen:  # type: ignore[attr-defined]
-        monkeypatch.setenv("DISPLAY", screen)
-        monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)
-        settings = Settings(
-            data_root=data, openrouter_api_key=TEST_KEY, openrouter_base_url=vstub.base_url, prompt_bank=Path(BANK)
-        )
-        root = tk.Tk()
-        app = DesktopApp(root, settings)
-        try:
-            root.update()
-            app.buttons["video"].invoke()
-            pump(app, lambda: "[exit " in app.log_text(), timeout=120)
-            log = app.log_text()
-            assert " video --model google/veo-3.1-fast " in log and "[exit 0]" in log, log[-3000:]
-            assert "price: total for 2 clips:" in log and "clips: done 2; 2 submitted" in log
-            assert len(vstub.video.submits) == 2 and TEST_KEY not in log
-        finally:
-            app.runner.stop(grace_s=2)
-            root.destroy()
+    screen = session_display()  # one display for the whole session: tests/support/xvfb.py says why
+    monkeypatch.setenv("DISPLAY", screen)
+    monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)
+    settings = Settings(
+        data_root=data, openrouter_api_key=TEST_KEY, openrouter_base_url=vstub.base_url, prompt_bank=Path(BANK)
+    )
+    root = tk.Tk()
+    app = DesktopApp(root, settings)
+    try:
+        root.update()
+        app.buttons["video"].invoke()
+        pump(app, lambda: "[exit " in app.log_text(), timeout=120)
+        log = app.log_text()
+        assert " video --model google/veo-3.1-fast " in log and "[exit 0]" in log, log[-3000:]
+        assert "price: total for 2 clips:" in log and "clips: done 2; 2 submitted" in log
+        assert len(vstub.video.submits) == 2 and TEST_KEY not in log
+    finally:
+        app.runner.stop(grace_s=2)
+        root.destroy()
 
 
 def test_the_runs_identity_checker_gives_each_clip_its_own_verdict_when_clips_are_checked_at_once(
