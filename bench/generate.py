@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
 
-from ai_influencer.generation import build_requests, generate_one
+from ai_influencer.generation.engine import build_requests, generate_one
 from ai_influencer.openrouter import OpenRouterClient
 from ai_influencer.openrouter.capabilities import resolve_route
 from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank

@@ -43,16 +43,18 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
 
 from ai_influencer.analytics.report import cost_report, drift_report, join
 from ai_influencer.dataset.augment import augment_and_caption
-from ai_influencer.generation import build_requests, generate_batch, iter_reference_images
+from ai_influencer.generation.engine import build_requests, generate_batch, iter_reference_images
 from ai_influencer.openrouter import OpenRouterClient
 from ai_influencer.pacing import SEND_SAFETY, AdaptiveRate
 from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
+from ai_influencer.qc.analysis import EngineSpec
+from ai_influencer.qc.decision import QCThresholds
+from ai_influencer.qc.stage import run_qc
+from ai_influencer.qc.stream import StreamingQC
 from ai_influencer.settings import Settings
 from ai_influencer.storyboard import plan_storyboard, write_storyboard
 from ai_influencer.vision.faces import create_face_engine
 from ai_influencer.vision.prepare import prepare_references
-from ai_influencer.vision.qc import EngineSpec, QCThresholds, run_qc
-from ai_influencer.vision.qc_stream import StreamingQC
 from tests.support.assets import face
 from tests.support.openrouter_stub import StubOpenRouter
 

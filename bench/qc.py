@@ -35,10 +35,13 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ai_influencer.imaging import DEFAULT_MAX_PIXELS, list_images
+from ai_influencer.qc.analysis import EngineSpec
+from ai_influencer.qc.decision import QCThresholds
+from ai_influencer.qc.pool import AnalysisPool
+from ai_influencer.qc.report import QCRow
+from ai_influencer.qc.stage import default_workers, publish, run_qc
 from ai_influencer.vision.faces import scorer_for
-from ai_influencer.vision.image_io import DEFAULT_MAX_PIXELS, list_images
-from ai_influencer.vision.qc import EngineSpec, QCRow, QCThresholds, default_workers, publish, run_qc
-from ai_influencer.vision.qc_pool import AnalysisPool
 from tests.support.assets import face, faces_dir
 from tests.support.openrouter_stub import _PhotoPool
 

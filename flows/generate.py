@@ -1,5 +1,5 @@
 """The generation fan-out: every request (up to n images) is its own retrying task; the engine is the
-CLI's (``ai_influencer.dispatch.dispatch``), with slots shared through the Prefect server. Before the
+CLI's (``ai_influencer.generation.dispatch.dispatch``), with slots shared through the Prefect server. Before the
 first request the plan, the route (every parameter checked against its endpoint) and the price
 estimate are logged and published as a markdown artifact (``generate-plan``)."""
 
@@ -29,12 +29,12 @@ from ai_influencer import usecases
 from ai_influencer.costs import CostLedger
 from ai_influencer.dataset.manifest import rebuild_manifest
 from ai_influencer.dataset.workspace import Workspace
-from ai_influencer.dispatch import Dispatched, dispatch
-from ai_influencer.generation import ImageRequest, iter_reference_images
+from ai_influencer.generation.dispatch import Dispatched, dispatch
+from ai_influencer.generation.engine import ImageRequest, iter_reference_images
 from ai_influencer.openrouter.capabilities import ImageRoute
 from ai_influencer.pacing import AdaptiveRate, PacingStats, StopRequested, drain_on_signals, rate_limit_capacity
+from ai_influencer.qc.stream import StreamingQC, UntilAccepted
 from ai_influencer.settings import Settings
-from ai_influencer.vision.qc_stream import StreamingQC, UntilAccepted
 from flows.params import GenerateParams, Paths, current_params
 from tasks.clients import RUN_STOP, openrouter_client
 from tasks.generate import generate_image_task, release_ledger

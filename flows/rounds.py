@@ -1,7 +1,7 @@
 """Generate-until-N-accepted: generation + QC until enough images pass or a cap is hit.
 
 Streamed (the default), QC checks each image as it arrives and dispatch stops the moment ``target``
-images pass (``qc_stream.UntilAccepted``): at most the in-flight window is paid beyond the target, and
+images pass (``qc.stream.UntilAccepted``): at most the in-flight window is paid beyond the target, and
 a round ends early instead of paying for the rest of its prompts. A new round starts only when a
 round's prompts ran out before the target was met. Unstreamed, each round generates everything, then
 runs QC over the folder, then decides.

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from ai_influencer.qc.stream import StreamingQC
 from ai_influencer.settings import Settings
-from ai_influencer.vision.qc_stream import StreamingQC
 from flows.params import Paths, QCParams
 from tasks.streaming import open_stream, qc_stream_task
 

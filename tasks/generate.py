@@ -18,7 +18,7 @@ from prefect.concurrency.sync import concurrency, rate_limit
 from prefect.runtime import task_run
 
 from ai_influencer.costs import BudgetExceededError, CostLedger, RunHaltedError
-from ai_influencer.generation import GenerationOutcome, ImageRequest, generate_one
+from ai_influencer.generation.engine import GenerationOutcome, ImageRequest, generate_one
 from ai_influencer.openrouter import AuthError, InsufficientCreditsError, OpenRouterError
 from ai_influencer.openrouter.capabilities import ImageRoute
 from ai_influencer.pacing import AdaptiveRate, StopRequested

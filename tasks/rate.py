@@ -242,7 +242,7 @@ class RateDispatcher:
 
 
 class SharedSlots:
-    """The engine's ``Slots`` (ai_influencer.generation) for a flow run: in-flight slots from the run's
+    """The engine's ``Slots`` (ai_influencer.generation.engine) for a flow run: in-flight slots from the run's
     share of the server's in-flight limit, send times from its share of the rate limit."""
 
     def __init__(self, pool: InflightPool, dispatcher: RateDispatcher) -> None:

@@ -17,8 +17,10 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from ai_influencer import usecases
+from ai_influencer.qc.decision import QCThresholds
+from ai_influencer.qc.report import REPORT_FIELDS
+from ai_influencer.qc.stage import QCResult
 from ai_influencer.settings import Settings
-from ai_influencer.vision.qc import REPORT_FIELDS, QCResult, QCThresholds
 from tasks.artifacts import ProgressArtifact, sheet_markdown
 from tasks.caching import fingerprint, outputs_record
 from tasks.clients import openrouter_client

@@ -3,7 +3,7 @@
 The hybrid flow (and generate-until-N) opens the stream, submits ``qc_stream_task`` and then runs the
 generate subflow in the same process. The generate flow finds the stream by its output folder
 (``stream_for``) and hands it every finished image, and with a target it stops dispatching once
-enough images pass (``ai_influencer.vision.qc_stream.UntilAccepted``). The task waits until the
+enough images pass (``ai_influencer.qc.stream.UntilAccepted``). The task waits until the
 stream is closed, then publishes what batch QC publishes: the same report, contact sheet, artifacts
 and summary. Each stage keeps its own run in the UI: generate as its subflow, QC as this task.
 
@@ -23,9 +23,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from ai_influencer import usecases
+from ai_influencer.qc.decision import QCThresholds
+from ai_influencer.qc.stream import StreamingQC
 from ai_influencer.settings import Settings
-from ai_influencer.vision.qc import QCThresholds
-from ai_influencer.vision.qc_stream import StreamingQC
 from tasks.artifacts import ProgressArtifact
 from tasks.stages import publish_qc
 

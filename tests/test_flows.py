@@ -18,7 +18,7 @@ import pytest
 from prefect.settings import PREFECT_API_URL
 from prefect.testing.utilities import prefect_test_harness
 
-from ai_influencer.generation import build_requests
+from ai_influencer.generation.engine import build_requests
 from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
 from flows.generate import generate_flow
 from flows.hybrid import hybrid_flow

@@ -10,7 +10,8 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from ai_influencer.openrouter import UnsupportedParameterError
-from ai_influencer.vision.qc import EngineSpec, run_qc
+from ai_influencer.qc.analysis import EngineSpec
+from ai_influencer.qc.stage import run_qc
 from flows.generate import generate_flow
 from flows.hybrid import hybrid_flow
 from flows.params import GenerateParams, HybridParams

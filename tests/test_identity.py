@@ -14,18 +14,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from ai_influencer.qc.analysis import Analysis, EngineSpec
+from ai_influencer.qc.decision import QCThresholds, decide
+from ai_influencer.qc.pool import analyze_many
+from ai_influencer.qc.report import LEGACY_FIELDS, REPORT_FIELDS, read_report
+from ai_influencer.qc.stage import run_qc
 from ai_influencer.vision.faces import DlibEngine, scorer_for
-from ai_influencer.vision.qc import (
-    LEGACY_FIELDS,
-    REPORT_FIELDS,
-    Analysis,
-    EngineSpec,
-    QCThresholds,
-    analyze_many,
-    decide,
-    read_report,
-    run_qc,
-)
 from tests.support.calibration import (
     MIN_BLUR_TEST_SIDE,
     SOFT_ORIGINALS,

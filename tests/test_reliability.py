@@ -16,7 +16,7 @@ from PIL import Image
 
 from ai_influencer.costs import BudgetExceededError, BudgetUnenforceableError, CostLedger
 from ai_influencer.dataset.manifest import sidecar_path
-from ai_influencer.generation import build_requests, generate_batch, generate_one
+from ai_influencer.generation.engine import build_requests, generate_batch, generate_one
 from ai_influencer.openrouter import OpenRouterClient
 from ai_influencer.pacing import AdaptiveRate, StopFlag
 from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank

@@ -21,6 +21,11 @@ from PIL import Image, ImageOps
 
 from ai_influencer import usecases
 from ai_influencer.dataset.workspace import Workspace
+from ai_influencer.qc.analysis import EngineSpec
+from ai_influencer.qc.decision import QCThresholds
+from ai_influencer.qc.report import REPORT_FIELDS, tile_label
+from ai_influencer.qc.stage import QCResult, run_qc
+from ai_influencer.qc.stream import StreamingQC
 from ai_influencer.review import (
     OverrideError,
     OverrideStore,
@@ -37,8 +42,6 @@ from ai_influencer.review.calibration import MIN_PER_CLASS, fit_threshold, opera
 from ai_influencer.review.overrides import content_digest, inactive
 from ai_influencer.review.persona import store_thresholds
 from ai_influencer.settings import Settings
-from ai_influencer.vision.qc import REPORT_FIELDS, EngineSpec, QCResult, QCThresholds, run_qc, tile_label
-from ai_influencer.vision.qc_stream import StreamingQC
 from tests.support.calibration import PHOTOS, _write_variant, calibration_photos
 
 PERSONA = "kit_harington"

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from prefect.client.orchestration import get_client
 
-from ai_influencer.vision.qc import EngineSpec, run_qc
+from ai_influencer.qc.analysis import EngineSpec
+from ai_influencer.qc.stage import run_qc
 from flows.hybrid import hybrid_flow
 from flows.params import GenerateParams, HybridParams, Limits
 from tests.conftest import REPO

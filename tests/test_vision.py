@@ -13,6 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from ai_influencer.imaging import BadImageError, load_rgb
+from ai_influencer.qc.analysis import EngineSpec
+from ai_influencer.qc.report import REPORT_FIELDS
+from ai_influencer.qc.stage import run_qc
 from ai_influencer.settings import Settings
 from ai_influencer.vision.background import BackgroundModelMissingError, BackgroundRemover
 from ai_influencer.vision.faces import (
@@ -25,9 +29,7 @@ from ai_influencer.vision.faces import (
     largest,
     resolve_backend,
 )
-from ai_influencer.vision.image_io import BadImageError, load_rgb
 from ai_influencer.vision.prepare import prepare_references
-from ai_influencer.vision.qc import REPORT_FIELDS, EngineSpec, run_qc
 from ai_influencer.vision.quality import face_sharpness, laplacian_variance
 from tests.support.assets import face
 from tests.support.tiny_models import tiny_segmenter_onnx
@@ -284,7 +286,7 @@ def test_qc_thresholds_are_parameters_and_rerun_mirrors_verdicts(qc_data: dict) 
 POOL_SCRIPT = """
 import multiprocessing, os, sys, time
 from concurrent.futures import ProcessPoolExecutor
-from ai_influencer.vision.qc_analysis import EngineSpec, init_worker
+from ai_influencer.qc.analysis import EngineSpec, init_worker
 pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker,
                            initargs=(EngineSpec("dlib"),))
 print(" ".join(str(pool.submit(os.getpid).result()) for _ in range(4)), flush=True)

@@ -27,9 +27,9 @@ from PIL import Image
 
 from ai_influencer.dataset.manifest import ImageRecord, load_manifest
 from ai_influencer.dataset.workspace import KOHYA_SUBDIR
+from ai_influencer.imaging import BadImageError, list_images, load_rgb
 from ai_influencer.io import atomic_write_bytes, atomic_write_text
 from ai_influencer.prompt_bank import PromptBank
-from ai_influencer.vision.image_io import BadImageError, list_images, load_rgb
 
 CAPTION_DEFAULTS = {"scene": "candid lifestyle setting", "lighting": "natural light", "outfit": "casual outfit"}
 

@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 
 from ai_influencer.dataset.workspace import Workspace
+from ai_influencer.qc.report import QCRow, read_report
 from ai_influencer.review.overrides import OverrideStore, content_digest, reason_kinds
 from ai_influencer.review.persona import EffectiveThresholds, effective_thresholds, store_thresholds
-from ai_influencer.vision.qc_report import QCRow, read_report
 
 MIN_PER_CLASS = 5  # labels of each kind a fit needs: fewer, and one mislabelled image decides the threshold
 TARGET_PRECISION = 0.95

@@ -20,8 +20,8 @@ from filelock import FileLock
 
 from ai_influencer.dataset.workspace import Workspace
 from ai_influencer.io import atomic_write_json
+from ai_influencer.qc.decision import QCThresholds
 from ai_influencer.vision.faces import MINSIM_DEFAULT
-from ai_influencer.vision.qc_decision import QCThresholds
 
 PERSONA_VERSION = 1
 THRESHOLDS = ("minsim", "minblur")

@@ -9,10 +9,10 @@ from typing import Any
 
 from ai_influencer.analytics.history import IdentityHistory, dataset_version_of, record_choice
 from ai_influencer.prompt_bank import load_prompt_bank
+from ai_influencer.qc.analysis import EngineSpec
 from ai_influencer.settings import Settings
 from ai_influencer.training.evaluate import CheckpointChoice, evaluate_loras, report_dir
 from ai_influencer.training.inference import LocalGenParams
-from ai_influencer.vision.qc import EngineSpec
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 ``plan_requests`` (what the run owes, by slot, from the disk alone) and ``prepare_route`` (the route,
 every parameter checked, the price lines: free calls only) are shared by the CLI and the Prefect
-flow; both then run the same engine (``ai_influencer.dispatch.dispatch``): the CLI with this
+flow; both then run the same engine (``ai_influencer.generation.dispatch.dispatch``): the CLI with this
 process's slots (``generate``), the flow with slots shared through the Prefect server
 (``flows/generate.py``). ``describe_plan`` is what both show before the first paid request.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ai_influencer.costs import CostEstimate, CostLedger
-from ai_influencer.generation import (
+from ai_influencer.generation.engine import (
     GenerationOutcome,
     ImageRequest,
     Slot,

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ai_influencer.imaging import list_images
+from ai_influencer.qc.analysis import EngineSpec
 from ai_influencer.settings import Settings
-from ai_influencer.vision.image_io import list_images
 from ai_influencer.vision.prepare import PrepareItem, inspect_reference, prepare_references
-from ai_influencer.vision.qc import EngineSpec
 
 MIN_REFERENCES = 2
 

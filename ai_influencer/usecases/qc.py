@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ai_influencer.qc.analysis import EngineSpec, ProgressCallback
+from ai_influencer.qc.decision import QCThresholds
+from ai_influencer.qc.stage import QCResult, run_qc
+from ai_influencer.qc.stream import StreamingQC
 from ai_influencer.review.overrides import OverrideStore
 from ai_influencer.settings import Settings
-from ai_influencer.vision.qc import EngineSpec, ProgressCallback, QCResult, QCThresholds, run_qc
-from ai_influencer.vision.qc_stream import StreamingQC
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ai_influencer.dataset.manifest import ImageRecord, load_manifest, sidecar_path
+from ai_influencer.imaging import list_images
 from ai_influencer.openrouter.videos import (
     PriceEstimate,
     VideoModel,
@@ -36,9 +37,8 @@ from ai_influencer.openrouter.videos import (
     check_request,
     estimate_price,
 )
+from ai_influencer.qc.report import QCRow, read_report
 from ai_influencer.storyboard import Shot, Storyboard
-from ai_influencer.vision.image_io import list_images
-from ai_influencer.vision.qc_report import QCRow, read_report
 
 FIRST_FRAME, REFERENCES = "first-frame", "references"
 MODES = (FIRST_FRAME, REFERENCES)

@@ -1,7 +1,7 @@
 """Identity on video: is the persona the one person in a clip?
 
 Frames are sampled at a fixed rate (two per second by default, ``frames.sample_frames``) and every face
-on them is scored with the image QC's face engine and rule (``vision.qc_decision``): the calibrated score
+on them is scored with the image QC's face engine and rule (``qc.decision``): the calibrated score
 against the centroid of the references must reach ``minsim`` and the references must agree on their own
 (``references_needed``, floor ``minsim - agreement_slack``). A face below ``minsim - impostor_gap`` is
 someone else, the same line QC draws for its impostors; a face between the two is "unsure" and counts
@@ -27,10 +27,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ai_influencer.dataset.contact_sheet import Tile, render_contact_sheet
+from ai_influencer.qc.analysis import EngineSpec, analyze
+from ai_influencer.qc.decision import QCThresholds, reference_centroid, references_needed
 from ai_influencer.video.frames import SAMPLE_FPS, SampledFrame, sample_frames
 from ai_influencer.vision.faces import FaceEngine
-from ai_influencer.vision.qc_analysis import EngineSpec, analyze
-from ai_influencer.vision.qc_decision import QCThresholds, reference_centroid, references_needed
 
 MIN_PERSONA_FRACTION = 0.8
 MIN_FACE_PX = 32

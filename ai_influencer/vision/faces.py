@@ -32,7 +32,7 @@ centroid of two or more references (docs/identity-calibration.md):
 ``AGREEMENT_SLACK``: each reference on its own must score at least
 ``minsim - 0.15`` (dlib: pair distance <= 0.589, inside the model's own 0.6 radius),
 so a candidate cannot pass on a centroid that sits between references it does
-not resemble (see vision/qc.py).
+not resemble (see qc/decision.py).
 """
 
 from __future__ import annotations

@@ -17,10 +17,10 @@ import cv2
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from ai_influencer.imaging import DEFAULT_MAX_PIXELS, BadImageError, list_images, load_rgb
 from ai_influencer.io import atomic_write_bytes, file_sha256
 from ai_influencer.vision.background import BackgroundRemover
 from ai_influencer.vision.faces import Face, FaceEngine, largest
-from ai_influencer.vision.image_io import DEFAULT_MAX_PIXELS, BadImageError, list_images, load_rgb
 
 
 @dataclass

@@ -234,7 +234,7 @@ def generate(
 
 def _threshold(**value: float) -> float:
     """Option callback: the QC thresholds' own validation (a percent for minsim gets a hint), as a usage error."""
-    from ai_influencer.vision.qc import QCThresholds
+    from ai_influencer.qc.decision import QCThresholds
 
     try:
         QCThresholds(**value).validate()
@@ -285,8 +285,8 @@ def qc(
     if ctx.invoked_subcommand is not None:  # `qc [--minsim X] calibrate`: compare against the given values
         ctx.obj = {"minsim": minsim, "minblur": minblur}
         return
+    from ai_influencer.qc.decision import QCThresholds
     from ai_influencer.review.persona import effective_thresholds
-    from ai_influencer.vision.qc import QCThresholds
 
     with friendly_errors():
         ws = workspace()

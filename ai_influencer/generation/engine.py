@@ -47,7 +47,8 @@ from ai_influencer.dataset.manifest import (
     sidecar_path,
     write_sidecar,
 )
-from ai_influencer.dispatch import LocalSlots, dispatch
+from ai_influencer.generation.dispatch import LocalSlots, dispatch
+from ai_influencer.imaging import IncompleteImageError, verify_image_file
 from ai_influencer.io import atomic_write_bytes, atomic_write_text, file_sha256, quarantine
 from ai_influencer.openrouter import OpenRouterClient, OpenRouterError
 from ai_influencer.openrouter.capabilities import (
@@ -63,7 +64,6 @@ from ai_influencer.openrouter.capabilities import (
 from ai_influencer.openrouter.errors import UnsupportedParameterError
 from ai_influencer.pacing import Pacer, StopFlag, StopRequested
 from ai_influencer.prompt_bank import PromptSpec
-from ai_influencer.vision.image_io import IncompleteImageError, verify_image_file
 
 __all__ = ["aspect_ratio", "parse_size"]  # re-exported: the size rules live with the routes' capabilities
 

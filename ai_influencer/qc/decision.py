@@ -23,7 +23,7 @@ and a batch run agree). Per candidate (docs/identity-calibration.md has the meas
   not making training images.
 * sharpness (``minblur``), face count (``max_faces``).
 * the checks that need no face descriptor (a copy of a reference, too many
-  faces, a blurred face; ``qc_analysis.Gate``) are judged on analyses without
+  faces, a blurred face; ``qc.analysis.Gate``) are judged on analyses without
   one: a descriptor an analysis happens to carry for such an image is set
   aside, so a verdict never depends on what an earlier run measured.
 * duplicates: images with one face (any identity verdict) with identical pixels, or
@@ -50,8 +50,7 @@ from dataclasses import replace as _replace
 
 import numpy as np
 
-from ai_influencer.vision.faces import AGREEMENT_SLACK, MINSIM_DEFAULT, Scorer
-from ai_influencer.vision.qc_analysis import (
+from ai_influencer.qc.analysis import (
     SAME_PICTURE_BITS,
     Analysis,
     Gate,
@@ -60,7 +59,8 @@ from ai_influencer.vision.qc_analysis import (
     quality_label,
     skip_reason,
 )
-from ai_influencer.vision.qc_report import QCRow
+from ai_influencer.qc.report import QCRow
+from ai_influencer.vision.faces import AGREEMENT_SLACK, MINSIM_DEFAULT, Scorer
 
 __all__ = ["SAME_PICTURE_BITS", "QCThresholds", "decide", "reference_centroid", "references_needed"]
 DETAIL_TOLERANCE = 1.3  # copies within this factor of the most detailed one count as equally detailed
@@ -106,7 +106,7 @@ class QCThresholds:
         return self
 
     def gate(self, refs: list[Analysis]) -> Gate:
-        """The checks an image can fail before its face descriptor is computed (``qc_analysis.Gate``)."""
+        """The checks an image can fail before its face descriptor is computed (``qc.analysis.Gate``)."""
         return Gate.build(self.minblur, self.max_faces, refs)
 
 
@@ -195,7 +195,7 @@ def _without_descriptor(a: Analysis, why: str) -> Analysis:
 def _reference_copies(
     cands: list[Analysis], refs: list[Analysis], gate: Gate, scorer: Scorer, th: QCThresholds
 ) -> dict[str, str]:
-    """Candidates that copy a reference, and which one: by their hashes (``qc_analysis.copy_of_reference``), or
+    """Candidates that copy a reference, and which one: by their hashes (``qc.analysis.copy_of_reference``), or
     by the duplicate rule (pHash, or its mirror, within ``dup_hash_distance`` and faces >= ``dup_min_score``)."""
     out: dict[str, str] = {}
     faced_refs = sorted((r for r in refs if r.embedding is not None), key=lambda r: r.path.name)
