@@ -36,10 +36,10 @@ from ai_influencer.pacing import AdaptiveRate, PacingStats, StopRequested, drain
 from ai_influencer.qc.stream import StreamingQC, UntilAccepted
 from ai_influencer.settings import Settings
 from flows.params import GenerateParams, Paths, current_params
-from tasks.clients import RUN_STOP, openrouter_client
+from shared_limits.clients import RUN_STOP, openrouter_client
+from shared_limits.limits import InflightPool, RunSeat, context_thread, ensure_limit
+from shared_limits.rate import RateDispatcher, SharedSlots
 from tasks.generate import generate_image_task, release_ledger
-from tasks.limits import InflightPool, RunSeat, context_thread, ensure_limit
-from tasks.rate import RateDispatcher, SharedSlots
 from tasks.streaming import stream_for
 
 INFLIGHT_LEASE_S = 60.0  # the server accepts >= 60 s
@@ -153,7 +153,7 @@ class _Run:
     def _dispatch(self) -> Dispatched:
         # Sharing with other runs (other workers, the hub, a cron run): this run holds a seat among the
         # runs that use this provider limit, and from it the in-flight slots and the requests per second
-        # of its fair share, which shrink when a run joins and grow when one leaves (see tasks.limits).
+        # of its fair share, which shrink when a run joins and grow when one leaves (see shared_limits.limits).
         # In-flight slots are unit leases renewed in the background: a killed run's come back when they
         # expire (INFLIGHT_LEASE_S), on the embedded server too (reclaim_expired_leases).
         lim, todo = self.params.limits, self.plan.todo

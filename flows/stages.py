@@ -10,7 +10,7 @@ from ai_influencer import usecases
 from ai_influencer.dataset.workspace import LORA_NAME
 from ai_influencer.settings import Settings
 from flows.params import AugmentParams, EvaluateParams, Paths, PlanParams, PrepareParams, QCParams, TrainParams
-from tasks.caching import call_with_intact_outputs
+from shared_limits.caching import call_with_intact_outputs
 from tasks.stages import augment_task, plan_task, prepare_task, qc_task
 from tasks.training import evaluate_task, train_task
 

@@ -2,7 +2,7 @@
 the rate limit.
 
 Its output files are its cache (one per slot), so it persists no result; HTTP faults are retried by
-the OpenRouter client only (see tasks.retry).
+the OpenRouter client only (see shared_limits.retry).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from ai_influencer.generation.engine import GenerationOutcome, ImageRequest, gen
 from ai_influencer.openrouter import AuthError, InsufficientCreditsError, OpenRouterError
 from ai_influencer.openrouter.capabilities import ImageRoute
 from ai_influencer.pacing import AdaptiveRate, StopRequested
-from tasks.clients import RUN_STOP, openrouter_client
-from tasks.rate import RateDispatcher, send_clock, take_rate_slots
-from tasks.retry import retry_options
+from shared_limits.clients import RUN_STOP, openrouter_client
+from shared_limits.rate import RateDispatcher, send_clock, take_rate_slots
+from shared_limits.retry import retry_options
 
 # ---- generate one image --------------------------------------------------------------
 _ledgers: dict[str, CostLedger] = {}

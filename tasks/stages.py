@@ -1,8 +1,8 @@
 """One Prefect task per pipeline step, each a thin wrapper around one use case (ai_influencer.usecases).
 
-A task adds orchestration only: retries (``tasks.retry``: the OpenRouter client owns HTTP faults),
+A task adds orchestration only: retries (``shared_limits.retry``: the OpenRouter client owns HTTP faults),
 caching and artifacts. Planning, QC and augmentation are cached by the *content* of their inputs
-plus the code version (``tasks.caching``), and the flows re-run a cached QC/augment whose output
+plus the code version (``shared_limits.caching``), and the flows re-run a cached QC/augment whose output
 files are gone; preparation and generation are cached by their output files instead, which survive
 even a lost result store: an image is named by a hash of its request, and a prepared reference
 records the source's hash and the options it was made with.
@@ -21,10 +21,10 @@ from ai_influencer.qc.decision import QCThresholds
 from ai_influencer.qc.report import REPORT_FIELDS
 from ai_influencer.qc.stage import QCResult
 from ai_influencer.settings import Settings
-from tasks.artifacts import ProgressArtifact, sheet_markdown
-from tasks.caching import fingerprint, outputs_record
-from tasks.clients import openrouter_client
-from tasks.retry import retry_options
+from shared_limits.artifacts import ProgressArtifact, sheet_markdown
+from shared_limits.caching import fingerprint, outputs_record
+from shared_limits.clients import openrouter_client
+from shared_limits.retry import retry_options
 
 RETRY = retry_options()
 

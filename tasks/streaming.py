@@ -26,7 +26,7 @@ from ai_influencer import usecases
 from ai_influencer.qc.decision import QCThresholds
 from ai_influencer.qc.stream import StreamingQC
 from ai_influencer.settings import Settings
-from tasks.artifacts import ProgressArtifact
+from shared_limits.artifacts import ProgressArtifact
 from tasks.stages import publish_qc
 
 

@@ -11,8 +11,8 @@ from ai_influencer import usecases
 from ai_influencer.settings import Settings
 from ai_influencer.training.config import TrainConfig
 from ai_influencer.training.inference import LocalGenParams
-from tasks.artifacts import ProgressArtifact, samples_markdown, sheet_markdown
-from tasks.retry import retry_options
+from shared_limits.artifacts import ProgressArtifact, samples_markdown, sheet_markdown
+from shared_limits.retry import retry_options
 
 RETRY = retry_options()
 

@@ -257,7 +257,7 @@ def test_every_readme_section_and_doc_named_in_the_code_exists() -> None:
     headings = {line.lstrip("#").strip() for line in readme.splitlines() if line.startswith("#")}
     sources = [
         p
-        for folder in ("ai_influencer", "flows", "tasks", "blocks", "interfaces", "scripts", "docker")
+        for folder in ("ai_influencer", "flows", "tasks", "shared_limits", "blocks", "interfaces", "scripts", "docker")
         for p in (REPO / folder).rglob("*")
         if p.suffix in (".py", ".js", ".html", ".sh", ".yaml", ".yml") and ".venv" not in p.parts
     ]

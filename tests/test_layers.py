@@ -108,7 +108,6 @@ def test_flows_reach_the_domain_through_its_use_cases() -> None:
     assert not wrong, "a flow orchestrates use cases; move the rule behind one:\n" + "\n".join(sorted(wrong))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 25 step 3: the shared-limit package")
 def test_the_docker_image_gets_every_package_the_project_ships() -> None:
     """The image installs from a copy of the sources, not from the wheel's file list: a package left out of
     its COPY lines installs fine and fails only when a container imports it (the hub image once did)."""

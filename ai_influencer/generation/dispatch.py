@@ -40,7 +40,7 @@ class Slots(Protocol):
     """Where a run's permission to have a request in flight, and when to send it, comes from.
 
     ``LocalSlots`` for one process (the CLI); the Prefect flow's slots come from the server's shared
-    limits (``tasks.limits.InflightPool`` + ``tasks.rate.RateDispatcher``), fairly shared among runs.
+    limits (``shared_limits.limits.InflightPool`` + ``shared_limits.rate.RateDispatcher``), fairly shared among runs.
     """
 
     demand: int  # requests this run still has to send or is waiting on (it never holds more slots)

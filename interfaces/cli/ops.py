@@ -179,7 +179,7 @@ def stack_init(
 
         from ai_influencer.pacing import rate_limit_capacity
         from blocks.openrouter import register_blocks
-        from tasks.limits import ensure_limit
+        from shared_limits.limits import ensure_limit
 
         register_blocks()
         per_s = rate_per_s or s.image_rate_per_s

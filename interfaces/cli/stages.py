@@ -541,14 +541,14 @@ def _run_hybrid(params: object, before_flow: Callable[[], None] | None = None) -
     signal.signal(signal.SIGTERM, terminated)
     from prefect.settings import get_current_settings
 
-    from tasks.limits import durable_local_leases
+    from shared_limits.limits import durable_local_leases
 
     with _run_log(workspace().data_root / "logs") as log_file:
         console.print(f"run log: {log_file}", highlight=False)
         try:
             with durable_local_leases():
                 from flows.hybrid import hybrid_flow
-                from tasks.prefect_compat import start_embedded_server
+                from shared_limits.prefect_compat import start_embedded_server
 
                 start_embedded_server(get_current_settings().server.ephemeral.startup_timeout_seconds)
                 if before_flow is not None:

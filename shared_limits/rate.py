@@ -16,8 +16,8 @@ from typing import ClassVar
 from prefect.client.orchestration import SyncPrefectClient, get_client
 
 from ai_influencer.pacing import SEND_SAFETY, AdaptiveRate, SendClock, requests_per_second
-from tasks.limits import InflightPool, RunSeat, context_thread
-from tasks.prefect_compat import post_increment
+from shared_limits.limits import InflightPool, RunSeat, context_thread
+from shared_limits.prefect_compat import post_increment
 
 # Sends of this process, per rate limit (every task thread of a flow process shares it).
 send_clock = SendClock()

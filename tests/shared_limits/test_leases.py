@@ -27,8 +27,8 @@ SCRIPT = textwrap.dedent(
     from prefect.client.orchestration import get_client
     from prefect.settings import get_current_settings
 
-    from tasks.limits import InflightPool, RunSeat, durable_local_leases, ensure_limit
-    from tasks.prefect_compat import start_embedded_server
+    from shared_limits.limits import InflightPool, RunSeat, durable_local_leases, ensure_limit
+    from shared_limits.prefect_compat import start_embedded_server
 
     said = []
 

@@ -17,7 +17,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.settings import get_current_settings, temporary_settings
 
 from ai_influencer.pacing import StopFlag
-from tasks.prefect_compat import FILESYSTEM_LEASES, expired_filesystem_leases
+from shared_limits.prefect_compat import FILESYSTEM_LEASES, expired_filesystem_leases
 
 
 def context_thread(target: Callable[[], object], name: str) -> threading.Thread:
