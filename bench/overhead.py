@@ -45,6 +45,7 @@ from ai_influencer.analytics.report import cost_report, drift_report, join
 from ai_influencer.dataset.augment import augment_and_caption
 from ai_influencer.generation.engine import build_requests, generate_batch, iter_reference_images
 from ai_influencer.openrouter import OpenRouterClient
+from ai_influencer.options.augment import AUGMENT_DEFAULTS
 from ai_influencer.pacing import SEND_SAFETY, AdaptiveRate
 from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
 from ai_influencer.qc.analysis import EngineSpec
@@ -83,7 +84,7 @@ def bare(
     times: dict[str, float] = {}
     t = time.perf_counter()
     engine = create_face_engine("auto", insightface_root=s.insightface_root, providers=s.onnx_providers)
-    prepare_references(data / "input_raw", data / "cleaned", engine=engine, remover=None, do_facecrop=True)
+    prepare_references(data / "input_raw", data / "cleaned", engine=engine, remover=None)  # the stage's defaults
     times["prepare"] = time.perf_counter() - t
     with OpenRouterClient(KEY, base_url=stub.base_url) as client:
         t = time.perf_counter()
@@ -127,7 +128,7 @@ def bare(
                 times["qc"] = opened + time.perf_counter() - t
     if stream is None:
         t = time.perf_counter()
-        run_qc(data / "cleaned", data / "synth_openrouter", data / "qc_passed", spec=spec, minsim=0.34, minblur=80)
+        run_qc(data / "cleaned", data / "synth_openrouter", data / "qc_passed", spec=spec)  # the default thresholds
         times["qc"] = time.perf_counter() - t
     t = time.perf_counter()
     items, _ = join(data / "synth_openrouter", data / "qc_passed" / "qc_report.csv")
@@ -140,11 +141,8 @@ def bare(
         data / "augment",
         data / "captions",
         manifest=data / "synth_openrouter" / "manifest.json",
-        num_aug=1,
-        seed=137,
-        size=1024,
         bank=bank,
-        kohya_repeats=10,
+        kohya_repeats=AUGMENT_DEFAULTS.kohya_repeats,  # num_aug, seed and size: the stage's defaults, as the flow's
     )
     times["augment"] = time.perf_counter() - t
     return times

@@ -32,6 +32,8 @@ from ai_influencer.dataset.workspace import Workspace
 from ai_influencer.generation.dispatch import Dispatched, dispatch
 from ai_influencer.generation.engine import ImageRequest, iter_reference_images
 from ai_influencer.openrouter.capabilities import ImageRoute
+from ai_influencer.options import GenerateOptions
+from ai_influencer.options.fields import default_of
 from ai_influencer.pacing import AdaptiveRate, PacingStats, StopRequested, drain_on_signals, rate_limit_capacity
 from ai_influencer.qc.stream import StreamingQC, UntilAccepted
 from ai_influencer.settings import Settings
@@ -48,7 +50,7 @@ INFLIGHT_LEASE_S = 60.0  # the server accepts >= 60 s
 def _name() -> str:
     p = current_params()
     model = (p.get("model") or "default").split("/")[-1]
-    return f"generate-{model}-{p.get('per_scene', 12)}per-scene"
+    return f"generate-{model}-{p.get('per_scene', default_of(GenerateOptions, 'per_scene'))}per-scene"
 
 
 @flow(name="generate", flow_run_name=_name, log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=64))
@@ -64,13 +66,7 @@ def generate_flow(params: GenerateParams = GenerateParams(), paths: Paths = Path
     ws = paths.workspace()
     assert params.model is not None
     plan = usecases.plan_requests(
-        paths.bank,
-        ws.synth,
-        model=params.model,
-        per_scene=params.per_scene,
-        options=params.image_options(),
-        references=ws.cleaned if params.use_references else None,
-        regenerate=params.regenerate,
+        paths.bank, ws.synth, params, references=ws.cleaned if params.use_references else None
     )
     lim = params.limits
     rate_state, burst, rate = ensure_limit(

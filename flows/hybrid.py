@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from prefect import flow
 
+from ai_influencer.options import GenerateOptions
+from ai_influencer.options.fields import default_of
 from ai_influencer.settings import Settings
 from flows.generate import check_image_route, generate_flow
 from flows.params import HybridParams, current_params
@@ -25,7 +27,8 @@ from tasks.stages import analytics_task
 def _name() -> str:
     p = current_params()
     gen = p.get("generate") or {}
-    return f"hybrid-{(gen.get('model') or 'default').split('/')[-1]}-{gen.get('per_scene', 12)}x"
+    per_scene = gen.get("per_scene", default_of(GenerateOptions, "per_scene"))
+    return f"hybrid-{(gen.get('model') or 'default').split('/')[-1]}-{per_scene}x"
 
 
 @flow(name="hybrid", flow_run_name=_name, log_prints=True)

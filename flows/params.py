@@ -1,9 +1,9 @@
 """Flow parameters as pydantic models, so the Prefect UI renders them as forms.
 
-Defaults are the manual's (``per_scene 12``, ``minsim 0.34``, ``minblur 80``,
-``num_aug 1``) and the workspace layout's folders. A field that comes from the
-configuration (model names, folders, limits, face backend) defaults to empty
-and is filled from the *worker's* settings when the run starts (``resolve``):
+Each stage's parameters ARE its options model (``ai_influencer.options``: every default, bound and help
+text written once, the manual's ``per_scene 12``, ``minsim 0.34``, ``minblur 80``, ``num_aug 1``), plus
+``RunParams.resolve``. A field that comes from the configuration (model names, folders, limits, face
+backend) defaults to empty and is filled from the *worker's* settings when the run starts (``resolve``):
 reading Settings at import baked the deploying machine's environment into every
 deployment's defaults. Every flow takes a filled model as its default, so the
 UI's run form opens with its fields. No secret is ever a parameter: the
@@ -16,33 +16,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
 from ai_influencer.dataset.workspace import Workspace
-from ai_influencer.image_options import (
-    IMAGE_OPTION_DEFAULTS,
-    N_MAX,
-    ImageOptions,
-    ProviderRouting,
-    option_help,
-    parse_size,
+from ai_influencer.options import (
+    AugmentOptions,
+    EvaluateOptions,
+    GenerateOptions,
+    PlanOptions,
+    PrepareOptions,
+    QCOptions,
+    TrainOptions,
 )
+from ai_influencer.options.fields import from_settings
 from ai_influencer.settings import Settings
-
-
-def _default(name: str) -> Any:
-    """A setting's built-in default (code, not environment), for help texts."""
-    return Settings.model_fields[name].default
-
-
-def _from_settings(name: str, what: str) -> str:
-    return f"{what}; empty: the worker's setting {name} (default {_default(name)})."
-
-
-BACKEND_HELP = _from_settings(
-    "face_backend",
-    "dlib | insightface (buffalo_l models: NON-COMMERCIAL licence; only when chosen); auto = dlib",
-)
 
 
 def current_params(name: str = "params") -> dict:
@@ -78,10 +65,10 @@ class Paths(RunParams):
         "prompt_bank": "prompt_bank",
         "models_root": "models_root",
     }
-    data_root: str | None = Field(default=None, description=_from_settings("data_root", "Workspace data folder"))
-    prompt_bank: str | None = Field(default=None, description=_from_settings("prompt_bank", "Prompt bank YAML"))
+    data_root: str | None = Field(default=None, description=from_settings("data_root", "Workspace data folder"))
+    prompt_bank: str | None = Field(default=None, description=from_settings("prompt_bank", "Prompt bank YAML"))
     models_root: str | None = Field(
-        default=None, description=_from_settings("models_root", "Models folder (base/, lora/)")
+        default=None, description=from_settings("models_root", "Models folder (base/, lora/)")
     )
 
     def workspace(self) -> Workspace:
@@ -95,20 +82,12 @@ class Paths(RunParams):
         return Path(self.prompt_bank)
 
 
-class PrepareParams(RunParams):
+class PrepareParams(PrepareOptions, RunParams):
     SETTINGS: ClassVar[dict[str, str]] = {"backend": "face_backend"}
-    do_rembg: bool = Field(default=False, description="Remove backgrounds with rembg (model must be in models/rembg).")
-    do_facecrop: bool = True
-    size: int = Field(default=1024, ge=64, le=4096)
-    backend: str | None = Field(default=None, description=BACKEND_HELP)
-    allow_multi_face: bool = Field(
-        default=False, description="Use photos with several faces (the largest kept); by default they are refused."
-    )
 
 
-class PlanParams(RunParams):
+class PlanParams(PlanOptions, RunParams):
     SETTINGS: ClassVar[dict[str, str]] = {"model": "text_model"}
-    model: str | None = Field(default=None, description=_from_settings("text_model", "OpenRouter text model"))
 
 
 class Limits(RunParams):
@@ -119,93 +98,38 @@ class Limits(RunParams):
         "max_inflight": "image_max_inflight",
     }
     rate_limit_name: str | None = Field(
-        default=None, description=_from_settings("image_rate_limit_name", "Global concurrency limit with slot decay")
+        default=None, description=from_settings("image_rate_limit_name", "Global concurrency limit with slot decay")
     )
     rate_per_s: float | None = Field(
-        default=None, gt=0, description=_from_settings("image_rate_per_s", "Requests/s, used when the limit is created")
+        default=None, gt=0, description=from_settings("image_rate_per_s", "Requests/s, used when the limit is created")
     )
     inflight_limit_name: str | None = Field(
-        default=None, description=_from_settings("image_inflight_limit_name", "Global concurrency limit")
+        default=None, description=from_settings("image_inflight_limit_name", "Global concurrency limit")
     )
     max_inflight: int | None = Field(
-        default=None, ge=1, description=_from_settings("image_max_inflight", "In flight, used when it is created")
+        default=None, ge=1, description=from_settings("image_max_inflight", "In flight, used when it is created")
     )
 
 
-class GenerateParams(RunParams):
-    """The generate stage; the image options (size, n, seed, quality, format, provider) take their
-    defaults and help from ``ImageOptions``, the one place for them."""
+class GenerateParams(GenerateOptions, RunParams):
+    """The generate stage's options and the run's shared limits (``limits``)."""
 
     SETTINGS: ClassVar[dict[str, str]] = {"model": "image_model"}
-    model: str | None = Field(default=None, description=_from_settings("image_model", "OpenRouter image model"))
-    per_scene: int = Field(default=12, ge=1, le=1000)
-    size: str = Field(default=IMAGE_OPTION_DEFAULTS.size, description=option_help("size"))
-    n: int = Field(default=IMAGE_OPTION_DEFAULTS.n, ge=1, le=N_MAX, description=option_help("n"))
-    seed: int | None = Field(default=IMAGE_OPTION_DEFAULTS.seed, description=option_help("seed"))
-    quality: str | None = Field(default=None, description=option_help("quality"))
-    output_format: str | None = Field(default=None, description=option_help("output_format"))
-    provider: ProviderRouting | None = Field(default=None, description="Image API provider routing.")
-    regenerate: bool = Field(
-        default=False, description="Remake the images made with an earlier set of reference photos."
-    )
-    use_references: bool = Field(default=True, description="Send data/cleaned photos with each request.")
-    budget_usd: float | None = Field(default=None, ge=0, description="Stop new paid requests beyond this spend.")
-    estimate_usd: float | None = Field(
-        default=None, ge=0, description="Expected cost per image where the endpoint lists no price."
-    )
     limits: Limits = Field(default_factory=Limits)
 
-    @field_validator("size")
-    @classmethod
-    def _size(cls, v: str) -> str:
-        w, h = parse_size(v)  # the one size rule: names the value out of range
-        return f"{w}x{h}"
 
-    def image_options(self) -> ImageOptions:
-        """The options every request of the run asks (validated: an unknown quality fails here)."""
-        return ImageOptions(
-            size=self.size, n=self.n, seed=self.seed, quality=self.quality, output_format=self.output_format,
-            provider=self.provider,
-        )  # fmt: skip
-
-
-class QCParams(RunParams):
+class QCParams(QCOptions, RunParams):
     SETTINGS: ClassVar[dict[str, str]] = {"backend": "face_backend"}
-    minsim: float = Field(
-        default=0.34, ge=0, le=1, description="Identity score 0..1; 0.34 = same person (docs/identity-calibration.md)."
-    )
-    minblur: float = Field(default=80.0, ge=0, description="Face sharpness; 80 = the sharp/blurred line.")
-    max_faces: int = Field(default=1, ge=1)
-    backend: str | None = Field(default=None, description=BACKEND_HELP)
 
 
-class AugmentParams(RunParams):
+class AugmentParams(AugmentOptions, RunParams):
     SETTINGS: ClassVar[dict[str, str]] = {"vlm_model": "vision_model"}
-    num_aug: int = Field(default=1, ge=0, le=20)
-    seed: int = 137
-    size: int = Field(default=1024, ge=64, le=4096)
-    kohya_repeats: int | None = Field(default=10, ge=1)
-    vlm_captions: bool = Field(default=False, description="Caption with an OpenRouter vision model (paid, cached).")
-    vlm_model: str | None = Field(
-        default=None, description=_from_settings("vision_model", "Vision model for VLM captions")
-    )
 
 
-class TrainParams(RunParams):
-    """The manual's train_lora.sh defaults; every other trainer setting is in ``overrides``."""
+class TrainParams(TrainOptions, RunParams):
+    """The manual's train_lora.sh defaults (``options.train``); every other trainer setting is in ``overrides``."""
 
     base_model: str | None = Field(default=None, description="Default: <models_root>/base/sdxl.safetensors.")
-    rank: int = Field(default=32, ge=1, description="network_dim")
-    alpha: float = Field(default=16.0, gt=0, description="network_alpha")
-    resolution: int = Field(default=1024, ge=16)
-    max_train_steps: int | None = Field(default=None, ge=1)
-    epochs: int = Field(default=10, ge=1)
-    unet_lr: float = Field(default=1e-4, gt=0)
-    batch_size: int = Field(default=1, ge=1)
-    mixed_precision: str = Field(default="bf16", pattern="^(no|fp16|bf16)$")
-    train_text_encoder: bool = False
-    checkpoint_every: int = Field(default=250, ge=1)
-    keep_checkpoints: int = Field(default=5, ge=1, description="Keep the newest N checkpoints of a run.")
     use_kohya: bool = Field(default=False, description="Train with kohya sd-scripts (INFLUENCER_KOHYA_PATH).")
     overrides: dict = Field(default_factory=dict, description="Any other TrainConfig field, e.g. noise_offset.")
 
@@ -213,15 +137,8 @@ class TrainParams(RunParams):
         return Path(self.base_model) if self.base_model else ws.base_model
 
 
-class EvaluateParams(RunParams):
+class EvaluateParams(EvaluateOptions, RunParams):
     SETTINGS: ClassVar[dict[str, str]] = {"backend": "face_backend"}
-    samples: int = Field(default=8, ge=1, le=200, description="K images per LoRA, prompts from the prompt bank.")
-    steps: int = Field(default=30, ge=1)
-    guidance: float = Field(default=6.0, ge=0)
-    size: int = Field(default=1024, ge=16)
-    strength: float = Field(default=1.0, ge=0, le=2)
-    checkpoints: bool = Field(default=True, description="Also evaluate every saved checkpoint and pick the best.")
-    backend: str | None = Field(default=None, description=BACKEND_HELP)
 
 
 class HybridParams(RunParams):

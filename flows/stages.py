@@ -23,9 +23,7 @@ def _shown(summary: dict) -> dict:
 def prepare_flow(params: PrepareParams = PrepareParams(), paths: Paths = Paths()) -> dict:
     s = Settings()
     p, ws = params.resolve(s), paths.resolve(s).workspace()
-    return prepare_task(
-        str(ws.input_raw), str(ws.cleaned), p.do_rembg, p.do_facecrop, p.size, p.backend, p.allow_multi_face
-    )
+    return prepare_task(str(ws.input_raw), str(ws.cleaned), p)
 
 
 @flow(name="plan", log_prints=True)
@@ -46,14 +44,11 @@ def qc_flow(params: QCParams = QCParams(), paths: Paths = Paths()) -> dict:
     p, ws = params.resolve(s), paths.resolve(s).workspace()
     summary = call_with_intact_outputs(
         qc_task,
-        str(ws.cleaned),
-        str(ws.synth),
-        str(ws.qc_passed),
-        p.minsim,
-        p.minblur,
-        p.max_faces,
-        p.backend,
-        str(ws.qc_cache),
+        ref_dir=str(ws.cleaned),
+        cand_dir=str(ws.synth),
+        out_dir=str(ws.qc_passed),
+        options=p,
+        cache_dir=str(ws.qc_cache),
         log=get_run_logger().info,
     )
     print(f"qc: {_shown(summary)}")
@@ -67,16 +62,12 @@ def augment_flow(params: AugmentParams = AugmentParams(), paths: Paths = Paths()
     ws = paths.workspace()
     summary = call_with_intact_outputs(
         augment_task,
-        str(ws.qc_passed),
-        str(ws.augment),
-        str(ws.captions),
-        str(ws.manifest),
-        p.num_aug,
-        p.seed,
-        p.size,
-        str(paths.bank),
-        p.kohya_repeats,
-        p.vlm_model if p.vlm_captions else None,
+        in_dir=str(ws.qc_passed),
+        out_dir=str(ws.augment),
+        captions_dir=str(ws.captions),
+        manifest=str(ws.manifest),
+        prompt_bank=str(paths.bank),
+        options=p,
         log=get_run_logger().info,
     )
     print(f"augment: {_shown(summary)}")
@@ -124,19 +115,14 @@ def evaluate_flow(
     candidates = list(loras or []) or [str(f) for f in default_candidates(ws.lora_dir, checkpoints=p.checkpoints)]
     summary = evaluate_task(
         candidates,
-        str(train.base_path(ws)),
-        str(ws.cleaned),
-        str(ws.evaluation),
-        str(paths.bank),
-        p.samples,
-        p.steps,
-        p.guidance,
-        p.size,
-        p.strength,
-        p.backend,
-        str(ws.identity_history),
-        str(Path(train_config(train, paths)["dataset"])),
-        train.model_dump(),
+        base_model=str(train.base_path(ws)),
+        refs_dir=str(ws.cleaned),
+        out_dir=str(ws.evaluation),
+        prompt_bank=str(paths.bank),
+        options=p,
+        history_db=str(ws.identity_history),
+        dataset_dir=str(Path(train_config(train, paths)["dataset"])),
+        train_params=train.model_dump(),
     )
     print(f"evaluate: best {summary['best']}")
     return summary

@@ -30,10 +30,7 @@ class Streamed:
 def streamed_qc(qc: QCParams, paths: Paths, settings: Settings, target: int | None = None) -> Iterator[Streamed]:
     """Must run inside a flow (it submits the QC task to the flow's task runner); params resolved."""
     ws = paths.workspace()
-    with open_stream(
-        settings, ws.cleaned, ws.synth, ws.qc_passed, ws.qc_cache, minsim=qc.minsim, minblur=qc.minblur,
-        max_faces=qc.max_faces, backend=qc.backend, target=target,
-    ) as handle:  # fmt: skip
+    with open_stream(settings, ws.cleaned, ws.synth, ws.qc_passed, ws.qc_cache, options=qc, target=target) as handle:
         future = qc_stream_task.submit(str(ws.synth))
         box = Streamed(handle.stream)
         try:

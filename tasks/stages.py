@@ -17,7 +17,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from ai_influencer import usecases
-from ai_influencer.qc.decision import QCThresholds
+from ai_influencer.options import AugmentOptions, PrepareOptions, QCOptions
 from ai_influencer.qc.report import REPORT_FIELDS
 from ai_influencer.qc.stage import QCResult
 from ai_influencer.settings import Settings
@@ -30,19 +30,8 @@ RETRY = retry_options()
 
 
 @task(name="prepare", tags=["vision", "prepare"], task_run_name="prepare {in_dir}", **RETRY)
-def prepare_task(
-    in_dir: str,
-    out_dir: str,
-    do_rembg: bool,
-    do_facecrop: bool,
-    size: int,
-    backend: str,
-    allow_multi_face: bool = False,
-) -> dict:
-    outcome = usecases.prepare(
-        Settings(), Path(in_dir), Path(out_dir), do_rembg=do_rembg, do_facecrop=do_facecrop, size=size,
-        backend=backend, allow_multi_face=allow_multi_face,
-    )  # fmt: skip
+def prepare_task(in_dir: str, out_dir: str, options: PrepareOptions) -> dict:
+    outcome = usecases.prepare(Settings(), Path(in_dir), Path(out_dir), options)
     for error in outcome.errors:
         get_run_logger().warning("skipped %s", error)
     return {"usable": outcome.usable, "errors": outcome.errors}
@@ -63,35 +52,26 @@ def plan_task(prompt_bank: str, model: str, storyboard: str | None = None) -> di
 
 
 def _qc_key(context: Any, p: dict[str, Any]) -> str:
-    extra = ("qc", p["out_dir"], p["minsim"], p["minblur"], p["max_faces"], p["backend"])
+    o: QCOptions = p["options"]
+    extra = ("qc", p["out_dir"], o.minsim, o.minblur, o.max_faces, o.backend)
     return fingerprint(p["ref_dir"], p["cand_dir"], extra=extra)
 
 
 @task(name="qc", tags=["vision", "qc"], cache_key_fn=_qc_key, persist_result=True, **RETRY)
-def qc_task(
-    ref_dir: str,
-    cand_dir: str,
-    out_dir: str,
-    minsim: float,
-    minblur: float,
-    max_faces: int,
-    backend: str,
-    cache_dir: str | None = None,
-) -> dict:
-    job = usecases.QCJob(
-        Path(ref_dir), Path(cand_dir), Path(out_dir), QCThresholds(minsim=minsim, minblur=minblur, max_faces=max_faces),
-        backend=backend, cache_dir=Path(cache_dir) if cache_dir else None,
-    )  # fmt: skip
+def qc_task(ref_dir: str, cand_dir: str, out_dir: str, options: QCOptions, cache_dir: str | None = None) -> dict:
+    job = usecases.QCJob.for_options(
+        Path(ref_dir), Path(cand_dir), Path(out_dir), options, cache_dir=Path(cache_dir) if cache_dir else None
+    )
     result = usecases.qc(Settings(), job, on_progress=ProgressArtifact("qc-progress", "QC: images analysed"))
-    return publish_qc(result, minsim, minblur)
+    return publish_qc(result, options)
 
 
-def publish_qc(result: QCResult, minsim: float, minblur: float) -> dict:
+def publish_qc(result: QCResult, options: QCOptions) -> dict:
     """QC's artifacts (verdict table, contact sheet) and the stage's summary, batch or streamed alike."""
     create_table_artifact(
         [{k: getattr(r, k) for k in REPORT_FIELDS} for r in result.rows],
         key="qc-report",
-        description=f"QC verdicts (minsim {minsim}, minblur {minblur}): {result.counts}",
+        description=f"QC verdicts (minsim {options.minsim}, minblur {options.minblur}): {result.counts}",
     )
     create_markdown_artifact(sheet_markdown(result.contact_sheet, "QC contact sheet"), key="qc-contact-sheet")
     return {
@@ -103,8 +83,9 @@ def publish_qc(result: QCResult, minsim: float, minblur: float) -> dict:
 
 
 def _augment_key(context: Any, p: dict[str, Any]) -> str:
-    extra = ("augment", p["out_dir"], p["captions_dir"], p["num_aug"], p["seed"], p["size"], p["kohya_repeats"])
-    extra += (p.get("vlm_model"),)
+    o: AugmentOptions = p["options"]
+    extra = ("augment", p["out_dir"], p["captions_dir"], o.num_aug, o.seed, o.size, o.kohya_repeats or None)
+    extra += (o.vlm_model if o.vlm_captions else None,)
     return fingerprint(p["in_dir"], p["prompt_bank"], extra=extra)
 
 
@@ -114,12 +95,8 @@ def augment_task(
     out_dir: str,
     captions_dir: str,
     manifest: str | None,
-    num_aug: int,
-    seed: int,
-    size: int,
     prompt_bank: str,
-    kohya_repeats: int | None,
-    vlm_model: str | None = None,
+    options: AugmentOptions,
 ) -> dict:
     outcome = usecases.augment(
         Path(in_dir),
@@ -127,11 +104,7 @@ def augment_task(
         Path(captions_dir),
         prompt_bank=Path(prompt_bank),
         manifest=Path(manifest) if manifest else None,
-        num_aug=num_aug,
-        seed=seed,
-        size=size,
-        kohya_repeats=kohya_repeats,
-        vlm_model=vlm_model,
+        options=options,
         client=openrouter_client,
     )
     if outcome.captions is not None:

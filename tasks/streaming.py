@@ -23,7 +23,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from ai_influencer import usecases
-from ai_influencer.qc.decision import QCThresholds
+from ai_influencer.options import QCOptions
 from ai_influencer.qc.stream import StreamingQC
 from ai_influencer.settings import Settings
 from shared_limits.artifacts import ProgressArtifact
@@ -35,8 +35,7 @@ class QCStream:
     """The stream of one candidate folder in this process, and the target of generate-until-N if any."""
 
     stream: StreamingQC
-    minsim: float
-    minblur: float
+    options: QCOptions
     target: int | None = None
 
 
@@ -62,22 +61,16 @@ def open_stream(
     out_dir: Path,
     cache_dir: Path,
     *,
-    minsim: float,
-    minblur: float,
-    max_faces: int,
-    backend: str | None,
+    options: QCOptions,
     target: int | None = None,
 ) -> Iterator[QCStream]:
     """Check the references (a bad one fails here, before anything is paid), then keep the stream open
     for the generate flow; closed and removed on exit."""
-    job = usecases.QCJob(
-        ref_dir, cand_dir, out_dir, QCThresholds(minsim=minsim, minblur=minblur, max_faces=max_faces),
-        backend=backend, cache_dir=cache_dir,
-    )  # fmt: skip
+    job = usecases.QCJob.for_options(ref_dir, cand_dir, out_dir, options, cache_dir=cache_dir)
     stream = usecases.qc_stream(settings, job)
     key = _key(cand_dir)
     with stream:
-        handle = QCStream(stream, minsim, minblur, target)
+        handle = QCStream(stream, options, target)
         with _lock:
             if key in _streams:
                 raise RuntimeError(f"{cand_dir} already has a QC stream in this process (two runs on one folder)")
@@ -110,5 +103,5 @@ def qc_stream_task(cand_dir: str) -> dict:
         "streamed QC: %d images, %d analysed now, %d from the QC cache", len(result.rows), pool.analysed,
         pool.from_cache,
     )  # fmt: skip
-    summary = publish_qc(result, handle.minsim, handle.minblur)
+    summary = publish_qc(result, handle.options)
     return {**summary, "streamed": True, "analysed": pool.analysed, "from_cache": pool.from_cache}

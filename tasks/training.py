@@ -8,9 +8,9 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from ai_influencer import usecases
+from ai_influencer.options import EvaluateOptions
 from ai_influencer.settings import Settings
 from ai_influencer.training.config import TrainConfig
-from ai_influencer.training.inference import LocalGenParams
 from shared_limits.artifacts import ProgressArtifact, samples_markdown, sheet_markdown
 from shared_limits.retry import retry_options
 
@@ -56,12 +56,7 @@ def evaluate_task(
     refs_dir: str,
     out_dir: str,
     prompt_bank: str,
-    samples: int,
-    steps: int,
-    guidance: float,
-    size: int,
-    strength: float,
-    backend: str,
+    options: EvaluateOptions,
     history_db: str | None = None,
     dataset_dir: str | None = None,
     train_params: dict | None = None,
@@ -74,9 +69,7 @@ def evaluate_task(
         prompt_bank=Path(prompt_bank),
         refs_dir=Path(refs_dir),
         out_dir=Path(out_dir),
-        params=LocalGenParams(steps=steps, guidance=guidance, width=size, height=size, strength=strength),
-        samples=samples,
-        backend=backend,
+        options=options,
         history_db=Path(history_db) if history_db else None,
         dataset_dir=Path(dataset_dir) if dataset_dir else None,
         train_params=train_params,

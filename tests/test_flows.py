@@ -425,7 +425,7 @@ def test_retrain_promotes_only_when_identity_improves(prefect_server: str, env: 
 def test_a_new_code_version_misses_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Results computed by older code are not served to newer code: the version is in every key."""
     import ai_influencer
-    from tasks import caching
+    from shared_limits import caching
 
     (tmp_path / "a.png").write_bytes(b"same input")
     key = caching.fingerprint(tmp_path, extra=("qc", 0.34))

@@ -270,7 +270,7 @@ def test_thresholds_are_validated_before_any_work(tmp_path: Path) -> None:
         QCThresholds(max_faces=0).validate()
     out = tmp_path / "out"
     with pytest.raises(ValueError, match="minsim must be between 0 and 1"):
-        run_qc(tmp_path / "no-refs", tmp_path / "no-cands", out, minsim=34)
+        run_qc(tmp_path / "no-refs", tmp_path / "no-cands", out, thresholds=QCThresholds(minsim=34))
     assert not out.exists()
 
 

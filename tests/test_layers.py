@@ -21,7 +21,7 @@ FORBIDDEN_IN_DOMAIN = {"prefect", "prefect_docker", "fastapi", "typer", "tkinter
 # ("" is the package itself). A unit imports only from its own level or the levels below, and the units
 # never import each other in a circle (checked below, like the modules). docs/architecture.md draws these.
 DOMAIN_LEVELS: list[tuple[str, set[str]]] = [
-    ("base", {"", "settings", "io", "imaging", "costs", "pacing", "prompt_bank", "image_options"}),
+    ("base", {"", "settings", "io", "imaging", "costs", "pacing", "prompt_bank", "options"}),
     ("services", {"openrouter", "vision", "storyboard"}),
     ("data", {"dataset"}),
     ("stages", {"qc", "generation", "training"}),
@@ -120,3 +120,15 @@ def test_the_docker_image_gets_every_package_the_project_ships() -> None:
         if line.startswith("COPY ") and not line.split()[1].startswith("$")
     }
     assert packages <= copied, f"docker/Dockerfile copies no {sorted(packages - copied)}"
+
+
+def test_every_folder_of_a_shipped_package_is_a_package() -> None:
+    """setuptools ships only folders with an ``__init__.py``: a new folder without one imports here (a namespace
+    package) and is missing from the wheel and the Docker image."""
+    missing = sorted(
+        str(folder.relative_to(REPO))
+        for package in SHIPPED
+        for folder in [REPO / package, *(REPO / package).rglob("*")]
+        if folder.is_dir() and any(folder.glob("*.py")) and not (folder / "__init__.py").is_file()
+    )
+    assert not missing, f"add an __init__.py to {missing}"

@@ -21,6 +21,7 @@ from PIL import Image, ImageOps
 
 from ai_influencer import usecases
 from ai_influencer.dataset.workspace import Workspace
+from ai_influencer.options import QCOptions
 from ai_influencer.qc.analysis import EngineSpec
 from ai_influencer.qc.decision import QCThresholds
 from ai_influencer.qc.report import REPORT_FIELDS, tile_label
@@ -95,9 +96,9 @@ def clone(template: Template, tmp_path: Path) -> Workspace:
 
 def qc(ws: Workspace, minsim: float = 0.34, minblur: float = 80.0) -> QCResult:
     """QC as the CLI runs it: the use case with the workspace's cache and overrides."""
-    job = usecases.QCJob(
-        ws.cleaned, ws.synth, ws.qc_passed, QCThresholds(minsim=minsim, minblur=minblur),
-        backend="dlib", workers=2, cache_dir=ws.qc_cache, overrides=ws.qc_overrides,
+    job = usecases.QCJob.for_options(
+        ws.cleaned, ws.synth, ws.qc_passed, QCOptions(minsim=minsim, minblur=minblur, backend="dlib"),
+        workers=2, cache_dir=ws.qc_cache, overrides=ws.qc_overrides,
     )  # fmt: skip
     return usecases.qc(Settings(data_root=ws.data_root), job)
 

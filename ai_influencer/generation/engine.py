@@ -62,6 +62,7 @@ from ai_influencer.openrouter.capabilities import (
     resolve_route,
 )
 from ai_influencer.openrouter.errors import UnsupportedParameterError
+from ai_influencer.options.images import IMAGE_OPTION_DEFAULTS
 from ai_influencer.pacing import Pacer, StopFlag, StopRequested
 from ai_influencer.prompt_bank import PromptSpec
 
@@ -197,7 +198,7 @@ def plan_slots(
     model: str,
     size: str,
     *,
-    n: int = 1,
+    n: int = IMAGE_OPTION_DEFAULTS.n,
     seed: int | None = None,
     options: dict[str, Any] | None = None,
     reference_digests: Sequence[str] = (),
@@ -253,7 +254,7 @@ def build_requests(
     size: str,
     references: Sequence[Path] = (),
     *,
-    n: int = 1,
+    n: int = IMAGE_OPTION_DEFAULTS.n,
     seed: int | None = None,
     options: dict[str, Any] | None = None,
 ) -> list[ImageRequest]:

@@ -33,7 +33,7 @@ from ai_influencer.qc.analysis import Analysis, EngineSpec, ProgressCallback
 from ai_influencer.qc.decision import QCThresholds, decide
 from ai_influencer.qc.pool import AnalysisCache, analyze_many
 from ai_influencer.qc.report import QCRow, VerdictOverrides, mark_automatic, tile_label, write_report
-from ai_influencer.vision.faces import MINSIM_DEFAULT, FaceEngine, Scorer, scorer_for
+from ai_influencer.vision.faces import FaceEngine, Scorer, scorer_for
 
 SHEET_NAME = "contact_sheet.png"  # in a reports/ subfolder so no stage ever trains on it
 REPORTS_DIR = "reports"
@@ -62,12 +62,7 @@ def run_qc(
     *,
     engine: FaceEngine | None = None,
     spec: EngineSpec | None = None,
-    minsim: float = MINSIM_DEFAULT,
-    minblur: float = 80.0,
-    max_faces: int = 1,
-    dup_hash_distance: int = 10,
-    dup_min_score: float = 0.75,
-    min_margin: float | None = 0.0,
+    thresholds: QCThresholds | None = None,
     workers: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     on_progress: ProgressCallback | None = None,
@@ -82,14 +77,7 @@ def run_qc(
     user's verdicts (``review.overrides``), which win over QC's own. ``legacy``: release 0.1's QC
     (analysis and rules), the baseline of ``bench/qc.py``; nothing else uses it.
     """
-    th = QCThresholds(
-        minsim=minsim,
-        minblur=minblur,
-        max_faces=max_faces,
-        min_margin=min_margin,
-        dup_hash_distance=dup_hash_distance,
-        dup_min_score=dup_min_score,
-    ).validate()  # before any work: a typo like --minsim 34 fails at once
+    th = thresholds or QCThresholds()  # checked when it was made: a typo like --minsim 34 fails before any work
     if legacy:
         spec = replace(spec or EngineSpec(), legacy=True)
     spec, scorer = engine_parts(engine, spec)

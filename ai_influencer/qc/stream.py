@@ -62,7 +62,7 @@ class StreamingQC:
         overrides: VerdictOverrides | None = None,
     ) -> None:
         self.ref_dir, self.cand_dir, self.out_dir = Path(ref_dir), Path(cand_dir), Path(out_dir)
-        self.th = thresholds.validate()
+        self.th = thresholds
         spec, self.scorer = engine_parts(engine, spec)
         self.pool = AnalysisPool(
             engine=engine,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ai_influencer.analytics.history import IdentityHistory, dataset_version_of, record_choice
+from ai_influencer.options.evaluate import EVALUATE_DEFAULTS, EvaluateOptions
 from ai_influencer.prompt_bank import load_prompt_bank
 from ai_influencer.qc.analysis import EngineSpec
 from ai_influencer.settings import Settings
@@ -36,15 +37,14 @@ def evaluate(
     prompt_bank: Path,
     refs_dir: Path,
     out_dir: Path,
-    params: LocalGenParams,
-    samples: int = 8,
-    backend: str | None = None,
+    options: EvaluateOptions = EVALUATE_DEFAULTS,
     history_db: Path | None = None,
     dataset_dir: Path | None = None,
     train_params: dict[str, Any] | None = None,
 ) -> EvaluationOutcome:
-    """The same K prompt-bank prompts and seeds for every LoRA, faces scored against the references,
-    the best named (``pick_best``); every result goes into the identity history when ``history_db``."""
+    """The same K (``options.samples``) prompt-bank prompts and seeds for every LoRA, faces scored against
+    the references, the best named (``pick_best``); every result goes into the identity history when
+    ``history_db``."""
     bank = load_prompt_bank(prompt_bank)
     choice = evaluate_loras(
         list(loras),
@@ -53,9 +53,9 @@ def evaluate(
         bank=bank,
         refs_dir=refs_dir,
         out_dir=out_dir,
-        engine=EngineSpec.from_settings(settings, backend).build(),
-        k=samples,
-        params=params,
+        engine=EngineSpec.from_settings(settings, options.backend).build(),
+        k=options.samples,
+        params=LocalGenParams.from_options(options),
     )
     rows = choice.rows()
     if history_db is not None:

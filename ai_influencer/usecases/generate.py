@@ -31,6 +31,7 @@ from ai_influencer.io import file_sha256
 from ai_influencer.openrouter import OpenRouterClient
 from ai_influencer.openrouter.capabilities import IMAGE_OPTION_DEFAULTS, ImageOptions, ImageRoute, resolve_route
 from ai_influencer.openrouter.types import ImageResult
+from ai_influencer.options.generate import GenerateOptions
 from ai_influencer.pacing import AdaptiveRate, PacingStats, StopFlag
 from ai_influencer.prompt_bank import PromptSpec, compose_prompts, load_prompt_bank
 
@@ -76,20 +77,20 @@ class RequestPlan:
 def plan_requests(
     prompt_bank: Path,
     out_dir: Path,
+    stage: GenerateOptions,
     *,
-    model: str,
-    per_scene: int,
-    options: ImageOptions = IMAGE_OPTION_DEFAULTS,
     references: Path | None = None,
     limit: int | None = None,
-    regenerate: bool = False,
 ) -> RequestPlan:
     """The slots of a run and the requests for those still owed, from the disk alone (nothing is sent).
 
-    A slot is done when an image of it is on disk, whole (its content hash checked): made with this
-    reference set, or with an earlier one (kept, unless ``regenerate``). ``limit`` caps the images
-    asked for in this run.
+    ``stage``: the generate options (``options.generate``), its model resolved. A slot is done when an
+    image of it is on disk, whole (its content hash checked): made with this reference set, or with an
+    earlier one (kept, unless ``stage.regenerate``). ``limit`` caps the images asked for in this run.
     """
+    if not stage.model:
+        raise ValueError("model: no image model given (set it, or the setting image_model)")
+    model, per_scene, regenerate, options = stage.model, stage.per_scene, stage.regenerate, stage.image_options()
     refs = list(iter_reference_images(references)) if references is not None else []
     if references is not None and not refs:
         raise ValueError(f"{references}: no reference images found")

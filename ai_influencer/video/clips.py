@@ -37,17 +37,16 @@ from ai_influencer.openrouter.videos import (
     check_request,
     estimate_price,
 )
+from ai_influencer.options.video import FIRST_FRAME, MODES, REFERENCES, VIDEO_DEFAULTS
 from ai_influencer.qc.report import QCRow, read_report
 from ai_influencer.storyboard import Shot, Storyboard
 
-FIRST_FRAME, REFERENCES = "first-frame", "references"
-MODES = (FIRST_FRAME, REFERENCES)
-DEFAULT_MODE = FIRST_FRAME
-DEFAULT_ASPECT_RATIO = "9:16"
+DEFAULT_MODE = VIDEO_DEFAULTS.mode  # the video options' defaults (options.video)
+DEFAULT_ASPECT_RATIO = VIDEO_DEFAULTS.aspect_ratio
 WORDS_PER_SECOND = 2.5  # ~150 words a minute, an unhurried voice-over
 BREATH_S = 1.0
 MIN_CLIP_SECONDS = 4
-DEFAULT_MAX_REFERENCES = 4
+DEFAULT_MAX_REFERENCES = VIDEO_DEFAULTS.max_references
 KEY_VERSION = 1  # bump when the meaning of a key changes
 
 

@@ -15,12 +15,15 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
+import annotated_types as at
 import typer
+from pydantic import BaseModel
 from rich.console import Console
 
 from ai_influencer.dataset.workspace import Workspace
+from ai_influencer.options.fields import default_of, help_of
 from ai_influencer.settings import MissingApiKeyError, Settings, get_settings
 
 if TYPE_CHECKING:
@@ -43,16 +46,37 @@ NONCOMMERCIAL = (
     "Face backends: dlib (the default; public-domain models, offline) or, only when chosen by name, insightface "
     "buffalo_l, whose pretrained models are licensed for NON-COMMERCIAL research only."
 )
+_FIELD_DEFAULT: Any = object()
+
+
+def option(
+    model: type[BaseModel],
+    name: str,
+    *decls: str,
+    bounds: bool = True,
+    help: str | None = None,
+    default: Any = _FIELD_DEFAULT,
+    **extra: Any,
+) -> Any:
+    """A ``typer.Option`` for an options model's field: its default, bounds and help, written nowhere else.
+
+    ``bounds=False`` leaves the range to a callback that says more than Click would (``--minsim 34``: a percent).
+    ``help`` and ``default=None`` are for a flag whose absence means something else than the field's default
+    (``qc --minsim``: the persona's calibration); the help then says so.
+    """
+    limits: dict[str, Any] = {}  # Click checks the inclusive bounds; a strict one (gt/lt) is the model's to check
+    for m in model.model_fields[name].metadata if bounds else ():
+        if isinstance(m, at.Ge):
+            limits["min"] = m.ge
+        elif isinstance(m, at.Le):
+            limits["max"] = m.le
+    value = default_of(model, name) if default is _FIELD_DEFAULT else default
+    return typer.Option(value, *decls, help=help or help_of(model, name), **limits, **extra)
+
+
 BankOpt = Annotated[
     Path | None,
     typer.Option("--prompt-bank", "--prompt_bank", help="Prompt bank YAML (default: settings.prompt_bank)."),
-]
-BackendOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--backend",
-        help="dlib (default) | insightface (buffalo_l: NON-COMMERCIAL licence, never chosen for you); auto = dlib.",
-    ),
 ]
 
 

@@ -30,7 +30,7 @@ from ai_influencer.settings import Settings
 from interfaces.hub import errors
 from interfaces.hub.context import HubContext
 from interfaces.hub.guard import BodyLimit, BodyLimits, TokenGuard, check_token
-from interfaces.hub.routes import insights, openrouter, pipeline
+from interfaces.hub.routes import insights, openrouter, options, pipeline
 
 STATIC = Path(__file__).with_name("static")
 PAGES = {"/": "index.html", "/influencer": "influencer.html", "/pipeline": "pipeline.html"}
@@ -71,7 +71,7 @@ def create_app(
             raise HTTPException(404)
         return FileResponse(path)
 
-    for module in (openrouter, insights, pipeline):
+    for module in (openrouter, insights, pipeline, options):
         app.include_router(module.router)
     errors.install(app)
     # The last middleware added runs first: the token, then the body limit (uploads: the insights router).
@@ -79,6 +79,6 @@ def create_app(
     uploads = {route.path: upload for route in insights.router.routes if isinstance(route, APIRoute)}
     app.add_middleware(BodyLimits, default=BodyLimit(ctx.max_json, "INFLUENCER_HUB_MAX_JSON_MB"), by_path=uploads)
     docs = {app.docs_url, app.redoc_url, app.openapi_url, app.swagger_ui_oauth2_redirect_url}
-    open_paths = frozenset({*PAGES, *(d for d in docs if d)})
+    open_paths = frozenset({*PAGES, options.OPTIONS_PATH, *(d for d in docs if d)})
     app.add_middleware(TokenGuard, token=token, open_paths=open_paths, open_prefixes=("/static/",))
     return app
