@@ -1,9 +1,9 @@
 """Image generation throughput against the stub: Prefect fan-out vs the manual's sequential loop,
 and several workers sharing one provider limit.
 
-    .venv/bin/python bench/generate.py [--images 300] [--latency 2] [--rate 10]
-    .venv/bin/python bench/generate.py --workers 1,2,4 [--images 240]
-    .venv/bin/python bench/generate.py --n 1,4 [--requests 120] [--latency 2] [--rate 10]
+    .venv/bin/python -m bench.generate [--images 300] [--latency 2] [--rate 10]
+    .venv/bin/python -m bench.generate --workers 1,2,4 [--images 240]
+    .venv/bin/python -m bench.generate --n 1,4 [--requests 120] [--latency 2] [--rate 10]
 
 ``--n``: images per request on the Image API (``POST /images`` with ``n``). For each n, the generate
 flow sends the same number of requests (``--requests``) for n images each, against the stub's hard
@@ -38,13 +38,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
 

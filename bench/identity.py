@@ -1,7 +1,7 @@
 """Identity QC calibration on real photos: ROC per backend, the defaults' operating points, sharpness, and
 a simulation of the held-out protocol before/after the current decision rule.
 
-    .venv/bin/python bench/identity.py [--workers 2] [--calibration-only]
+    .venv/bin/python -m bench.identity [--workers 2] [--calibration-only]
 
 Data: tests/assets/faces-calibration (27 real photos, 11 people + 3 group photos; labels.csv and faces.csv)
 plus, unless --calibration-only, three older test photos (obama3.jpg, t1.jpg with six people, Tom Hanks).
@@ -30,14 +30,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import shutil
-import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ai_influencer.qc.analysis import Analysis, EngineSpec
 from ai_influencer.qc.decision import QCThresholds, decide

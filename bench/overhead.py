@@ -1,6 +1,6 @@
 """What Prefect costs: the hybrid flow vs the same domain calls without Prefect, on ~200 images.
 
-    .venv/bin/python bench/overhead.py [--db sqlite|postgres|both] [--qc streamed|batch|both] [--images 200]
+    .venv/bin/python -m bench.overhead [--db sqlite|postgres|both] [--qc streamed|batch|both] [--images 200]
                                        [--latency 2] [--rate 10] [--inflight 32]
 
 Both sides start from the same two reference photos and talk to their own stub
@@ -37,7 +37,6 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
 
@@ -233,9 +232,9 @@ def prefect_side(db: str, args: argparse.Namespace, per_scene: int, streamed: bo
 
 def run_side(db: str, args: argparse.Namespace, qc: str) -> tuple[float, dict[str, float]]:
     """One Prefect side in a child process (see prefect_side); its output is kept for when it fails."""
-    argv = [sys.executable, __file__, "--side", db, "--qc", qc, "--images", str(args.images), "--latency",
-            str(args.latency), "--rate", str(args.rate), "--inflight", str(args.inflight)]  # fmt: skip
-    res = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    argv = [sys.executable, "-m", "bench.overhead", "--side", db, "--qc", qc, "--images", str(args.images),
+            "--latency", str(args.latency), "--rate", str(args.rate), "--inflight", str(args.inflight)]  # fmt: skip
+    res = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith(SIDE_MARK)]
     if res.returncode != 0 or not lines:
         raise SystemExit(f"the {db} side failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}")

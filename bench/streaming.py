@@ -1,7 +1,7 @@
 """Streaming pipeline: generation alone vs generate -> QC in sequence vs QC checking each image as it arrives;
 generate-until-N.
 
-    .venv/bin/python bench/streaming.py [--images 204] [--size 1024] [--latency 1,2] [--rate 10]
+    .venv/bin/python -m bench.streaming [--images 204] [--size 1024] [--latency 1,2] [--rate 10]
                                         [--inflight 32] [--target 20]
 
 Every scenario runs the real hybrid flow against one started ``prefect server`` (SQLite, background
@@ -35,14 +35,12 @@ import json
 import os
 import random
 import shutil
-import sys
 import tempfile
 import time
 import uuid
 from datetime import datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
 

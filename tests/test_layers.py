@@ -7,6 +7,7 @@ it counts for the cycle check too (a module pair that names each other is a circ
 
 from __future__ import annotations
 
+import ast
 import tomllib
 
 import pytest
@@ -132,3 +133,17 @@ def test_every_folder_of_a_shipped_package_is_a_package() -> None:
         if folder.is_dir() and any(folder.glob("*.py")) and not (folder / "__init__.py").is_file()
     )
     assert not missing, f"add an __init__.py to {missing}"
+
+
+def test_bench_imports_its_helpers_as_modules() -> None:
+    """``bench`` is a package run as ``python -m bench.x``: its helpers (``tests.support``, ``bench.*``) import as
+    modules; a ``sys.path`` edit made a bench work only from one folder and hid a missing package."""
+    bench = REPO / "bench"
+    assert (bench / "__init__.py").is_file()
+    edits = [
+        f"{path.relative_to(REPO)}:{node.lineno}"
+        for path in sorted(bench.glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Attribute) and node.attr == "path" and ast.unparse(node.value) == "sys"
+    ]
+    assert not edits, f"no sys.path edits in bench/ (run it as python -m bench.x): {edits}"
