@@ -38,10 +38,12 @@ from ai_influencer.pacing import AdaptiveRate, PacingStats, StopRequested, drain
 from ai_influencer.qc.stream import StreamingQC, UntilAccepted
 from ai_influencer.settings import Settings
 from flows.params import GenerateParams, Paths, current_params
+from flows.results import GenerateSummary
 from shared_limits.clients import RUN_STOP, openrouter_client
 from shared_limits.limits import InflightPool, RunSeat, context_thread, ensure_limit
 from shared_limits.rate import RateDispatcher, SharedSlots
 from tasks.generate import generate_image_task, release_ledger
+from tasks.results import ImageTaskResult
 from tasks.streaming import stream_for
 
 INFLIGHT_LEASE_S = 60.0  # the server accepts >= 60 s
@@ -54,7 +56,7 @@ def _name() -> str:
 
 
 @flow(name="generate", flow_run_name=_name, log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=64))
-def generate_flow(params: GenerateParams = GenerateParams(), paths: Paths = Paths()) -> dict:
+def generate_flow(params: GenerateParams = GenerateParams(), paths: Paths = Paths()) -> GenerateSummary:
     """Generate ``per_scene`` images per scene; finished images are never paid for again.
 
     SIGTERM (a Prefect cancellation, a stopped worker) or Ctrl-C drains the run: nothing new is
@@ -93,7 +95,10 @@ def generate_flow(params: GenerateParams = GenerateParams(), paths: Paths = Path
             key="generate-plan",
             description="What this run will ask and pay for, before its first request",
         )
-    run = _Run(params, plan, ws, str(flow_run.id or "local"), route, rate, burst, max_inflight)
+    run = _Run(
+        params=params, plan=plan, ws=ws, run_id=str(flow_run.id or "local"), route=route, rate=rate, burst=burst,
+        max_inflight=max_inflight,
+    )  # fmt: skip
     RUN_STOP.clear()
     with drain_on_signals(RUN_STOP):
         return run.execute()
@@ -117,6 +122,7 @@ class _Run:
 
     def __init__(
         self,
+        *,
         params: GenerateParams,
         plan: usecases.RequestPlan,
         ws: Workspace,
@@ -132,7 +138,7 @@ class _Run:
         self.pacing = PacingStats()
         self.until: UntilAccepted | None = None
 
-    def execute(self) -> dict:
+    def execute(self) -> GenerateSummary:
         done = Dispatched([], [], list(self.plan.todo))
         try:
             with contextlib.suppress(StopRequested):  # stopped while waiting for a seat: nothing was sent
@@ -197,8 +203,8 @@ class _Run:
 
     def _produced(self, result: object) -> list[tuple[Path, bool]] | None:
         """The images a finished request left in the output folder, and whether each was paid for now."""
-        if isinstance(result, dict) and result.get("images") and result.get("status") in PRODUCED:
-            return [(self.ws.synth / str(file), bool(paid)) for file, paid in result["images"]]
+        if isinstance(result, ImageTaskResult) and result.images and result.status in PRODUCED:
+            return [(self.ws.synth / str(file), bool(paid)) for file, paid in result.images]
         return None
 
     def _submit(self, dispatcher: RateDispatcher) -> Callable[[ImageRequest, float], Any]:
@@ -206,22 +212,24 @@ class _Run:
 
         def submit(request: ImageRequest, send_at: float) -> Any:
             return generate_image_task.submit(
-                request, self.route, str(self.ws.synth), refs, lim.rate_limit_name, lim.inflight_limit_name,
-                self.run_id, self.params.budget_usd, self.params.estimate_usd, send_at, dispatcher.rate_per_s,
+                request=request, route=self.route, out_dir=str(self.ws.synth), references=refs,
+                rate_limit_name=lim.rate_limit_name, inflight_limit_name=lim.inflight_limit_name, run_id=self.run_id,
+                budget_usd=self.params.budget_usd, estimate_usd=self.params.estimate_usd, send_at=send_at,
+                send_rate_per_s=dispatcher.rate_per_s,
             )  # fmt: skip
 
         return submit
 
-    def _summarise(self, done: Dispatched, ledger: CostLedger | None) -> dict:
+    def _summarise(self, done: Dispatched, ledger: CostLedger | None) -> GenerateSummary:
         manifest = rebuild_manifest(self.ws.synth)
-        results = done.results
-        paid = [r for r in results if r["status"] == "generated"]
-        halted = sum(r["slots"] for r in results if r["status"] == "halted")
-        images = sum(r["new"] for r in paid)
-        spent = round(ledger.spent_usd if ledger else sum(r["cost_usd"] for r in paid), 6)
+        results: list[ImageTaskResult] = done.results
+        paid = [r for r in results if r.status == "generated"]
+        halted = sum(r.slots for r in results if r.status == "halted")
+        images = sum(r.new for r in paid)
+        spent = round(ledger.spent_usd if ledger else sum(r.cost_usd for r in paid), 6)
         by_scene: dict[str, list[tuple[int, float]]] = {}
         for r in paid:
-            by_scene.setdefault(r.get("scene") or "?", []).append((r["new"], r["cost_usd"]))
+            by_scene.setdefault(r.scene or "?", []).append((r.new, r.cost_usd))
         create_table_artifact(
             [
                 {"scene": k, "images": sum(n for n, _ in v), "cost_usd": round(sum(c for _, c in v), 6)}
@@ -233,36 +241,34 @@ class _Run:
             f"{self._estimate_text()}); manifest total ${manifest['total_cost_usd']}",
         )
         reached = self.until is not None and not RUN_STOP.is_set() and not self.until.keep_going()
-        summary = {
-            "requested": len(self.plan.slots),
-            "already_done": self.plan.already_done,
-            "kept_from_earlier_references": self.plan.kept,
-            "generated": images,
-            "requests_paid": len(paid),
-            "short_answers": sum(bool(r.get("short")) for r in paid),
-            "images_per_request": self.params.n,
-            "route": self.route.kind if self.route else None,
-            "failed": len(done.errors),
-            "stopped_by_budget": sum(r["slots"] for r in results if r["status"] == "budget"),
-            "not_sent_after_fatal_error": halted,
-            "not_sent_after_stop": sum(r["slots"] for r in results if r["status"] == "stopped")
+        summary = GenerateSummary(
+            requested=len(self.plan.slots),
+            already_done=self.plan.already_done,
+            kept_from_earlier_references=self.plan.kept,
+            generated=images,
+            requests_paid=len(paid),
+            short_answers=sum(r.short for r in paid),
+            images_per_request=self.params.n,
+            route=self.route.kind if self.route else None,
+            failed=len(done.errors),
+            stopped_by_budget=sum(r.slots for r in results if r.status == "budget"),
+            not_sent_after_fatal_error=halted,
+            not_sent_after_stop=sum(r.slots for r in results if r.status == "stopped")
             + (0 if reached else done.not_sent_images),
-            "stopped_by": RUN_STOP.reason,
-            "spent_usd": spent,
-            "estimate_usd": self._estimate_usd(),
-            "unpriced": sum(bool(r.get("unpriced")) for r in paid),
-            "rate_limited_429": self.pacing.rate_limited,
-            "settled_rate_per_s": round(self.pacing.settled_rate, 3) if self.pacing.settled_rate else None,
-            "manifest_count": manifest["count"],
-        }
+            stopped_by=RUN_STOP.reason,
+            spent_usd=spent,
+            estimate_usd=self._estimate_usd(),
+            unpriced=sum(r.unpriced for r in paid),
+            rate_limited_429=self.pacing.rate_limited,
+            settled_rate_per_s=round(self.pacing.settled_rate, 3) if self.pacing.settled_rate else None,
+            manifest_count=manifest["count"],
+        )
         if self.until is not None:
-            summary.update(
-                target_accepted=self.until.target,
-                accepted=self.until.stream.accepted(),
-                not_sent_after_target=done.not_sent_images if reached else 0,
-                overshoot=self.until.overshoot,  # paid beyond the image that reached the target
-            )
-        print(f"generation summary: {summary}")
+            summary.target_accepted = self.until.target
+            summary.accepted = self.until.stream.accepted()
+            summary.not_sent_after_target = done.not_sent_images if reached else 0
+            summary.overshoot = self.until.overshoot  # paid beyond the image that reached the target
+        print(f"generation summary: {summary.model_dump(exclude_unset=True)}")
         if self.pacing.decreases:
             self.logger.warning(
                 "the provider answered 429 to %d requests: %s", self.pacing.rate_limited, self.pacing.describe()

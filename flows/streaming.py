@@ -12,25 +12,29 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ai_influencer.qc.stream import StreamingQC
 from ai_influencer.settings import Settings
 from flows.params import Paths, QCParams
+from tasks.results import QCSummary
 from tasks.streaming import open_stream, qc_stream_task
 
 
 @dataclass
 class Streamed:
     stream: StreamingQC
-    qc: dict = field(default_factory=dict)
+    qc: QCSummary | None = None  # set when the stream is closed and its QC task finished
 
 
 @contextmanager
 def streamed_qc(qc: QCParams, paths: Paths, settings: Settings, target: int | None = None) -> Iterator[Streamed]:
     """Must run inside a flow (it submits the QC task to the flow's task runner); params resolved."""
     ws = paths.workspace()
-    with open_stream(settings, ws.cleaned, ws.synth, ws.qc_passed, ws.qc_cache, options=qc, target=target) as handle:
+    with open_stream(
+        settings, ref_dir=ws.cleaned, cand_dir=ws.synth, out_dir=ws.qc_passed, cache_dir=ws.qc_cache, options=qc,
+        target=target,
+    ) as handle:  # fmt: skip
         future = qc_stream_task.submit(str(ws.synth))
         box = Streamed(handle.stream)
         try:

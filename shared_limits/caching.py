@@ -62,7 +62,7 @@ def outputs_record(files: list[Path] | list[str]) -> dict[str, int]:
 
 def missing_outputs(result: Any) -> list[str]:
     """The outputs a (maybe cached) result lists that are gone or changed size."""
-    recorded = result.get("outputs") if isinstance(result, dict) else None
+    recorded = result.get("outputs") if isinstance(result, dict) else getattr(result, "outputs", None)
     if not isinstance(recorded, dict):
         return []
     gone = []

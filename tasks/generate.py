@@ -25,6 +25,7 @@ from ai_influencer.pacing import AdaptiveRate, StopRequested
 from shared_limits.clients import RUN_STOP, openrouter_client
 from shared_limits.rate import RateDispatcher, send_clock, take_rate_slots
 from shared_limits.retry import retry_options
+from tasks.results import ImageTaskResult
 
 # ---- generate one image --------------------------------------------------------------
 _ledgers: dict[str, CostLedger] = {}
@@ -121,7 +122,7 @@ def generate_image_task(
     estimate_usd: float | None = None,
     send_at: float | None = None,
     send_rate_per_s: float = 0.0,
-) -> dict:
+) -> ImageTaskResult:
     """One paid request for the slots ``request`` owes, sent as ``route`` says (checked before the run);
     behind the in-flight cap and the rate limit; the slots' files make it idempotent.
 
@@ -168,20 +169,20 @@ def generate_image_task(
     fresh = [r for r in outcome.records if r.file in outcome.fresh]
     if outcome.short:
         get_run_logger().warning("request %s: %s (the rest stay owed)", request.key, outcome.error)
-    return {
-        "key": request.key,
-        "status": outcome.status,
-        "images": outcome.images,  # (file, paid now) of every image of its slots on disk
-        "file": outcome.record.file if outcome.record else None,
-        "asked": outcome.asked,
-        "slots": request.n,
-        "new": outcome.new,
-        "short": outcome.short,
-        "cost_usd": sum(r.cost_usd or 0.0 for r in fresh),
-        "unpriced": bool(fresh and fresh[0].cost_usd is None),
-        "scene": request.meta.get("scene"),
-    }
+    return ImageTaskResult(
+        key=request.key,
+        status=outcome.status,
+        images=outcome.images,  # (file, paid now) of every image of its slots on disk
+        file=outcome.record.file if outcome.record else None,
+        asked=outcome.asked,
+        slots=request.n,
+        new=outcome.new,
+        short=outcome.short,
+        cost_usd=sum(r.cost_usd or 0.0 for r in fresh),
+        unpriced=bool(fresh and fresh[0].cost_usd is None),
+        scene=request.meta.get("scene"),
+    )
 
 
-def _not_sent(request: ImageRequest, status: str, exc: Exception) -> dict:
-    return {"key": request.key, "status": status, "error": str(exc), "cost_usd": 0.0, "slots": request.n, "new": 0}
+def _not_sent(request: ImageRequest, status: str, exc: Exception) -> ImageTaskResult:
+    return ImageTaskResult(key=request.key, status=status, error=str(exc), slots=request.n)

@@ -25,16 +25,24 @@ from shared_limits.artifacts import ProgressArtifact, sheet_markdown
 from shared_limits.caching import fingerprint, outputs_record
 from shared_limits.clients import openrouter_client
 from shared_limits.retry import retry_options
+from tasks.results import (
+    AnalyticsSummary,
+    AugmentSummary,
+    DownweightResult,
+    PaidPlan,
+    PrepareResult,
+    QCSummary,
+)
 
 RETRY = retry_options()
 
 
 @task(name="prepare", tags=["vision", "prepare"], task_run_name="prepare {in_dir}", **RETRY)
-def prepare_task(in_dir: str, out_dir: str, options: PrepareOptions) -> dict:
+def prepare_task(in_dir: str, out_dir: str, options: PrepareOptions) -> PrepareResult:
     outcome = usecases.prepare(Settings(), Path(in_dir), Path(out_dir), options)
     for error in outcome.errors:
         get_run_logger().warning("skipped %s", error)
-    return {"usable": outcome.usable, "errors": outcome.errors}
+    return PrepareResult(usable=outcome.usable, errors=outcome.errors)
 
 
 def _plan_key(context: Any, p: dict[str, Any]) -> str:
@@ -45,10 +53,10 @@ def _plan_key(context: Any, p: dict[str, Any]) -> str:
 
 
 @task(name="plan", tags=["llm", "paid"], cache_key_fn=_plan_key, persist_result=True, **RETRY)
-def plan_task(prompt_bank: str, model: str, storyboard: str | None = None) -> dict:
+def plan_task(prompt_bank: str, model: str, storyboard: str | None = None) -> PaidPlan:
     """The paid LLM call; cached by workspace (the ``storyboard`` file it is for), prompt-bank content and
     model, so a re-run never pays twice and another workspace never gets this one's plan."""
-    return usecases.plan(openrouter_client(), Path(prompt_bank), model)
+    return PaidPlan(payload=usecases.plan(openrouter_client(), Path(prompt_bank), model))
 
 
 def _qc_key(context: Any, p: dict[str, Any]) -> str:
@@ -58,7 +66,7 @@ def _qc_key(context: Any, p: dict[str, Any]) -> str:
 
 
 @task(name="qc", tags=["vision", "qc"], cache_key_fn=_qc_key, persist_result=True, **RETRY)
-def qc_task(ref_dir: str, cand_dir: str, out_dir: str, options: QCOptions, cache_dir: str | None = None) -> dict:
+def qc_task(ref_dir: str, cand_dir: str, out_dir: str, options: QCOptions, cache_dir: str | None = None) -> QCSummary:
     job = usecases.QCJob.for_options(
         Path(ref_dir), Path(cand_dir), Path(out_dir), options, cache_dir=Path(cache_dir) if cache_dir else None
     )
@@ -66,7 +74,7 @@ def qc_task(ref_dir: str, cand_dir: str, out_dir: str, options: QCOptions, cache
     return publish_qc(result, options)
 
 
-def publish_qc(result: QCResult, options: QCOptions) -> dict:
+def publish_qc(result: QCResult, options: QCOptions) -> QCSummary:
     """QC's artifacts (verdict table, contact sheet) and the stage's summary, batch or streamed alike."""
     create_table_artifact(
         [{k: getattr(r, k) for k in REPORT_FIELDS} for r in result.rows],
@@ -74,12 +82,12 @@ def publish_qc(result: QCResult, options: QCOptions) -> dict:
         description=f"QC verdicts (minsim {options.minsim}, minblur {options.minblur}): {result.counts}",
     )
     create_markdown_artifact(sheet_markdown(result.contact_sheet, "QC contact sheet"), key="qc-contact-sheet")
-    return {
+    return QCSummary(
         **result.counts,
-        "report": str(result.report),
-        "contact_sheet": str(result.contact_sheet),
-        "outputs": outputs_record([*result.accepted, result.report, result.contact_sheet]),
-    }
+        report=str(result.report),
+        contact_sheet=str(result.contact_sheet),
+        outputs=outputs_record([*result.accepted, result.report, result.contact_sheet]),
+    )
 
 
 def _augment_key(context: Any, p: dict[str, Any]) -> str:
@@ -97,7 +105,7 @@ def augment_task(
     manifest: str | None,
     prompt_bank: str,
     options: AugmentOptions,
-) -> dict:
+) -> AugmentSummary:
     outcome = usecases.augment(
         Path(in_dir),
         Path(out_dir),
@@ -111,11 +119,13 @@ def augment_task(
         for err in outcome.captions.errors:
             get_run_logger().warning("VLM caption fell back to the manifest caption: %s", err)
     result = outcome.result
-    return {**outcome.summary(), "outputs": outputs_record([*result.images, *result.captions])}
+    return AugmentSummary.model_validate(
+        {**outcome.summary(), "outputs": outputs_record([*result.images, *result.captions])}
+    )
 
 
 @task(name="analytics", tags=["analytics"], **RETRY)
-def analytics_task(synth_dir: str, qc_report: str) -> dict:
+def analytics_task(synth_dir: str, qc_report: str) -> AnalyticsSummary:
     """Cost per accepted image and drift per prompt value, as table artifacts."""
     rep = usecases.report(Path(synth_dir), Path(qc_report))
     sections = (("run", "by_run"), ("model", "by_model"), ("total", "total"))
@@ -129,11 +139,11 @@ def analytics_task(synth_dir: str, qc_report: str) -> dict:
         key="prompt-drift",
         description="QC acceptance and identity score per prompt-bank value (worst first)",
     )
-    return rep.summary()
+    return AnalyticsSummary.model_validate(rep.summary())
 
 
 @task(name="downweight-bank", tags=["analytics"], **RETRY)
-def downweight_task(prompt_bank: str, synth_dir: str, qc_report: str, out: str) -> dict:
+def downweight_task(prompt_bank: str, synth_dir: str, qc_report: str, out: str) -> DownweightResult:
     drift = usecases.report(Path(synth_dir), Path(qc_report)).drift
     path, changes = usecases.downweight(Path(prompt_bank), drift, Path(out))
-    return {"prompt_bank": str(path), "changes": changes}
+    return DownweightResult(prompt_bank=str(path), changes=changes)

@@ -27,6 +27,7 @@ from ai_influencer.options import QCOptions
 from ai_influencer.qc.stream import StreamingQC
 from ai_influencer.settings import Settings
 from shared_limits.artifacts import ProgressArtifact
+from tasks.results import QCSummary
 from tasks.stages import publish_qc
 
 
@@ -83,7 +84,7 @@ def open_stream(
 
 
 @task(name="qc", tags=["vision", "qc"], task_run_name="qc (streamed) {cand_dir}", cache_policy=NO_CACHE)
-def qc_stream_task(cand_dir: str) -> dict:
+def qc_stream_task(cand_dir: str) -> QCSummary:
     """QC of the folder's stream: checks images while they are generated, then publishes the verdicts.
 
     No Prefect retries: the stream is a live object of this run. A failure leaves every analysis made
@@ -104,4 +105,4 @@ def qc_stream_task(cand_dir: str) -> dict:
         pool.from_cache,
     )  # fmt: skip
     summary = publish_qc(result, handle.options)
-    return {**summary, "streamed": True, "analysed": pool.analysed, "from_cache": pool.from_cache}
+    return summary.model_copy(update={"streamed": True, "analysed": pool.analysed, "from_cache": pool.from_cache})

@@ -160,3 +160,69 @@ def test_every_option_default_is_written_once() -> None:
         line for path in sorted((REPO / "interfaces" / "hub" / "static").glob("*.html")) for line in html_defaults(path)
     ]
     assert not found, "read these from the options model (ai_influencer.options):\n" + "\n".join(found)
+
+
+# ---- typed results, named arguments (issue 25 §2) ------------------------------------------------------
+ORCHESTRATION = ("flows", "tasks")  # where stage results and calls cross the layers
+# Functions whose dict is JSON by nature, not a stage result: Prefect's own parameters and REST answers.
+DICT_ALLOWED = {
+    ("flows/params.py", "current_params"),
+    ("flows/api.py", "trigger_deployment"),
+    ("flows/api.py", "wait_for_run"),
+}
+RESULT_MODELS = {"results.py"}  # the typed results themselves (their ``shown``: a dict for a log line)
+MAX_POSITIONAL = 4
+LOG_CALLS = {"debug", "info", "warning", "error", "exception"}  # printf-style: the arguments follow the format
+
+
+def returns_dict(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    ann = node.returns
+    if isinstance(ann, ast.Constant) and isinstance(ann.value, str):  # a string annotation
+        ann = ast.parse(ann.value, mode="eval").body
+    if isinstance(ann, ast.Subscript):
+        ann = ann.value
+    return isinstance(ann, ast.Name) and ann.id in {"dict", "Dict"}
+
+
+def dict_returns(path: Path) -> Iterator[str]:
+    rel = shown(path)
+    if path.name in RESULT_MODELS:
+        return
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and (rel, node.name) not in DICT_ALLOWED:
+            if returns_dict(node):
+                yield f"{rel}:{node.lineno}: {node.name} returns a dict"
+            for ret in ast.walk(node):
+                if isinstance(ret, ast.Return) and isinstance(ret.value, ast.Dict | ast.DictComp):
+                    yield f"{rel}:{ret.lineno}: {node.name} returns a dict literal"
+
+
+def long_positional_calls(path: Path) -> Iterator[str]:
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and not (isinstance(node.func, ast.Attribute) and node.func.attr in LOG_CALLS):
+            positional = [a for a in node.args if not isinstance(a, ast.Starred)]
+            if len(positional) > MAX_POSITIONAL:
+                name = ast.unparse(node.func)
+                yield f"{shown(path)}:{node.lineno}: {name} with {len(positional)} positional arguments"
+
+
+def test_the_result_scans_find_what_they_are_meant_to_find(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "def a() -> dict: ...\ndef b() -> 'dict[str, int]': ...\ndef c():\n    return {'k': 1}\n"
+        "def d() -> Result: ...\nf(1, 2, 3, 4, 5)\nf(1, 2, 3, 4, e=5)\nf(*xs)\nlog.info('%s %s %s %s', 1, 2, 3, 4)\n"
+    )
+    assert len(list(dict_returns(probe))) == 3
+    assert len(list(long_positional_calls(probe))) == 1
+
+
+def test_flows_and_tasks_return_typed_results() -> None:
+    """A flow or task returns a model (``tasks.results``, ``flows.results``), never a dict read by key."""
+    found = [line for path in python_files(*ORCHESTRATION) for line in dict_returns(path)]
+    assert not found, "return a typed result (tasks/results.py, flows/results.py):\n" + "\n".join(found)
+
+
+def test_long_calls_name_their_arguments() -> None:
+    """More than four arguments are passed by keyword: nine positional ones were swapped unnoticed."""
+    found = [line for path in python_files(*ORCHESTRATION) for line in long_positional_calls(path)]
+    assert not found, "pass these by keyword:\n" + "\n".join(found)

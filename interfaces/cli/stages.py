@@ -40,6 +40,7 @@ from interfaces.cli.base import (
 if TYPE_CHECKING:
     from ai_influencer.diagnostics import Check
     from ai_influencer.options.images import ImageOptions
+    from flows.results import HybridSummary
 
 PANEL = "Pipeline stages"
 # Every stage option's default, bounds and help come from the stage's options model (ai_influencer.options)
@@ -422,10 +423,10 @@ def run(
             ),
         )
         result = _run_hybrid(params, before_flow=before_flow)
-        out.print_json(data=result)
-        generated = result.get("generate") if isinstance(result, dict) else None
-        if isinstance(generated, dict) and (generated.get("stopped_by_budget") or generated.get("stopped") == "budget"):
-            refused = generated.get("stopped_by_budget")
+        out.print_json(data=result.model_dump(mode="json", exclude_unset=True))
+        generated = result.generate
+        refused = getattr(generated, "stopped_by_budget", None)  # one generate run (rounds: "stopped")
+        if refused or getattr(generated, "stopped", None) == "budget":
             console.print(
                 f"[yellow]budget reached:[/] {f'{refused} images were ' if refused else 'images were '}not generated "
                 f"within --budget {budget} (exit code {EXIT_BUDGET}); raise --budget or run again to continue"
@@ -497,7 +498,7 @@ def _run_log(folder: Path) -> Iterator[Path]:
         project.addHandler(CONSOLE_LOG)
 
 
-def _run_hybrid(params: object, before_flow: Callable[[], None] | None = None) -> dict:
+def _run_hybrid(params: object, before_flow: Callable[[], None] | None = None) -> HybridSummary:
     """The hybrid flow on the embedded server (started detached, see prefect_compat), signals handled.
 
     ``before_flow`` runs once the server is up, before the flow (checks that need Prefect). Expected
