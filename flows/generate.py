@@ -26,25 +26,34 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from ai_influencer import usecases
-from ai_influencer.costs import CostLedger
-from ai_influencer.dataset.manifest import rebuild_manifest
 from ai_influencer.dataset.workspace import Workspace
-from ai_influencer.generation.dispatch import Dispatched, dispatch
-from ai_influencer.generation.engine import ImageRequest, iter_reference_images
-from ai_influencer.openrouter.capabilities import ImageRoute
 from ai_influencer.options import GenerateOptions
 from ai_influencer.options.fields import default_of
-from ai_influencer.pacing import AdaptiveRate, PacingStats, StopRequested, drain_on_signals, rate_limit_capacity
-from ai_influencer.qc.stream import StreamingQC, UntilAccepted
 from ai_influencer.settings import Settings
+from ai_influencer.usecases.generate import (
+    AdaptiveRate,
+    CostLedger,
+    Dispatched,
+    ImageRequest,
+    ImageRoute,
+    PacingStats,
+    StopRequested,
+    dispatch,
+    drain_on_signals,
+    iter_reference_images,
+    rate_limit_capacity,
+    rebuild_manifest,
+)
+from ai_influencer.usecases.qc import StreamingQC, UntilAccepted
 from flows.params import GenerateParams, Paths, current_params
 from flows.results import GenerateSummary
 from shared_limits.clients import RUN_STOP, openrouter_client
 from shared_limits.limits import InflightPool, RunSeat, context_thread, ensure_limit
 from shared_limits.rate import RateDispatcher, SharedSlots
-from tasks.generate import generate_image_task, release_ledger
+from tasks.context import RunContext, open_qc_stream
+from tasks.generate import generate_image_task
 from tasks.results import ImageTaskResult
-from tasks.streaming import stream_for
+from tasks.streaming import QCStream
 
 INFLIGHT_LEASE_S = 60.0  # the server accepts >= 60 s
 
@@ -82,12 +91,12 @@ def generate_flow(params: GenerateParams = GenerateParams(), paths: Paths = Path
         "%s (rate limit %s %s: %.2f req/s; in-flight %s %s: %d)",
         plan.summary(), lim.rate_limit_name, rate_state, rate, lim.inflight_limit_name, inflight_state, max_inflight,
     )  # fmt: skip
-    route: ImageRoute | None = None
-    if plan.todo:
-        # Free calls only; an unsupported parameter fails here, in one line, before the first paid request.
-        route = usecases.prepare_route(openrouter_client(), plan, estimate_usd=params.estimate_usd)
-        if params.budget_usd is not None and route.per_image_usd is None and params.estimate_usd is None:
-            raise ValueError(f"budget_usd needs a price: {params.model} lists none; set estimate_usd")
+    # Free calls only; an unsupported parameter or a budget without a price fails here, in one line, before
+    # the first paid request (the CLI's checks: usecases.start_run).
+    route = usecases.start_run(
+        openrouter_client(), plan, budget_usd=params.budget_usd, estimate_usd=params.estimate_usd
+    )
+    if route is not None:
         for line in usecases.describe_plan(plan, route):
             logger.info("plan: %s", line)
         create_markdown_artifact(
@@ -137,20 +146,19 @@ class _Run:
         self.logger = get_run_logger()
         self.pacing = PacingStats()
         self.until: UntilAccepted | None = None
+        # The run's one budget ledger, made before any task runs: every image task checks it (RunContext).
+        self.ledger = CostLedger(budget_usd=params.budget_usd, estimate_usd=params.estimate_usd)
 
     def execute(self) -> GenerateSummary:
         done = Dispatched([], [], list(self.plan.todo))
-        try:
-            with contextlib.suppress(StopRequested):  # stopped while waiting for a seat: nothing was sent
-                done = self._dispatch()
-        finally:
-            ledger = release_ledger(self.run_id)  # whatever ended the dispatch: no ledger outlives its run
+        with contextlib.suppress(StopRequested):  # stopped while waiting for a seat: nothing was sent
+            done = self._dispatch()
         if RUN_STOP.is_set():
             self.logger.warning(
                 "stopped (%s): all %d requests sent have finished, their images are saved; %d not sent",
                 RUN_STOP.reason, len(done.results) + len(done.errors), len(done.not_sent),
             )  # fmt: skip
-        return self._summarise(done, ledger)
+        return self._summarise(done, self.ledger)
 
     def _dispatch(self) -> Dispatched:
         # Sharing with other runs (other workers, the hub, a cron run): this run holds a seat among the
@@ -176,9 +184,13 @@ class _Run:
                     seat.runs, lim.rate_limit_name, dispatcher.share_rate(), seat.index,
                 )  # fmt: skip
             checks = self._checks(progress)
+            context = RunContext(
+                run_id=self.run_id, out_dir=self.ws.synth, client=openrouter_client(), ledger=self.ledger,
+                dispatcher=dispatcher, qc=checks.link, stop=RUN_STOP,
+            )  # fmt: skip
             done = dispatch(
                 todo,
-                submit=self._submit(dispatcher),
+                submit=self._submit(context),
                 slots=SharedSlots(pool, dispatcher),
                 stop=RUN_STOP,
                 on_done=checks.on_done,
@@ -192,14 +204,14 @@ class _Run:
         """What happens to each finished request: progress, and with a QC stream open on this folder
         (the hybrid flow, generate-until-N) its image is checked at once; with a target, dispatch stops
         once enough images pass (``UntilAccepted``)."""
-        link = stream_for(self.ws.synth)
+        link = open_qc_stream(self.ws.synth)
         if link is not None and link.target:
             self.until = UntilAccepted(link.stream, link.target, self.max_inflight, self._produced, stop=RUN_STOP)
             self.logger.info(
                 "QC checks each image as it arrives; dispatch stops once %d pass (at most %d unchecked)",
                 link.target, self.max_inflight,
             )  # fmt: skip
-        return _Checks(progress, link.stream if link is not None else None, self.until, self._produced)
+        return _Checks(progress, link, self.until, self._produced)
 
     def _produced(self, result: object) -> list[tuple[Path, bool]] | None:
         """The images a finished request left in the output folder, and whether each was paid for now."""
@@ -207,26 +219,26 @@ class _Run:
             return [(self.ws.synth / str(file), bool(paid)) for file, paid in result.images]
         return None
 
-    def _submit(self, dispatcher: RateDispatcher) -> Callable[[ImageRequest, float], Any]:
+    def _submit(self, context: RunContext) -> Callable[[ImageRequest, float], Any]:
         lim, refs = self.params.limits, [str(p) for p in self.plan.references]
+        assert context.dispatcher is not None
 
         def submit(request: ImageRequest, send_at: float) -> Any:
             return generate_image_task.submit(
                 request=request, route=self.route, out_dir=str(self.ws.synth), references=refs,
-                rate_limit_name=lim.rate_limit_name, inflight_limit_name=lim.inflight_limit_name, run_id=self.run_id,
-                budget_usd=self.params.budget_usd, estimate_usd=self.params.estimate_usd, send_at=send_at,
-                send_rate_per_s=dispatcher.rate_per_s,
+                rate_limit_name=lim.rate_limit_name, inflight_limit_name=lim.inflight_limit_name, context=context,
+                send_at=send_at, send_rate_per_s=context.dispatcher.rate_per_s,
             )  # fmt: skip
 
         return submit
 
-    def _summarise(self, done: Dispatched, ledger: CostLedger | None) -> GenerateSummary:
+    def _summarise(self, done: Dispatched, ledger: CostLedger) -> GenerateSummary:
         manifest = rebuild_manifest(self.ws.synth)
         results: list[ImageTaskResult] = done.results
         paid = [r for r in results if r.status == "generated"]
         halted = sum(r.slots for r in results if r.status == "halted")
         images = sum(r.new for r in paid)
-        spent = round(ledger.spent_usd if ledger else sum(r.cost_usd for r in paid), 6)
+        spent = round(ledger.spent_usd, 6)
         by_scene: dict[str, list[tuple[int, float]]] = {}
         for r in paid:
             by_scene.setdefault(r.scene or "?", []).append((r.new, r.cost_usd))
@@ -299,11 +311,12 @@ class _Checks:
     def __init__(
         self,
         progress: ProgressReporter,
-        stream: StreamingQC | None,
+        link: QCStream | None,
         until: UntilAccepted | None,
         produced: Callable[[object], list[tuple[Path, bool]] | None],
     ) -> None:
-        self.progress, self.stream, self.until, self.produced = progress, stream, until, produced
+        self.progress, self.link, self.until, self.produced = progress, link, until, produced
+        self.stream: StreamingQC | None = link.stream if link is not None else None
 
     def on_done(self, future: Any, request: ImageRequest) -> None:
         self.progress.one_done(request.n)

@@ -7,7 +7,8 @@ from prefect import flow, get_run_logger
 from ai_influencer import usecases
 from ai_influencer.dataset.workspace import LORA_NAME
 from ai_influencer.settings import Settings
-from ai_influencer.training.config import TrainConfig
+from ai_influencer.usecases.evaluate import default_candidates
+from ai_influencer.usecases.train import TrainConfig
 from flows.params import AugmentParams, EvaluateParams, Paths, PlanParams, PrepareParams, QCParams, TrainParams
 from shared_limits.caching import call_with_intact_outputs
 from tasks.results import AugmentSummary, EvaluateSummary, PlanResult, PrepareResult, QCSummary, TrainSummary
@@ -105,8 +106,6 @@ def evaluate_flow(
     loras: list[str] | None = None,
 ) -> EvaluateSummary:
     """Score the final LoRA (and, by default, every checkpoint of its run) and name the best."""
-    from ai_influencer.training.evaluate import default_candidates
-
     s = Settings()
     p, paths, train = params.resolve(s), paths.resolve(s), train.resolve(s)
     ws = paths.workspace()

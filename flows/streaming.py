@@ -14,9 +14,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from ai_influencer.qc.stream import StreamingQC
 from ai_influencer.settings import Settings
+from ai_influencer.usecases.qc import StreamingQC
 from flows.params import Paths, QCParams
+from tasks.context import qc_stream_scope
 from tasks.results import QCSummary
 from tasks.streaming import open_stream, qc_stream_task
 
@@ -35,10 +36,11 @@ def streamed_qc(qc: QCParams, paths: Paths, settings: Settings, target: int | No
         settings, ref_dir=ws.cleaned, cand_dir=ws.synth, out_dir=ws.qc_passed, cache_dir=ws.qc_cache, options=qc,
         target=target,
     ) as handle:  # fmt: skip
-        future = qc_stream_task.submit(str(ws.synth))
+        future = qc_stream_task.submit(str(ws.synth), handle)
         box = Streamed(handle.stream)
         try:
-            yield box
+            with qc_stream_scope(handle):  # the generate subflows in this block find it
+                yield box
         except BaseException:
             handle.stream.close()
             future.wait()  # the paid images are checked and reported; generation's error is the one raised

@@ -10,8 +10,6 @@ from __future__ import annotations
 import ast
 import tomllib
 
-import pytest
-
 from tests.support.code_scan import REPO, SHIPPED, cycles, external_roots, import_graph, imports_of, modules
 
 # One level per layer, from the top down (a layer imports only from the layers below it).
@@ -98,7 +96,6 @@ def test_no_cycles_between_domain_units_or_packages() -> None:
     assert not found, "loops between domain units:\n" + "\n".join(" <-> ".join(c) for c in found)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 25 step 7: the generate flow goes through its use case")
 def test_flows_reach_the_domain_through_its_use_cases() -> None:
     wrong: set[str] = set()
     known = modules()

@@ -12,7 +12,7 @@ from ai_influencer.options.evaluate import EVALUATE_DEFAULTS, EvaluateOptions
 from ai_influencer.prompt_bank import load_prompt_bank
 from ai_influencer.qc.analysis import EngineSpec
 from ai_influencer.settings import Settings
-from ai_influencer.training.evaluate import CheckpointChoice, evaluate_loras, report_dir
+from ai_influencer.training.evaluate import CheckpointChoice, default_candidates, evaluate_loras, ranking, report_dir
 from ai_influencer.training.inference import LocalGenParams
 
 
@@ -69,3 +69,20 @@ def evaluate(
         for row in rows:
             row["history_id"] = ids[row["lora"]]
     return EvaluationOutcome(choice, rows)
+
+
+def run_candidates(output: str | Path, run_dir: str | Path | None) -> list[str]:
+    """A training run's LoRAs to evaluate: every checkpoint it kept, then its final file."""
+    from ai_influencer.training.checkpoints import checkpoint_files
+
+    return [*(str(f) for f in checkpoint_files(Path(run_dir))), str(output)] if run_dir else [str(output)]
+
+
+def best_among(rows: Sequence[dict[str, Any]], candidates: Sequence[str]) -> dict[str, Any]:
+    """The row of the best of ``candidates`` among evaluated ``rows``, by the rule ``pick_best`` uses
+    (``training.evaluate.ranking``): retraining picks among the new LoRAs only, not the live one."""
+    by_lora = {r["lora"]: r for r in rows}
+    return max((by_lora[c] for c in candidates), key=ranking)
+
+
+__all__ = ["EvaluationOutcome", "best_among", "default_candidates", "evaluate", "run_candidates"]

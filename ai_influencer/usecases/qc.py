@@ -10,7 +10,7 @@ from ai_influencer.options.qc import QCOptions
 from ai_influencer.qc.analysis import EngineSpec, ProgressCallback
 from ai_influencer.qc.decision import QCThresholds
 from ai_influencer.qc.stage import QCResult, run_qc
-from ai_influencer.qc.stream import StreamingQC
+from ai_influencer.qc.stream import StreamingQC, UntilAccepted
 from ai_influencer.review.overrides import OverrideStore
 from ai_influencer.settings import Settings
 
@@ -73,3 +73,6 @@ def qc_stream(settings: Settings, job: QCJob) -> StreamingQC:
         cache_dir=job.cache_dir,
         overrides=job.override_store,
     )
+
+
+__all__ = ["QCJob", "StreamingQC", "UntilAccepted", "qc", "qc_stream"]
