@@ -123,8 +123,8 @@ def fanout(n: int, latency: float, rate: float, inflight: int) -> tuple[int, flo
         result = generate_flow(params, Paths(data_root=data, prompt_bank=str(ROOT / "prompt_bank" / "default.yaml")))
         elapsed = time.perf_counter() - start
         return (
-            result["generated"],
-            result["generated"] / elapsed,
+            result.generated,
+            result.generated / elapsed,
             steady_rate(stub),
             stub.max_requests_in_window(1.0),
             sum(r.status == 429 for r in stub.requests),
@@ -162,11 +162,11 @@ def per_request(n: int, requests: int, latency: float, rate: float, inflight: in
     return {
         "n": n,
         "requests": len(ok),
-        "images": result["generated"],
+        "images": result.generated,
         # between the first and the last admitted request: what the pacing sustains, fixed costs apart
         "steady_img_s": sum(images for _, images in ok[:-1]) / span,
         "steady_req_s": (len(ok) - 1) / span,
-        "e2e_img_s": result["generated"] / elapsed,
+        "e2e_img_s": result.generated / elapsed,
         "peak": stub.max_requests_in_window(1.0, paths=IMAGE_PATH),
         "throttled": sum(r.status == 429 for r in stub.requests),
     }

@@ -175,7 +175,7 @@ def with_prefect(
     t = time.perf_counter()
     result = hybrid_flow(params)
     wall = time.perf_counter() - t
-    assert result["generate"]["failed"] == 0, result["generate"]
+    assert result.generate is not None and result.generate.failed == 0, result.generate
     stages: dict[str, float] = {}
     with get_client(sync_client=True) as client:
         names = {f.id: f.name for f in client.read_flows()}
