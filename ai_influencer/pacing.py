@@ -2,13 +2,8 @@
 
 Three pieces every generation path shares (the CLI's ``generate``, the Prefect flow):
 
-* ``AdaptiveRate``: an AIMD pacer. It spaces request starts at a rate that it lowers
-  multiplicatively on every 429 window and raises additively, slowly, on successes, never
-  above the configured ceiling. Why: a provider's real limit is often lower than configured
-  (or unknown, as on the CLI path with no ``--rate``); obeying Retry-After alone left many
-  workers retrying in lockstep (measured: 368 of 757 requests answered 429 with 8 workers
-  against a 3 req/s limit). A 429 also pauses every worker of the process for the
-  Retry-After, each resuming with its own jitter.
+* ``AdaptiveRate`` (in ``ai_influencer.adaptive_pacing``): spaces request starts, and slows them
+  only on evidence that our own rate is what the provider refuses.
 * ``StopFlag`` + ``drain_on_signals``: the first SIGTERM/SIGINT stops *new* paid requests;
   requests already sent finish (each bounded by the client's deadline) and are saved. A
   provider bills a request the moment it is accepted, so killing in-flight requests throws
@@ -18,16 +13,13 @@ Three pieces every generation path shares (the CLI's ``generate``, the Prefect f
 
 from __future__ import annotations
 
-import collections
 import math
 import os
-import random
 import signal
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 
@@ -102,136 +94,10 @@ class Pacer(Protocol):
         """Wait until this attempt may be sent; raise ``StopRequested`` to not send it."""
         ...
 
-    def on_response(self, rate_limited: bool, retry_after: float | None = None) -> None:
-        """What the provider answered: a 429 (with its Retry-After) or anything else."""
+    def on_response(self, rate_limited: bool, retry_after: float | None = None, *, own_limit: bool = False) -> None:
+        """What the provider answered: a 429 (with its Retry-After; ``own_limit`` when OpenRouter's own
+        limit refused it, ``X-RateLimit-*`` headers) or anything else."""
         ...
-
-
-@dataclass
-class PacingStats:
-    sent: int = 0
-    rate_limited: int = 0
-    decreases: int = 0
-    settled_rate: float | None = None  # req/s at the end; None: never limited and no ceiling
-
-    def describe(self) -> str:
-        rate = "no limit needed" if self.settled_rate is None else f"{self.settled_rate:.2f} req/s"
-        return f"pacing settled at {rate} ({self.rate_limited} of {self.sent} requests answered 429)"
-
-
-class AdaptiveRate:
-    """AIMD pacing of request starts in one process (thread-safe).
-
-    * ``ceiling``: the configured rate (req/s); ``None`` sends as fast as the caller's
-      concurrency allows until the first 429.
-    * On a 429: the rate drops to ``decrease`` times the rate (at the first 429 without a
-      ceiling: to what the provider accepted in the last second), at most once per window of
-      one request interval (the 429s of one burst are one signal), and every worker pauses
-      for the Retry-After plus its own jitter (up to 50 %), so retries do not land together.
-    * On any other answer: the rate grows by ``recover`` of itself (1 % per success doubles it
-      in about 70 successes), never above the ceiling: slow enough that the provider's limit
-      is probed gently, not hammered.
-    """
-
-    def __init__(
-        self,
-        ceiling: float | None,
-        *,
-        floor: float = 0.05,
-        decrease: float = 0.6,
-        recover: float = 0.01,
-        stop: StopFlag | None = None,
-        rng: random.Random | None = None,
-    ) -> None:
-        if ceiling is not None and ceiling <= 0:
-            raise ValueError(f"rate ceiling must be > 0 req/s, got {ceiling}")
-        self.ceiling = ceiling
-        self.floor = floor
-        self.decrease = decrease
-        self.recover = recover
-        self.stop = stop
-        self._rate = ceiling
-        self._next = 0.0
-        self._pause_until = 0.0
-        self._pause_len = 0.0
-        self._last_decrease = -1e9
-        self._ok_times: collections.deque[float] = collections.deque()
-        self._lock = threading.Lock()
-        self._rng = rng or random.Random()
-        self.stats = PacingStats()
-
-    @property
-    def rate(self) -> float | None:
-        with self._lock:
-            return self._rate
-
-    def before_send(self) -> None:
-        if self.stop is not None:
-            self.stop.check()
-        with self._lock:
-            start = self._resume_time(time.monotonic())
-            if self._rate is not None:
-                start = max(start, self._next)
-                self._next = start + 1.0 / self._rate
-            self.stats.sent += 1
-        self._sleep_until(start)
-        if self.stop is not None:
-            self.stop.check()
-
-    def _resume_time(self, now: float) -> float:
-        """Now, or the end of a 429 pause plus this caller's own jitter (up to half the pause)."""
-        if self._pause_until > now:
-            return self._pause_until + self._rng.uniform(0.0, 0.5) * self._pause_len
-        return now
-
-    def hold(self) -> None:
-        """Wait out a 429 pause only (for callers that space their sends with their own clock)."""
-        with self._lock:
-            start = self._resume_time(time.monotonic())
-            self.stats.sent += 1
-        self._sleep_until(start)
-        if self.stop is not None:
-            self.stop.check()
-
-    def _sleep_until(self, t: float) -> None:
-        while True:
-            delay = t - time.monotonic()
-            if delay <= 0:
-                return
-            if self.stop is not None and self.stop.is_set():
-                return  # the caller checks the flag right after
-            time.sleep(min(delay, 0.25))
-
-    def on_response(self, rate_limited: bool, retry_after: float | None = None) -> None:
-        with self._lock:
-            now = time.monotonic()
-            if not rate_limited:
-                self._ok_times.append(now)
-                while self._ok_times and now - self._ok_times[0] > 1.0:
-                    self._ok_times.popleft()
-                if self._rate is not None:
-                    grown = self._rate * (1.0 + self.recover)
-                    self._rate = grown if self.ceiling is None else min(self.ceiling, grown)
-                return
-            self.stats.rate_limited += 1
-            window = 1.0 / self._rate if self._rate else 1.0
-            if now - self._last_decrease >= window:
-                if self._rate is None:
-                    accepted = sum(1 for t in self._ok_times if now - t <= 1.0)
-                    self._rate = max(self.floor, accepted * self.decrease or self.floor * 10)
-                else:
-                    self._rate = max(self.floor, self._rate * self.decrease)
-                self._last_decrease = now
-                self.stats.decreases += 1
-            self._pause_len = retry_after if retry_after is not None else 1.0
-            self._pause_until = max(self._pause_until, now + self._pause_len)
-            self._next = max(self._next, self._pause_until)
-
-    def finish(self) -> PacingStats:
-        """The stats, with the rate this run settled on (None: it never had to slow down)."""
-        with self._lock:
-            self.stats.settled_rate = self._rate if self.stats.decreases or self.ceiling else None
-            return self.stats
 
 
 # ---- the pacing math of a shared rate limit -------------------------------------------------------

@@ -72,12 +72,17 @@ class Settings(BaseSettings):
         default="openrouter-image-rate", description="Global concurrency limit (slot decay) shared by all runs."
     )
     image_rate_per_s: float = Field(
-        default=2.0, gt=0, description="Image requests/s when that limit is created; the CLI's default --rate."
+        default=2.0,
+        gt=0,
+        description="Image requests/s of the shared limit when created; `generate` has none unless --rate.",
     )
     image_inflight_limit_name: str = Field(
         default="openrouter-image-inflight", description="Global concurrency limit of image requests in flight."
     )
     image_max_inflight: int = Field(default=8, ge=1, description="Its size when it is created.")
+    video_jobs_limit_name: str = Field(
+        default="openrouter-video-jobs", description="Global concurrency limit of video jobs waited for at once."
+    )
     task_retries: int = Field(default=3, ge=0, description="Prefect retries of non-HTTP task failures.")
     task_retry_delay_s: float = Field(default=10.0, ge=0, description="First delay between those retries.")
 
@@ -116,6 +121,19 @@ class Settings(BaseSettings):
     )
     hub_max_json_mb: float = Field(default=1.0, gt=0, description="Largest body of every other hub request (JSON).")
     hub_deployment: str = Field(default="hybrid/hybrid-local", description="Deployment the hub's Start runs.")
+    video_webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="OpenRouter's webhook signing secret: /api/video/webhook checks X-OpenRouter-Signature with it "
+        "(else the Prefect Secret block `video_webhook_block`; neither: deliveries are taken unverified).",
+    )
+    video_webhook_block: str = Field(
+        default="openrouter-video-webhook", description="Prefect Secret block with the webhook signing secret."
+    )
+    prefect_local_server: bool = Field(
+        default=True,
+        description="With no PREFECT_API_URL: keep one Prefect server per workspace (data/.prefect/) that runs and "
+        "the hub share; false: a temporary server per run, its runs gone with it.",
+    )
 
     # --- training ---------------------------------------------------------------------
     kohya_path: Path | None = Field(

@@ -40,12 +40,13 @@ from pathlib import Path
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
 
+from ai_influencer.adaptive_pacing import AdaptiveRate
 from ai_influencer.analytics.report import cost_report, drift_report, join
 from ai_influencer.dataset.augment import augment_and_caption
 from ai_influencer.generation.engine import build_requests, generate_batch, iter_reference_images
 from ai_influencer.openrouter import OpenRouterClient
 from ai_influencer.options.augment import AUGMENT_DEFAULTS
-from ai_influencer.pacing import SEND_SAFETY, AdaptiveRate
+from ai_influencer.pacing import SEND_SAFETY
 from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
 from ai_influencer.qc.analysis import EngineSpec
 from ai_influencer.qc.decision import QCThresholds

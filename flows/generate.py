@@ -49,6 +49,7 @@ from flows.params import GenerateParams, Paths, current_params
 from flows.results import GenerateSummary
 from shared_limits.clients import RUN_STOP, openrouter_client
 from shared_limits.limits import InflightPool, RunSeat, context_thread, ensure_limit
+from shared_limits.prefect_compat import flush_api_logs
 from shared_limits.rate import RateDispatcher, SharedSlots
 from tasks.context import RunContext, open_qc_stream
 from tasks.generate import generate_image_task
@@ -158,6 +159,7 @@ class _Run:
                 "stopped (%s): all %d requests sent have finished, their images are saved; %d not sent",
                 RUN_STOP.reason, len(done.results) + len(done.errors), len(done.not_sent),
             )  # fmt: skip
+            flush_api_logs()  # on the server before the signal is passed on and the run is Cancelled
         return self._summarise(done, self.ledger)
 
     def _dispatch(self) -> Dispatched:
@@ -169,7 +171,13 @@ class _Run:
         lim, todo = self.params.limits, self.plan.todo
         with (
             frozen_heap(),
-            RunSeat(lim.rate_limit_name, lease_s=INFLIGHT_LEASE_S, stop=RUN_STOP, logger=self.logger) as seat,
+            RunSeat(
+                lim.rate_limit_name,
+                lease_s=INFLIGHT_LEASE_S,
+                stop=RUN_STOP,
+                logger=self.logger,
+                workspace=str(self.ws.data_root.resolve()),
+            ) as seat,
             InflightPool(
                 lim.inflight_limit_name, seat, self.max_inflight, lease_s=INFLIGHT_LEASE_S, stop=RUN_STOP
             ) as pool,

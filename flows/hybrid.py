@@ -1,4 +1,4 @@
-"""The hybrid pipeline: prepare -> plan -> generate -> qc -> augment -> train -> evaluate, each skippable.
+"""The hybrid pipeline: prepare -> plan -> generate -> qc -> [video] -> augment -> train -> evaluate, each skippable.
 
 Stages run as subflows so each appears in the UI with its own state, logs and
 artifacts, and a re-run of the whole pipeline skips finished work stage by
@@ -6,7 +6,8 @@ stage (content-addressed images, cached plan/QC/augment, per-image QC analyses).
 With ``streaming`` (the default) generate and QC overlap: QC is a task that checks
 each image as the generate subflow writes it, and gives the verdicts batch QC would.
 Augment waits for QC's end: a later image can still replace an accepted one as its
-better copy.
+better copy. With ``run_video`` (off by default: clips are paid by the second) the storyboard's shots
+become clips after QC, each starting from its scene's best QC-passed image (``flows.video``).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from ai_influencer.settings import Settings
 from flows.generate import check_image_route, generate_flow
 from flows.params import HybridParams, current_params
 from flows.results import HybridSummary
+from flows.review import review_after_qc
 from flows.rounds import generate_until_flow
 from flows.stages import augment_flow, evaluate_flow, plan_flow, prepare_flow, qc_flow, train_flow
 from flows.streaming import streamed_qc
+from flows.video import check_video_options, video_flow
 from tasks.stages import analytics_task
 
 
@@ -40,6 +43,8 @@ def hybrid_flow(params: HybridParams = HybridParams()) -> HybridSummary:
     out = HybridSummary()
     if p.run_generate:  # free; an option the image endpoint does not take fails before the plan is paid for
         check_image_route(p.generate, p.paths)
+    if p.run_video:  # the same for the clips: an unsupported video parameter fails before anything is paid
+        check_video_options(p.video)
     if p.run_prepare:
         out.prepare = prepare_flow(p.prepare, p.paths)
     if p.run_plan:
@@ -59,6 +64,12 @@ def hybrid_flow(params: HybridParams = HybridParams()) -> HybridSummary:
         out.qc = qc_flow(p.qc, p.paths)
     if p.run_qc or (p.run_generate and p.target_accepted):
         out.analytics = analytics_task(str(ws.synth), str(ws.qc_report))
+        if p.review:  # pause for the user's verdicts (flows/review.py); stopped or timed out: the run ends here
+            ended = review_after_qc(p, s, out)
+            if ended is not None:
+                return ended  # type: ignore[return-value]  (a State: Prefect ends the run in it)
+    if p.run_video:
+        out.video = video_flow(p.video, p.paths)
     if p.run_augment:
         out.augment = augment_flow(p.augment, p.paths)
     base = p.train.base_path(ws)

@@ -28,7 +28,8 @@ from ai_influencer.options import (
     QCOptions,
     TrainOptions,
 )
-from ai_influencer.options.fields import from_settings
+from ai_influencer.options.fields import BACKEND_HELP, default_of, from_settings, help_of
+from ai_influencer.options.video import VideoOptions
 from ai_influencer.settings import Settings
 
 
@@ -120,6 +121,27 @@ class GenerateParams(GenerateOptions, RunParams):
 
 class QCParams(QCOptions, RunParams):
     SETTINGS: ClassVar[dict[str, str]] = {"backend": "face_backend"}
+    minsim: float | None = Field(  # type: ignore[assignment]
+        default=None,
+        ge=0,
+        le=1,
+        description=f"{help_of(QCOptions, 'minsim')} Empty: this persona's calibration (data/persona.json, "
+        f"`influencer qc calibrate --apply`), else {default_of(QCOptions, 'minsim'):g}.",
+    )
+    minblur: float | None = Field(  # type: ignore[assignment]
+        default=None,
+        ge=0,
+        description=f"{help_of(QCOptions, 'minblur')} Empty: this persona's calibration, "
+        f"else {default_of(QCOptions, 'minblur'):g}.",
+    )
+
+    def for_workspace(self, ws: Workspace) -> QCParams:
+        """A copy with the thresholds left empty filled as ``influencer qc`` fills them: this persona's
+        calibration, else the built-in default (``review.effective_thresholds``)."""
+        from ai_influencer.usecases.qc import effective_thresholds
+
+        chosen = effective_thresholds(ws, {"minsim": self.minsim, "minblur": self.minblur})
+        return self.model_copy(update=chosen.values())
 
 
 class AugmentParams(AugmentOptions, RunParams):
@@ -141,6 +163,20 @@ class EvaluateParams(EvaluateOptions, RunParams):
     SETTINGS: ClassVar[dict[str, str]] = {"backend": "face_backend"}
 
 
+class VideoParams(VideoOptions, RunParams):
+    """The video stage's options (``options.video``) and where its jobs-at-once limit and face model come from."""
+
+    SETTINGS: ClassVar[dict[str, str]] = {"limit_name": "video_jobs_limit_name", "backend": "face_backend"}
+    limit_name: str | None = Field(
+        default=None,
+        description=from_settings("video_jobs_limit_name", "Global concurrency limit of jobs waited for at once"),
+    )
+    backend: str | None = Field(default=None, description=BACKEND_HELP)
+
+    def options(self) -> VideoOptions:
+        return VideoOptions(**self.model_dump(include=set(VideoOptions.model_fields)))
+
+
 class HybridParams(RunParams):
     paths: Paths = Field(default_factory=Paths)
     run_prepare: bool = True
@@ -152,6 +188,14 @@ class HybridParams(RunParams):
         default=True,
         description="QC checks each image as it is generated (the same verdicts as QC afterwards, sooner).",
     )
+    review: bool = Field(
+        default=False,
+        description="After QC, pause until you have reviewed the images on the hub's review page (/review), "
+        "then continue (QC again with your verdicts, then augment and train) or stop.",
+    )
+    review_timeout_s: int = Field(
+        default=3600, ge=1, description="A review left open this long ends the run (Failed, ReviewTimedOut)."
+    )
     target_accepted: int | None = Field(
         default=None, ge=1, description="Generate until this many images pass QC (streamed: stops paying at once)."
     )
@@ -161,6 +205,10 @@ class HybridParams(RunParams):
     )
     run_train: bool = Field(default=True, description="Skipped with a warning when no base SDXL model exists.")
     run_evaluate: bool = True
+    run_video: bool = Field(
+        default=False,
+        description="Make the storyboard's clips (OpenRouter Video API, paid) after QC; see the video section.",
+    )
     prepare: PrepareParams = Field(default_factory=PrepareParams)
     plan: PlanParams = Field(default_factory=PlanParams)
     generate: GenerateParams = Field(default_factory=GenerateParams)
@@ -168,3 +216,4 @@ class HybridParams(RunParams):
     augment: AugmentParams = Field(default_factory=AugmentParams)
     train: TrainParams = Field(default_factory=TrainParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    video: VideoParams = Field(default_factory=VideoParams)

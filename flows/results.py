@@ -75,6 +75,32 @@ class RoundsSummary(_Summary):
     qc: QCSummary | None = None
 
 
+class VideoSummary(_Summary):
+    """One video run: clips planned, made, paid and left out, identity per clip (``usecases.video.summary``)."""
+
+    planned: int
+    left_out: list[str]
+    counts: dict[str, int]
+    submitted: int
+    resumed: int
+    committed_usd: float
+    budget_usd: float | None
+    estimate_usd: float | None
+    identity_passed: int
+    identity_failed: int
+    clips: list[dict[str, Any]]
+    total_cost_usd: float | None
+    manifest: str
+
+
+class ReviewResult(_Summary):
+    """The hybrid flow's review pause: the user's decision, the page, and QC's accepted count after it."""
+
+    decision: str  # continue | stop | timeout
+    page: str
+    accepted: int | None = None
+
+
 class HybridSummary(_Summary):
     """Each stage's result, for the stages that ran; ``skipped`` says why train/evaluate did not."""
 
@@ -83,6 +109,8 @@ class HybridSummary(_Summary):
     generate: GenerateSummary | RoundsSummary | None = None
     qc: QCSummary | None = None
     analytics: AnalyticsSummary | None = None
+    review: ReviewResult | None = None
+    video: VideoSummary | None = None
     augment: AugmentSummary | None = None
     train: TrainSummary | None = None
     evaluate: EvaluateSummary | None = None

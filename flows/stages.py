@@ -38,7 +38,8 @@ def plan_flow(params: PlanParams = PlanParams(), paths: Paths = Paths()) -> Plan
 @flow(name="qc", log_prints=True)
 def qc_flow(params: QCParams = QCParams(), paths: Paths = Paths()) -> QCSummary:
     s = Settings()
-    p, ws = params.resolve(s), paths.resolve(s).workspace()
+    ws = paths.resolve(s).workspace()
+    p = params.resolve(s).for_workspace(ws)  # empty thresholds: this persona's calibration, else the defaults
     summary: QCSummary = call_with_intact_outputs(
         qc_task,
         ref_dir=str(ws.cleaned),
@@ -46,6 +47,7 @@ def qc_flow(params: QCParams = QCParams(), paths: Paths = Paths()) -> QCSummary:
         out_dir=str(ws.qc_passed),
         options=p,
         cache_dir=str(ws.qc_cache),
+        overrides=str(ws.qc_overrides),  # the user's verdicts from the review page win over QC's
         log=get_run_logger().info,
     )
     print(f"qc: {summary.shown()}")

@@ -32,9 +32,11 @@ class Streamed:
 def streamed_qc(qc: QCParams, paths: Paths, settings: Settings, target: int | None = None) -> Iterator[Streamed]:
     """Must run inside a flow (it submits the QC task to the flow's task runner); params resolved."""
     ws = paths.workspace()
+    qc = qc.for_workspace(ws)  # empty thresholds: this persona's calibration, else the defaults
+    assert qc.minsim is not None and qc.minblur is not None
     with open_stream(
         settings, ref_dir=ws.cleaned, cand_dir=ws.synth, out_dir=ws.qc_passed, cache_dir=ws.qc_cache, options=qc,
-        target=target,
+        target=target, overrides=ws.qc_overrides,
     ) as handle:  # fmt: skip
         future = qc_stream_task.submit(str(ws.synth), handle)
         box = Streamed(handle.stream)

@@ -17,7 +17,8 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.settings import get_current_settings, temporary_settings
 
 from ai_influencer.pacing import StopFlag
-from shared_limits.prefect_compat import FILESYSTEM_LEASES, expired_filesystem_leases
+from shared_limits.lease_holders import HOLDERS
+from shared_limits.prefect_compat import FILESYSTEM_LEASES, expired_filesystem_leases, post_increment_with_lease
 
 
 def context_thread(target: Callable[[], object], name: str) -> threading.Thread:
@@ -143,8 +144,10 @@ class RunSeat:
         max_seats: int = 32,
         stop: StopFlag | None = None,
         logger: logging.Logger | logging.LoggerAdapter | None = None,
+        workspace: str | None = None,
     ) -> None:
         self.base = base
+        self.workspace = workspace
         self.lease_s = lease_s
         self.max_seats = max_seats
         self.stop = stop
@@ -166,6 +169,8 @@ class RunSeat:
 
     def __enter__(self) -> RunSeat:
         self._client = get_client(sync_client=True).__enter__()
+        HOLDERS.workspace = self.workspace or HOLDERS.workspace
+        self._reclaim_dead()
         self._claim()
         self.refresh()
         if self.runs > 1:
@@ -181,6 +186,7 @@ class RunSeat:
         if self.lease_id is not None:
             try:
                 self._client.release_concurrency_slots_with_lease(self.lease_id)
+                HOLDERS.forget(self.lease_id)
             except Exception as error:  # the lease expires anyway
                 if self.logger is not None:
                     self.logger.warning("could not free seat %s: %s", self.seat_name(self.index or 0), error)
@@ -197,20 +203,35 @@ class RunSeat:
             for i in range(self.max_seats):
                 ensure_limit(self.seat_name(i), 1)
                 try:
-                    response = self._client.increment_concurrency_slots_with_lease(
-                        names=[self.seat_name(i)], slots=1, mode="concurrency", lease_duration=self.lease_s
-                    )
+                    seat = self.seat_name(i)
+                    response = post_increment_with_lease(self._client, seat, 1, "concurrency", self.lease_s)
                 except Exception as error:  # 423: this seat is taken
                     if getattr(getattr(error, "response", None), "status_code", None) == 423:
                         continue
                     raise
+                if response.status_code == 423:
+                    continue
+                response.raise_for_status()
                 self.index, self.lease_id = i, response.json()["lease_id"]
+                HOLDERS.record(self.lease_id, self.seat_name(i))
                 self.joined_at = time.monotonic()
                 return
             if not waiting and self.logger is not None:
                 self.logger.info("all %d seats of %s are taken: waiting for a run to end", self.max_seats, self.base)
             waiting = True
             time.sleep(REFRESH_S)
+
+    def _reclaim_dead(self) -> None:
+        """Free at once what runs killed on this host held (``shared_limits.lease_holders``): their leases would
+        keep the seat and the in-flight slots for up to a minute."""
+        assert self._client is not None
+        for dead in HOLDERS.reclaim_dead(self._client):
+            if self.logger is not None and dead["slots"]:
+                said = ", ".join(f"{n}: {k}" for n, k in sorted(dead["slots"].items()))
+                self.logger.info(
+                    "freed the slots of a killed run (pid %s on this host, workspace %s): %s",
+                    dead["pid"], dead["workspace"] or "?", said,
+                )  # fmt: skip
 
     def _log_freed(self, freed: dict[str, int]) -> None:
         if freed and self.logger is not None:
@@ -258,8 +279,10 @@ class RunSeat:
                     renewed = time.monotonic()
                 if self.runs > 1 and time.monotonic() - reclaimed > RECLAIM_EVERY_S:
                     # A killed run's seat would halve this run's share until the end on a server
-                    # without a repossessor, even when no in-flight slot is missing.
+                    # without a repossessor, even when no in-flight slot is missing; one killed on
+                    # this host is known dead before its leases expire.
                     reclaimed = time.monotonic()
+                    self._reclaim_dead()
                     self._log_freed(reclaim_expired_leases(self._client))
                 self.refresh()
             except Exception as error:  # a slow or restarting server: keep the last shares, try again
@@ -345,14 +368,16 @@ class InflightPool:
     def _take_one(self) -> bool:
         assert self._client is not None
         try:
-            response = self._client.increment_concurrency_slots_with_lease(
-                names=[self.name], slots=1, mode="concurrency", lease_duration=self.lease_s
-            )
+            response = post_increment_with_lease(self._client, self.name, 1, "concurrency", self.lease_s)
         except Exception as error:
             if getattr(getattr(error, "response", None), "status_code", None) == 423:
                 return False  # the limit is full: other runs hold it
             raise
+        if response.status_code == 423:
+            return False
+        response.raise_for_status()
         lease = response.json()["lease_id"]
+        HOLDERS.record(lease, self.name)
         with self._cond:
             self._leases.append(lease)
             self._cond.notify_all()
@@ -362,6 +387,7 @@ class InflightPool:
         assert self._client is not None
         with contextlib.suppress(Exception):  # an unreleased lease expires on its own
             self._client.release_concurrency_slots_with_lease(lease)
+        HOLDERS.forget(lease)
 
     def _rebalance(self) -> None:
         target = self.target()
@@ -402,6 +428,7 @@ class InflightPool:
                     try:
                         self._client.renew_concurrency_lease(lease, self.lease_s)
                     except Exception:  # expired: the slot is gone, another is taken next round
+                        HOLDERS.forget(lease)
                         with self._cond:
                             if lease in self._leases:
                                 self._leases.remove(lease)

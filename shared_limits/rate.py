@@ -14,7 +14,8 @@ from collections.abc import Callable
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
 
-from ai_influencer.pacing import SEND_SAFETY, AdaptiveRate, SendClock, requests_per_second
+from ai_influencer.adaptive_pacing import AdaptiveRate
+from ai_influencer.pacing import SEND_SAFETY, SendClock, requests_per_second
 from shared_limits.limits import InflightPool, RunSeat, context_thread
 from shared_limits.prefect_compat import post_increment
 

@@ -76,3 +76,32 @@ def open_qc_stream(folder: Path) -> QCStream | None:
     if stream is None or stream.stream.cand_dir.resolve() != Path(folder).resolve():
         return None
     return stream
+
+
+class VideoRunContext:
+    """What the clip tasks of one video run share: the Video API, the clip store and budget, the wait policy,
+    the identity checker, the jobs-at-once limit, and the run's halt flag (a fatal answer stops new submits).
+
+    Handed to each ``video_clip_task`` (a plain class for the same reason as ``RunContext``); the tasks found
+    it in a registry keyed by the run id before.
+    """
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        api: usecases.video.VideoAPI,
+        store: usecases.video.VideoStore,
+        budget: usecases.video.VideoBudget,
+        policy: usecases.video.WaitPolicy,
+        identity: usecases.video.ClipIdentityChecker | None,
+        retry_failed: bool,
+        limit_name: str,
+        stop: StopFlag = RUN_STOP,
+    ) -> None:
+        self.run_id, self.api, self.store, self.budget, self.policy = run_id, api, store, budget, policy
+        self.identity, self.retry_failed, self.limit_name, self.stop = identity, retry_failed, limit_name, stop
+        self.halt = StopFlag()
+
+    def __repr__(self) -> str:  # the task run's parameters in logs: no client, no secrets
+        return f"VideoRunContext(run_id={self.run_id!r}, limit={self.limit_name!r})"

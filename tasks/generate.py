@@ -17,11 +17,12 @@ from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency, rate_limit
 from prefect.runtime import task_run
 
+from ai_influencer.adaptive_pacing import AdaptiveRate
 from ai_influencer.costs import BudgetExceededError, CostLedger, RunHaltedError
 from ai_influencer.generation.engine import GenerationOutcome, ImageRequest, generate_one
 from ai_influencer.openrouter import AuthError, InsufficientCreditsError, OpenRouterError
 from ai_influencer.openrouter.capabilities import ImageRoute
-from ai_influencer.pacing import AdaptiveRate, StopFlag, StopRequested
+from ai_influencer.pacing import StopFlag, StopRequested
 from shared_limits.clients import openrouter_client
 from shared_limits.rate import RateDispatcher, send_clock, take_rate_slots
 from shared_limits.retry import retry_options
@@ -80,8 +81,8 @@ class _TaskPacer:
         send_clock.wait(self.name, not_before, rate)
         self.stop.check()
 
-    def on_response(self, rate_limited: bool, retry_after: float | None = None) -> None:
-        self.adaptive.on_response(rate_limited, retry_after)
+    def on_response(self, rate_limited: bool, retry_after: float | None = None, *, own_limit: bool = False) -> None:
+        self.adaptive.on_response(rate_limited, retry_after, own_limit=own_limit)
 
 
 @task(

@@ -136,3 +136,12 @@ class ImageTaskResult:
     unpriced: bool = False
     scene: str | None = None
     error: str | None = None
+
+
+@dataclass
+class ClipTaskResult:
+    """One clip's outcome (``video.jobs.ClipOutcome``) and whether this task paid a submit or resumed a job."""
+
+    outcome: Any
+    submitted: bool = False
+    resumed: bool = False

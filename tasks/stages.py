@@ -62,14 +62,23 @@ def plan_task(prompt_bank: str, model: str, storyboard: str | None = None) -> Pa
 def _qc_key(context: Any, p: dict[str, Any]) -> str:
     o: QCOptions = p["options"]
     extra = ("qc", p["out_dir"], o.minsim, o.minblur, o.max_faces, o.backend)
-    return fingerprint(p["ref_dir"], p["cand_dir"], extra=extra)
+    # the review overrides' content is an input: a verdict changed on the review page re-runs QC (cached analyses)
+    return fingerprint(p["ref_dir"], p["cand_dir"], p.get("overrides"), extra=extra)
 
 
 @task(name="qc", tags=["vision", "qc"], cache_key_fn=_qc_key, persist_result=True, **RETRY)
-def qc_task(ref_dir: str, cand_dir: str, out_dir: str, options: QCOptions, cache_dir: str | None = None) -> QCSummary:
+def qc_task(
+    ref_dir: str,
+    cand_dir: str,
+    out_dir: str,
+    options: QCOptions,
+    cache_dir: str | None = None,
+    overrides: str | None = None,
+) -> QCSummary:
     job = usecases.QCJob.for_options(
-        Path(ref_dir), Path(cand_dir), Path(out_dir), options, cache_dir=Path(cache_dir) if cache_dir else None
-    )
+        Path(ref_dir), Path(cand_dir), Path(out_dir), options, cache_dir=Path(cache_dir) if cache_dir else None,
+        overrides=Path(overrides) if overrides else None,
+    )  # fmt: skip
     result = usecases.qc(Settings(), job, on_progress=ProgressArtifact("qc-progress", "QC: images analysed"))
     return publish_qc(result, options)
 

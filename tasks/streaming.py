@@ -56,10 +56,11 @@ def open_stream(
     *,
     options: QCOptions,
     target: int | None = None,
+    overrides: Path | None = None,
 ) -> Iterator[QCStream]:
     """Check the references (a bad one fails here, before anything is paid), then keep the stream open
     for the generate flow; closed on exit."""
-    job = usecases.QCJob.for_options(ref_dir, cand_dir, out_dir, options, cache_dir=cache_dir)
+    job = usecases.QCJob.for_options(ref_dir, cand_dir, out_dir, options, cache_dir=cache_dir, overrides=overrides)
     stream = usecases.qc_stream(settings, job)
     folder = Path(cand_dir).resolve()
     with stream:

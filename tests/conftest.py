@@ -21,6 +21,36 @@ TEST_KEY = "sk-or-test-key"
 REPO = Path(__file__).resolve().parents[1]
 
 
+def stop_local_servers(root: Path) -> list[int]:
+    """Stop every local Prefect server (``interfaces.local_server``) whose workspace lies under ``root``.
+
+    ``influencer run`` and ``influencer hub`` keep a detached server per workspace by design; a test that ran
+    them (on a workspace under its temporary folder) must not leave it behind."""
+    from interfaces import local_server
+
+    stopped = []
+    for depth in ("", "*/", "*/*/", "*/*/*/"):
+        for state in root.glob(f"{depth}{local_server.FOLDER}/{local_server.STATE}"):
+            server = local_server.stop(state.parent.parent)
+            if server is not None:
+                stopped.append(server.pid)
+    return stopped
+
+
+@pytest.fixture(autouse=True)
+def _no_local_server_left(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    used = (getattr(request.node, "funcargs", None) or {}).get("tmp_path")  # torn down already: its value stays
+    if used is not None:
+        stop_local_servers(used)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_local_server_left_in_the_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    yield
+    stop_local_servers(tmp_path_factory.getbasetemp())
+
+
 @pytest.fixture
 def stub() -> Iterator[StubOpenRouter]:
     with StubOpenRouter(valid_keys=[TEST_KEY]) as server:

@@ -84,10 +84,10 @@ def test_generate_budget_stops_paid_requests_at_the_cap(
 def test_main_job_killed_mid_generation_resumes_on_the_embedded_server(
     cli_env: dict[str, str], tmp_path: Path, stub: StubOpenRouter
 ) -> None:
-    """README's first command, `influencer run`, with no Prefect server configured: killed with SIGKILL
+    """`influencer run` on Prefect's temporary server (INFLUENCER_PREFECT_LOCAL_SERVER=false): killed with SIGKILL
     while generating, then run again. The re-run must not wait for the dead run's slots (Prefect's
-    embedded server has no lease repossessor: the leases are kept on disk and expire), and nothing
-    saved before the kill is paid again."""
+    embedded server has no lease repossessor and the leases last 60 s: the re-run frees those of its
+    dead predecessor at once), and nothing saved before the kill is paid again."""
     from tests.support.assets import face
 
     stub.latency, stub.latency_paths = 0.5, ("/images",)
@@ -98,6 +98,7 @@ def test_main_job_killed_mid_generation_resumes_on_the_embedded_server(
     env = {k: v for k, v in cli_env.items() if not k.startswith("PREFECT_API_")}
     env.update(
         PREFECT_HOME=str(tmp_path / "prefect-home"),
+        INFLUENCER_PREFECT_LOCAL_SERVER="false",  # the temporary per-run server (the kept one has a repossessor)
         INFLUENCER_IMAGE_RATE_PER_S="4",
         # Two in-flight slots: the killed run holds all of them, so the re-run can finish only by freeing
         # them itself once their leases expire (the embedded server has no repossessor).
@@ -124,7 +125,7 @@ def test_main_job_killed_mid_generation_resumes_on_the_embedded_server(
     leases = tmp_path / "prefect-home" / "concurrency_leases"
     assert any(leases.glob("*-*.json")), "the killed run's in-flight lease is kept on disk"
 
-    # Before the fix this re-run waited for the dead run's slots forever; the timeout turns that into a failure.
+    # Once this re-run waited for the dead run's slots forever, then for their 60 s leases.
     with (tmp_path / "rerun.log").open("w") as log:
         rerun = subprocess.Popen([INFLUENCER, *args], env=env, cwd=tmp_path, stdout=log, stderr=log)
         try:
@@ -134,11 +135,12 @@ def test_main_job_killed_mid_generation_resumes_on_the_embedded_server(
             raise AssertionError("the re-run hung:\n" + (tmp_path / "rerun.log").read_text()[-4000:]) from None
     logs = (tmp_path / "rerun.log").read_text()
     assert code == 0, logs[-3000:]
-    # The dead run's seat and in-flight slots stay taken until their leases expire (60 s); then the re-run
-    # frees them from its own background threads and goes on alone.
-    assert "2 runs share openrouter-image-rate" in logs, logs[-3000:]
-    freed = re.findall(r"freed slots whose lease expired.*openrouter-image-inflight: (\d+)", logs)
-    assert sum(map(int, freed)) == 2, logs[-3000:]  # the leases expire one by one: maybe in several passes
+    # The dead run's seat and in-flight slots would stay taken until their leases expire (60 s); the re-run
+    # knows they were held by a process of this host that is gone, frees them at once and goes on alone.
+    freed = re.findall(r"freed the slots of a killed run \(pid (\d+) on this host, workspace (.+?)\): (.*)", logs)
+    assert [(int(pid), ws) for pid, ws, _ in freed] == [(proc.pid, str((tmp_path / "data").resolve()))], logs[-3000:]
+    assert "openrouter-image-inflight: 2" in freed[0][2] and "openrouter-image-rate-seat-0: 1" in freed[0][2]
+    assert "runs share openrouter-image-rate" not in logs, logs[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["count"] == 24 and len(list(out.glob("*.png"))) == 24
     after_kill = [json.dumps(r.body) for r in stub.paid_requests if r.t > killed_at]
@@ -285,11 +287,11 @@ def test_prefect_outside_the_tested_range_is_named_at_start_up() -> None:
 def test_stopping_the_main_job_keeps_every_paid_image(
     cli_env: dict[str, str], tmp_path: Path, stub: StubOpenRouter, sig: int, group: bool, code: int
 ) -> None:
-    """`influencer run` (the flow in-process on the embedded server) stopped mid-generation with SIGTERM
-    (a service manager), or with Ctrl-C in a terminal, which signals the whole process group: the generate
-    flow drains (nothing new sent, requests in flight finish and are saved), then the signal goes on to
-    Prefect, which ends the run. The embedded server is in its own session, so Ctrl-C does not kill the
-    API the drain still needs, and it is not left behind."""
+    """`influencer run` (the flow in-process on the workspace's kept Prefect server) stopped mid-generation with
+    SIGTERM (a service manager), or with Ctrl-C in a terminal, which signals the whole process group: the
+    generate flow drains (nothing new sent, requests in flight finish and are saved), then the signal goes on
+    to Prefect, which ends the run. The server is in its own session, so Ctrl-C does not kill the API the
+    drain still needs, and it holds none of the run's pipes."""
     from tests.support.assets import face
 
     stub.latency, stub.latency_paths = 1.5, ("/images",)
@@ -319,8 +321,7 @@ def test_stopping_the_main_job_keeps_every_paid_image(
         os.killpg(proc.pid, sig)
     else:
         proc.send_signal(sig)
-    # communicate() also waits for every process holding the pipes: an embedded Prefect server left
-    # behind would hang it.
+    # communicate() also waits for every process holding the pipes: a Prefect server holding them would hang it.
     _stdout, stderr = proc.communicate(timeout=120)
     time.sleep(0.2)
     paid = sum(r.paid for r in stub.image_requests())

@@ -78,11 +78,16 @@ def test_qc_button_runs_the_real_step_and_streams_its_log(gui: object, tmp_path:
         for n in names:
             shutil.copy(face(n), data / folder / n)
     assert app.key_entry.cget("show") == "•"  # type: ignore[attr-defined]
+    # The thresholds left empty come from this persona's calibration; the one typed in is passed as given.
+    (data / "persona.json").write_text('{"version": 1, "qc": {"minsim": 0.3}}')
+    app.vars["minblur"].set("70")  # type: ignore[attr-defined]
     app.buttons["qc"].invoke()  # type: ignore[attr-defined]
     assert str(app.stop_button.cget("state")) == "normal"  # type: ignore[attr-defined]
     pump(app, lambda: "[exit " in app.log_text(), timeout=240)  # type: ignore[attr-defined]
     log = app.log_text()  # type: ignore[attr-defined]
     assert "$ " in log and " qc --ref " in log and "[exit 0]" in log, log[-2000:]
+    assert "--minsim" not in log and " --minblur 70" in log, log[-2000:]
+    assert "thresholds: minsim 0.3 (persona calibration" in log and "minblur 70 (given)" in log, log[-2000:]
     assert "accepted" in log.lower()
     assert (data / "qc_passed" / "qc_report.csv").is_file()
     assert (data / "qc_passed" / "obama3.jpg").is_file() and not (data / "qc_passed" / "biden.jpg").exists()

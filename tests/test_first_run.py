@@ -52,6 +52,11 @@ def _workspace(tmp_path: Path, *photos: str) -> Path:
     return raw
 
 
+def _prefect_started(tmp_path: Path) -> bool:
+    """A Prefect database exists: the temporary server's (PREFECT_HOME) or the workspace's kept server's."""
+    return (tmp_path / "prefect-home" / "prefect.db").exists() or (tmp_path / "data" / ".prefect").exists()
+
+
 def _run_env(cli_env: dict[str, str], tmp_path: Path, **changes: str | None) -> dict[str, str]:
     env = {k: v for k, v in cli_env.items() if not k.startswith("PREFECT_API_")}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")  # a new user's: no stored key, no database yet
@@ -83,7 +88,7 @@ def test_run_refuses_a_bad_key_or_base_url_in_one_line_before_prefect_starts(
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
     assert lines[0].startswith("error: OpenRouter key:") and all(s in lines[0] for s in says), lines[0]
-    assert not (tmp_path / "prefect-home" / "prefect.db").exists(), "Prefect was not started"
+    assert not _prefect_started(tmp_path), "Prefect was not started"
     assert not [r for r in stub.requests if r.path.endswith("/chat/completions")], "nothing was paid for"
 
 
@@ -95,7 +100,7 @@ def test_run_refuses_an_unknown_model_before_prefect_starts(
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert "image model 'google/gemini-9-image' is not in OpenRouter's model list" in res.stderr
     assert "influencer models -m image" in res.stderr
-    assert not (tmp_path / "prefect-home" / "prefect.db").exists()
+    assert not _prefect_started(tmp_path)
 
 
 def test_run_refuses_an_image_option_the_endpoint_lacks_before_prefect_starts(
@@ -108,7 +113,7 @@ def test_run_refuses_an_image_option_the_endpoint_lacks_before_prefect_starts(
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
     line = res.stderr.strip().splitlines()[-1]
     assert line.startswith("error: image options: --n 4: google/gemini-2.5-flash-image accepts n = 1"), line
-    assert not (tmp_path / "prefect-home" / "prefect.db").exists(), "Prefect was not started"
+    assert not _prefect_started(tmp_path), "Prefect was not started"
     assert not stub.paid_requests, "nothing was paid for"
 
 
@@ -124,7 +129,7 @@ def test_run_names_a_photo_that_is_not_an_image_and_one_with_several_faces(
     assert line.startswith("error: reference photos: 1 of 3 usable"), line
     assert "notes.jpg" in line and "t1.jpg: 6 faces found" in line and "--allow-multi-face" in line
     assert "put at least 2 photos" in line
-    assert not (tmp_path / "prefect-home" / "prefect.db").exists()
+    assert not _prefect_started(tmp_path)
 
 
 def test_a_failed_run_says_one_line_and_keeps_its_log_with_retries_and_traceback(
@@ -308,22 +313,15 @@ def test_models_uses_the_base_url_stored_with_the_key(
 ) -> None:
     """`set-key --base-url` stores the API root with the key; `influencer models` asked the environment's.
 
-    Both commands run in one process (Typer's runner), so the embedded Prefect server starts once."""
+    The key goes to the workspace's kept Prefect server, which `set-key` starts and `models` then finds."""
     env = _run_env(cli_env, tmp_path, OPENROUTER_BASE_URL="http://127.0.0.1:9/api/v1")
-    code = (
-        "import sys\n"
-        "from typer.testing import CliRunner\n"
-        "from interfaces.cli import app\n"
-        "r = CliRunner()\n"
-        f"saved = r.invoke(app, ['set-key', '--base-url', {stub.base_url!r}], input={TEST_KEY!r} + '\\n')\n"
-        "assert saved.exit_code == 0, saved.output\n"
-        "listed = r.invoke(app, ['models', '--output-modality', 'image', '--json'])\n"
-        "print(listed.output)\n"
-        "sys.exit(listed.exit_code)\n"
-    )
-    res = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240
-    )
+    saved = subprocess.run(
+        [str(Path(sys.executable).with_name("influencer")), "set-key", "--base-url", stub.base_url],
+        input=TEST_KEY + "\n", env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert saved.returncode == 0, (saved.stdout + saved.stderr)[-3000:]
+    assert (tmp_path / "data" / ".prefect" / "prefect.db").is_file()  # the workspace's database holds the block
+    res = run(["models", "--output-modality", "image", "--json"], env, tmp_path)
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     assert '"google/gemini-2.5-flash-image"' in res.stdout, res.stdout[-3000:]
 

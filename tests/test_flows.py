@@ -77,6 +77,12 @@ def chat_calls(stub: StubOpenRouter) -> int:
     return len(stub.image_requests())
 
 
+def plan_calls(stub: StubOpenRouter) -> int:
+    """Text (LLM) requests received: the storyboard's chat completions, never an image request."""
+    images = {id(r) for r in stub.image_requests()}
+    return sum(r.path.endswith("/chat/completions") and id(r) not in images for r in stub.requests)
+
+
 def api(server: str, path: str, body: dict | None = None) -> list | dict:
     with httpx.Client(base_url=server, timeout=30) as c:
         r = c.post(path, json=body or {}) if body is not None else c.get(path)
@@ -445,10 +451,10 @@ def test_plan_cache_is_per_workspace(prefect_server: str, env: StubOpenRouter, t
     from flows.stages import plan_flow
 
     one, two = paths(tmp_path / "one", refs=False), paths(tmp_path / "two", refs=False)
-    calls = chat_calls(env)
+    calls = plan_calls(env)
     plan_flow(PlanParams(), one)
     plan_flow(PlanParams(), one)
-    assert chat_calls(env) == calls + 1, "a re-run in the same workspace is served from the cache"
+    assert plan_calls(env) == calls + 1, "a re-run in the same workspace is served from the cache"
     plan_flow(PlanParams(), two)
-    assert chat_calls(env) == calls + 2, "a new workspace plans for itself"
+    assert plan_calls(env) == calls + 2, "a new workspace plans for itself"
     assert (tmp_path / "two" / "data" / "text" / "storyboard.json").is_file()

@@ -182,5 +182,5 @@ def test_run_with_an_unsupported_option_pays_for_nothing_not_even_the_plan(
     env.update(PREFECT_HOME=str(tmp_path / "prefect-home"))
     res = influencer(["run", "--per_scene", "1", "--n", "4"], env, tmp_path, timeout=300)
     assert res.returncode == 1
-    assert "error: --n 4: google/gemini-2.5-flash-image accepts n = 1" in res.stderr
+    assert "error: image options: --n 4: google/gemini-2.5-flash-image accepts n = 1" in res.stderr
     assert not stub.paid_requests and not posts(stub), "nothing paid: the storyboard neither"

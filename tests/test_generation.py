@@ -6,10 +6,10 @@ import itertools
 import json
 from pathlib import Path
 
+from ai_influencer.adaptive_pacing import AdaptiveRate
 from ai_influencer.dataset.manifest import rebuild_manifest, sidecar_path
 from ai_influencer.generation.engine import build_requests, generate_batch, generate_one
 from ai_influencer.openrouter import OpenRouterClient
-from ai_influencer.pacing import AdaptiveRate
 from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
 from tests.conftest import REPO, TEST_KEY
 from tests.support.assets import face

@@ -107,12 +107,6 @@ def test_openrouter_errors_map_to_clear_statuses(
     assert TEST_KEY not in r.text
 
 
-def test_video_is_reported_as_not_supported(hub: str) -> None:
-    r = httpx.post(f"{hub}/api/generate/video", json={"model": "any/video", "prompt": "x"}, headers=AUTH)
-    assert r.status_code == 501
-    assert r.json()["error"]["code"] == "not_supported" and "video" in r.json()["error"]["message"]
-
-
 def test_influencer_insights_from_uploaded_csv(hub: str) -> None:
     files = [("files", ("posts.csv", POSTS, "text/csv")), ("files", ("profiles.csv", PROFILES, "text/csv"))]
     r = httpx.post(f"{hub}/api/influencer", files=files, headers=AUTH)

@@ -20,7 +20,7 @@ FORBIDDEN_IN_DOMAIN = {"prefect", "prefect_docker", "fastapi", "typer", "tkinter
 # ("" is the package itself). A unit imports only from its own level or the levels below, and the units
 # never import each other in a circle (checked below, like the modules). docs/architecture.md draws these.
 DOMAIN_LEVELS: list[tuple[str, set[str]]] = [
-    ("base", {"", "settings", "io", "imaging", "costs", "pacing", "prompt_bank", "options"}),
+    ("base", {"", "settings", "io", "imaging", "costs", "pacing", "adaptive_pacing", "prompt_bank", "options"}),
     ("services", {"openrouter", "vision", "storyboard"}),
     ("data", {"dataset"}),
     ("stages", {"qc", "generation", "training"}),

@@ -443,7 +443,7 @@ class OpenRouterClient(_Core):
                 result = parse(self._check(status, response_headers, raw), time.perf_counter() - start)
             except RateLimitError as exc:
                 if pacer is not None:
-                    pacer.on_response(True, exc.retry_after)
+                    pacer.on_response(True, exc.retry_after, own_limit=exc.own_limit)
                 raise
             if pacer is not None:
                 pacer.on_response(False)

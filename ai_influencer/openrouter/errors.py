@@ -123,11 +123,15 @@ class StructuredOutputError(FatalError):
 
 
 class RateLimitError(RetryableError):
+    """429. ``own_limit``: OpenRouter's own limit (the answer carries ``X-RateLimit-*`` headers), so our
+    request rate is the cause; without them the upstream provider was busy, which says nothing about it."""
+
     code = "rate_limited"
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None, own_limit: bool = False, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.retry_after = retry_after
+        self.own_limit = own_limit
 
 
 class UpstreamError(RetryableError):
@@ -203,6 +207,30 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, dt.timestamp() - (time.time() if now is None else now))
 
 
+def parse_ratelimit_reset(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds until ``X-RateLimit-Reset``: OpenRouter sends epoch milliseconds; epoch seconds and a
+    plain delta in seconds are read too."""
+    try:
+        number = float((value or "").strip())
+    except ValueError:
+        return None
+    current = time.time() if now is None else now
+    if number > 1e11:  # epoch milliseconds
+        return max(0.0, number / 1000.0 - current)
+    if number > 1e9:  # epoch seconds
+        return max(0.0, number - current)
+    return max(0.0, number)
+
+
+def _rate_limit_error(message: str, headers: dict[str, str], kw: dict[str, Any]) -> RateLimitError:
+    """A 429: Retry-After when given, else the end of OpenRouter's own window (``X-RateLimit-Reset``)."""
+    own = any(h in headers for h in ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"))
+    retry_after = parse_retry_after(headers.get("retry-after"))
+    if retry_after is None and own:
+        retry_after = parse_ratelimit_reset(headers.get("x-ratelimit-reset"))
+    return RateLimitError(message, retry_after=retry_after, own_limit=own, **kw)
+
+
 def error_from_response(status: int, body: Any, headers: dict[str, str] | None = None) -> OpenRouterError:
     """Map an HTTP status and OpenRouter error body to the right exception type."""
     err = body.get("error") if isinstance(body, dict) else None
@@ -235,7 +263,7 @@ def error_from_response(status: int, body: Any, headers: dict[str, str] | None =
     if status == 413:
         return PayloadTooLargeError(message, **kw)
     if status == 429:
-        return RateLimitError(message, retry_after=parse_retry_after(headers.get("retry-after")), **kw)
+        return _rate_limit_error(message, headers, kw)
     if status in (408, 200) or status >= 500:
         return UpstreamError(message, **kw)
     if 400 <= status < 500:

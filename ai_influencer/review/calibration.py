@@ -48,10 +48,17 @@ class Label:
     """One judged image with its scores: ``accepted`` is the user's verdict."""
 
     file: str
-    score: float
+    score: float | None  # None: QC rejected the face before measuring its identity (too blurred at the time)
     sharpness: float
     accepted: bool
     cause: str | None = None  # a rejection's reason: identity | sharpness | None (unknown: either)
+
+    def identity_ok(self, minsim: float) -> bool:
+        """Does the face pass ``minsim``? Where QC never measured it, the user's word stands in: an accepted
+        face is the persona's, and so is one rejected for its sharpness (identity was not in question)."""
+        if self.score is None:
+            return self.accepted or self.cause == "sharpness"
+        return self.score >= minsim
 
 
 @dataclass(frozen=True)
@@ -176,28 +183,33 @@ class Calibration:
 
 
 def _identity_set(labels: list[Label], minblur: float) -> list[Label]:
-    """Labels that speak to ``minsim`` when ``minblur`` is this: sharp enough faces (an explicit identity
-    rejection counts whatever its sharpness)."""
+    """Labels that speak to ``minsim`` when ``minblur`` is this: sharp enough faces with a score (an explicit
+    identity rejection counts whatever its sharpness). A face QC never scored counts once a QC run at this
+    ``minblur`` has measured it."""
     return [
         lab
         for lab in labels
-        if (lab.accepted and lab.sharpness >= minblur)
-        or (not lab.accepted and (lab.cause == "identity" or (lab.cause is None and lab.sharpness >= minblur)))
+        if lab.score is not None
+        and (
+            (lab.accepted and lab.sharpness >= minblur)
+            or (not lab.accepted and (lab.cause == "identity" or (lab.cause is None and lab.sharpness >= minblur)))
+        )
     ]
 
 
 def _sharpness_set(labels: list[Label], minsim: float) -> list[Label]:
-    """Labels that speak to ``minblur`` when ``minsim`` is this: faces that score as the persona."""
+    """Labels that speak to ``minblur`` when ``minsim`` is this: faces that score as the persona (or, never
+    scored, that the user accepted: their identity is the user's word)."""
     return [
         lab
         for lab in labels
-        if (lab.accepted and lab.score >= minsim)
-        or (not lab.accepted and (lab.cause == "sharpness" or (lab.cause is None and lab.score >= minsim)))
+        if (lab.accepted and lab.identity_ok(minsim))
+        or (not lab.accepted and (lab.cause == "sharpness" or (lab.cause is None and lab.identity_ok(minsim))))
     ]
 
 
 def _fit(name: str, subset: list[Label], current: float, words: str) -> Fit:
-    values = [lab.score if name == "minsim" else lab.sharpness for lab in subset]
+    values = [float(lab.score if name == "minsim" else lab.sharpness) for lab in subset]  # type: ignore[arg-type]
     positive = [lab.accepted for lab in subset]
     pos = sum(positive)
     fit = Fit(name, current, pos, len(subset) - pos, operating(values, positive, current), subset=words)
@@ -211,7 +223,7 @@ def _fit(name: str, subset: list[Label], current: float, words: str) -> Fit:
 
 
 def _both(labels: list[Label], minsim: float, minblur: float) -> Operating:
-    passed = [lab.score >= minsim and lab.sharpness >= minblur for lab in labels]
+    passed = [lab.identity_ok(minsim) and lab.sharpness >= minblur for lab in labels]
     y = [lab.accepted for lab in labels]
     tp = sum(p and a for p, a in zip(passed, y, strict=True))
     fp = sum(p and not a for p, a in zip(passed, y, strict=True))
@@ -273,7 +285,9 @@ def workspace_labels(
     ws: Workspace, *, report: Path | None = None, cand_dir: Path | None = None, max_faces: int = QC_DEFAULTS.max_faces
 ) -> tuple[list[Label], dict[str, int]]:
     """The user's judgements on the latest QC's images, with their stored scores; and the judged images left
-    out, by why (no face, several faces, rejected for another reason, not in the latest QC)."""
+    out, by why (no face, several faces, rejected for another reason, identity not measured, not in the latest
+    QC). A face QC rejected before scoring it (too blurred: the cheap checks come first) is a label for
+    ``minblur`` only."""
     report = report or ws.qc_report
     folder = cand_dir or ws.synth
     rows: dict[str, QCRow] = read_report(report) if report.is_file() else {}
@@ -292,18 +306,21 @@ def workspace_labels(
             continue
         used.add(digest)
         row = rows[name]
-        why = ""
-        if row.score is None or row.sharpness is None:
-            why = "no face"
-        elif row.faces > max_faces:
-            why = "several faces"
         cause = label_cause(j.verdict, j.cause, j.was_reason)
-        if not why and cause == "other":
+        why = ""
+        if row.faces > max_faces:
+            why = "several faces"
+        elif row.faces == 0 or row.sharpness is None:
+            why = "no face"
+        elif cause == "other":
             why = "rejected for another reason"
+        elif row.score is None and j.verdict == "rejected" and cause != "sharpness":
+            # QC rejected it before measuring identity, and the user's rejection is about identity (or unsaid)
+            why = "identity not measured"
         if why:
             left_out[why] = left_out.get(why, 0) + 1
             continue
-        labels.append(Label(name, float(row.score), float(row.sharpness), j.verdict == "accepted", cause))  # type: ignore[arg-type]
+        labels.append(Label(name, row.score, float(row.sharpness), j.verdict == "accepted", cause))
     gone = len(set(judged) - used)
     if gone:
         left_out["not in the latest QC"] = gone

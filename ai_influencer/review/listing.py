@@ -57,13 +57,22 @@ class ReviewItem:
         return kinds
 
 
-def borderline(score: float | None, sharpness: float | None, minsim: float, minblur: float) -> float:
+UNFLIPPABLE = frozenset({"copy", "faces", "no face", "error"})  # reasons no threshold change can undo
+
+
+def borderline(
+    score: float | None, sharpness: float | None, minsim: float, minblur: float, kinds: Iterable[str] = ()
+) -> float:
     """How far an image is from flipping, in units: identity ``|score - minsim| / 0.05``, sharpness
-    ``|ln(sharpness / minblur)| / ln 1.25`` (sharpness is a ratio scale), the nearer of the two."""
-    if score is None or sharpness is None:
+    ``|ln(sharpness / minblur)| / ln 1.25`` (sharpness is a ratio scale), the nearer of the two measured.
+
+    A face QC rejected before measuring its identity (too blurred) is as near as its sharpness; one rejected for
+    a reason no threshold moves (a copy of a reference, several faces, no face, unreadable) is never borderline.
+    """
+    if UNFLIPPABLE & set(kinds) or sharpness is None:
         return math.inf
-    ident = abs(score - minsim) / IDENTITY_SCALE
     sharp = abs(math.log(max(sharpness, 1e-6) / minblur)) / SHARPNESS_SCALE if minblur > 0 else math.inf
+    ident = abs(score - minsim) / IDENTITY_SCALE if score is not None else math.inf
     return min(ident, sharp)
 
 
@@ -98,11 +107,12 @@ def review_items(
         auto_verdict = row.auto_verdict or row.verdict
         auto_reason = automatic_reason(row)
         j = judged.get(digest) if auto_verdict != "error" else None
+        kinds = reason_kinds(auto_reason) | ({"error"} if auto_verdict == "error" else set())
         verdict = j.verdict if j is not None else auto_verdict
         reason = override_reason(verdict, auto_verdict, auto_reason) if verdict != auto_verdict else auto_reason
         item = ReviewItem(
             name, path, digest, row.faces, row.score, row.sharpness, verdict, reason, auto_verdict, auto_reason,
-            row.duplicate_of, scenes.get(name), j, borderline(row.score, row.sharpness, minsim, minblur),
+            row.duplicate_of, scenes.get(name), j, borderline(row.score, row.sharpness, minsim, minblur, kinds),
         )  # fmt: skip
         items.append(item)
     return sorted(items, key=lambda i: (i.borderline, i.file))

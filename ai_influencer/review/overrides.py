@@ -41,6 +41,10 @@ class OverrideError(ValueError):
     """A refused request or an unreadable store, as one line naming the file or the field."""
 
 
+class OverrideStoreError(OverrideError):
+    """The store itself cannot be read: the user must fix or move the file (no request can succeed)."""
+
+
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -96,7 +100,7 @@ class OverrideStore:
         except FileNotFoundError:
             return {}
         except OSError as exc:
-            raise OverrideError(f"{self.path}: cannot read the review overrides ({exc.strerror})") from exc
+            raise OverrideStoreError(f"{self.path}: cannot read the review overrides ({exc.strerror})") from exc
         try:
             data = json.loads(text)
             if not isinstance(data, dict) or not isinstance(data.get("images"), dict):
@@ -107,7 +111,7 @@ class OverrideStore:
                 for j in entry.get("history", []):
                     Judgement.from_json(j)
         except (ValueError, TypeError, AttributeError) as exc:
-            raise OverrideError(
+            raise OverrideStoreError(
                 f"{self.path}: unreadable review overrides ({str(exc).splitlines()[0]}); fix or move the file, "
                 "QC will not run without the verdicts it holds"
             ) from None
@@ -170,7 +174,7 @@ def automatic_reason(row: QCRow) -> str:
     return row.reason
 
 
-REASON_KINDS = ("identity", "sharpness", "duplicate", "faces", "no face", "error", "override")
+REASON_KINDS = ("identity", "sharpness", "duplicate", "copy", "faces", "no face", "error", "override")
 
 
 def reason_kinds(reason: str) -> set[str]:
@@ -184,6 +188,8 @@ def reason_kinds(reason: str) -> set[str]:
             kinds.add("sharpness")
         elif part.startswith("duplicate:"):
             kinds.add("duplicate")
+        elif part.startswith("copy of reference"):
+            kinds.add("copy")
         elif part.startswith("faces:"):
             kinds.add("faces")
         elif part == "no face detected":

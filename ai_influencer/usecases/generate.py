@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ai_influencer.adaptive_pacing import AdaptiveRate, PacingStats
 from ai_influencer.costs import CostEstimate, CostLedger
 from ai_influencer.dataset.manifest import rebuild_manifest
 from ai_influencer.generation.dispatch import Dispatched, dispatch
@@ -36,8 +37,6 @@ from ai_influencer.openrouter.capabilities import IMAGE_OPTION_DEFAULTS, ImageOp
 from ai_influencer.openrouter.types import ImageResult
 from ai_influencer.options.generate import GenerateOptions
 from ai_influencer.pacing import (
-    AdaptiveRate,
-    PacingStats,
     StopFlag,
     StopRequested,
     drain_on_signals,

@@ -12,6 +12,7 @@ from ai_influencer.qc.decision import QCThresholds
 from ai_influencer.qc.stage import QCResult, run_qc
 from ai_influencer.qc.stream import StreamingQC, UntilAccepted
 from ai_influencer.review.overrides import OverrideStore
+from ai_influencer.review.persona import effective_thresholds as effective_thresholds  # for the QC flows
 from ai_influencer.settings import Settings
 
 

@@ -25,6 +25,7 @@ from rich.console import Console
 from ai_influencer.dataset.workspace import Workspace
 from ai_influencer.options.fields import default_of, help_of
 from ai_influencer.settings import MissingApiKeyError, Settings, get_settings
+from interfaces.prefect_env import set_by_user
 
 if TYPE_CHECKING:
     from ai_influencer.openrouter import OpenRouterClient
@@ -106,43 +107,10 @@ PREFECT_DEFAULTS = {
 }
 
 
-def _toml(path: Path) -> dict:
-    import tomllib
-
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _set_by_user(env_name: str, toml_keys: tuple[str, ...]) -> bool:
-    """Whether the user set this Prefect setting: environment, ``.env``, ``prefect.toml``, ``pyproject.toml``
-    ``[tool.prefect]`` (all in the current folder) or the active profile. Read without importing Prefect
-    (a second), the way Prefect 3 reads them."""
-    if env_name in os.environ:
-        return True
-    cwd = Path.cwd()
-    try:
-        dotenv = (cwd / ".env").read_text(encoding="utf-8") if (cwd / ".env").is_file() else ""
-    except OSError:
-        dotenv = ""
-    if any(line.strip().startswith(f"{env_name}=") for line in dotenv.splitlines()):
-        return True
-    for table in (_toml(cwd / "prefect.toml"), _toml(cwd / "pyproject.toml").get("tool", {}).get("prefect", {})):
-        for key in toml_keys[:-1]:
-            table = table.get(key, {}) if isinstance(table, dict) else {}
-        if isinstance(table, dict) and toml_keys[-1] in table:
-            return True
-    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
-    profiles = _toml(Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")).expanduser())
-    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active") or "ephemeral"
-    return env_name in profiles.get("profiles", {}).get(active, {})
-
-
 def prefect_defaults() -> None:
     """This CLI's defaults for Prefect (see ``PREFECT_DEFAULTS``), set before Prefect is imported."""
     for env_name, (toml_keys, value) in PREFECT_DEFAULTS.items():
-        if not _set_by_user(env_name, toml_keys):
+        if not set_by_user(env_name, toml_keys):
             os.environ[env_name] = value
 
 
@@ -162,6 +130,13 @@ CONSOLE_LOG = _ConsoleLog(logging.WARNING)
 @app.callback()
 def _startup() -> None:
     prefect_defaults()
+    try:  # before Prefect is imported: the workspace's kept server, or its database (interfaces.local_server)
+        from interfaces.local_server import use_local_defaults
+
+        if settings().prefect_local_server:
+            use_local_defaults(workspace().data_root)
+    except Exception:  # bad settings are reported by the command that reads them
+        pass
     project = logging.getLogger("ai_influencer")
     if CONSOLE_LOG not in project.handlers:
         project.addHandler(CONSOLE_LOG)
@@ -207,10 +182,11 @@ def expected_errors() -> tuple[type[BaseException], ...]:
 
     from ai_influencer.openrouter.errors import OpenRouterError
     from ai_influencer.prompt_bank import PromptBankError
+    from interfaces.local_server import LocalServerError
 
     found: tuple[type[BaseException], ...] = (
         CliError, MissingApiKeyError, PromptBankError, OpenRouterError, ValueError, FileNotFoundError,
-        httpx.HTTPError,
+        httpx.HTTPError, LocalServerError,
     )  # fmt: skip
     if "prefect.exceptions" in sys.modules:
         found += (sys.modules["prefect.exceptions"].PrefectHTTPStatusError,)

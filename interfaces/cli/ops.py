@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +20,11 @@ blocks_app = typer.Typer(help="Prefect blocks (OpenRouter credentials).", no_arg
 app.add_typer(blocks_app, name="blocks", rich_help_panel=PANEL)
 stack_app = typer.Typer(help="Prefect server objects: work pools, limits, blocks.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack", rich_help_panel=PANEL)
+server_app = typer.Typer(
+    help="The workspace's local Prefect server (data/.prefect/), kept between runs when no PREFECT_API_URL is set.",
+    no_args_is_help=True,
+)
+app.add_typer(server_app, name="server", rich_help_panel=PANEL)
 
 
 @app.command(rich_help_panel=PANEL)
@@ -92,7 +98,12 @@ def _prefect_check() -> Check:
 
     url = get_current_settings().api.url
     if not url:
-        return Check("Prefect", "ok", "no PREFECT_API_URL: `influencer run` uses the embedded server (SQLite)")
+        local = (
+            "its local server (data/.prefect/, kept between runs)"
+            if settings().prefect_local_server
+            else ("a temporary server")
+        )
+        return Check("Prefect", "ok", f"no PREFECT_API_URL: `influencer run` and `influencer hub` start {local}")
     try:
         from flows.api import api_client
 
@@ -132,13 +143,25 @@ def doctor(
             raise typer.Exit(code=1)
 
 
+def _prefect_for_command() -> AbstractContextManager[object]:
+    """The workspace's kept Prefect server for a command that stores something in Prefect (the default install;
+    a configured PREFECT_API_URL as it is): what it stores is what `influencer run` and the hub find."""
+    from interfaces import local_server
+
+    try:
+        return local_server.for_command(workspace().data_root, settings().prefect_local_server)
+    except local_server.LocalServerError as exc:
+        raise CliError(str(exc)) from None
+
+
 @blocks_app.command("register")
 def blocks_register() -> None:
     """Register the OpenRouter Credentials block type on the Prefect server."""
     with friendly_errors():
         from blocks.openrouter import register_blocks
 
-        register_blocks()
+        with _prefect_for_command():
+            register_blocks()
         out.print("registered block type 'OpenRouter Credentials' (slug openrouter-credentials)")
 
 
@@ -157,8 +180,9 @@ def set_key(
             raise CliError("no key given on stdin/prompt")
         from blocks.openrouter import register_blocks, save_key
 
-        register_blocks()
-        save_key(key, name=block, base_url=base_url)
+        with _prefect_for_command():
+            register_blocks()
+            save_key(key, name=block, base_url=base_url)
         out.print(f"saved OpenRouter key to block 'openrouter-credentials/{block}' (…{key[-4:]})")
 
 
@@ -181,38 +205,39 @@ def stack_init(
         from blocks.openrouter import register_blocks
         from shared_limits.limits import ensure_limit
 
-        register_blocks()
-        per_s = rate_per_s or s.image_rate_per_s
-        rate = ensure_limit(s.image_rate_limit_name, rate_limit_capacity(per_s), per_s)
-        inflight = ensure_limit(s.image_inflight_limit_name, max_inflight or s.image_max_inflight)
-        out.print(
-            f"limit {s.image_rate_limit_name}: {rate[0]} ({rate[2]:g}/s); "
-            f"{s.image_inflight_limit_name}: {inflight[0]} ({inflight[1]} in flight)"
-        )
-        prefect = str(Path(sys.executable).with_name("prefect"))
-        for name, kind in ((docker_pool, "docker"), (process_pool, "process")):
-            with get_client(sync_client=True) as client:
-                try:
-                    pool = client.read_work_pool(name)
-                except ObjectNotFound:
-                    pool = None
-            if pool is not None:
-                # An operator may have tuned its job template, concurrency or paused it: never reset that.
-                note = f" (type differs: expected {kind})" if pool.type != kind else ""
-                paused = ", paused" if pool.is_paused else ""
-                out.print(f"work pool {name} ({pool.type}{paused}): exists, kept as is{note}")
-                continue
-            res = subprocess.run(
-                [prefect, "work-pool", "create", name, "--type", kind],
-                capture_output=True,
-                text=True,
-                check=False,
+        with _prefect_for_command():
+            register_blocks()
+            per_s = rate_per_s or s.image_rate_per_s
+            rate = ensure_limit(s.image_rate_limit_name, rate_limit_capacity(per_s), per_s)
+            inflight = ensure_limit(s.image_inflight_limit_name, max_inflight or s.image_max_inflight)
+            out.print(
+                f"limit {s.image_rate_limit_name}: {rate[0]} ({rate[2]:g}/s); "
+                f"{s.image_inflight_limit_name}: {inflight[0]} ({inflight[1]} in flight)"
             )
-            if res.returncode != 0:
-                raise CliError(
-                    f"creating work pool {name}: {(res.stderr.strip() or res.stdout.strip()).splitlines()[-1]}"
+            prefect = str(Path(sys.executable).with_name("prefect"))
+            for name, kind in ((docker_pool, "docker"), (process_pool, "process")):
+                with get_client(sync_client=True) as client:
+                    try:
+                        pool = client.read_work_pool(name)
+                    except ObjectNotFound:
+                        pool = None
+                if pool is not None:
+                    # An operator may have tuned its job template, concurrency or paused it: never reset that.
+                    note = f" (type differs: expected {kind})" if pool.type != kind else ""
+                    paused = ", paused" if pool.is_paused else ""
+                    out.print(f"work pool {name} ({pool.type}{paused}): exists, kept as is{note}")
+                    continue
+                res = subprocess.run(
+                    [prefect, "work-pool", "create", name, "--type", kind],
+                    capture_output=True,
+                    text=True,
+                    check=False,
                 )
-            out.print(f"work pool {name} ({kind}): created")
+                if res.returncode != 0:
+                    raise CliError(
+                        f"creating work pool {name}: {(res.stderr.strip() or res.stdout.strip()).splitlines()[-1]}"
+                    )
+                out.print(f"work pool {name} ({kind}): created")
 
 
 def compose_command() -> list[str]:
@@ -312,12 +337,33 @@ def hub(
             # Every /api and /files call needs a token; without a configured one, make one for this start.
             s = s.model_copy(update={"hub_token": SecretStr(secrets.token_urlsafe(18))})
             out.print(f"hub token for this run (set INFLUENCER_HUB_TOKEN to fix one): {s.hub_token.get_secret_value()}")
+        from interfaces import local_server
         from interfaces.hub.app import create_app
+        from interfaces.hub.guard import check_token
 
         h, p = host or s.hub_host, port or s.hub_port
-        hub_app = create_app(s, bind=h)  # refuses an empty token, or a short one on a non-loopback address
-        out.print(f"Control Hub on http://{h}:{p}/  (API docs: /docs)")
-        uvicorn.run(hub_app, host=h, port=p, log_level="info")
+        check_token(s, h)  # a token the hub must refuse is refused before any server starts
+        api_url, runner = None, None
+        local = s.prefect_local_server and not local_server.configured_api_url()
+        if local:  # the default install: the workspace's kept server
+            ws = workspace()
+            server, started = local_server.ensure(ws.data_root)
+            api_url = server.url
+            out.print(
+                f"Prefect server: {server.ui} ({'started' if started else 'running'}; runs started from the hub "
+                f"run here, as deployment hybrid/{local_server.LOCAL_DEPLOYMENT})",
+                highlight=False,
+            )
+        hub_app = create_app(s, prefect_api_url=api_url, bind=h)
+        if local:
+            runner = local_server.start_runner(api_url, local_server.folder(ws.data_root) / "runner.log")
+        out.print(f"Control Hub on http://{h}:{p}/  (API docs: /docs; review: /review)")
+        try:
+            uvicorn.run(hub_app, host=h, port=p, log_level="info")
+        finally:
+            if runner is not None:
+                runner.terminate()
+                runner.wait(30)
 
 
 @app.command(rich_help_panel=PANEL)
@@ -329,3 +375,70 @@ def gui() -> None:
         except ImportError as exc:  # python built without Tk
             raise CliError(f"Tk is not available in this Python ({exc}); install python3-tk") from None
         gui_main(settings())
+
+
+def _configured_note() -> str | None:
+    from interfaces import local_server
+
+    url = local_server.configured_api_url()
+    return f"PREFECT_API_URL is set ({url}): runs and the hub use that server, not the local one" if url else None
+
+
+@server_app.command("status")
+def server_status() -> None:
+    """Whether the local server runs: its URL (the Prefect UI), pid, database. Exit 1 when it does not run."""
+    from interfaces import local_server
+
+    with friendly_errors():
+        if note := _configured_note():
+            out.print(note, highlight=False)
+        ws = workspace()
+        found = local_server.running(ws.data_root)
+        if found is None:
+            stale = local_server.read_state(ws.data_root)
+            out.print(
+                "local Prefect server: not running"
+                + (f" (last started {stale.started_at}, pid {stale.pid})" if stale else "")
+                + "; `influencer run`, `influencer hub` or `influencer server start` start it",
+                highlight=False,
+            )
+            raise typer.Exit(code=1)
+        out.print(
+            f"local Prefect server: running at {found.ui} (API {found.url}), pid {found.pid}, "
+            f"since {found.started_at}; "
+            f"database {local_server.database_url(ws.data_root)}",
+            highlight=False,
+        )
+
+
+@server_app.command("start")
+def server_start() -> None:
+    """Start the local server now (detached; `influencer run` and `influencer hub` would start it anyway)."""
+    import time
+
+    from interfaces import local_server
+
+    with friendly_errors():
+        ws = workspace()
+        began = time.monotonic()
+        try:
+            found, started = local_server.ensure(ws.data_root)
+        except local_server.LocalServerError as exc:
+            raise CliError(str(exc)) from None
+        how = f"started in {time.monotonic() - began:.1f} s" if started else "already running"
+        out.print(f"local Prefect server: {found.ui} ({how}, pid {found.pid})", highlight=False)
+        if note := _configured_note():
+            out.print(note, highlight=False)
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the local server (runs recorded in it stay in data/.prefect/prefect.db)."""
+    from interfaces import local_server
+
+    with friendly_errors():
+        stopped = local_server.stop(workspace().data_root)
+        out.print(
+            f"local Prefect server stopped (pid {stopped.pid})" if stopped else "local Prefect server: not running",
+            highlight=False,
+        )

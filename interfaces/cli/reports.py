@@ -91,11 +91,14 @@ def _usd(v: float | None) -> str:
 @report_app.command("costs")
 def report_costs(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Spend (billed) beside the price lines' estimate, accepted images and cost per accepted image, per run
-    and per model."""
+    and per model; then the video clips per model (jobs paid, clips kept, spend, estimate, cost per clip)."""
+    from ai_influencer.usecases.video import cost_lines
+
     with friendly_errors():
         costs = _report().costs
+        video = cost_lines(workspace())
         if as_json:
-            out.print_json(data={k: [r.as_dict() for r in v] for k, v in costs.items()})
+            out.print_json(data={**{k: [r.as_dict() for r in v] for k, v in costs.items()}, "video": video})
             return
         for section in ("by_run", "by_model", "total"):
             table = Table(
@@ -106,6 +109,14 @@ def report_costs(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
                 table.add_row(
                     r.group, str(r.images), str(r.checked), str(r.accepted), _usd(r.spend_usd), _usd(r.estimate_usd),
                     _usd(r.cost_per_accepted_usd), str(r.unpriced),
+                )  # fmt: skip
+            out.print(table)
+        if video:
+            table = Table("video model", "jobs", "clips", "identity ok", "spend", "estimated", "per clip", "unpriced")
+            for v in video:
+                table.add_row(
+                    v["model"], str(v["jobs"]), str(v["clips"]), str(v["identity_passed"]), _usd(v["spend_usd"]),
+                    _usd(v["estimate_usd"]), _usd(v["cost_per_clip_usd"]), str(v["unpriced"]),
                 )  # fmt: skip
             out.print(table)
 

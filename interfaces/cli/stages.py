@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -16,7 +17,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ai_influencer import usecases
 from ai_influencer.options import AugmentOptions, GenerateOptions, PlanOptions, PrepareOptions, QCOptions
 from ai_influencer.options.fields import default_of, help_of
+from ai_influencer.options.video import VideoOptions
 from ai_influencer.settings import Settings
+from flows.params import HybridParams
 from interfaces.cli.base import (
     CONSOLE_LOG,
     EXIT_BUDGET,
@@ -116,8 +119,8 @@ def generate(
         float | None,
         typer.Option(
             min=0,
-            help="Most requests per second (default: settings.image_rate_per_s; 0: no ceiling). "
-            "Lowered automatically on 429s, then slowly raised again.",
+            help="Most requests per second (default and 0: no ceiling, --concurrency bounds the sends). "
+            "Lowered only while the provider limits our rate (OpenRouter's own 429s, or 429s that follow it).",
         ),
     ] = None,
     concurrency: Annotated[int, typer.Option(min=1, max=64, help="Requests in flight.")] = 4,
@@ -164,7 +167,7 @@ def generate(
         if not plan.todo and not dry_run:
             out.print(f"nothing to generate; manifest: {target / 'manifest.json'}")
             return
-        ceiling = 1.0 / sleep if sleep > 0 else (s.image_rate_per_s if rate is None else rate)
+        ceiling = 1.0 / sleep if sleep > 0 else rate  # no default ceiling: the release before AIMD had none
         stop = StopFlag()
         with client(s) as c:
             route = usecases.prepare_route(c, plan, estimate_usd=estimate_usd, check_key=not dry_run)
@@ -377,6 +380,22 @@ def run(
     skip: Annotated[list[str] | None, typer.Option(help=f"Stage to skip ({', '.join(STAGES)}); repeatable.")] = None,
     do_rembg: bool = option(PrepareOptions, "do_rembg", "--do-rembg/--no-rembg", "--do_rembg"),
     allow_multi_face: bool = option(PrepareOptions, "allow_multi_face", "--allow-multi-face"),
+    video: bool = option(
+        HybridParams,
+        "run_video",
+        "--video",
+        help="Also make a clip per storyboard shot after QC (paid; `influencer video`).",
+    ),
+    video_budget: float | None = option(
+        VideoOptions, "budget_usd", "--video-budget", help="No clip submit beyond this USD spend."
+    ),
+    review: bool = option(
+        HybridParams,
+        "review",
+        "--review",
+        help="After QC, pause until you have reviewed the images on the hub's /review page, then resume the "
+        "run (review page or Prefect UI): continue with your verdicts, or stop.",
+    ),
 ) -> None:
     """Run the hybrid Prefect flow in-process (local Prefect with SQLite; no server or Docker needed).
 
@@ -412,15 +431,18 @@ def run(
                 _check_openrouter(s, "env" if s.openrouter_api_key else "none", skipped, options)
         _check_run_inputs(s, bank, skipped, allow_multi_face=allow_multi_face)
 
-        from flows.params import GenerateParams, HybridParams, Paths, PrepareParams
+        from flows.params import GenerateParams, HybridParams, Paths, PrepareParams, VideoParams
 
         params = HybridParams(
             paths=Paths(data_root=str(s.data_root), prompt_bank=str(bank), models_root=str(s.models_root)),
             **{f"run_{stage}": stage not in skipped for stage in STAGES},
+            review=review,
             prepare=PrepareParams(do_rembg=do_rembg, allow_multi_face=allow_multi_face),
             generate=GenerateParams(
                 per_scene=per_scene, model=model or s.image_model, budget_usd=budget, n=n, seed=seed
             ),
+            run_video=video,
+            video=VideoParams(budget_usd=video_budget),
         )
         result = _run_hybrid(params, before_flow=before_flow)
         out.print_json(data=result.model_dump(mode="json", exclude_unset=True))
@@ -498,31 +520,54 @@ def _run_log(folder: Path) -> Iterator[Path]:
         project.addHandler(CONSOLE_LOG)
 
 
+def _prefect_server() -> AbstractContextManager[object]:
+    """The Prefect server this run records to: a configured ``PREFECT_API_URL`` as it is, else the workspace's
+    kept local server (``interfaces.local_server``: started on first use, reused after), so the run stays
+    visible in the hub and the Prefect UI once it ends; with ``prefect_local_server`` off, Prefect's
+    temporary server (gone with the run)."""
+    from interfaces import local_server
+
+    if local_server.configured_api_url():
+        return nullcontext()
+    if not settings().prefect_local_server:  # Prefect's temporary server, detached from the terminal
+        from prefect.settings import get_current_settings
+
+        from shared_limits.limits import durable_local_leases
+        from shared_limits.prefect_compat import start_embedded_server
+
+        # Started under the run's lease settings: the server keeps its leases on disk (it runs no repossessor),
+        # where the next run frees those of a killed one; started before them it kept them in its memory.
+        with durable_local_leases():
+            start_embedded_server(get_current_settings().server.ephemeral.startup_timeout_seconds)
+        return nullcontext()
+    began = time.monotonic()
+    server, started = local_server.ensure(workspace().data_root)
+    how = f"started in {time.monotonic() - began:.1f} s" if started else "running"
+    console.print(f"Prefect server: {server.ui} ({how}; `influencer server stop` stops it)", highlight=False)
+    return local_server.api_url_for_this_process(server.url)
+
+
 def _run_hybrid(params: object, before_flow: Callable[[], None] | None = None) -> HybridSummary:
-    """The hybrid flow on the embedded server (started detached, see prefect_compat), signals handled.
+    """The hybrid flow on the workspace's local Prefect server (or the configured one), signals handled.
 
     ``before_flow`` runs once the server is up, before the flow (checks that need Prefect). Expected
     failures end in one line naming the run's log file, which keeps the details and any traceback.
     """
 
     def terminated(sig: int, _frame: object) -> None:
-        # Reached after the generate flow drained and Prefect ended the run: exit through Python,
-        # so atexit stops the embedded server instead of leaving it behind.
+        # Reached after the generate flow drained and Prefect ended the run: exit through Python (the
+        # run log is closed, the run's final state recorded; the kept server stays, a temporary one stops).
         raise SystemExit(128 + sig)
 
     signal.signal(signal.SIGTERM, terminated)
-    from prefect.settings import get_current_settings
-
     from shared_limits.limits import durable_local_leases
 
     with _run_log(workspace().data_root / "logs") as log_file:
         console.print(f"run log: {log_file}", highlight=False)
         try:
-            with durable_local_leases():
+            with _prefect_server(), durable_local_leases():
                 from flows.hybrid import hybrid_flow
-                from shared_limits.prefect_compat import start_embedded_server
 
-                start_embedded_server(get_current_settings().server.ephemeral.startup_timeout_seconds)
                 if before_flow is not None:
                     before_flow()
                 return hybrid_flow(params)

@@ -32,9 +32,10 @@ from ai_influencer.dataset.manifest import MANIFEST_NAME
 from ai_influencer.dataset.workspace import KOHYA_SUBDIR, Workspace
 from ai_influencer.options import GenerateOptions, QCOptions
 from ai_influencer.options.fields import bounds_of, default_of
+from ai_influencer.options.video import VideoOptions
 from ai_influencer.settings import Settings
 
-STAGES = ("prepare", "plan", "generate", "qc", "augment", "train", "run")
+STAGES = ("prepare", "plan", "generate", "qc", "augment", "train", "video", "run")
 LABELS = {
     "prepare": "1. Prepare",
     "plan": "2. Plan",
@@ -42,6 +43,7 @@ LABELS = {
     "qc": "4. QC",
     "augment": "5. Augment",
     "train": "6. Train LoRA",
+    "video": "Video clips",
     "run": "Whole pipeline",
 }
 
@@ -64,6 +66,7 @@ class FormValues:
     api_key: str = ""
     base_url: str = ""
     n: str = str(default_of(GenerateOptions, "n"))  # images per request (Image API)
+    video_model: str = default_of(VideoOptions, "model")
 
 
 def stage_command(stage: str, v: FormValues, exe: str | None = None) -> list[str]:
@@ -77,13 +80,17 @@ def stage_command(stage: str, v: FormValues, exe: str | None = None) -> list[str
         return [cli, "generate", "--prompt_bank", v.prompt_bank, "--model", v.image_model, "--out", v.synth,
                 "--per_scene", v.per_scene, "--n", v.n, "--ref", v.cleaned]  # fmt: skip
     if stage == "qc":
+        # A threshold left empty is not passed: QC then uses this persona's calibration, else its default.
+        given = [(flag, value.strip()) for flag, value in (("--minsim", v.minsim), ("--minblur", v.minblur))]
         return [cli, "qc", "--ref", v.cleaned, "--cand", v.synth, "--out", v.qc_passed,
-                "--minsim", v.minsim, "--minblur", v.minblur]  # fmt: skip
+                *(part for flag, value in given if value for part in (flag, value))]  # fmt: skip
     if stage == "augment":
         return [cli, "augment", "--in", v.qc_passed, "--out", v.augment, "--captions", v.captions,
                 "--meta", str(Path(v.synth) / MANIFEST_NAME), "--prompt_bank", v.prompt_bank]  # fmt: skip
     if stage == "train":
         return [cli, "train", "--dataset", str(Path(v.augment) / KOHYA_SUBDIR)]
+    if stage == "video":  # one clip per storyboard shot; prices are printed before anything is submitted
+        return [cli, "video", "--model", v.video_model, "--prompt_bank", v.prompt_bank]
     if stage == "run":
         return [cli, "run", "--prompt_bank", v.prompt_bank, "--per_scene", v.per_scene, "--n", v.n,
                 "--model", v.image_model]  # fmt: skip
@@ -107,9 +114,12 @@ def field_spinbox(parent: tk.Misc, model: type[BaseModel], name: str, var: Var) 
     )  # fmt: skip
 
 
-def field_entry(parent: tk.Misc, model: type[BaseModel], name: str, var: Var) -> Any:
-    """An entry for an options model's field, filled with its default."""
-    return ttk.Entry(parent, textvariable=var(name, _shown(default_of(model, name))), width=8)
+def field_entry(
+    parent: tk.Misc, model: type[BaseModel], name: str, var: Var, *, width: int = 8, empty: bool = False
+) -> Any:
+    """An entry for an options model's field, filled with its default (``empty``: left empty, for a field whose
+    absence means something else, e.g. QC's thresholds: the persona's calibration)."""
+    return ttk.Entry(parent, textvariable=var(name, "" if empty else _shown(default_of(model, name))), width=width)
 
 
 class ProcessRunner:
@@ -220,14 +230,21 @@ class DesktopApp:
         field_spinbox(api, GenerateOptions, "per_scene", var).grid(row=3, column=1, sticky="w")
         ttk.Label(api, text="Images per request").grid(row=4, column=0, sticky="w")
         field_spinbox(api, GenerateOptions, "n", var).grid(row=4, column=1, sticky="w")
+        ttk.Label(api, text="Video model").grid(row=5, column=0, sticky="w")
+        field_entry(api, VideoOptions, "model", var, width=50).grid(row=5, column=1, sticky="w")
         var("base_url", s.openrouter_base_url)
 
         qc = ttk.LabelFrame(root, text="QC thresholds")
         qc.pack(fill="x", padx=8, pady=4)
         ttk.Label(qc, text="min identity (--minsim)").grid(row=0, column=0)
-        field_entry(qc, QCOptions, "minsim", var).grid(row=0, column=1)
+        # Left empty: QC uses this persona's calibration, else the option's default (said beside them).
+        field_entry(qc, QCOptions, "minsim", var, empty=True).grid(row=0, column=1)
         ttk.Label(qc, text="min sharpness (--minblur)").grid(row=0, column=2)
-        field_entry(qc, QCOptions, "minblur", var).grid(row=0, column=3)
+        field_entry(qc, QCOptions, "minblur", var, empty=True).grid(row=0, column=3)
+        fallback = f"{_shown(default_of(QCOptions, 'minsim'))} / {_shown(default_of(QCOptions, 'minblur'))}"
+        ttk.Label(qc, text=f"empty: this persona's calibration (influencer qc calibrate), else {fallback}").grid(
+            row=0, column=4, padx=(8, 0)
+        )
 
         buttons = ttk.Frame(root)
         buttons.pack(fill="x", padx=8, pady=6)

@@ -1,9 +1,11 @@
 """The Control Hub: a FastAPI app over the real pipeline (the manual's webapp/main.py, hardened).
 
 No pipeline logic lives here: models and generation go through the one OpenRouter client
-(``routes.openrouter``), insights through ``ai_influencer.insights`` (``routes.insights``), runs
+(``routes.openrouter``), clips through the video stage's ledger (``routes.video``), insights through
+``ai_influencer.insights`` (``routes.insights``), runs
 through Prefect's REST API and the dataset view over the files the stages wrote
-(``routes.pipeline``).
+(``routes.pipeline``), the review of QC's verdicts and the calibration through ``ai_influencer.review``
+(``routes.review``).
 
 Security (``guard``): every path except the page shells, /static and the API docs needs the hub
 token, reads included (the dataset, run list and thumbnails are the user's data, and
@@ -11,7 +13,8 @@ token, reads included (the dataset, run list and thumbnails are the user's data,
 sends it as ``Authorization: Bearer`` (or ``X-Hub-Token``); the pages also get an HttpOnly,
 SameSite=Strict cookie from ``POST /api/session`` so that ``<img>`` tags and links work.
 State-changing calls (POST) accept the header only, never the cookie, so another site cannot make
-a browser spend money. Every body is bounded while it streams (the upload limit for the multipart
+a browser spend money. OpenRouter's video webhook is the one route without it: its HMAC signature is
+checked instead (``routes.video``). Every body is bounded while it streams (the upload limit for the multipart
 route, a smaller JSON limit elsewhere); error answers quote at most a short excerpt of the input
 (``errors``). Files are served only from inside the data root. ``create_app`` refuses an empty
 token, and a short one on an address other machines reach.
@@ -30,10 +33,10 @@ from ai_influencer.settings import Settings
 from interfaces.hub import errors
 from interfaces.hub.context import HubContext
 from interfaces.hub.guard import BodyLimit, BodyLimits, TokenGuard, check_token
-from interfaces.hub.routes import insights, openrouter, options, pipeline
+from interfaces.hub.routes import insights, openrouter, options, pipeline, review, video
 
 STATIC = Path(__file__).with_name("static")
-PAGES = {"/": "index.html", "/influencer": "influencer.html", "/pipeline": "pipeline.html"}
+PAGES = {"/": "index.html", "/influencer": "influencer.html", "/pipeline": "pipeline.html", "/review": "review.html"}
 
 
 def create_app(
@@ -71,7 +74,8 @@ def create_app(
             raise HTTPException(404)
         return FileResponse(path)
 
-    for module in (openrouter, insights, pipeline, options):
+    app.include_router(video.webhook_router)
+    for module in (video, openrouter, insights, pipeline, review, options):  # video first: its /api/generate/video
         app.include_router(module.router)
     errors.install(app)
     # The last middleware added runs first: the token, then the body limit (uploads: the insights router).
@@ -79,6 +83,7 @@ def create_app(
     uploads = {route.path: upload for route in insights.router.routes if isinstance(route, APIRoute)}
     app.add_middleware(BodyLimits, default=BodyLimit(ctx.max_json, "INFLUENCER_HUB_MAX_JSON_MB"), by_path=uploads)
     docs = {app.docs_url, app.redoc_url, app.openapi_url, app.swagger_ui_oauth2_redirect_url}
-    open_paths = frozenset({*PAGES, options.OPTIONS_PATH, *(d for d in docs if d)})
+    # The webhook carries no hub token (OpenRouter cannot send one): its HMAC signature is checked instead.
+    open_paths = frozenset({*PAGES, options.OPTIONS_PATH, *(d for d in docs if d), video.WEBHOOK_PATH})
     app.add_middleware(TokenGuard, token=token, open_paths=open_paths, open_prefixes=("/static/",))
     return app

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fastapi import HTTPException, Request
 from fastapi.security import HTTPBearer
+from pydantic import SecretStr
 
 from ai_influencer.dataset.workspace import Workspace
 from ai_influencer.openrouter import OpenRouterClient
@@ -31,6 +32,7 @@ class HubContext:
     client: OpenRouterClient | None = None
     prefect_api_url: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _webhook_secret: tuple[SecretStr | None] | None = field(default=None, repr=False)
 
     @property
     def workspace(self) -> Workspace:
@@ -59,6 +61,15 @@ class HubContext:
                 except MissingApiKeyError as exc:
                     raise HTTPException(503, detail=str(exc)) from None
             return self.client
+
+    def webhook_secret(self) -> SecretStr | None:
+        """The video webhook signing secret (setting, else Prefect Secret block), looked up once."""
+        with self._lock:
+            if self._webhook_secret is None:
+                from blocks.video import resolve_webhook_secret
+
+                self._webhook_secret = (resolve_webhook_secret(self.settings),)
+            return self._webhook_secret[0]
 
     def inside_data(self, relative: str) -> Path:
         """``relative`` under the data root, or 400 (unusable path) / 403 (outside the root)."""

@@ -355,6 +355,9 @@ class StubOpenRouter:
         latency_paths: tuple[str, ...] | None = None,
         rps_limit: float | None = None,
         retry_after: str = "1",
+        limit_headers: bool = False,
+        upstream_429: float = 0.0,
+        upstream_retry_after: str | None = None,
         image_mix: dict[str, float] | None = None,
         image_size: int = 512,
         image_cost: float = 0.039,
@@ -378,6 +381,15 @@ class StubOpenRouter:
         self.latency_paths = latency_paths
         self.rps_limit = rps_limit
         self.retry_after = retry_after
+        # How OpenRouter itself answers its own limits (``rps_limit``, ``rate_limit_burst``): with
+        # X-RateLimit-Limit/Remaining/Reset headers. False: the bare 429 + Retry-After of older tests.
+        self.limit_headers = limit_headers
+        # An upstream provider that is busy, whatever our rate: this share of image requests is answered
+        # 429 with no X-RateLimit-* headers, and Retry-After only when ``upstream_retry_after`` is set
+        # (OpenRouter passes one on only when every provider it tried gave a hint).
+        self.upstream_429 = upstream_429
+        self.upstream_retry_after = upstream_retry_after
+        self._upstream_rng = random.Random(seed)
         self.image_mix = image_mix or {"persona": 0.7, "other": 0.15, "blurred": 0.15}
         self.image_cost = image_cost
         self.text_cost = text_cost
@@ -528,6 +540,25 @@ class StubOpenRouter:
             self._admitted.append(now)
             return False
 
+    def _upstream_busy(self) -> bool:
+        with self._lock:
+            return self._upstream_rng.random() < self.upstream_429
+
+    def _own_limit_headers(self, now: float) -> dict[str, str]:
+        """Headers of a 429 for one of our own limits: Retry-After, and OpenRouter's X-RateLimit-* set
+        (Reset in epoch milliseconds: when the oldest request of the window leaves it)."""
+        hdrs = {"Retry_After": self.retry_after}
+        if self.limit_headers:
+            with self._lock:
+                oldest = self._admitted[0] if self._admitted else now
+            frees = max(self._limited_until, oldest + 1.0) - now
+            hdrs.update(
+                X_RateLimit_Limit=str(int(self.rps_limit or 0)),
+                X_RateLimit_Remaining="0",
+                X_RateLimit_Reset=str(int((time.time() + max(0.0, frees)) * 1000)),
+            )
+        return hdrs
+
     def _handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
         now = time.monotonic()
         path = h.path.split("?", 1)[0]
@@ -582,8 +613,13 @@ class StubOpenRouter:
         public = path == "/api/v1/models" or path.startswith("/api/v1/images/models")
         if not rec.authorization_ok and not public:
             return error(401, "No auth credentials found" if not auth else "User not found.")
-        if now < self._limited_until or self._rate_limited(now):
-            return error(429, "Rate limit exceeded", Retry_After=self.retry_after)
+        # The free public listings (models, Image API endpoints) are not counted against ``rps_limit``: a
+        # provider's limit never sees them, and counting them took a run's first second under the limit.
+        if now < self._limited_until or (not public and self._rate_limited(now)):
+            return error(429, "Rate limit exceeded", **self._own_limit_headers(now))
+        if self.upstream_429 and method == "POST" and path.endswith(IMAGE_CALLS) and self._upstream_busy():
+            hint = {"Retry_After": self.upstream_retry_after} if self.upstream_retry_after is not None else {}
+            return error(429, "Provider returned error", {"provider_name": "stub-upstream", "raw": "busy"}, **hint)
         if self.latency and (self.latency_paths is None or path.endswith(self.latency_paths)):
             time.sleep(self.latency)
         fault = self._take_fault(path)

@@ -1,4 +1,4 @@
-"""/api/models and /api/generate/{text,image,video}: OpenRouter through the hub's key."""
+"""/api/models and /api/generate/{text,image}: OpenRouter through the hub's key (video: ``routes.video``)."""
 
 from __future__ import annotations
 
@@ -120,10 +120,8 @@ def _failure(kind: str, model: str, status: int, code: str, message: str) -> JSO
 
 
 @router.post("/api/generate/{kind}", response_model=GenerateResponse)
-def generate(kind: Literal["text", "image", "video"], req: GenerateRequest, ctx: HubContext = Depends(hub)) -> Any:
-    if kind == "video":
-        message = "video generation is not supported: OpenRouter's API has no video output for this provider/model"
-        return _failure(kind, req.model, 501, "not_supported", message)
+def generate(kind: Literal["text", "image"], req: GenerateRequest, ctx: HubContext = Depends(hub)) -> Any:
+    # /api/generate/video is routes.video (the Video API's asynchronous jobs), registered before this route.
     try:
         if kind == "text":
             messages = [{"role": "system", "content": req.system}] if req.system else []

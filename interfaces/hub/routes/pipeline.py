@@ -15,7 +15,7 @@ from interfaces.hub.context import HubContext, hub, token_scheme
 from interfaces.hub.guard import COOKIE, sent_token
 
 router = APIRouter(dependencies=[Depends(token_scheme)])
-SERVABLE = {*IMAGE_SUFFIXES, ".gif", ".csv", ".json", ".txt"}
+SERVABLE = {*IMAGE_SUFFIXES, ".gif", ".csv", ".json", ".txt", ".mp4"}
 
 
 class RunRequest(BaseModel):
@@ -23,7 +23,9 @@ class RunRequest(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 
-def _prefect(ctx: HubContext) -> Any:
+def prefect_client(ctx: HubContext) -> Any:
+    """An httpx client for the hub's Prefect server; 503 when there is none (a hub created without one and no
+    PREFECT_API_URL: ``influencer hub`` passes the workspace's local server)."""
     from flows.api import api_client
 
     try:
@@ -38,7 +40,7 @@ def run_pipeline(req: RunRequest, ctx: HubContext = Depends(hub)) -> dict[str, A
     from flows.api import trigger_deployment
 
     deployment = req.deployment or ctx.settings.hub_deployment
-    with _prefect(ctx) as c:
+    with prefect_client(ctx) as c:
         try:
             run = trigger_deployment(c, deployment, req.parameters)
         except LookupError as exc:
@@ -53,7 +55,7 @@ def run_pipeline(req: RunRequest, ctx: HubContext = Depends(hub)) -> dict[str, A
 @router.get("/api/runs", tags=["pipeline"])
 def runs(limit: int = Query(default=20, ge=1, le=200), ctx: HubContext = Depends(hub)) -> dict[str, Any]:
     """Recent flow runs and their states, newest first."""
-    with _prefect(ctx) as c:
+    with prefect_client(ctx) as c:
         try:
             found = c.post("/flow_runs/filter", json={"limit": limit, "sort": "EXPECTED_START_TIME_DESC"})
             found.raise_for_status()
@@ -109,7 +111,7 @@ def dataset(folder: str = "synth_openrouter", ctx: HubContext = Depends(hub)) ->
 
 @router.get("/files/{relative:path}", tags=["pipeline"])
 def files(relative: str, ctx: HubContext = Depends(hub)) -> FileResponse:
-    """A file under the data root (images, CSV, JSON, captions only)."""
+    """A file under the data root (images, clips, CSV, JSON, captions only)."""
     path = ctx.inside_data(relative)
     if not path.is_file() or path.suffix.lower() not in SERVABLE:
         raise HTTPException(404, detail="no such file")

@@ -34,7 +34,7 @@ const Hub = {
   // One navigation bar for every page, with the token box the page scripts read.
   renderNav() {
     const nav = document.getElementById("nav");
-    for (const [href, label] of [["/", "Generate"], ["/influencer", "Insights"], ["/pipeline", "Pipeline"], ["/docs", "API"]])
+    for (const [href, label] of [["/", "Generate"], ["/influencer", "Insights"], ["/pipeline", "Pipeline"], ["/review", "Review"], ["/docs", "API"]])
       nav.appendChild(Hub.el("a", { href }, label));
     const label = Hub.el("label", {}, "hub token ");
     label.appendChild(Hub.el("input", { id: "token", type: "password", size: "24", autocomplete: "off" }));
