@@ -100,10 +100,6 @@ class VideoOptions(BaseModel):
 VIDEO_DEFAULTS = VideoOptions()
 
 
-def video_option_help(name: str) -> str:
-    return VideoOptions.model_fields[name].description or ""
-
-
 def video_options(**values: Any) -> VideoOptions:
     """``VideoOptions`` from user input; a bad value is one ``ValueError`` line naming the option and value."""
     try:

@@ -115,11 +115,20 @@ def field_spinbox(parent: tk.Misc, model: type[BaseModel], name: str, var: Var) 
 
 
 def field_entry(
-    parent: tk.Misc, model: type[BaseModel], name: str, var: Var, *, width: int = 8, empty: bool = False
+    parent: tk.Misc,
+    model: type[BaseModel],
+    name: str,
+    var: Var,
+    *,
+    key: str | None = None,
+    width: int = 8,
+    empty: bool = False,
 ) -> Any:
-    """An entry for an options model's field, filled with its default (``empty``: left empty, for a field whose
-    absence means something else, e.g. QC's thresholds: the persona's calibration)."""
-    return ttk.Entry(parent, textvariable=var(name, "" if empty else _shown(default_of(model, name))), width=width)
+    """An entry for an options model's field, filled with its default. ``key``: the form's name for it where
+    two stages share a field name (``video_model``); ``empty``: left empty, for a field whose absence means
+    something else (QC's thresholds: the persona's calibration)."""
+    value = "" if empty else _shown(default_of(model, name))
+    return ttk.Entry(parent, textvariable=var(key or name, value), width=width)
 
 
 class ProcessRunner:
@@ -231,7 +240,7 @@ class DesktopApp:
         ttk.Label(api, text="Images per request").grid(row=4, column=0, sticky="w")
         field_spinbox(api, GenerateOptions, "n", var).grid(row=4, column=1, sticky="w")
         ttk.Label(api, text="Video model").grid(row=5, column=0, sticky="w")
-        field_entry(api, VideoOptions, "model", var, width=50).grid(row=5, column=1, sticky="w")
+        field_entry(api, VideoOptions, "model", var, key="video_model", width=50).grid(row=5, column=1, sticky="w")
         var("base_url", s.openrouter_base_url)
 
         qc = ttk.LabelFrame(root, text="QC thresholds")
