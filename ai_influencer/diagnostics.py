@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ai_influencer.dataset.workspace import Workspace
+from ai_influencer.options.prepare import PREPARE_DEFAULTS
 from ai_influencer.settings import Settings
 
 if TYPE_CHECKING:
-    from ai_influencer.image_options import ImageOptions
+    from ai_influencer.options.images import ImageOptions
     from ai_influencer.prompt_bank import Persona
 
 MIN_FREE_GB = 5.0
@@ -45,7 +46,11 @@ def check_workspace(ws: Workspace) -> list[Check]:
 
 
 def check_reference_photos(
-    settings: Settings, folder: Path, *, allow_multi_face: bool = False, backend: str | None = None
+    settings: Settings,
+    folder: Path,
+    *,
+    allow_multi_face: bool = PREPARE_DEFAULTS.allow_multi_face,
+    backend: str | None = None,
 ) -> Check:
     """Each photo decoded and its faces counted with the run's face engine: what ``prepare`` will use.
 

@@ -238,7 +238,7 @@ def compose_prompt(bank: PromptBank, scene: Option, lighting: Option, pose: Opti
     return ", ".join(s.strip() for s in parts if s and s.strip())
 
 
-def compose_prompts(bank: PromptBank, per_scene: int, seed: int = 0) -> list[PromptSpec]:
+def compose_prompts(bank: PromptBank, per_scene: int, seed: int) -> list[PromptSpec]:
     """``per_scene`` prompts for every scene, reproducible for a given ``seed``."""
     if per_scene < 1:
         raise ValueError("per_scene must be >= 1")

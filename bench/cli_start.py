@@ -1,7 +1,7 @@
 """How long the ``influencer`` command takes to answer: ``--help``, a no-op ``generate``, and how fast
 ``influencer run`` fails on a wrong key, an unreachable base URL and no key.
 
-    .venv/bin/python bench/cli_start.py [--checkout PATH ...] [--repeat 5] [--cases help,generate-noop,...]
+    .venv/bin/python -m bench.cli_start [--checkout PATH ...] [--repeat 5] [--cases help,generate-noop,...]
 
 Each checkout's code is run as ``python -m interfaces.cli`` with ``PYTHONPATH=<checkout>`` by this
 interpreter (same dependencies, only the project's code differs); the default is this checkout. To
@@ -26,11 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tests.support.assets import face
+from tests.support.openrouter_stub import StubOpenRouter
 
-from tests.support.assets import face  # noqa: E402
-from tests.support.openrouter_stub import StubOpenRouter  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 KEY = "sk-or-bench"
 SKIP_AFTER_GENERATE = ("--skip", "qc", "--skip", "augment", "--skip", "train", "--skip", "evaluate")

@@ -1,9 +1,9 @@
 """Image generation throughput against the stub: Prefect fan-out vs the manual's sequential loop,
 and several workers sharing one provider limit.
 
-    .venv/bin/python bench/generate.py [--images 300] [--latency 2] [--rate 10]
-    .venv/bin/python bench/generate.py --workers 1,2,4 [--images 240]
-    .venv/bin/python bench/generate.py --n 1,4 [--requests 120] [--latency 2] [--rate 10]
+    .venv/bin/python -m bench.generate [--images 300] [--latency 2] [--rate 10]
+    .venv/bin/python -m bench.generate --workers 1,2,4 [--images 240]
+    .venv/bin/python -m bench.generate --n 1,4 [--requests 120] [--latency 2] [--rate 10]
 
 ``--n``: images per request on the Image API (``POST /images`` with ``n``). For each n, the generate
 flow sends the same number of requests (``--requests``) for n images each, against the stub's hard
@@ -38,17 +38,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
 
-from ai_influencer.generation import build_requests, generate_one
+from ai_influencer.generation.engine import build_requests, generate_one
 from ai_influencer.openrouter import OpenRouterClient
 from ai_influencer.openrouter.capabilities import resolve_route
 from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
@@ -125,8 +123,8 @@ def fanout(n: int, latency: float, rate: float, inflight: int) -> tuple[int, flo
         result = generate_flow(params, Paths(data_root=data, prompt_bank=str(ROOT / "prompt_bank" / "default.yaml")))
         elapsed = time.perf_counter() - start
         return (
-            result["generated"],
-            result["generated"] / elapsed,
+            result.generated,
+            result.generated / elapsed,
             steady_rate(stub),
             stub.max_requests_in_window(1.0),
             sum(r.status == 429 for r in stub.requests),
@@ -164,11 +162,11 @@ def per_request(n: int, requests: int, latency: float, rate: float, inflight: in
     return {
         "n": n,
         "requests": len(ok),
-        "images": result["generated"],
+        "images": result.generated,
         # between the first and the last admitted request: what the pacing sustains, fixed costs apart
         "steady_img_s": sum(images for _, images in ok[:-1]) / span,
         "steady_req_s": (len(ok) - 1) / span,
-        "e2e_img_s": result["generated"] / elapsed,
+        "e2e_img_s": result.generated / elapsed,
         "peak": stub.max_requests_in_window(1.0, paths=IMAGE_PATH),
         "throttled": sum(r.status == 429 for r in stub.requests),
     }

@@ -1,7 +1,7 @@
 """Identity QC calibration on real photos: ROC per backend, the defaults' operating points, sharpness, and
 a simulation of the held-out protocol before/after the current decision rule.
 
-    .venv/bin/python bench/identity.py [--workers 2] [--calibration-only]
+    .venv/bin/python -m bench.identity [--workers 2] [--calibration-only]
 
 Data: tests/assets/faces-calibration (27 real photos, 11 people + 3 group photos; labels.csv and faces.csv)
 plus, unless --calibration-only, three older test photos (obama3.jpg, t1.jpg with six people, Tom Hanks).
@@ -19,7 +19,7 @@ Pairs of files that show one photograph (faces.csv ``picture``) never count as s
    0.4 % and a 1 % blurred copy, an exact copy and a half-size JPEG q80 copy. Precision, recall (persona
    pictures accepted in some copy), blurred copies rejected, duplicates caught, and how often a degraded
    copy was kept over its original: "before" = the rule on main 6400e76 (re-implemented here from the same
-   measurements), "after" = ``ai_influencer.vision.qc.decide``.
+   measurements), "after" = ``ai_influencer.qc.stage.decide``.
 
 The embeddings, score mappings, ROC statistics, the "before" rule and the scoring of one persona run are in
 ``bench/identity_protocol.py``; this file prints the tables.
@@ -30,18 +30,17 @@ from __future__ import annotations
 import argparse
 import itertools
 import shutil
-import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from ai_influencer.qc.analysis import Analysis, EngineSpec
+from ai_influencer.qc.decision import QCThresholds, decide
+from ai_influencer.qc.pool import analyze_many
 from ai_influencer.settings import Settings
 from ai_influencer.vision.faces import create_face_engine, insightface_pack_dir, scorer_for
-from ai_influencer.vision.qc import Analysis, EngineSpec, QCThresholds, analyze_many, decide
 from ai_influencer.vision.quality import SIGMA_AT_80
 from bench.identity_protocol import (
     FaceRec,

@@ -14,6 +14,8 @@ import cv2
 import imagehash
 import numpy as np
 
+from ai_influencer.imaging import load_rgb
+from ai_influencer.qc.analysis import Analysis
 from ai_influencer.vision.faces import (
     DLIB_SAME_PERSON_DISTANCE,
     INSIGHTFACE_SAME_PERSON_COSINE,
@@ -21,8 +23,6 @@ from ai_influencer.vision.faces import (
     FaceEngine,
     scorer_for,
 )
-from ai_influencer.vision.image_io import load_rgb
-from ai_influencer.vision.qc import Analysis
 from tests.support.calibration import LabelledPhoto, Variant
 
 OLD_DLIB_SCALE = 0.9  # main 6400e76: score = 1 - d / 0.9

@@ -1,12 +1,12 @@
 """What the kept local Prefect server costs and saves: `influencer run` start-up, temporary vs kept server.
 
-    .venv/bin/python bench/local_server.py [--runs 3]
+    .venv/bin/python -m bench.local_server [--runs 3]
 
 `influencer run` with every stage skipped (the preflight, Prefect's start, an empty hybrid flow, the run
 log), each in a fresh workspace and Prefect home, run ``--runs`` times in a row:
 
 * temporary: ``INFLUENCER_PREFECT_LOCAL_SERVER=false``, Prefect's temporary server per run (the old default:
-  started detached by ``tasks.prefect_compat.start_embedded_server``, gone with the run);
+  started detached by ``shared_limits.prefect_compat.start_embedded_server``, gone with the run);
 * kept: the default, the workspace's ``prefect server start`` (interfaces/local_server.py): the first run
   starts it, the later ones reuse it.
 
@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 INFLUENCER = str(Path(sys.executable).with_name("influencer"))
 SKIP_ALL = [f"--skip={s}" for s in ("prepare", "plan", "generate", "qc", "augment", "train", "evaluate")]
 

@@ -1,6 +1,6 @@
 """What Prefect costs: the hybrid flow vs the same domain calls without Prefect, on ~200 images.
 
-    .venv/bin/python bench/overhead.py [--db sqlite|postgres|both] [--qc streamed|batch|both] [--images 200]
+    .venv/bin/python -m bench.overhead [--db sqlite|postgres|both] [--qc streamed|batch|both] [--images 200]
                                        [--latency 2] [--rate 10] [--inflight 32]
 
 Both sides start from the same two reference photos and talk to their own stub
@@ -37,23 +37,25 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
 
 from ai_influencer.adaptive_pacing import AdaptiveRate
 from ai_influencer.analytics.report import cost_report, drift_report, join
 from ai_influencer.dataset.augment import augment_and_caption
-from ai_influencer.generation import build_requests, generate_batch, iter_reference_images
+from ai_influencer.generation.engine import build_requests, generate_batch, iter_reference_images
 from ai_influencer.openrouter import OpenRouterClient
+from ai_influencer.options.augment import AUGMENT_DEFAULTS
 from ai_influencer.pacing import SEND_SAFETY
 from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
+from ai_influencer.qc.analysis import EngineSpec
+from ai_influencer.qc.decision import QCThresholds
+from ai_influencer.qc.stage import run_qc
+from ai_influencer.qc.stream import StreamingQC
 from ai_influencer.settings import Settings
 from ai_influencer.storyboard import plan_storyboard, write_storyboard
 from ai_influencer.vision.faces import create_face_engine
 from ai_influencer.vision.prepare import prepare_references
-from ai_influencer.vision.qc import EngineSpec, QCThresholds, run_qc
-from ai_influencer.vision.qc_stream import StreamingQC
 from tests.support.assets import face
 from tests.support.openrouter_stub import StubOpenRouter
 
@@ -82,7 +84,7 @@ def bare(
     times: dict[str, float] = {}
     t = time.perf_counter()
     engine = create_face_engine("auto", insightface_root=s.insightface_root, providers=s.onnx_providers)
-    prepare_references(data / "input_raw", data / "cleaned", engine=engine, remover=None, do_facecrop=True)
+    prepare_references(data / "input_raw", data / "cleaned", engine=engine, remover=None)  # the stage's defaults
     times["prepare"] = time.perf_counter() - t
     with OpenRouterClient(KEY, base_url=stub.base_url) as client:
         t = time.perf_counter()
@@ -126,7 +128,7 @@ def bare(
                 times["qc"] = opened + time.perf_counter() - t
     if stream is None:
         t = time.perf_counter()
-        run_qc(data / "cleaned", data / "synth_openrouter", data / "qc_passed", spec=spec, minsim=0.34, minblur=80)
+        run_qc(data / "cleaned", data / "synth_openrouter", data / "qc_passed", spec=spec)  # the default thresholds
         times["qc"] = time.perf_counter() - t
     t = time.perf_counter()
     items, _ = join(data / "synth_openrouter", data / "qc_passed" / "qc_report.csv")
@@ -139,11 +141,8 @@ def bare(
         data / "augment",
         data / "captions",
         manifest=data / "synth_openrouter" / "manifest.json",
-        num_aug=1,
-        seed=137,
-        size=1024,
         bank=bank,
-        kohya_repeats=10,
+        kohya_repeats=AUGMENT_DEFAULTS.kohya_repeats,  # num_aug, seed and size: the stage's defaults, as the flow's
     )
     times["augment"] = time.perf_counter() - t
     return times
@@ -177,7 +176,7 @@ def with_prefect(
     t = time.perf_counter()
     result = hybrid_flow(params)
     wall = time.perf_counter() - t
-    assert result["generate"]["failed"] == 0, result["generate"]
+    assert result.generate is not None and result.generate.failed == 0, result.generate
     stages: dict[str, float] = {}
     with get_client(sync_client=True) as client:
         names = {f.id: f.name for f in client.read_flows()}
@@ -234,9 +233,9 @@ def prefect_side(db: str, args: argparse.Namespace, per_scene: int, streamed: bo
 
 def run_side(db: str, args: argparse.Namespace, qc: str) -> tuple[float, dict[str, float]]:
     """One Prefect side in a child process (see prefect_side); its output is kept for when it fails."""
-    argv = [sys.executable, __file__, "--side", db, "--qc", qc, "--images", str(args.images), "--latency",
-            str(args.latency), "--rate", str(args.rate), "--inflight", str(args.inflight)]  # fmt: skip
-    res = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    argv = [sys.executable, "-m", "bench.overhead", "--side", db, "--qc", qc, "--images", str(args.images),
+            "--latency", str(args.latency), "--rate", str(args.rate), "--inflight", str(args.inflight)]  # fmt: skip
+    res = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith(SIDE_MARK)]
     if res.returncode != 0 or not lines:
         raise SystemExit(f"the {db} side failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}")

@@ -1,6 +1,6 @@
 """Adaptive pacing against provider 429s: the previous release, the AIMD pacer and today's, in one run.
 
-    .venv/bin/python bench/pacing.py [--images 30] [--latency 1.0] [--limit-images 60]
+    .venv/bin/python -m bench.pacing [--images 30] [--latency 1.0] [--limit-images 60]
 
 Every run is the CLI's engine (``generate_batch``: N workers, each attempt through the pacer, the
 client's retries honouring Retry-After) against the stub OpenRouter (``tests/support/openrouter_stub``)
@@ -34,7 +34,6 @@ import argparse
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -43,10 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from ai_influencer.adaptive_pacing import AdaptiveRate
-from ai_influencer.generation import build_requests, generate_batch
+from ai_influencer.generation.engine import build_requests, generate_batch
 from ai_influencer.openrouter import OpenRouterClient
 from ai_influencer.pacing import StopFlag
 from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank

@@ -1,6 +1,6 @@
 """QC speed, memory and decisions: today's QC path (release 0.1, ``legacy``) vs the current one, same run.
 
-    .venv/bin/python bench/qc.py [--images 60] [--sizes 1024,512] [--workers N] [--memory 100,1000]
+    .venv/bin/python -m bench.qc [--images 60] [--sizes 1024,512] [--workers N] [--memory 100,1000]
 
 1. Speed: ``--images`` candidates per size rendered like the stub's generations (real photos: the persona,
    other people, blurred; 60/20/20), two reference photos. Each path runs in its own warm worker pool
@@ -24,7 +24,6 @@ import argparse
 import os
 import random
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -33,12 +32,13 @@ from pathlib import Path
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from ai_influencer.imaging import DEFAULT_MAX_PIXELS, list_images
+from ai_influencer.qc.analysis import EngineSpec
+from ai_influencer.qc.decision import QCThresholds
+from ai_influencer.qc.pool import AnalysisPool
+from ai_influencer.qc.report import QCRow
+from ai_influencer.qc.stage import default_workers, publish, run_qc
 from ai_influencer.vision.faces import scorer_for
-from ai_influencer.vision.image_io import DEFAULT_MAX_PIXELS, list_images
-from ai_influencer.vision.qc import EngineSpec, QCRow, QCThresholds, default_workers, publish, run_qc
-from ai_influencer.vision.qc_pool import AnalysisPool
 from tests.support.assets import face, faces_dir
 from tests.support.openrouter_stub import _PhotoPool
 

@@ -1,6 +1,6 @@
 """How soon a killed ``influencer run`` pays for images again once restarted: a baseline commit vs this tree.
 
-    .venv/bin/python bench/resume.py [--baseline acd39db] [--repeat 1]
+    .venv/bin/python -m bench.resume [--baseline acd39db] [--repeat 1]
 
 README's first command, ``influencer run`` (embedded Prefect server, no PREFECT_API_URL), generating
 against the stub OpenRouter (0.5 s per image, 4 req/s, 2 in-flight slots: the killed run holds all of
@@ -23,8 +23,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.support.assets import face
 from tests.support.openrouter_stub import IMAGE_CALLS, StubOpenRouter

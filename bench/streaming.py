@@ -1,7 +1,7 @@
 """Streaming pipeline: generation alone vs generate -> QC in sequence vs QC checking each image as it arrives;
 generate-until-N.
 
-    .venv/bin/python bench/streaming.py [--images 204] [--size 1024] [--latency 1,2] [--rate 10]
+    .venv/bin/python -m bench.streaming [--images 204] [--size 1024] [--latency 1,2] [--rate 10]
                                         [--inflight 32] [--target 20]
 
 Every scenario runs the real hybrid flow against one started ``prefect server`` (SQLite, background
@@ -35,14 +35,13 @@ import json
 import os
 import random
 import shutil
-import sys
 import tempfile
 import time
 import uuid
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
 
@@ -50,6 +49,9 @@ from ai_influencer.io import file_sha256
 from ai_influencer.prompt_bank import load_prompt_bank
 from tests.support.assets import face
 from tests.support.openrouter_stub import StubOpenRouter
+
+if TYPE_CHECKING:
+    from flows.results import HybridSummary
 
 ROOT = Path(__file__).resolve().parents[1]
 BANK = ROOT / "prompt_bank" / "default.yaml"
@@ -65,7 +67,7 @@ def fresh_workspace(tmp: Path, name: str) -> Path:
     return data
 
 
-def run_hybrid(data: Path, args: argparse.Namespace, per_scene: int, **kw: object) -> tuple[dict, float]:
+def run_hybrid(data: Path, args: argparse.Namespace, per_scene: int, **kw: object) -> tuple[HybridSummary, float]:
     """The hybrid flow (prepare, generate, QC) on ``data``; its result and generate-start -> QC-end seconds."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
@@ -153,8 +155,8 @@ def main() -> None:
     from tests.support.prefect_server import prefect_server
 
     load_before = os.getloadavg()
-    rows: dict[float, dict[str, tuple[dict, float, Path]]] = {}
-    until: dict[str, tuple[dict, tuple[int, int, int | None]]] = {}
+    rows: dict[float, dict[str, tuple[HybridSummary, float, Path]]] = {}
+    until: dict[str, tuple[HybridSummary, tuple[int, int, int | None]]] = {}
     scenarios = (
         ("generation alone", {"run_qc": False, "streaming": False}),
         ("generate, then QC", {"streaming": False}),
@@ -195,7 +197,7 @@ def main() -> None:
                 until[name] = (result, paid_beyond(data, args.target, streaming))
                 print(f"  until-N {name}: done", flush=True)
 
-    n = rows[latencies[0]]["generation alone"][0]["generate"]["generated"]
+    n = rows[latencies[0]]["generation alone"][0].generate.generated
     print(
         f"\nstreaming benchmark: {n} images of {args.size} px, limit {args.rate} req/s, in flight {args.inflight}, "
         f"{os.cpu_count()} CPUs (one QC worker each), "
@@ -207,7 +209,7 @@ def main() -> None:
     for latency, by_name in rows.items():
         alone, seq = by_name["generation alone"][1], by_name["generate, then QC"][1]
         for name, (result, span, _) in by_name.items():
-            accepted = result["qc"]["accepted"] if "qc" in result else "-"
+            accepted = result.qc.accepted if result.qc is not None else "-"
             print(f"{latency:>6g} | {name:<18} | {span:>7.1f} | {span / alone:>18.2f}x | {span / seq:>12.2f}x | "
                   f"{accepted!s:>8}")  # fmt: skip
     print(f"(goal: streamed <= 1.15x of generation alone; streamed and sequential reports identical: "
@@ -218,10 +220,10 @@ def main() -> None:
     print("-" * 84)
     notes = []
     for name, (result, (paid, accepted, beyond)) in until.items():
-        gen = result["generate"]
-        says = gen.get("overshoot", "-") if name == "streamed" else "-"
+        gen = result.generate
+        says = gen.overshoot if name == "streamed" and gen.overshoot is not None else "-"
         shown = "never reached" if beyond is None else str(beyond)
-        print(f"{name:<24} | {paid:>5} | {accepted:>8} | {shown:>16} | {says!s:>9} | {len(gen['rounds']):>6}")
+        print(f"{name:<24} | {paid:>5} | {accepted:>8} | {shown:>16} | {says!s:>9} | {len(gen.rounds):>6}")
         if name == "streamed" and says != (beyond or 0):
             notes.append(f"streamed: the flow says {says}, the files {shown}: they should agree (a bug)")
     print(

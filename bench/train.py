@@ -1,6 +1,6 @@
 """SDXL LoRA training speed and peak memory on the real SDXL UNet architecture (random weights).
 
-    .venv/bin/python bench/train.py [--resolution 1024] [--batches 1 4] [--steps 10] [--rank 32]
+    .venv/bin/python -m bench.train [--resolution 1024] [--batches 1 4] [--steps 10] [--rank 32]
 
 Builds the full-size SDXL UNet (kohya's DIFFUSERS_SDXL_UNET_CONFIG: 320/640/1280
 channels, 1/2/10 transformer layers, 2048-d cross attention) with random weights,
@@ -14,11 +14,7 @@ batch 1 without checkpointing, measured in the same run. Needs a CUDA GPU for
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ai_influencer.training.config import UNET_TARGETS
 from ai_influencer.training.sdxl_layout import SDXL_UNET_CONFIG

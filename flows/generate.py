@@ -1,5 +1,5 @@
 """The generation fan-out: every request (up to n images) is its own retrying task; the engine is the
-CLI's (``ai_influencer.dispatch.dispatch``), with slots shared through the Prefect server. Before the
+CLI's (``ai_influencer.generation.dispatch.dispatch``), with slots shared through the Prefect server. Before the
 first request the plan, the route (every parameter checked against its endpoint) and the price
 estimate are logged and published as a markdown artifact (``generate-plan``)."""
 
@@ -26,23 +26,35 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from ai_influencer import usecases
-from ai_influencer.adaptive_pacing import AdaptiveRate, PacingStats
-from ai_influencer.costs import CostLedger
-from ai_influencer.dataset.manifest import rebuild_manifest
 from ai_influencer.dataset.workspace import Workspace
-from ai_influencer.dispatch import Dispatched, dispatch
-from ai_influencer.generation import ImageRequest, iter_reference_images
-from ai_influencer.openrouter.capabilities import ImageRoute
-from ai_influencer.pacing import StopRequested, drain_on_signals, rate_limit_capacity
+from ai_influencer.options import GenerateOptions
+from ai_influencer.options.fields import default_of
 from ai_influencer.settings import Settings
-from ai_influencer.vision.qc_stream import StreamingQC, UntilAccepted
+from ai_influencer.usecases.generate import (
+    AdaptiveRate,
+    CostLedger,
+    Dispatched,
+    ImageRequest,
+    ImageRoute,
+    PacingStats,
+    StopRequested,
+    dispatch,
+    drain_on_signals,
+    iter_reference_images,
+    rate_limit_capacity,
+    rebuild_manifest,
+)
+from ai_influencer.usecases.qc import StreamingQC, UntilAccepted
 from flows.params import GenerateParams, Paths, current_params
-from tasks.clients import RUN_STOP, openrouter_client
-from tasks.generate import generate_image_task, release_ledger
-from tasks.limits import InflightPool, RunSeat, context_thread, ensure_limit
-from tasks.prefect_compat import flush_api_logs
-from tasks.rate import RateDispatcher, SharedSlots
-from tasks.streaming import stream_for
+from flows.results import GenerateSummary
+from shared_limits.clients import RUN_STOP, openrouter_client
+from shared_limits.limits import InflightPool, RunSeat, context_thread, ensure_limit
+from shared_limits.prefect_compat import flush_api_logs
+from shared_limits.rate import RateDispatcher, SharedSlots
+from tasks.context import RunContext, open_qc_stream
+from tasks.generate import generate_image_task
+from tasks.results import ImageTaskResult
+from tasks.streaming import QCStream
 
 INFLIGHT_LEASE_S = 60.0  # the server accepts >= 60 s
 
@@ -50,11 +62,11 @@ INFLIGHT_LEASE_S = 60.0  # the server accepts >= 60 s
 def _name() -> str:
     p = current_params()
     model = (p.get("model") or "default").split("/")[-1]
-    return f"generate-{model}-{p.get('per_scene', 12)}per-scene"
+    return f"generate-{model}-{p.get('per_scene', default_of(GenerateOptions, 'per_scene'))}per-scene"
 
 
 @flow(name="generate", flow_run_name=_name, log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=64))
-def generate_flow(params: GenerateParams = GenerateParams(), paths: Paths = Paths()) -> dict:
+def generate_flow(params: GenerateParams = GenerateParams(), paths: Paths = Paths()) -> GenerateSummary:
     """Generate ``per_scene`` images per scene; finished images are never paid for again.
 
     SIGTERM (a Prefect cancellation, a stopped worker) or Ctrl-C drains the run: nothing new is
@@ -66,13 +78,7 @@ def generate_flow(params: GenerateParams = GenerateParams(), paths: Paths = Path
     ws = paths.workspace()
     assert params.model is not None
     plan = usecases.plan_requests(
-        paths.bank,
-        ws.synth,
-        model=params.model,
-        per_scene=params.per_scene,
-        options=params.image_options(),
-        references=ws.cleaned if params.use_references else None,
-        regenerate=params.regenerate,
+        paths.bank, ws.synth, params, references=ws.cleaned if params.use_references else None
     )
     lim = params.limits
     rate_state, burst, rate = ensure_limit(
@@ -86,12 +92,12 @@ def generate_flow(params: GenerateParams = GenerateParams(), paths: Paths = Path
         "%s (rate limit %s %s: %.2f req/s; in-flight %s %s: %d)",
         plan.summary(), lim.rate_limit_name, rate_state, rate, lim.inflight_limit_name, inflight_state, max_inflight,
     )  # fmt: skip
-    route: ImageRoute | None = None
-    if plan.todo:
-        # Free calls only; an unsupported parameter fails here, in one line, before the first paid request.
-        route = usecases.prepare_route(openrouter_client(), plan, estimate_usd=params.estimate_usd)
-        if params.budget_usd is not None and route.per_image_usd is None and params.estimate_usd is None:
-            raise ValueError(f"budget_usd needs a price: {params.model} lists none; set estimate_usd")
+    # Free calls only; an unsupported parameter or a budget without a price fails here, in one line, before
+    # the first paid request (the CLI's checks: usecases.start_run).
+    route = usecases.start_run(
+        openrouter_client(), plan, budget_usd=params.budget_usd, estimate_usd=params.estimate_usd
+    )
+    if route is not None:
         for line in usecases.describe_plan(plan, route):
             logger.info("plan: %s", line)
         create_markdown_artifact(
@@ -99,7 +105,10 @@ def generate_flow(params: GenerateParams = GenerateParams(), paths: Paths = Path
             key="generate-plan",
             description="What this run will ask and pay for, before its first request",
         )
-    run = _Run(params, plan, ws, str(flow_run.id or "local"), route, rate, burst, max_inflight)
+    run = _Run(
+        params=params, plan=plan, ws=ws, run_id=str(flow_run.id or "local"), route=route, rate=rate, burst=burst,
+        max_inflight=max_inflight,
+    )  # fmt: skip
     RUN_STOP.clear()
     with drain_on_signals(RUN_STOP):
         return run.execute()
@@ -123,6 +132,7 @@ class _Run:
 
     def __init__(
         self,
+        *,
         params: GenerateParams,
         plan: usecases.RequestPlan,
         ws: Workspace,
@@ -137,26 +147,25 @@ class _Run:
         self.logger = get_run_logger()
         self.pacing = PacingStats()
         self.until: UntilAccepted | None = None
+        # The run's one budget ledger, made before any task runs: every image task checks it (RunContext).
+        self.ledger = CostLedger(budget_usd=params.budget_usd, estimate_usd=params.estimate_usd)
 
-    def execute(self) -> dict:
+    def execute(self) -> GenerateSummary:
         done = Dispatched([], [], list(self.plan.todo))
-        try:
-            with contextlib.suppress(StopRequested):  # stopped while waiting for a seat: nothing was sent
-                done = self._dispatch()
-        finally:
-            ledger = release_ledger(self.run_id)  # whatever ended the dispatch: no ledger outlives its run
+        with contextlib.suppress(StopRequested):  # stopped while waiting for a seat: nothing was sent
+            done = self._dispatch()
         if RUN_STOP.is_set():
             self.logger.warning(
                 "stopped (%s): all %d requests sent have finished, their images are saved; %d not sent",
                 RUN_STOP.reason, len(done.results) + len(done.errors), len(done.not_sent),
             )  # fmt: skip
             flush_api_logs()  # on the server before the signal is passed on and the run is Cancelled
-        return self._summarise(done, ledger)
+        return self._summarise(done, self.ledger)
 
     def _dispatch(self) -> Dispatched:
         # Sharing with other runs (other workers, the hub, a cron run): this run holds a seat among the
         # runs that use this provider limit, and from it the in-flight slots and the requests per second
-        # of its fair share, which shrink when a run joins and grow when one leaves (see tasks.limits).
+        # of its fair share, which shrink when a run joins and grow when one leaves (see shared_limits.limits).
         # In-flight slots are unit leases renewed in the background: a killed run's come back when they
         # expire (INFLIGHT_LEASE_S), on the embedded server too (reclaim_expired_leases).
         lim, todo = self.params.limits, self.plan.todo
@@ -183,9 +192,13 @@ class _Run:
                     seat.runs, lim.rate_limit_name, dispatcher.share_rate(), seat.index,
                 )  # fmt: skip
             checks = self._checks(progress)
+            context = RunContext(
+                run_id=self.run_id, out_dir=self.ws.synth, client=openrouter_client(), ledger=self.ledger,
+                dispatcher=dispatcher, qc=checks.link, stop=RUN_STOP,
+            )  # fmt: skip
             done = dispatch(
                 todo,
-                submit=self._submit(dispatcher),
+                submit=self._submit(context),
                 slots=SharedSlots(pool, dispatcher),
                 stop=RUN_STOP,
                 on_done=checks.on_done,
@@ -199,42 +212,44 @@ class _Run:
         """What happens to each finished request: progress, and with a QC stream open on this folder
         (the hybrid flow, generate-until-N) its image is checked at once; with a target, dispatch stops
         once enough images pass (``UntilAccepted``)."""
-        link = stream_for(self.ws.synth)
+        link = open_qc_stream(self.ws.synth)
         if link is not None and link.target:
             self.until = UntilAccepted(link.stream, link.target, self.max_inflight, self._produced, stop=RUN_STOP)
             self.logger.info(
                 "QC checks each image as it arrives; dispatch stops once %d pass (at most %d unchecked)",
                 link.target, self.max_inflight,
             )  # fmt: skip
-        return _Checks(progress, link.stream if link is not None else None, self.until, self._produced)
+        return _Checks(progress, link, self.until, self._produced)
 
     def _produced(self, result: object) -> list[tuple[Path, bool]] | None:
         """The images a finished request left in the output folder, and whether each was paid for now."""
-        if isinstance(result, dict) and result.get("images") and result.get("status") in PRODUCED:
-            return [(self.ws.synth / str(file), bool(paid)) for file, paid in result["images"]]
+        if isinstance(result, ImageTaskResult) and result.images and result.status in PRODUCED:
+            return [(self.ws.synth / str(file), bool(paid)) for file, paid in result.images]
         return None
 
-    def _submit(self, dispatcher: RateDispatcher) -> Callable[[ImageRequest, float], Any]:
+    def _submit(self, context: RunContext) -> Callable[[ImageRequest, float], Any]:
         lim, refs = self.params.limits, [str(p) for p in self.plan.references]
+        assert context.dispatcher is not None
 
         def submit(request: ImageRequest, send_at: float) -> Any:
             return generate_image_task.submit(
-                request, self.route, str(self.ws.synth), refs, lim.rate_limit_name, lim.inflight_limit_name,
-                self.run_id, self.params.budget_usd, self.params.estimate_usd, send_at, dispatcher.rate_per_s,
+                request=request, route=self.route, out_dir=str(self.ws.synth), references=refs,
+                rate_limit_name=lim.rate_limit_name, inflight_limit_name=lim.inflight_limit_name, context=context,
+                send_at=send_at, send_rate_per_s=context.dispatcher.rate_per_s,
             )  # fmt: skip
 
         return submit
 
-    def _summarise(self, done: Dispatched, ledger: CostLedger | None) -> dict:
+    def _summarise(self, done: Dispatched, ledger: CostLedger) -> GenerateSummary:
         manifest = rebuild_manifest(self.ws.synth)
-        results = done.results
-        paid = [r for r in results if r["status"] == "generated"]
-        halted = sum(r["slots"] for r in results if r["status"] == "halted")
-        images = sum(r["new"] for r in paid)
-        spent = round(ledger.spent_usd if ledger else sum(r["cost_usd"] for r in paid), 6)
+        results: list[ImageTaskResult] = done.results
+        paid = [r for r in results if r.status == "generated"]
+        halted = sum(r.slots for r in results if r.status == "halted")
+        images = sum(r.new for r in paid)
+        spent = round(ledger.spent_usd, 6)
         by_scene: dict[str, list[tuple[int, float]]] = {}
         for r in paid:
-            by_scene.setdefault(r.get("scene") or "?", []).append((r["new"], r["cost_usd"]))
+            by_scene.setdefault(r.scene or "?", []).append((r.new, r.cost_usd))
         create_table_artifact(
             [
                 {"scene": k, "images": sum(n for n, _ in v), "cost_usd": round(sum(c for _, c in v), 6)}
@@ -246,36 +261,34 @@ class _Run:
             f"{self._estimate_text()}); manifest total ${manifest['total_cost_usd']}",
         )
         reached = self.until is not None and not RUN_STOP.is_set() and not self.until.keep_going()
-        summary = {
-            "requested": len(self.plan.slots),
-            "already_done": self.plan.already_done,
-            "kept_from_earlier_references": self.plan.kept,
-            "generated": images,
-            "requests_paid": len(paid),
-            "short_answers": sum(bool(r.get("short")) for r in paid),
-            "images_per_request": self.params.n,
-            "route": self.route.kind if self.route else None,
-            "failed": len(done.errors),
-            "stopped_by_budget": sum(r["slots"] for r in results if r["status"] == "budget"),
-            "not_sent_after_fatal_error": halted,
-            "not_sent_after_stop": sum(r["slots"] for r in results if r["status"] == "stopped")
+        summary = GenerateSummary(
+            requested=len(self.plan.slots),
+            already_done=self.plan.already_done,
+            kept_from_earlier_references=self.plan.kept,
+            generated=images,
+            requests_paid=len(paid),
+            short_answers=sum(r.short for r in paid),
+            images_per_request=self.params.n,
+            route=self.route.kind if self.route else None,
+            failed=len(done.errors),
+            stopped_by_budget=sum(r.slots for r in results if r.status == "budget"),
+            not_sent_after_fatal_error=halted,
+            not_sent_after_stop=sum(r.slots for r in results if r.status == "stopped")
             + (0 if reached else done.not_sent_images),
-            "stopped_by": RUN_STOP.reason,
-            "spent_usd": spent,
-            "estimate_usd": self._estimate_usd(),
-            "unpriced": sum(bool(r.get("unpriced")) for r in paid),
-            "rate_limited_429": self.pacing.rate_limited,
-            "settled_rate_per_s": round(self.pacing.settled_rate, 3) if self.pacing.settled_rate else None,
-            "manifest_count": manifest["count"],
-        }
+            stopped_by=RUN_STOP.reason,
+            spent_usd=spent,
+            estimate_usd=self._estimate_usd(),
+            unpriced=sum(r.unpriced for r in paid),
+            rate_limited_429=self.pacing.rate_limited,
+            settled_rate_per_s=round(self.pacing.settled_rate, 3) if self.pacing.settled_rate else None,
+            manifest_count=manifest["count"],
+        )
         if self.until is not None:
-            summary.update(
-                target_accepted=self.until.target,
-                accepted=self.until.stream.accepted(),
-                not_sent_after_target=done.not_sent_images if reached else 0,
-                overshoot=self.until.overshoot,  # paid beyond the image that reached the target
-            )
-        print(f"generation summary: {summary}")
+            summary.target_accepted = self.until.target
+            summary.accepted = self.until.stream.accepted()
+            summary.not_sent_after_target = done.not_sent_images if reached else 0
+            summary.overshoot = self.until.overshoot  # paid beyond the image that reached the target
+        print(f"generation summary: {summary.model_dump(exclude_unset=True)}")
         if self.pacing.decreases:
             self.logger.warning(
                 "the provider answered 429 to %d requests: %s", self.pacing.rate_limited, self.pacing.describe()
@@ -306,11 +319,12 @@ class _Checks:
     def __init__(
         self,
         progress: ProgressReporter,
-        stream: StreamingQC | None,
+        link: QCStream | None,
         until: UntilAccepted | None,
         produced: Callable[[object], list[tuple[Path, bool]] | None],
     ) -> None:
-        self.progress, self.stream, self.until, self.produced = progress, stream, until, produced
+        self.progress, self.link, self.until, self.produced = progress, link, until, produced
+        self.stream: StreamingQC | None = link.stream if link is not None else None
 
     def on_done(self, future: Any, request: ImageRequest) -> None:
         self.progress.one_done(request.n)

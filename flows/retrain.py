@@ -10,15 +10,14 @@ history (models/lora/identity_history.sqlite).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow
 from pydantic import Field
 
 from ai_influencer.dataset.workspace import LORA_NAME
 from ai_influencer.settings import Settings
-from ai_influencer.training.evaluate import ranking
+from ai_influencer.usecases.evaluate import best_among, run_candidates
 from flows.params import AugmentParams, EvaluateParams, GenerateParams, Paths, QCParams, RunParams, TrainParams
+from flows.results import RetrainSummary
 from flows.rounds import generate_until_flow
 from flows.stages import augment_flow, evaluate_flow, train_flow
 from tasks.training import promote_task
@@ -39,37 +38,31 @@ class RetrainParams(RunParams):
 
 
 @flow(name="retrain", log_prints=True)
-def retrain_flow(params: RetrainParams = RetrainParams()) -> dict:
+def retrain_flow(params: RetrainParams = RetrainParams()) -> RetrainSummary:
     p = params.resolve(Settings())
     ws = p.paths.workspace()
     base = p.train.base_path(ws)
     if not base.exists():
         raise FileNotFoundError(f"retraining needs the base SDXL model at {base}")
-    out: dict[str, object] = {}
-    out["top_up"] = generate_until_flow(
-        p.target_accepted, p.generate, p.qc, p.paths, p.max_rounds, p.downweight_failing
-    )
-    out["augment"] = augment_flow(p.augment, p.paths)
+    top_up = generate_until_flow(
+        target=p.target_accepted, generate=p.generate, qc=p.qc, paths=p.paths, max_rounds=p.max_rounds,
+        downweight_failing=p.downweight_failing,
+    )  # fmt: skip
+    augmented = augment_flow(p.augment, p.paths)
     trained = train_flow(p.train, p.paths, output_name=CANDIDATE)
-    out["train"] = trained
     live = ws.lora_file
-    from ai_influencer.training.checkpoints import checkpoint_files
-
-    candidates = [str(f) for f in checkpoint_files(Path(trained["run_dir"]))] if trained.get("run_dir") else []
-    candidates.append(trained["output"])
+    candidates = run_candidates(trained.output, trained.run_dir)
     loras = candidates + ([str(live)] if live.is_file() else [])
     ev = evaluate_flow(p.evaluate, p.paths, p.train, loras=loras)
-    rows = {r["lora"]: r for r in ev["candidates"]}
-    best = max(candidates, key=lambda c: ranking(rows[c]))  # the rule pick_best uses, among the new ones
-    live_row = rows.get(str(live))
-    out["evaluate"] = ev
-    out["promotion"] = promote_task(
-        best,
-        (rows[best]["median"], rows[best]["p10"]),
-        str(live),
-        (live_row["median"], live_row["p10"]) if live_row else None,
-        str(ws.identity_history),
-        rows[best].get("history_id"),
+    best = best_among(ev.candidates, candidates)  # the rule pick_best uses, among the new ones
+    live_row = next((r for r in ev.candidates if r["lora"] == str(live)), None)
+    promotion = promote_task(
+        candidate=best["lora"],
+        candidate_score=(best["median"], best["p10"]),
+        live=str(live),
+        live_score=(live_row["median"], live_row["p10"]) if live_row else None,
+        history_db=str(ws.identity_history),
+        candidate_history_id=best.get("history_id"),
     )
-    print(f"retrain: {out['promotion']}")
-    return out
+    print(f"retrain: {promotion.model_dump()}")
+    return RetrainSummary(top_up=top_up, augment=augmented, train=trained, evaluate=ev, promotion=promotion)

@@ -17,7 +17,7 @@ Prefect's own pause timeout); in both cases QC's outputs and the user's verdicts
 from __future__ import annotations
 
 import threading
-from typing import Any, Literal
+from typing import Literal
 
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
@@ -31,7 +31,9 @@ from pydantic import Field
 
 from ai_influencer.settings import Settings
 from flows.params import HybridParams
+from flows.results import HybridSummary, ReviewResult
 from flows.stages import qc_flow
+from tasks.results import QCSummary
 
 STOPPED = "StoppedAtReview"
 TIMED_OUT = "ReviewTimedOut"
@@ -55,10 +57,10 @@ def review_page_url(settings: Settings) -> str:
     return f"http://{host}:{settings.hub_port}/review"
 
 
-def _description(url: str, qc: dict[str, Any] | None) -> str:
+def _description(url: str, qc: QCSummary | None) -> str:
     counts = ""
-    if isinstance(qc, dict) and "accepted" in qc:
-        counts = f" QC accepted {qc.get('accepted')} and rejected {qc.get('rejected', '?')} images."
+    if qc is not None:
+        counts = f" QC accepted {qc.accepted} and rejected {qc.rejected} images."
     return (
         f"**Review QC's verdicts before augment and train.**{counts}\n\n"
         f"Open the review page: [{url}]({url}) (start it with `influencer hub` if it is not running). "
@@ -68,7 +70,7 @@ def _description(url: str, qc: dict[str, Any] | None) -> str:
     )
 
 
-def await_review(url: str, qc: dict[str, Any] | None, timeout_s: int) -> str:
+def await_review(url: str, qc: QCSummary | None, timeout_s: int) -> str:
     """Pause the running flow until the user answers the form: ``continue``, ``stop`` or ``timeout``.
 
     Why a deadline of our own: a pause that Prefect lets expire can only end Failed with Prefect's message
@@ -105,13 +107,14 @@ def await_review(url: str, qc: dict[str, Any] | None, timeout_s: int) -> str:
     return "timeout" if expired.is_set() else decision.action
 
 
-def review_after_qc(p: HybridParams, settings: Settings, out: dict[str, Any]) -> State | None:
-    """The pause after QC; on ``continue`` QC is published again with the user's verdicts (``out["qc"]``) and
+def review_after_qc(p: HybridParams, settings: Settings, out: HybridSummary) -> State | None:
+    """The pause after QC; on ``continue`` QC is published again with the user's verdicts (``out.qc``) and
     None is returned (the flow goes on). Otherwise the state the run ends in, its result being ``out``."""
     url = review_page_url(settings)
-    qc = out.get("qc") if isinstance(out.get("qc"), dict) else (out.get("generate") or {}).get("qc")
+    rounds_qc = getattr(out.generate, "qc", None)  # generate-until-N: the rounds ran QC
+    qc = out.qc if out.qc is not None else rounds_qc
     decision = await_review(url, qc, p.review_timeout_s)
-    out["review"] = {"decision": decision, "page": url}
+    out.review = ReviewResult(decision=decision, page=url)
     if decision == "timeout":
         message = (
             f"review not answered within {p.review_timeout_s} s ({url}); stopped after QC: its outputs and your "
@@ -120,6 +123,6 @@ def review_after_qc(p: HybridParams, settings: Settings, out: dict[str, Any]) ->
         return Failed(name=TIMED_OUT, message=message, data=out)
     if decision == "stop":
         return Completed(name=STOPPED, message="stopped at the review, before augment (as asked)", data=out)
-    out["qc"] = qc_flow(p.qc, p.paths)  # the user's verdicts win; analyses come from the QC cache
-    out["review"]["accepted"] = out["qc"].get("accepted")
+    out.qc = qc_flow(p.qc, p.paths)  # the user's verdicts win; analyses come from the QC cache
+    out.review.accepted = out.qc.accepted
     return None

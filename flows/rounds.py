@@ -1,7 +1,7 @@
 """Generate-until-N-accepted: generation + QC until enough images pass or a cap is hit.
 
 Streamed (the default), QC checks each image as it arrives and dispatch stops the moment ``target``
-images pass (``qc_stream.UntilAccepted``): at most the in-flight window is paid beyond the target, and
+images pass (``qc.stream.UntilAccepted``): at most the in-flight window is paid beyond the target, and
 a round ends early instead of paying for the rest of its prompts. A new round starts only when a
 round's prompts ran out before the target was met. Unstreamed, each round generates everything, then
 runs QC over the folder, then decides.
@@ -16,6 +16,7 @@ kept failing QC have half their weight (data/text/prompt_bank.adjusted.yaml).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from prefect import flow
 
@@ -23,6 +24,7 @@ from ai_influencer.dataset.workspace import Workspace
 from ai_influencer.settings import Settings
 from flows.generate import generate_flow
 from flows.params import GenerateParams, Paths, QCParams
+from flows.results import RoundRow, RoundsSummary
 from flows.stages import qc_flow
 from flows.streaming import Streamed, streamed_qc
 from tasks.stages import downweight_task
@@ -37,16 +39,18 @@ def generate_until_flow(
     max_rounds: int = 5,
     downweight_failing: bool = False,
     streaming: bool = True,
-) -> dict:
+) -> RoundsSummary:
     s = Settings()
     generate, qc, paths = generate.resolve(s), qc.resolve(s), paths.resolve(s)
+    rounds = _Rounds(
+        target=target, generate=generate, paths=paths, max_rounds=max_rounds, downweight=downweight_failing
+    )
     if not streaming:
-        return _rounds(target, generate, paths, max_rounds, downweight_failing, lambda: qc_flow(qc, paths)["accepted"])
+        return rounds.run(lambda: qc_flow(qc, paths).accepted)
     with streamed_qc(qc, paths, s, target=target) as box:
-        summary = _rounds(
-            target, generate, paths, max_rounds, downweight_failing, _round_count(box, downweight_failing)
-        )
-    summary.update(accepted=box.qc["accepted"], qc=box.qc)  # the final verdicts, over the whole folder
+        summary = rounds.run(_round_count(box, downweight_failing))
+    assert box.qc is not None
+    summary.accepted, summary.qc = box.qc.accepted, box.qc  # the final verdicts, over the whole folder
     return summary
 
 
@@ -62,50 +66,55 @@ def _round_count(box: Streamed, write_report: bool) -> Callable[[], int]:
     return count
 
 
-def _rounds(
-    target: int,
-    generate: GenerateParams,
-    paths: Paths,
-    max_rounds: int,
-    downweight_failing: bool,
-    accepted_after_round: Callable[[], int],
-) -> dict:
-    ws: Workspace = paths.workspace()
-    rounds: list[dict] = []
-    spent = 0.0
-    accepted = 0
-    bank = paths.prompt_bank
-    stopped = "max_rounds"
-    for r in range(max_rounds):
-        budget = None if generate.budget_usd is None else round(generate.budget_usd - spent, 6)
-        if budget is not None and budget <= 0:
-            stopped = "budget"
-            break
-        g = generate_flow(
-            generate.model_copy(update={"seed": _round_seed(generate.seed, r), "budget_usd": budget}),
-            paths.model_copy(update={"prompt_bank": bank}),
+@dataclass(frozen=True, kw_only=True)
+class _Rounds:
+    """The rounds of one run: each a generate subflow with its own seed and what is left of the budget."""
+
+    target: int
+    generate: GenerateParams
+    paths: Paths
+    max_rounds: int
+    downweight: bool  # the next round samples from a bank whose failing values weigh half
+
+    def run(self, accepted_after_round: Callable[[], int]) -> RoundsSummary:
+        generate, paths, target = self.generate, self.paths, self.target
+        ws: Workspace = paths.workspace()
+        rounds: list[RoundRow] = []
+        spent = 0.0
+        accepted = 0
+        bank = paths.prompt_bank
+        stopped = "max_rounds"
+        for r in range(self.max_rounds):
+            budget = None if generate.budget_usd is None else round(generate.budget_usd - spent, 6)
+            if budget is not None and budget <= 0:
+                stopped = "budget"
+                break
+            g = generate_flow(
+                generate.model_copy(update={"seed": _round_seed(generate.seed, r), "budget_usd": budget}),
+                paths.model_copy(update={"prompt_bank": bank}),
+            )
+            spent = round(spent + g.spent_usd, 6)
+            accepted = accepted_after_round()
+            row = RoundRow(round=r + 1, generated=g.generated, spent_usd=g.spent_usd, accepted=accepted)
+            if g.overshoot is not None:
+                row.overshoot, row.not_sent_after_target = g.overshoot, g.not_sent_after_target
+            rounds.append(row)
+            print(f"round {r + 1}: {g.generated} new images, {accepted}/{target} accepted, ${spent} spent")
+            if accepted >= target:
+                stopped = "target"
+                break
+            if g.stopped_by_budget:
+                stopped = "budget"
+                break
+            if self.downweight and r + 1 < self.max_rounds:
+                adjusted = downweight_task(paths.prompt_bank, str(ws.synth), str(ws.qc_report), str(ws.adjusted_bank))
+                bank = adjusted.prompt_bank
+                for change in adjusted.changes:
+                    print(f"next round: {change}")
+        overshoot = sum(r.overshoot or 0 for r in rounds)
+        return RoundsSummary(
+            target=target, accepted=accepted, rounds=rounds, spent_usd=spent, stopped=stopped, overshoot=overshoot
         )
-        spent = round(spent + g["spent_usd"], 6)
-        accepted = accepted_after_round()
-        row = {"round": r + 1, "generated": g["generated"], "spent_usd": g["spent_usd"], "accepted": accepted}
-        if "overshoot" in g:
-            row.update(overshoot=g["overshoot"], not_sent_after_target=g["not_sent_after_target"])
-        rounds.append(row)
-        print(f"round {r + 1}: {g['generated']} new images, {accepted}/{target} accepted, ${spent} spent")
-        if accepted >= target:
-            stopped = "target"
-            break
-        if g["stopped_by_budget"]:
-            stopped = "budget"
-            break
-        if downweight_failing and r + 1 < max_rounds:
-            adjusted = downweight_task(paths.prompt_bank, str(ws.synth), str(ws.qc_report), str(ws.adjusted_bank))
-            bank = adjusted["prompt_bank"]
-            for change in adjusted["changes"]:
-                print(f"next round: {change}")
-    overshoot = sum(r.get("overshoot", 0) for r in rounds)
-    return {"target": target, "accepted": accepted, "rounds": rounds, "spent_usd": spent, "stopped": stopped,
-            "overshoot": overshoot}  # fmt: skip
 
 
 def _round_seed(seed: int | None, r: int) -> int | None:

@@ -12,18 +12,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ai_influencer.settings import Settings
-from ai_influencer.vision.qc_stream import StreamingQC
+from ai_influencer.usecases.qc import StreamingQC
 from flows.params import Paths, QCParams
+from tasks.context import qc_stream_scope
+from tasks.results import QCSummary
 from tasks.streaming import open_stream, qc_stream_task
 
 
 @dataclass
 class Streamed:
     stream: StreamingQC
-    qc: dict = field(default_factory=dict)
+    qc: QCSummary | None = None  # set when the stream is closed and its QC task finished
 
 
 @contextmanager
@@ -33,13 +35,14 @@ def streamed_qc(qc: QCParams, paths: Paths, settings: Settings, target: int | No
     qc = qc.for_workspace(ws)  # empty thresholds: this persona's calibration, else the defaults
     assert qc.minsim is not None and qc.minblur is not None
     with open_stream(
-        settings, ws.cleaned, ws.synth, ws.qc_passed, ws.qc_cache, minsim=qc.minsim, minblur=qc.minblur,
-        max_faces=qc.max_faces, backend=qc.backend, target=target, overrides=ws.qc_overrides,
+        settings, ref_dir=ws.cleaned, cand_dir=ws.synth, out_dir=ws.qc_passed, cache_dir=ws.qc_cache, options=qc,
+        target=target, overrides=ws.qc_overrides,
     ) as handle:  # fmt: skip
-        future = qc_stream_task.submit(str(ws.synth))
+        future = qc_stream_task.submit(str(ws.synth), handle)
         box = Streamed(handle.stream)
         try:
-            yield box
+            with qc_stream_scope(handle):  # the generate subflows in this block find it
+                yield box
         except BaseException:
             handle.stream.close()
             future.wait()  # the paid images are checked and reported; generation's error is the one raised

@@ -17,17 +17,18 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from ai_influencer.openrouter.videos import VideoModel
-from ai_influencer.pacing import drain_on_signals
+from ai_influencer.options.video import VideoOptions
 from ai_influencer.settings import Settings
 from ai_influencer.usecases import video as usecase
-from ai_influencer.video.jobs import ERROR, ClipOutcome
-from ai_influencer.video.options import VideoOptions
+from ai_influencer.usecases.video import ERROR, ClipOutcome, VideoModel, drain_on_signals
 from flows.params import Paths, VideoParams
-from tasks.artifacts import inline_jpeg
-from tasks.clients import RUN_STOP, openrouter_client
-from tasks.limits import ensure_limit
-from tasks.video import VideoRun, register_run, release_run, video_clip_task
+from flows.results import VideoSummary
+from shared_limits.artifacts import inline_jpeg
+from shared_limits.clients import RUN_STOP, openrouter_client
+from shared_limits.limits import ensure_limit
+from tasks.context import VideoRunContext
+from tasks.results import ClipTaskResult
+from tasks.video import video_clip_task
 
 
 def check_video_options(params: VideoParams) -> VideoModel:
@@ -63,7 +64,7 @@ def _filmstrips_markdown(outcomes: list[ClipOutcome]) -> str:
 
 
 @flow(name="video", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=16))
-def video_flow(params: VideoParams = VideoParams(), paths: Paths = Paths()) -> dict:
+def video_flow(params: VideoParams = VideoParams(), paths: Paths = Paths()) -> VideoSummary:
     """One clip per storyboard shot; clips already made are kept, jobs already paid are polled, not resubmitted.
 
     SIGTERM (a cancellation) or Ctrl-C stops new submits and the waiting at once: the job ids are on disk,
@@ -89,40 +90,36 @@ def video_flow(params: VideoParams = VideoParams(), paths: Paths = Paths()) -> d
     store = usecase.store(ws)
     if not planning.plans:
         result = usecase.collect([], store, None, options.budget_usd)
-        return usecase.summary(result, planning, ws)
+        return VideoSummary(**usecase.summary(result, planning, ws))
     assert p.limit_name is not None
     state, limit, _ = ensure_limit(p.limit_name, options.max_in_flight)
     logger.info("jobs at once: limit %s (%s, %d)", p.limit_name, state, limit)
     identity = usecase.identity_checker(s, ws, p.backend) if options.check_identity else None
     budget = usecase.budget_for(planning, store, options)
-    run_id = str(flow_run.id or "local")
-    register_run(
-        run_id,
-        VideoRun(api, store, budget, usecase.wait_policy(options), identity, options.retry_failed, p.limit_name),
-    )
+    context = VideoRunContext(
+        run_id=str(flow_run.id or "local"), api=api, store=store, budget=budget, policy=usecase.wait_policy(options),
+        identity=identity, retry_failed=options.retry_failed, limit_name=p.limit_name, stop=RUN_STOP,
+    )  # fmt: skip
     RUN_STOP.clear()
     runs: list[usecase.ClipRun] = []
-    try:
-        with drain_on_signals(RUN_STOP):
-            futures = [video_clip_task.submit(plan, run_id) for plan in planning.plans]
-            for plan, future in zip(planning.plans, futures, strict=True):
-                got = future.result(raise_on_failure=False)
-                if isinstance(got, dict):
-                    runs.append(usecase.ClipRun(got["outcome"], got["submitted"], got["resumed"]))
-                else:  # the task failed after its retries: said per clip, the others are kept
-                    error = str(got) if isinstance(got, BaseException) else f"task failed: {got!r}"
-                    runs.append(usecase.ClipRun(ClipOutcome(plan.index, plan.scene, plan.key, ERROR, error=error)))
-    finally:
-        release_run(run_id)
+    with drain_on_signals(RUN_STOP):
+        futures = [video_clip_task.submit(plan, context) for plan in planning.plans]
+        for plan, future in zip(planning.plans, futures, strict=True):
+            got = future.result(raise_on_failure=False)
+            if isinstance(got, ClipTaskResult):
+                runs.append(usecase.ClipRun(got.outcome, got.submitted, got.resumed))
+            else:  # the task failed after its retries: said per clip, the others are kept
+                error = str(got) if isinstance(got, BaseException) else f"task failed: {got!r}"
+                runs.append(usecase.ClipRun(ClipOutcome(plan.index, plan.scene, plan.key, ERROR, error=error)))
     result = usecase.collect(runs, store, budget, options.budget_usd)
-    summary = usecase.summary(result, planning, ws)
+    summary = VideoSummary(**usecase.summary(result, planning, ws))
     create_table_artifact(
-        [{k: v for k, v in line.items() if k != "key"} for line in summary["clips"]],
+        [{k: v for k, v in line.items() if k != "key"} for line in summary.clips],
         key="video-clips",
-        description=f"Clips: {summary['counts']}; identity passed {summary['identity_passed']}, "
-        f"failed {summary['identity_failed']}; committed ${summary['committed_usd']:.2f}",
+        description=f"Clips: {summary.counts}; identity passed {summary.identity_passed}, "
+        f"failed {summary.identity_failed}; committed ${summary.committed_usd:.2f}",
     )
     if any(o.clip is not None and o.clip.filmstrip for o in result.outcomes):
         create_markdown_artifact(_filmstrips_markdown(result.outcomes), key="video-filmstrips")
-    print(f"video: {summary['counts']}, committed ${summary['committed_usd']:.2f}; manifest {summary['manifest']}")
+    print(f"video: {summary.counts}, committed ${summary.committed_usd:.2f}; manifest {summary.manifest}")
     return summary

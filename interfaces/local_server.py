@@ -81,9 +81,9 @@ def configured_api_url() -> str | None:
 
         url = get_current_settings().api.url
         return url if url and url != ours else None
-    from interfaces.cli.base import _set_by_user
+    from interfaces.prefect_env import set_by_user
 
-    if not _set_by_user("PREFECT_API_URL", ("api", "url")):
+    if not set_by_user("PREFECT_API_URL", ("api", "url")):
         return None
     return os.environ.get("PREFECT_API_URL") or "configured"
 
@@ -311,7 +311,7 @@ def start_runner(url: str, log_path: Path) -> subprocess.Popen[bytes]:
     Why a runner and not prefect.yaml's process work pool: the default install has no work pool, no
     ``prefect deploy`` and no worker; the runner is all three in one process, for as long as the hub runs.
     """
-    from tasks.prefect_compat import _die_with_parent
+    from shared_limits.prefect_compat import _die_with_parent
 
     env = {**os.environ, "PREFECT_API_URL": url, MARK: url, "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
     log = log_path.open("ab")

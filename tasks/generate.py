@@ -1,13 +1,13 @@
 """The per-request Prefect task: one paid request (up to n images) behind the run's shared slots and
-the rate limit.
+the rate limit. The run's client, budget ledger, rate dispatcher and stop flag come with the task's
+``context`` (``tasks.context.RunContext``), built once by the generate flow.
 
 Its output files are its cache (one per slot), so it persists no result; HTTP faults are retried by
-the OpenRouter client only (see tasks.retry).
+the OpenRouter client only (see shared_limits.retry).
 """
 
 from __future__ import annotations
 
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,36 +19,15 @@ from prefect.runtime import task_run
 
 from ai_influencer.adaptive_pacing import AdaptiveRate
 from ai_influencer.costs import BudgetExceededError, CostLedger, RunHaltedError
-from ai_influencer.generation import GenerationOutcome, ImageRequest, generate_one
+from ai_influencer.generation.engine import GenerationOutcome, ImageRequest, generate_one
 from ai_influencer.openrouter import AuthError, InsufficientCreditsError, OpenRouterError
 from ai_influencer.openrouter.capabilities import ImageRoute
-from ai_influencer.pacing import StopRequested
-from tasks.clients import RUN_STOP, openrouter_client
-from tasks.rate import RateDispatcher, send_clock, take_rate_slots
-from tasks.retry import retry_options
-
-# ---- generate one image --------------------------------------------------------------
-_ledgers: dict[str, CostLedger] = {}
-_ledgers_lock = threading.Lock()
-
-
-def ledger_for(run_id: str, budget_usd: float | None, estimate_usd: float | None) -> CostLedger:
-    """The one ledger of a flow run, shared by the run's task threads (tasks run in the flow's process).
-
-    Created under a lock: two threads checking and inserting at once made two ledgers that each
-    allowed the whole budget.
-    """
-    with _ledgers_lock:
-        ledger = _ledgers.get(run_id)
-        if ledger is None:
-            ledger = _ledgers[run_id] = CostLedger(budget_usd=budget_usd, estimate_usd=estimate_usd)
-        return ledger
-
-
-def release_ledger(run_id: str) -> CostLedger | None:
-    """Forget a finished run's ledger (a long-lived worker process runs many flows)."""
-    with _ledgers_lock:
-        return _ledgers.pop(run_id, None)
+from ai_influencer.pacing import StopFlag, StopRequested
+from shared_limits.clients import openrouter_client
+from shared_limits.rate import RateDispatcher, send_clock, take_rate_slots
+from shared_limits.retry import retry_options
+from tasks.context import RunContext
+from tasks.results import ImageTaskResult
 
 
 class _TaskPacer:
@@ -60,17 +39,26 @@ class _TaskPacer:
     adaptive rate, and a 429 pause holds every task of the process.
     """
 
-    def __init__(self, rate_limit_name: str, send_at: float | None, send_rate_per_s: float) -> None:
+    def __init__(
+        self,
+        rate_limit_name: str,
+        send_at: float | None,
+        send_rate_per_s: float,
+        *,
+        dispatcher: RateDispatcher | None,
+        stop: StopFlag,
+    ) -> None:
         self.name = rate_limit_name
         self.send_at = send_at
         self.rate = send_rate_per_s
         self.attempts = 0
-        self.dispatcher = RateDispatcher.active(rate_limit_name)
+        self.stop = stop
+        self.dispatcher = dispatcher  # the run's, in the flow's process: a retry takes its slot there
         self.adaptive = self.dispatcher.adaptive if self.dispatcher else AdaptiveRate(send_rate_per_s or None)
-        self.adaptive.stop = self.adaptive.stop or RUN_STOP
+        self.adaptive.stop = self.adaptive.stop or stop
 
     def before_send(self) -> None:
-        RUN_STOP.check()
+        self.stop.check()
         self.attempts += 1
         if self.send_at is None:
             rate_limit(self.name, occupy=1, strict=True)
@@ -91,7 +79,7 @@ class _TaskPacer:
             else min(self.rate, self.adaptive.rate or self.rate)
         )
         send_clock.wait(self.name, not_before, rate)
-        RUN_STOP.check()
+        self.stop.check()
 
     def on_response(self, rate_limited: bool, retry_after: float | None = None, *, own_limit: bool = False) -> None:
         self.adaptive.on_response(rate_limited, retry_after, own_limit=own_limit)
@@ -117,12 +105,10 @@ def generate_image_task(
     references: list[str],
     rate_limit_name: str,
     inflight_limit_name: str,
-    run_id: str,
-    budget_usd: float | None = None,
-    estimate_usd: float | None = None,
+    context: RunContext | None = None,
     send_at: float | None = None,
     send_rate_per_s: float = 0.0,
-) -> dict:
+) -> ImageTaskResult:
     """One paid request for the slots ``request`` owes, sent as ``route`` says (checked before the run);
     behind the in-flight cap and the rate limit; the slots' files make it idempotent.
 
@@ -140,18 +126,22 @@ def generate_image_task(
         else:
             yield
 
-    ledger = ledger_for(run_id, budget_usd, estimate_usd)
+    if context is None:  # standalone: this process's client, no budget, no dispatcher
+        context = RunContext(run_id=str(task_run.id), out_dir=Path(out_dir), client=openrouter_client(),
+                             ledger=CostLedger())  # fmt: skip
+    ledger = context.ledger
+    pacer = _TaskPacer(rate_limit_name, send_at, send_rate_per_s, dispatcher=context.dispatcher, stop=context.stop)
     try:
         outcome: GenerationOutcome = generate_one(
-            openrouter_client(),
+            context.client,
             request,
             Path(out_dir),
             route=route,
             references=[Path(r) for r in references],
             gate=gate,
-            pacer=_TaskPacer(rate_limit_name, send_at, send_rate_per_s),
+            pacer=pacer,
             ledger=ledger,
-            run_id=run_id,
+            run_id=context.run_id,
         )
     except StopRequested as exc:
         return _not_sent(request, "stopped", exc)
@@ -169,20 +159,20 @@ def generate_image_task(
     fresh = [r for r in outcome.records if r.file in outcome.fresh]
     if outcome.short:
         get_run_logger().warning("request %s: %s (the rest stay owed)", request.key, outcome.error)
-    return {
-        "key": request.key,
-        "status": outcome.status,
-        "images": outcome.images,  # (file, paid now) of every image of its slots on disk
-        "file": outcome.record.file if outcome.record else None,
-        "asked": outcome.asked,
-        "slots": request.n,
-        "new": outcome.new,
-        "short": outcome.short,
-        "cost_usd": sum(r.cost_usd or 0.0 for r in fresh),
-        "unpriced": bool(fresh and fresh[0].cost_usd is None),
-        "scene": request.meta.get("scene"),
-    }
+    return ImageTaskResult(
+        key=request.key,
+        status=outcome.status,
+        images=outcome.images,  # (file, paid now) of every image of its slots on disk
+        file=outcome.record.file if outcome.record else None,
+        asked=outcome.asked,
+        slots=request.n,
+        new=outcome.new,
+        short=outcome.short,
+        cost_usd=sum(r.cost_usd or 0.0 for r in fresh),
+        unpriced=bool(fresh and fresh[0].cost_usd is None),
+        scene=request.meta.get("scene"),
+    )
 
 
-def _not_sent(request: ImageRequest, status: str, exc: Exception) -> dict:
-    return {"key": request.key, "status": status, "error": str(exc), "cost_usd": 0.0, "slots": request.n, "new": 0}
+def _not_sent(request: ImageRequest, status: str, exc: Exception) -> ImageTaskResult:
+    return ImageTaskResult(key=request.key, status=status, error=str(exc), slots=request.n)

@@ -1,8 +1,8 @@
 """One Prefect task per pipeline step, each a thin wrapper around one use case (ai_influencer.usecases).
 
-A task adds orchestration only: retries (``tasks.retry``: the OpenRouter client owns HTTP faults),
+A task adds orchestration only: retries (``shared_limits.retry``: the OpenRouter client owns HTTP faults),
 caching and artifacts. Planning, QC and augmentation are cached by the *content* of their inputs
-plus the code version (``tasks.caching``), and the flows re-run a cached QC/augment whose output
+plus the code version (``shared_limits.caching``), and the flows re-run a cached QC/augment whose output
 files are gone; preparation and generation are cached by their output files instead, which survive
 even a lost result store: an image is named by a hash of its request, and a prepared reference
 records the source's hash and the options it was made with.
@@ -17,33 +17,32 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from ai_influencer import usecases
+from ai_influencer.options import AugmentOptions, PrepareOptions, QCOptions
+from ai_influencer.qc.report import REPORT_FIELDS
+from ai_influencer.qc.stage import QCResult
 from ai_influencer.settings import Settings
-from ai_influencer.vision.qc import REPORT_FIELDS, QCResult, QCThresholds
-from tasks.artifacts import ProgressArtifact, sheet_markdown
-from tasks.caching import fingerprint, outputs_record
-from tasks.clients import openrouter_client
-from tasks.retry import retry_options
+from shared_limits.artifacts import ProgressArtifact, sheet_markdown
+from shared_limits.caching import fingerprint, outputs_record
+from shared_limits.clients import openrouter_client
+from shared_limits.retry import retry_options
+from tasks.results import (
+    AnalyticsSummary,
+    AugmentSummary,
+    DownweightResult,
+    PaidPlan,
+    PrepareResult,
+    QCSummary,
+)
 
 RETRY = retry_options()
 
 
 @task(name="prepare", tags=["vision", "prepare"], task_run_name="prepare {in_dir}", **RETRY)
-def prepare_task(
-    in_dir: str,
-    out_dir: str,
-    do_rembg: bool,
-    do_facecrop: bool,
-    size: int,
-    backend: str,
-    allow_multi_face: bool = False,
-) -> dict:
-    outcome = usecases.prepare(
-        Settings(), Path(in_dir), Path(out_dir), do_rembg=do_rembg, do_facecrop=do_facecrop, size=size,
-        backend=backend, allow_multi_face=allow_multi_face,
-    )  # fmt: skip
+def prepare_task(in_dir: str, out_dir: str, options: PrepareOptions) -> PrepareResult:
+    outcome = usecases.prepare(Settings(), Path(in_dir), Path(out_dir), options)
     for error in outcome.errors:
         get_run_logger().warning("skipped %s", error)
-    return {"usable": outcome.usable, "errors": outcome.errors}
+    return PrepareResult(usable=outcome.usable, errors=outcome.errors)
 
 
 def _plan_key(context: Any, p: dict[str, Any]) -> str:
@@ -54,14 +53,15 @@ def _plan_key(context: Any, p: dict[str, Any]) -> str:
 
 
 @task(name="plan", tags=["llm", "paid"], cache_key_fn=_plan_key, persist_result=True, **RETRY)
-def plan_task(prompt_bank: str, model: str, storyboard: str | None = None) -> dict:
+def plan_task(prompt_bank: str, model: str, storyboard: str | None = None) -> PaidPlan:
     """The paid LLM call; cached by workspace (the ``storyboard`` file it is for), prompt-bank content and
     model, so a re-run never pays twice and another workspace never gets this one's plan."""
-    return usecases.plan(openrouter_client(), Path(prompt_bank), model)
+    return PaidPlan(payload=usecases.plan(openrouter_client(), Path(prompt_bank), model))
 
 
 def _qc_key(context: Any, p: dict[str, Any]) -> str:
-    extra = ("qc", p["out_dir"], p["minsim"], p["minblur"], p["max_faces"], p["backend"])
+    o: QCOptions = p["options"]
+    extra = ("qc", p["out_dir"], o.minsim, o.minblur, o.max_faces, o.backend)
     # the review overrides' content is an input: a verdict changed on the review page re-runs QC (cached analyses)
     return fingerprint(p["ref_dir"], p["cand_dir"], p.get("overrides"), extra=extra)
 
@@ -71,41 +71,38 @@ def qc_task(
     ref_dir: str,
     cand_dir: str,
     out_dir: str,
-    minsim: float,
-    minblur: float,
-    max_faces: int,
-    backend: str,
+    options: QCOptions,
     cache_dir: str | None = None,
     overrides: str | None = None,
-) -> dict:
-    job = usecases.QCJob(
-        Path(ref_dir), Path(cand_dir), Path(out_dir), QCThresholds(minsim=minsim, minblur=minblur, max_faces=max_faces),
-        backend=backend, cache_dir=Path(cache_dir) if cache_dir else None,
+) -> QCSummary:
+    job = usecases.QCJob.for_options(
+        Path(ref_dir), Path(cand_dir), Path(out_dir), options, cache_dir=Path(cache_dir) if cache_dir else None,
         overrides=Path(overrides) if overrides else None,
     )  # fmt: skip
     result = usecases.qc(Settings(), job, on_progress=ProgressArtifact("qc-progress", "QC: images analysed"))
-    return publish_qc(result, minsim, minblur)
+    return publish_qc(result, options)
 
 
-def publish_qc(result: QCResult, minsim: float, minblur: float) -> dict:
+def publish_qc(result: QCResult, options: QCOptions) -> QCSummary:
     """QC's artifacts (verdict table, contact sheet) and the stage's summary, batch or streamed alike."""
     create_table_artifact(
         [{k: getattr(r, k) for k in REPORT_FIELDS} for r in result.rows],
         key="qc-report",
-        description=f"QC verdicts (minsim {minsim}, minblur {minblur}): {result.counts}",
+        description=f"QC verdicts (minsim {options.minsim}, minblur {options.minblur}): {result.counts}",
     )
     create_markdown_artifact(sheet_markdown(result.contact_sheet, "QC contact sheet"), key="qc-contact-sheet")
-    return {
+    return QCSummary(
         **result.counts,
-        "report": str(result.report),
-        "contact_sheet": str(result.contact_sheet),
-        "outputs": outputs_record([*result.accepted, result.report, result.contact_sheet]),
-    }
+        report=str(result.report),
+        contact_sheet=str(result.contact_sheet),
+        outputs=outputs_record([*result.accepted, result.report, result.contact_sheet]),
+    )
 
 
 def _augment_key(context: Any, p: dict[str, Any]) -> str:
-    extra = ("augment", p["out_dir"], p["captions_dir"], p["num_aug"], p["seed"], p["size"], p["kohya_repeats"])
-    extra += (p.get("vlm_model"),)
+    o: AugmentOptions = p["options"]
+    extra = ("augment", p["out_dir"], p["captions_dir"], o.num_aug, o.seed, o.size, o.kohya_repeats or None)
+    extra += (o.vlm_model if o.vlm_captions else None,)
     return fingerprint(p["in_dir"], p["prompt_bank"], extra=extra)
 
 
@@ -115,35 +112,29 @@ def augment_task(
     out_dir: str,
     captions_dir: str,
     manifest: str | None,
-    num_aug: int,
-    seed: int,
-    size: int,
     prompt_bank: str,
-    kohya_repeats: int | None,
-    vlm_model: str | None = None,
-) -> dict:
+    options: AugmentOptions,
+) -> AugmentSummary:
     outcome = usecases.augment(
         Path(in_dir),
         Path(out_dir),
         Path(captions_dir),
         prompt_bank=Path(prompt_bank),
         manifest=Path(manifest) if manifest else None,
-        num_aug=num_aug,
-        seed=seed,
-        size=size,
-        kohya_repeats=kohya_repeats,
-        vlm_model=vlm_model,
+        options=options,
         client=openrouter_client,
     )
     if outcome.captions is not None:
         for err in outcome.captions.errors:
             get_run_logger().warning("VLM caption fell back to the manifest caption: %s", err)
     result = outcome.result
-    return {**outcome.summary(), "outputs": outputs_record([*result.images, *result.captions])}
+    return AugmentSummary.model_validate(
+        {**outcome.summary(), "outputs": outputs_record([*result.images, *result.captions])}
+    )
 
 
 @task(name="analytics", tags=["analytics"], **RETRY)
-def analytics_task(synth_dir: str, qc_report: str) -> dict:
+def analytics_task(synth_dir: str, qc_report: str) -> AnalyticsSummary:
     """Cost per accepted image and drift per prompt value, as table artifacts."""
     rep = usecases.report(Path(synth_dir), Path(qc_report))
     sections = (("run", "by_run"), ("model", "by_model"), ("total", "total"))
@@ -157,11 +148,11 @@ def analytics_task(synth_dir: str, qc_report: str) -> dict:
         key="prompt-drift",
         description="QC acceptance and identity score per prompt-bank value (worst first)",
     )
-    return rep.summary()
+    return AnalyticsSummary.model_validate(rep.summary())
 
 
 @task(name="downweight-bank", tags=["analytics"], **RETRY)
-def downweight_task(prompt_bank: str, synth_dir: str, qc_report: str, out: str) -> dict:
+def downweight_task(prompt_bank: str, synth_dir: str, qc_report: str, out: str) -> DownweightResult:
     drift = usecases.report(Path(synth_dir), Path(qc_report)).drift
     path, changes = usecases.downweight(Path(prompt_bank), drift, Path(out))
-    return {"prompt_bank": str(path), "changes": changes}
+    return DownweightResult(prompt_bank=str(path), changes=changes)

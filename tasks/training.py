@@ -8,19 +8,20 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from ai_influencer import usecases
+from ai_influencer.options import EvaluateOptions
 from ai_influencer.settings import Settings
 from ai_influencer.training.config import TrainConfig
-from ai_influencer.training.inference import LocalGenParams
-from tasks.artifacts import ProgressArtifact, samples_markdown, sheet_markdown
-from tasks.retry import retry_options
+from shared_limits.artifacts import ProgressArtifact, samples_markdown, sheet_markdown
+from shared_limits.retry import retry_options
+from tasks.results import EvaluateSummary, PromotionResult, TrainSummary
 
 RETRY = retry_options()
 
 
 @task(name="train", tags=["gpu", "train"], task_run_name="train {output_name}", **RETRY)
-def train_task(config: dict, output_name: str, kohya_path: str | None = None) -> dict:
+def train_task(config: TrainConfig, output_name: str, kohya_path: str | None = None) -> TrainSummary:
     """Trains or resumes (a retry continues from the last checkpoint, it does not start over)."""
-    cfg = TrainConfig.model_validate({**config, "output_name": output_name})
+    cfg = TrainConfig.model_validate({**config.model_dump(), "output_name": output_name})
     logger = get_run_logger()
     progress = ProgressArtifact("train-progress", "LoRA training steps")
 
@@ -46,7 +47,7 @@ def train_task(config: dict, output_name: str, kohya_path: str | None = None) ->
     )
     for problem in summary.pop("problems", []):
         logger.warning("skipped %s", problem)
-    return summary
+    return TrainSummary.model_validate(summary)
 
 
 @task(name="evaluate", tags=["gpu", "evaluate"], **RETRY)
@@ -56,16 +57,11 @@ def evaluate_task(
     refs_dir: str,
     out_dir: str,
     prompt_bank: str,
-    samples: int,
-    steps: int,
-    guidance: float,
-    size: int,
-    strength: float,
-    backend: str,
+    options: EvaluateOptions,
     history_db: str | None = None,
     dataset_dir: str | None = None,
     train_params: dict | None = None,
-) -> dict:
+) -> EvaluateSummary:
     """Scores every LoRA on the same prompts and seeds; each result also goes into the identity history."""
     outcome = usecases.evaluate(
         Settings(),
@@ -74,9 +70,7 @@ def evaluate_task(
         prompt_bank=Path(prompt_bank),
         refs_dir=Path(refs_dir),
         out_dir=Path(out_dir),
-        params=LocalGenParams(steps=steps, guidance=guidance, width=size, height=size, strength=strength),
-        samples=samples,
-        backend=backend,
+        options=options,
         history_db=Path(history_db) if history_db else None,
         dataset_dir=Path(dataset_dir) if dataset_dir else None,
         train_params=train_params,
@@ -87,7 +81,7 @@ def evaluate_task(
         create_markdown_artifact(
             sheet_markdown(sheet, f"Samples of the best LoRA ({outcome.best.name})"), key="identity-contact-sheet"
         )
-    return {"best": str(outcome.best), "candidates": outcome.rows}
+    return EvaluateSummary(best=str(outcome.best), candidates=outcome.rows)
 
 
 @task(name="promote", tags=["train"], **RETRY)
@@ -98,7 +92,7 @@ def promote_task(
     live_score: tuple[float | None, float | None] | None,
     history_db: str,
     candidate_history_id: int | None,
-) -> dict:
+) -> PromotionResult:
     from ai_influencer.analytics.history import IdentityHistory
     from ai_influencer.training.promote import promote_if_better
 
@@ -106,9 +100,9 @@ def promote_task(
     if result.promoted and candidate_history_id:
         IdentityHistory(Path(history_db)).mark_promoted(candidate_history_id)
     get_run_logger().info(result.reason)
-    return {
-        "promoted": result.promoted,
-        "reason": result.reason,
-        "live": str(result.live),
-        "previous": str(result.previous) if result.previous else None,
-    }
+    return PromotionResult(
+        promoted=result.promoted,
+        reason=result.reason,
+        live=str(result.live),
+        previous=str(result.previous) if result.previous else None,
+    )

@@ -16,11 +16,11 @@ from ai_influencer.analytics.history import IdentityHistory
 from ai_influencer.analytics.report import cost_report, downweight_failing, drift_report, join
 from ai_influencer.dataset.augment import augment_and_caption
 from ai_influencer.dataset.vlm_captions import VlmCaptioner
-from ai_influencer.generation import build_requests, generate_batch
+from ai_influencer.generation.engine import build_requests, generate_batch
 from ai_influencer.openrouter import OpenRouterClient
 from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
+from ai_influencer.qc.stage import run_qc
 from ai_influencer.vision.faces import create_face_engine
-from ai_influencer.vision.qc import run_qc
 from tests.conftest import REPO, TEST_KEY
 from tests.support.assets import face
 from tests.support.openrouter_stub import StubOpenRouter

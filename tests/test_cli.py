@@ -274,7 +274,7 @@ def test_run_checks_its_inputs_before_starting_prefect(cli_env: dict[str, str], 
 def test_prefect_outside_the_tested_range_is_named_at_start_up() -> None:
     import warnings
 
-    from tasks.prefect_compat import check_prefect_version
+    from shared_limits.prefect_compat import check_prefect_version
 
     assert check_prefect_version() is None, "the installed Prefect is the tested one"
     with warnings.catch_warnings(record=True) as caught:

@@ -262,7 +262,7 @@ def test_every_readme_section_and_doc_named_in_the_code_exists() -> None:
     headings = {line.lstrip("#").strip() for line in readme.splitlines() if line.startswith("#")}
     sources = [
         p
-        for folder in ("ai_influencer", "flows", "tasks", "blocks", "interfaces", "scripts", "docker")
+        for folder in ("ai_influencer", "flows", "tasks", "shared_limits", "blocks", "interfaces", "scripts", "docker")
         for p in (REPO / folder).rglob("*")
         if p.suffix in (".py", ".js", ".html", ".sh", ".yaml", ".yml") and ".venv" not in p.parts
     ]
@@ -347,7 +347,7 @@ def test_contact_sheet_tiles_show_whole_file_names_and_numbers() -> None:
 
 
 def test_qc_tile_label_rounds_reference_scores_instead_of_cutting_them() -> None:
-    from ai_influencer.vision.qc_report import QCRow, tile_label
+    from ai_influencer.qc.report import QCRow, tile_label
 
     row = QCRow(file="a.png", faces=1, score=0.41, sharpness=120.0, duplicate_of="", verdict="rejected",
                 reason="low identity", ref_scores="-0.051 0.412")  # fmt: skip

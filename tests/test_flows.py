@@ -18,7 +18,7 @@ import pytest
 from prefect.settings import PREFECT_API_URL
 from prefect.testing.utilities import prefect_test_harness
 
-from ai_influencer.generation import build_requests
+from ai_influencer.generation.engine import build_requests
 from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
 from flows.generate import generate_flow
 from flows.hybrid import hybrid_flow
@@ -96,12 +96,12 @@ def test_hybrid_end_to_end_then_rerun_pays_nothing(prefect_server: str, env: Stu
     data = tmp_path / "data"
     board = json.loads((data / "text" / "storyboard.json").read_text())
     assert len(board["caption_seeds"]) >= 5
-    assert result["generate"]["generated"] == 12
+    assert result.generate.generated == 12
     assert json.loads((data / "synth_openrouter" / "manifest.json").read_text())["count"] == 12
     assert (data / "qc_passed" / "qc_report.csv").is_file()
-    assert result["qc"]["accepted"] >= 1 and result["augment"]["captions"] == 2 * result["qc"]["accepted"]
+    assert result.qc.accepted >= 1 and result.augment.captions == 2 * result.qc.accepted
     assert (data / "augment" / "kohya" / "10_ohwx woman").is_dir()
-    assert "no base model" in result["train"]["skipped"]  # a fresh machine has no SDXL: said, not crashed
+    assert "no base model" in result.skipped and result.train is None  # a fresh machine has no SDXL: said, not crashed
     keys = {a["key"] for a in api(prefect_server, "/artifacts/filter", {"limit": 200})}
     assert {"qc-report", "qc-contact-sheet", "qc-progress", "generate-cost", "generate-progress"} <= keys
     progress = [a for a in api(prefect_server, "/artifacts/filter", {"limit": 200}) if a["key"] == "qc-progress"]
@@ -109,7 +109,7 @@ def test_hybrid_end_to_end_then_rerun_pays_nothing(prefect_server: str, env: Stu
     paid = len(env.paid_requests)
     again = hybrid_flow(p)
     assert len(env.paid_requests) == paid, "a re-run must not pay for anything"
-    assert again["generate"]["already_done"] == 12 and again["generate"]["generated"] == 0
+    assert again.generate.already_done == 12 and again.generate.generated == 0
     # Outputs deleted behind the cache's back: the cached QC and augment results must not come back
     # as if the folders were there (augment then ran on a missing folder); they are rebuilt.
     accepted = sorted(f.name for f in (data / "qc_passed").glob("*.png"))
@@ -118,7 +118,7 @@ def test_hybrid_end_to_end_then_rerun_pays_nothing(prefect_server: str, env: Stu
     rebuilt = hybrid_flow(p)
     assert sorted(f.name for f in (data / "qc_passed").glob("*.png")) == accepted
     assert (data / "qc_passed" / "qc_report.csv").is_file()
-    assert rebuilt["augment"]["captions"] == again["augment"]["captions"]
+    assert rebuilt.augment.captions == again.augment.captions
     assert (data / "augment" / "kohya" / "10_ohwx woman").is_dir()
     assert len(env.paid_requests) == paid
 
@@ -134,7 +134,7 @@ def test_hybrid_end_to_end_then_rerun_pays_nothing(prefect_server: str, env: Stu
     assert cached == first and cached_runs() == before + 1
     shutil.rmtree(data / "qc_passed")
     again_qc = qc_flow(QCParams(), p.paths)
-    assert again_qc["accepted"] == first["accepted"]
+    assert again_qc.accepted == first.accepted
     assert sorted(f.name for f in (data / "qc_passed").glob("*.png")) == accepted
     gcl = api(prefect_server, f"/v2/concurrency_limits/{p.generate.limits.rate_limit_name}")
     assert gcl["slot_decay_per_second"] == pytest.approx(p.generate.limits.rate_per_s)
@@ -149,7 +149,7 @@ def test_rate_limit_is_never_exceeded(
         GenerateParams(per_scene=4, limits=limits(rate=rate, inflight=8), use_references=False),
         paths(tmp_path, refs=False),
     )
-    assert result["generated"] == 24
+    assert result.generated == 24
     assert stub.max_requests_in_window(1.0) <= rate
     assert not any(r.status == 429 for r in stub.requests)
 
@@ -160,7 +160,7 @@ def test_429_and_5xx_are_retried_by_the_client_and_attempts_do_not_multiply(
     env.retry_after = "0"
     env.inject("429", "502", "503", path="/images")
     result = generate_flow(GenerateParams(per_scene=1, limits=limits(), use_references=False), paths(tmp_path, False))
-    assert result["generated"] == 6 and result["failed"] == 0
+    assert result.generated == 6 and result.failed == 0
     assert chat_calls(env) == 6 + 3
     # An outage on one image: the client's 3 attempts, and no Prefect task retry on top
     # (it was 3 x (1 + task_retries 3) = 12 attempts before one retry owner per error class).
@@ -203,8 +203,8 @@ def test_budget_cap_is_checked_before_each_paid_call(prefect_server: str, env: S
         GenerateParams(per_scene=2, budget_usd=budget, limits=limits(inflight=4), use_references=False),
         paths(tmp_path, False),
     )
-    assert result["generated"] == 3 and result["stopped_by_budget"] == 9
-    assert result["spent_usd"] <= budget
+    assert result.generated == 3 and result.stopped_by_budget == 9
+    assert result.spent_usd <= budget
     assert chat_calls(env) == 3
 
 
@@ -249,7 +249,7 @@ def test_killed_generation_resumes_without_losing_or_repaying(
     # server freeing them, test_cli.py the embedded server of `influencer run`. Resume on another limit.
     resume_limits = lim.model_copy(update={"inflight_limit_name": lim.inflight_limit_name + "-resume"})
     result = generate_flow(GenerateParams(per_scene=4, limits=resume_limits, use_references=False), p)
-    assert result["manifest_count"] == 24 and result["already_done"] >= len(before)
+    assert result.manifest_count == 24 and result.already_done >= len(before)
     bank = load_prompt_bank(BANK)
     reqs = build_requests(compose_prompts(bank, 4, 0), IMAGE_MODEL, "1024x1024")
     prompt_of = {r.slots[0].file_key: r.prompt for r in reqs}  # files are named by their slot
@@ -330,10 +330,10 @@ def test_train_and_evaluate_flows_on_a_tiny_sdxl(prefect_server: str, tmp_path: 
     train.overrides.update(samples)
     result = train_flow(train, p)
     lora = Path(p.models_root) / "lora" / "influencer_lora.safetensors"
-    assert result["steps"] == 2 and result["output"] == str(lora) and lora.is_file()
-    assert len(result["samples"]) == 1 and Path(result["samples"][0]).is_file()
+    assert result.steps == 2 and result.output == str(lora) and lora.is_file()
+    assert len(result.samples) == 1 and Path(result.samples[0]).is_file()
     ev = evaluate_flow(EvaluateParams(samples=2, steps=2, size=64, backend="dlib"), p, train)
-    assert len(ev["candidates"]) == 3 and sum(c["best"] for c in ev["candidates"]) == 1  # 2 checkpoints + final
+    assert len(ev.candidates) == 3 and sum(c["best"] for c in ev.candidates) == 1  # 2 checkpoints + final
     artifacts = {a["key"]: a for a in api(prefect_server, "/artifacts/filter", {"limit": 200})}
     assert {"train-progress", "identity-evaluation", "train-samples"} <= set(artifacts)
     sample_md = artifacts["train-samples"]["data"]
@@ -353,9 +353,9 @@ def test_generate_until_n_accepted_in_rounds_then_budget_stops_cleanly(
     result = generate_until_flow(8, gen, QCParams(backend="dlib"), p, max_rounds=6, downweight_failing=True)
     out = Path(p.data_root) / "synth_openrouter"
     images = list(out.glob("*.png"))
-    assert result["stopped"] == "target" and result["accepted"] >= 8 and len(result["rounds"]) >= 2
+    assert result.stopped == "target" and result.accepted >= 8 and len(result.rounds) >= 2
     assert len(env.paid_requests) == chat_calls(env) == len(images)  # every paid image is a new image
-    assert sum(r["generated"] for r in result["rounds"]) == len(images)
+    assert sum(r.generated for r in result.rounds) == len(images)
     assert (Path(p.data_root) / "text" / "prompt_bank.adjusted.yaml").is_file()
 
     budget = env.image_cost * 9.5  # already spent nothing in this new workspace: 9 images fit
@@ -365,7 +365,7 @@ def test_generate_until_n_accepted_in_rounds_then_budget_stops_cleanly(
     paid = len(env.paid_requests)
     gen2 = GenerateParams(per_scene=1, limits=limits(), use_references=False, budget_usd=budget)
     result = generate_until_flow(100, gen2, QCParams(backend="dlib"), p2, max_rounds=6)
-    assert result["stopped"] == "budget" and result["spent_usd"] <= budget
+    assert result.stopped == "budget" and result.spent_usd <= budget
     assert len(env.paid_requests) - paid == 9 == len(list((Path(p2.data_root) / "synth_openrouter").glob("*.png")))
 
 
@@ -378,12 +378,12 @@ def test_hybrid_reports_cost_per_accepted_and_drift(prefect_server: str, env: St
         run_evaluate=False,
     )
     result = hybrid_flow(p)
-    analytics = result["analytics"]
-    assert analytics["spend_usd"] == pytest.approx(6 * env.image_cost)
-    accepted = result["qc"]["accepted"]
-    assert analytics["accepted"] == accepted
+    analytics = result.analytics
+    assert analytics.spend_usd == pytest.approx(6 * env.image_cost)
+    accepted = result.qc.accepted
+    assert analytics.accepted == accepted
     if accepted:
-        assert analytics["cost_per_accepted_usd"] == pytest.approx(6 * env.image_cost / accepted)
+        assert analytics.cost_per_accepted_usd == pytest.approx(6 * env.image_cost / accepted)
     keys = {a["key"] for a in api(prefect_server, "/artifacts/filter", {"limit": 200})}
     assert {"cost-per-accepted", "prompt-drift"} <= keys
 
@@ -412,13 +412,13 @@ def test_retrain_promotes_only_when_identity_improves(prefect_server: str, env: 
     )
     live = Path(p.models_root) / "lora" / "influencer_lora.safetensors"
     first = retrain_flow(params)
-    assert first["promotion"]["promoted"] and live.is_file() and first["promotion"]["previous"] is None
+    assert first.promotion.promoted and live.is_file() and first.promotion.previous is None
     live_bytes = live.read_bytes()
 
     # The same data again: the new candidate scores the same as the live LoRA (no face in tiny-SDXL output),
     # so it does not beat it; the live file stays as it was.
     second = retrain_flow(params)
-    assert not second["promotion"]["promoted"] and "kept the live LoRA" in second["promotion"]["reason"]
+    assert not second.promotion.promoted and "kept the live LoRA" in second.promotion.reason
     assert live.read_bytes() == live_bytes
     hist = IdentityHistory(Path(p.models_root) / "lora" / "identity_history.sqlite")
     rows = hist.rows()
@@ -431,7 +431,7 @@ def test_retrain_promotes_only_when_identity_improves(prefect_server: str, env: 
 def test_a_new_code_version_misses_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Results computed by older code are not served to newer code: the version is in every key."""
     import ai_influencer
-    from tasks import caching
+    from shared_limits import caching
 
     (tmp_path / "a.png").write_bytes(b"same input")
     key = caching.fingerprint(tmp_path, extra=("qc", 0.34))

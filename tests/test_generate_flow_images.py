@@ -10,7 +10,8 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from ai_influencer.openrouter import UnsupportedParameterError
-from ai_influencer.vision.qc import EngineSpec, run_qc
+from ai_influencer.qc.analysis import EngineSpec
+from ai_influencer.qc.stage import run_qc
 from flows.generate import generate_flow
 from flows.hybrid import hybrid_flow
 from flows.params import GenerateParams, HybridParams
@@ -31,8 +32,8 @@ def test_the_flow_publishes_plan_and_estimate_before_its_first_request_and_pays_
 ) -> None:
     params = GenerateParams(model=SEEDREAM, per_scene=4, n=4, seed=9, limits=limits(), use_references=False)
     result = generate_flow(params, paths(tmp_path, refs=False))
-    assert result["generated"] == 24 and result["requests_paid"] == 6 and result["short_answers"] == 0
-    assert result["route"] == "images" and result["spent_usd"] == pytest.approx(result["estimate_usd"]) == 0.96
+    assert result.generated == 24 and result.requests_paid == 6 and result.short_answers == 0
+    assert result.route == "images" and result.spent_usd == pytest.approx(result.estimate_usd) == 0.96
     with get_client(sync_client=True) as client:
         (plan,) = [a for a in client.read_artifacts() if a.key == "generate-plan"]
     assert "24 images in 6 requests" in plan.data and "$0.9600" in plan.data and "output_image $0.04/image" in plan.data
@@ -66,12 +67,12 @@ def test_generate_until_n_with_4_images_per_request_checks_every_image(
             generate=GenerateParams(model=SEEDREAM, per_scene=8, n=4, use_references=False, limits=limits(20, 4)),
         )
     )  # fmt: skip
-    result = out["generate"]
-    assert result["stopped"] == "target" and result["accepted"] >= 6
-    first = result["rounds"][0]
-    assert first["generated"] < 48 and len(posts(env)) * 4 >= first["generated"]
+    result = out.generate
+    assert result.stopped == "target" and result.accepted >= 6
+    first = result.rounds[0]
+    assert first.generated < 48 and len(posts(env)) * 4 >= first.generated
     ws = p.workspace()
     on_disk = len(list(ws.synth.glob("*.png")))
-    assert on_disk == first["generated"]
+    assert on_disk == first.generated
     batch = run_qc(ws.cleaned, ws.synth, tmp_path / "batch", spec=EngineSpec("dlib"), workers=2)
-    assert batch.counts["accepted"] == result["accepted"], "every image of every answer went through QC"
+    assert batch.counts["accepted"] == result.accepted, "every image of every answer went through QC"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ai_influencer.adaptive_pacing import AdaptiveRate
 from ai_influencer.dataset.manifest import rebuild_manifest, sidecar_path
-from ai_influencer.generation import build_requests, generate_batch, generate_one
+from ai_influencer.generation.engine import build_requests, generate_batch, generate_one
 from ai_influencer.openrouter import OpenRouterClient
 from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
 from tests.conftest import REPO, TEST_KEY

@@ -14,18 +14,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from ai_influencer.qc.analysis import Analysis, EngineSpec
+from ai_influencer.qc.decision import QCThresholds, decide
+from ai_influencer.qc.pool import analyze_many
+from ai_influencer.qc.report import LEGACY_FIELDS, REPORT_FIELDS, read_report
+from ai_influencer.qc.stage import run_qc
 from ai_influencer.vision.faces import DlibEngine, scorer_for
-from ai_influencer.vision.qc import (
-    LEGACY_FIELDS,
-    REPORT_FIELDS,
-    Analysis,
-    EngineSpec,
-    QCThresholds,
-    analyze_many,
-    decide,
-    read_report,
-    run_qc,
-)
 from tests.support.calibration import (
     MIN_BLUR_TEST_SIDE,
     SOFT_ORIGINALS,
@@ -276,7 +270,7 @@ def test_thresholds_are_validated_before_any_work(tmp_path: Path) -> None:
         QCThresholds(max_faces=0).validate()
     out = tmp_path / "out"
     with pytest.raises(ValueError, match="minsim must be between 0 and 1"):
-        run_qc(tmp_path / "no-refs", tmp_path / "no-cands", out, minsim=34)
+        run_qc(tmp_path / "no-refs", tmp_path / "no-cands", out, thresholds=QCThresholds(minsim=34))
     assert not out.exists()
 
 

@@ -10,7 +10,6 @@ import json
 import pytest
 from PIL import Image
 
-from ai_influencer.image_options import ImageOptions, ProviderRouting, image_options, parse_size
 from ai_influencer.openrouter import (
     BadRequestError,
     CreditsExhaustedError,
@@ -23,6 +22,7 @@ from ai_influencer.openrouter import (
     UpstreamError,
 )
 from ai_influencer.openrouter.capabilities import resolve_route
+from ai_influencer.options.images import ImageOptions, ProviderRouting, image_options, parse_size
 from tests.conftest import TEST_KEY
 from tests.support.assets import face
 from tests.support.openrouter_stub import DEFAULT_IMAGE_MODELS, StubOpenRouter, _endpoint

@@ -17,9 +17,12 @@ from pathlib import Path
 import pytest
 
 from ai_influencer.io import atomic_write_bytes
+from ai_influencer.qc.analysis import EngineSpec
+from ai_influencer.qc.decision import QCThresholds
+from ai_influencer.qc.report import read_report
+from ai_influencer.qc.stage import run_qc
+from ai_influencer.qc.stream import StreamingQC
 from ai_influencer.vision.faces import DlibEngine
-from ai_influencer.vision.qc import EngineSpec, QCThresholds, read_report, run_qc
-from ai_influencer.vision.qc_stream import StreamingQC
 from tests.support.calibration import PHOTOS, LabelledPhoto, calibration_photos, make_variants
 
 PERSONA_REFS = ("obama_1.jpg", "obama_2.jpg")
@@ -140,7 +143,7 @@ def test_overshoot_is_counted_on_the_final_verdicts_as_the_files_show(tmp_path: 
 
     from PIL import Image
 
-    from ai_influencer.vision.qc_stream import UntilAccepted
+    from ai_influencer.qc.stream import UntilAccepted
     from tests.support.assets import face
 
     refs, cand = tmp_path / "refs", tmp_path / "cand"

@@ -18,7 +18,7 @@ from PIL import Image
 from ai_influencer.adaptive_pacing import AdaptiveRate, PacingStats
 from ai_influencer.costs import BudgetExceededError, BudgetUnenforceableError, CostLedger
 from ai_influencer.dataset.manifest import sidecar_path
-from ai_influencer.generation import build_requests, generate_batch, generate_one
+from ai_influencer.generation.engine import build_requests, generate_batch, generate_one
 from ai_influencer.openrouter import OpenRouterClient
 from ai_influencer.pacing import StopFlag
 from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
@@ -279,38 +279,3 @@ def test_fair_shares_sum_to_the_limit_and_rotate_without_overlap() -> None:
         assert max(means) - min(means) < 0.15, (total, runs, means)
         for t in range(int(runs * ROTATE_S * 10)):
             assert sum(rotating_share(total, runs, r, t / 10) for r in range(runs)) <= total
-
-
-def test_one_ledger_per_run_even_when_its_tasks_start_together(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Task threads of one run that ask for its ledger at the same instant share one (two ledgers would
-    each allow the whole budget), and a finished run's ledger is forgotten."""
-    import threading
-
-    import tasks.generate
-    from tasks.generate import ledger_for, release_ledger
-
-    class SlowLedger(CostLedger):  # widens the check-then-insert window, so an unlocked version fails
-        def __init__(self, **kwargs: float | None) -> None:
-            time.sleep(0.05)
-            super().__init__(**kwargs)
-
-    monkeypatch.setattr(tasks.generate, "CostLedger", SlowLedger)
-
-    run_id = "run-" + str(threading.get_ident())
-    start = threading.Barrier(16)
-    got: list[CostLedger] = []
-
-    def ask() -> None:
-        start.wait()
-        got.append(ledger_for(run_id, 0.10, 0.039))
-
-    threads = [threading.Thread(target=ask) for _ in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(got) == 16 and len({id(ledger) for ledger in got}) == 1
-    assert release_ledger(run_id) is got[0]
-    assert release_ledger(run_id) is None
-    assert ledger_for(run_id, 0.10, 0.039) is not got[0]  # a new run with the same id starts afresh
-    release_ledger(run_id)

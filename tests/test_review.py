@@ -23,6 +23,12 @@ import pytest
 
 from ai_influencer import usecases
 from ai_influencer.dataset.workspace import Workspace
+from ai_influencer.options import QCOptions
+from ai_influencer.qc.analysis import EngineSpec
+from ai_influencer.qc.decision import QCThresholds
+from ai_influencer.qc.report import REPORT_FIELDS, tile_label
+from ai_influencer.qc.stage import QCResult
+from ai_influencer.qc.stream import StreamingQC
 from ai_influencer.review import (
     OverrideError,
     OverrideStore,
@@ -39,8 +45,6 @@ from ai_influencer.review.calibration import MIN_PER_CLASS, fit_threshold, opera
 from ai_influencer.review.overrides import content_digest, inactive
 from ai_influencer.review.persona import store_thresholds
 from ai_influencer.settings import Settings
-from ai_influencer.vision.qc import REPORT_FIELDS, EngineSpec, QCResult, QCThresholds, tile_label
-from ai_influencer.vision.qc_stream import StreamingQC
 from tests.support.review_workspace import ECHO, PERSONA, VARIED, Template, build, clone
 from tests.support.review_workspace import workspace as _workspace
 
@@ -54,9 +58,9 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
 
 def qc(ws: Workspace, minsim: float = 0.34, minblur: float = 80.0) -> QCResult:
     """QC as the CLI runs it: the use case with the workspace's cache and overrides."""
-    job = usecases.QCJob(
-        ws.cleaned, ws.synth, ws.qc_passed, QCThresholds(minsim=minsim, minblur=minblur),
-        backend="dlib", workers=2, cache_dir=ws.qc_cache, overrides=ws.qc_overrides,
+    job = usecases.QCJob.for_options(
+        ws.cleaned, ws.synth, ws.qc_passed, QCOptions(minsim=minsim, minblur=minblur, backend="dlib"),
+        workers=2, cache_dir=ws.qc_cache, overrides=ws.qc_overrides,
     )  # fmt: skip
     return usecases.qc(Settings(data_root=ws.data_root), job)
 

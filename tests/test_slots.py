@@ -13,8 +13,8 @@ from PIL import Image
 from ai_influencer import usecases
 from ai_influencer.costs import CostLedger
 from ai_influencer.dataset.manifest import read_sidecars
-from ai_influencer.image_options import ImageOptions
 from ai_influencer.openrouter import OpenRouterClient
+from ai_influencer.options import GenerateOptions
 from tests.conftest import REPO, TEST_KEY
 from tests.support.assets import face
 from tests.support.openrouter_stub import StubOpenRouter
@@ -26,10 +26,8 @@ GEMINI = "google/gemini-2.5-flash-image"
 
 def plan(out: Path, *, n: int = 4, per_scene: int = 4, seed: int | None = None, model: str = SEEDREAM,
          refs: Path | None = None, regenerate: bool = False) -> usecases.RequestPlan:  # fmt: skip
-    return usecases.plan_requests(
-        BANK, out, model=model, per_scene=per_scene, options=ImageOptions(n=n, seed=seed), references=refs,
-        regenerate=regenerate,
-    )  # fmt: skip
+    stage = GenerateOptions(model=model, per_scene=per_scene, n=n, seed=seed, regenerate=regenerate)
+    return usecases.plan_requests(BANK, out, stage, references=refs)
 
 
 def run(client: OpenRouterClient, out: Path, p: usecases.RequestPlan, **kw: object) -> usecases.GenerateOutcome:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from prefect.client.orchestration import get_client
 
-from ai_influencer.vision.qc import EngineSpec, run_qc
+from ai_influencer.qc.analysis import EngineSpec
+from ai_influencer.qc.stage import run_qc
 from flows.hybrid import hybrid_flow
 from flows.params import GenerateParams, HybridParams, Limits
 from tests.conftest import REPO
@@ -47,9 +48,9 @@ def test_hybrid_streams_qc_while_generating_with_batch_verdicts(
     lim = limits(rate=8, inflight=4)
     out = hybrid(p, lim, per_scene=3)
     ws = p.workspace()
-    gen, qc = out["generate"], out["qc"]
-    assert gen["generated"] == 18 and qc["streamed"] is True
-    assert qc["accepted"] + qc["rejected"] + qc["error"] == 18 and qc["accepted"] >= 5
+    gen, qc = out.generate, out.qc
+    assert gen.generated == 18 and qc.streamed is True
+    assert qc.accepted + qc.rejected + qc.error == 18 and qc.accepted >= 5
 
     # Checked while generating: analyses were stored before the last image was written.
     images = sorted(ws.synth.glob("*.png"), key=lambda f: f.stat().st_mtime)
@@ -70,8 +71,8 @@ def test_hybrid_streams_qc_while_generating_with_batch_verdicts(
     # A re-run pays nothing and checks nothing again.
     before = chat_calls(env)
     again = hybrid(p, lim, per_scene=3)
-    assert chat_calls(env) == before and again["generate"]["generated"] == 0
-    assert again["qc"]["analysed"] == 0 and again["qc"]["from_cache"] == 20
+    assert chat_calls(env) == before and again.generate.generated == 0
+    assert again.qc.analysed == 0 and again.qc.from_cache == 20
     assert ws.qc_report.read_text() == batch.report.read_text()
 
 
@@ -87,18 +88,18 @@ def test_generate_until_n_stops_paying_at_the_target(
     p = paths(tmp_path)
     window = 4
     out = hybrid(p, limits(rate=20, inflight=window), per_scene=8, target_accepted=6, max_rounds=3)
-    result = out["generate"]
+    result = out.generate
     assert "qc" not in out  # the rounds ran QC
-    assert result["stopped"] == "target" and result["accepted"] >= 6
-    first = result["rounds"][0]
-    assert len(result["rounds"]) == 1, result  # 48 prompts in round 1: enough, no second round
-    assert first["not_sent_after_target"] > 0  # stopped early: the rest of the round was never paid
-    assert 0 <= result["overshoot"] <= window - 1, result
-    assert chat_calls(env) == first["generated"] < 48
+    assert result.stopped == "target" and result.accepted >= 6
+    first = result.rounds[0]
+    assert len(result.rounds) == 1, result  # 48 prompts in round 1: enough, no second round
+    assert first.not_sent_after_target > 0  # stopped early: the rest of the round was never paid
+    assert 0 <= result.overshoot <= window - 1, result
+    assert chat_calls(env) == first.generated < 48
     # The final verdicts are batch QC's over the folder.
     ws = p.workspace()
     batch = run_qc(ws.cleaned, ws.synth, tmp_path / "batch", spec=EngineSpec("dlib"), workers=2)
-    assert batch.counts["accepted"] == result["accepted"] == result["qc"]["accepted"]
+    assert batch.counts["accepted"] == result.accepted == result.qc.accepted
 
 
 KILL_SCRIPT = """
@@ -144,11 +145,11 @@ def test_a_kill_during_streaming_qc_resumes_without_repaying_or_rechecking(
     fresh = lim.model_copy(update={"rate_limit_name": lim.rate_limit_name + "-2",
                                    "inflight_limit_name": lim.inflight_limit_name + "-2"})  # fmt: skip
     out = hybrid(p, fresh, per_scene=4)
-    assert out["generate"]["already_done"] == len(made) and out["generate"]["generated"] == 24 - len(made)
+    assert out.generate.already_done == len(made) and out.generate.generated == 24 - len(made)
     after_kill = [r for r in env.image_requests() if r.t > killed_at]
     assert len(after_kill) == 24 - len(made)  # nothing made before the kill was paid again
     # Nothing checked before the kill was checked again: its stored analyses are untouched, and the run
     # analysed only what had no analysis yet.
     assert all((ws.qc_cache / n).stat().st_mtime_ns == t for n, t in stored.items())
-    assert out["qc"]["from_cache"] == len(stored) and out["qc"]["analysed"] == 24 + 2 - len(stored)
+    assert out.qc.from_cache == len(stored) and out.qc.analysed == 24 + 2 - len(stored)
     assert json.loads((ws.synth / "manifest.json").read_text())["count"] == 24

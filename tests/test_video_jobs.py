@@ -24,13 +24,13 @@ from ai_influencer.dataset.manifest import ImageRecord, rebuild_manifest, write_
 from ai_influencer.openrouter import OpenRouterClient
 from ai_influencer.openrouter.videos import VideoAPI, VideoJob
 from ai_influencer.pacing import StopFlag
+from ai_influencer.qc.report import QCRow, write_report
 from ai_influencer.storyboard import Shot, Storyboard
 from ai_influencer.video.clips import FIRST_FRAME, REFERENCES, ClipPlanning, clip_seconds, plan_clips, split_script
 from ai_influencer.video.jobs import run_video
 from ai_influencer.video.ledger import VideoStore
 from ai_influencer.video.polling import VideoJobDeadlineError, WaitPolicy, wait_for_job
 from ai_influencer.video.webhooks import WebhookError, WebhookInbox, receive
-from ai_influencer.vision.qc_report import QCRow, write_report
 from tests.conftest import REPO, TEST_KEY
 from tests.support.assets import face
 from tests.support.video_stub import StubVideoAPI

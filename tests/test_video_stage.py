@@ -24,12 +24,12 @@ from prefect.testing.utilities import prefect_test_harness
 
 from ai_influencer.dataset.manifest import ImageRecord, rebuild_manifest, write_sidecar
 from ai_influencer.openrouter.videos import VideoParameterError
+from ai_influencer.qc.report import QCRow, write_report
 from ai_influencer.settings import Settings
 from ai_influencer.storyboard import Shot, Storyboard
 from ai_influencer.video.frames import probe_video
 from ai_influencer.video.ledger import VideoStore
 from ai_influencer.video.webhooks import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, signature
-from ai_influencer.vision.qc_report import QCRow, write_report
 from flows.hybrid import hybrid_flow
 from flows.params import GenerateParams, HybridParams, Limits, Paths, VideoParams
 from flows.video import video_flow
@@ -131,9 +131,9 @@ def test_hybrid_with_video_writes_one_checked_clip_per_scene_and_a_rerun_pays_no
         video=fast_video(),
     )
     result = hybrid_flow(p)
-    video = result["video"]
-    assert video["counts"] == {"done": 2}, video
-    assert video["submitted"] == 2 and video["identity_passed"] == 2
+    video = result.video
+    assert video is not None and video.counts == {"done": 2}, video
+    assert video.submitted == 2 and video.identity_passed == 2
     store = VideoStore(tmp_path / "data" / "video")
     manifest = json.loads(store.manifest.read_text())
     assert manifest["count"] == 2 and sorted(c["scene"] for c in manifest["clips"]) == sorted(SCENES)
@@ -153,7 +153,7 @@ def test_hybrid_with_video_writes_one_checked_clip_per_scene_and_a_rerun_pays_no
     keys = {a["key"] for a in httpx.post(f"{prefect_server}/artifacts/filter", json={"limit": 200}).json()}
     assert {"video-plan", "video-clips", "video-filmstrips"} <= keys
     again = video_flow(p.video, p.paths)
-    assert again["counts"] == {"skipped": 2} and len(env.video.submits) == 2, "a re-run pays nothing"
+    assert again.counts == {"skipped": 2} and len(env.video.submits) == 2, "a re-run pays nothing"
 
 
 def test_the_video_flow_waits_for_one_job_at_a_time_and_reports_another_persons_clip_as_failed_identity(
@@ -164,16 +164,16 @@ def test_the_video_flow_waits_for_one_job_at_a_time_and_reports_another_persons_
     paths = Paths(data_root=str(data), prompt_bank=BANK, models_root=str(tmp_path / "models"))
     video = fast_video(max_in_flight=1)
     summary = video_flow(video, paths)
-    assert summary["counts"] == {"done": 2}
+    assert summary.counts == {"done": 2}
     # one job at a time: the second was submitted only once the first had ended (the Prefect limit)
     limit = httpx.get(f"{prefect_server}/v2/concurrency_limits/{video.limit_name}").json()
     assert limit["limit"] == 1 and limit["active_slots"] == 0
     first, second = sorted(env.video.jobs.values(), key=lambda j: j.created)
     assert second.created >= first.created + first.pending_s + first.running_s
-    verdicts = {c["scene"]: (c["verdict"], c["reason"]) for c in summary["clips"]}
+    verdicts = {c["scene"]: (c["verdict"], c["reason"]) for c in summary.clips}
     assert verdicts["cafe_morning"][0] == "failed" and verdicts["cafe_morning"][1].startswith("another person on")
     assert verdicts["city_street"][0] == "passed", verdicts
-    assert summary["identity_failed"] == 1 and summary["identity_passed"] == 1
+    assert summary.identity_failed == 1 and summary.identity_passed == 1
 
 
 def test_an_unsupported_parameter_fails_the_hybrid_run_before_anything_is_paid(
@@ -425,8 +425,8 @@ def test_the_hub_lists_the_stages_clips_with_their_filmstrips(
 ) -> None:
     from ai_influencer.dataset.workspace import Workspace
     from ai_influencer.openrouter import OpenRouterClient
+    from ai_influencer.options.video import VideoOptions
     from ai_influencer.usecases import video as usecase
-    from ai_influencer.video.options import VideoOptions
 
     ws = Workspace(tmp_path / "data", tmp_path / "models")
     options = VideoOptions(poll_initial_s=0.05, poll_max_s=0.1, max_clips=1)
@@ -450,8 +450,8 @@ def test_the_pages_play_the_clips_pipeline_with_filmstrip_and_verdict_generate_a
 
     from ai_influencer.dataset.workspace import Workspace
     from ai_influencer.openrouter import OpenRouterClient
+    from ai_influencer.options.video import VideoOptions
     from ai_influencer.usecases import video as usecase
-    from ai_influencer.video.options import VideoOptions
     from tests.test_hub_browser import CHROMIUM, SHOTS
 
     if not Path(CHROMIUM).exists():

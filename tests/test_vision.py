@@ -13,6 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from ai_influencer.imaging import BadImageError, load_rgb
+from ai_influencer.qc.analysis import EngineSpec
+from ai_influencer.qc.decision import QCThresholds
+from ai_influencer.qc.report import REPORT_FIELDS
+from ai_influencer.qc.stage import run_qc
 from ai_influencer.settings import Settings
 from ai_influencer.vision.background import BackgroundModelMissingError, BackgroundRemover
 from ai_influencer.vision.faces import (
@@ -25,9 +30,7 @@ from ai_influencer.vision.faces import (
     largest,
     resolve_backend,
 )
-from ai_influencer.vision.image_io import BadImageError, load_rgb
 from ai_influencer.vision.prepare import prepare_references
-from ai_influencer.vision.qc import REPORT_FIELDS, EngineSpec, run_qc
 from ai_influencer.vision.quality import face_sharpness, laplacian_variance
 from tests.support.assets import face
 from tests.support.tiny_models import tiny_segmenter_onnx
@@ -275,8 +278,9 @@ def test_qc_accepts_persona_rejects_others_blur_duplicates(qc_data: dict) -> Non
 
 def test_qc_thresholds_are_parameters_and_rerun_mirrors_verdicts(qc_data: dict) -> None:
     out = qc_data["root"] / "qc_strict"
-    loose = run_qc(qc_data["refs"], qc_data["cand"], out, spec=EngineSpec("dlib"), minsim=0.0, minblur=0.0, workers=1)
-    strict = run_qc(qc_data["refs"], qc_data["cand"], out, spec=EngineSpec("dlib"), minsim=0.99, workers=1)
+    refs, cand, dlib = qc_data["refs"], qc_data["cand"], EngineSpec("dlib")
+    loose = run_qc(refs, cand, out, spec=dlib, thresholds=QCThresholds(minsim=0.0, minblur=0.0), workers=1)
+    strict = run_qc(refs, cand, out, spec=dlib, thresholds=QCThresholds(minsim=0.99), workers=1)
     assert loose.counts["accepted"] > strict.counts["accepted"] == 0
     assert not list(out.glob("img*.png"))  # stale approvals from the loose run are gone
 
@@ -284,7 +288,7 @@ def test_qc_thresholds_are_parameters_and_rerun_mirrors_verdicts(qc_data: dict) 
 POOL_SCRIPT = """
 import multiprocessing, os, sys, time
 from concurrent.futures import ProcessPoolExecutor
-from ai_influencer.vision.qc_analysis import EngineSpec, init_worker
+from ai_influencer.qc.analysis import EngineSpec, init_worker
 pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker,
                            initargs=(EngineSpec("dlib"),))
 print(" ".join(str(pool.submit(os.getpid).result()) for _ in range(4)), flush=True)
@@ -382,7 +386,9 @@ def test_a_stored_analysis_without_descriptor_is_redone_when_a_looser_gate_needs
     engine = DlibEngine()
     strict = run_qc(refs, cand, tmp_path / "a", engine=engine, workers=1, cache_dir=cache)
     assert strict.rows[0].score is None and "sharpness" in strict.rows[0].reason  # blurred: no descriptor
-    loose = run_qc(refs, cand, tmp_path / "b", engine=engine, workers=1, cache_dir=cache, minblur=0)
+    loose = run_qc(
+        refs, cand, tmp_path / "b", engine=engine, workers=1, cache_dir=cache, thresholds=QCThresholds(minblur=0)
+    )
     assert loose.rows[0].score is not None and loose.rows[0].verdict == "accepted", loose.rows[0]
 
 

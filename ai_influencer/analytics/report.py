@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ai_influencer.dataset.manifest import ImageRecord, read_sidecars
 from ai_influencer.prompt_bank import PromptBank
-from ai_influencer.vision.qc import QCRow, read_report
+from ai_influencer.qc.report import QCRow, read_report
 
 CATEGORIES = ("scene", "lighting", "pose", "outfit", "model")
 

@@ -27,9 +27,10 @@ from PIL import Image
 
 from ai_influencer.dataset.manifest import ImageRecord, load_manifest
 from ai_influencer.dataset.workspace import KOHYA_SUBDIR
+from ai_influencer.imaging import BadImageError, list_images, load_rgb
 from ai_influencer.io import atomic_write_bytes, atomic_write_text
+from ai_influencer.options.augment import AUGMENT_DEFAULTS
 from ai_influencer.prompt_bank import PromptBank
-from ai_influencer.vision.image_io import BadImageError, list_images, load_rgb
 
 CAPTION_DEFAULTS = {"scene": "candid lifestyle setting", "lighting": "natural light", "outfit": "casual outfit"}
 
@@ -90,9 +91,9 @@ def augment_and_caption(
     captions_dir: Path,
     *,
     manifest: Path | None = None,
-    num_aug: int = 1,
-    seed: int = 137,
-    size: int = 1024,
+    num_aug: int = AUGMENT_DEFAULTS.num_aug,
+    seed: int = AUGMENT_DEFAULTS.seed,
+    size: int = AUGMENT_DEFAULTS.size,
     trigger: str | None = None,
     class_word: str | None = None,
     bank: PromptBank | None = None,

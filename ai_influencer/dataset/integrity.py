@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ai_influencer.dataset.manifest import IMAGE_SUFFIXES
+from ai_influencer.imaging import IncompleteImageError, verify_image_file
 from ai_influencer.io import quarantine
-from ai_influencer.vision.image_io import IncompleteImageError, verify_image_file
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ class Workspace:
 
     @property
     def qc_cache(self) -> Path:
-        """QC's per-image analyses by content (``vision.qc_pool``): no image is checked twice."""
+        """QC's per-image analyses by content (``qc.pool``): no image is checked twice."""
         return self.data_root / ".cache" / "qc"
 
     @property

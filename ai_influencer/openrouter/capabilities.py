@@ -9,7 +9,7 @@ price lines give an estimate a budget can trust before any response reports a co
 A model the Image API does not list but that outputs images through chat completions keeps working
 through the chat route (one image per call, no seed), chosen automatically.
 
-The options themselves (``ImageOptions``: defaults, bounds, help) are in ``ai_influencer.image_options``.
+The options themselves (``ImageOptions``: defaults, bounds, help) are in ``ai_influencer.options.images``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from ai_influencer.image_options import (
+from ai_influencer.openrouter.errors import OpenRouterError, UnsupportedParameterError
+from ai_influencer.openrouter.types import Capability, ImageEndpoint, PriceLine
+from ai_influencer.options.images import (
     DEFAULT_SIZE,
     IMAGE_OPTION_DEFAULTS,
     MAX_SIDE,
@@ -34,8 +36,6 @@ from ai_influencer.image_options import (
     parse_size,
     tier_for,
 )
-from ai_influencer.openrouter.errors import OpenRouterError, UnsupportedParameterError
-from ai_influencer.openrouter.types import Capability, ImageEndpoint, PriceLine
 
 if TYPE_CHECKING:
     from ai_influencer.openrouter.client import OpenRouterClient

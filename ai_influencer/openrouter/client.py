@@ -62,6 +62,7 @@ from ai_influencer.openrouter.types import (
     ModelInfo,
     Usage,
 )
+from ai_influencer.options.images import IMAGE_OPTION_DEFAULTS
 from ai_influencer.pacing import Pacer
 from ai_influencer.settings import Settings
 
@@ -483,7 +484,7 @@ class OpenRouterClient(_Core):
         model: str,
         prompt: str,
         *,
-        n: int = 1,
+        n: int = IMAGE_OPTION_DEFAULTS.n,
         negative_prompt: str | None = None,
         reference_images: Sequence[bytes | str | Path] = (),
         params: dict[str, Any] | None = None,

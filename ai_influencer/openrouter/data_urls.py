@@ -17,9 +17,9 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from ai_influencer.imaging import IncompleteImageError, verify_image_bytes
 from ai_influencer.openrouter.errors import ImageDecodeError
 from ai_influencer.openrouter.types import GeneratedImage
-from ai_influencer.vision.image_io import IncompleteImageError, verify_image_bytes
 
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[\w-]+=[^;,]*)*(?P<b64>;base64)?,(?P<data>.*)$", re.S)
 _FORMAT_MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}

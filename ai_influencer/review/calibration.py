@@ -31,9 +31,10 @@ from typing import Any
 import numpy as np
 
 from ai_influencer.dataset.workspace import Workspace
+from ai_influencer.options.qc import QC_DEFAULTS
+from ai_influencer.qc.report import QCRow, read_report
 from ai_influencer.review.overrides import OverrideStore, content_digest, reason_kinds
 from ai_influencer.review.persona import EffectiveThresholds, effective_thresholds, store_thresholds
-from ai_influencer.vision.qc_report import QCRow, read_report
 
 MIN_PER_CLASS = 5  # labels of each kind a fit needs: fewer, and one mislabelled image decides the threshold
 TARGET_PRECISION = 0.95
@@ -281,7 +282,7 @@ def label_cause(verdict: str, cause: str | None, was_reason: str) -> str | None:
 
 
 def workspace_labels(
-    ws: Workspace, *, report: Path | None = None, cand_dir: Path | None = None, max_faces: int = 1
+    ws: Workspace, *, report: Path | None = None, cand_dir: Path | None = None, max_faces: int = QC_DEFAULTS.max_faces
 ) -> tuple[list[Label], dict[str, int]]:
     """The user's judgements on the latest QC's images, with their stored scores; and the judged images left
     out, by why (no face, several faces, rejected for another reason, identity not measured, not in the latest

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ai_influencer.dataset.manifest import read_sidecars
 from ai_influencer.dataset.workspace import Workspace
+from ai_influencer.qc.report import read_report
 from ai_influencer.review.overrides import (
     Judgement,
     OverrideStore,
@@ -21,7 +22,6 @@ from ai_influencer.review.overrides import (
     override_reason,
     reason_kinds,
 )
-from ai_influencer.vision.qc_report import read_report
 
 IDENTITY_SCALE = 0.05  # identity scores this far from minsim count as one unit of "borderline"
 SHARPNESS_SCALE = math.log(1.25)  # sharpness 25 % away from minblur counts as one unit

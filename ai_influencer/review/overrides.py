@@ -9,7 +9,8 @@ One that agrees with QC is a label (the review page's "confirm"); one that disag
 pin the image: QC never re-decides an image the user judged, whatever the thresholds say later, and both
 are labels for calibration. Each image keeps its history, so undo restores the judgement before.
 
-QC only reads the store (``apply_overrides`` is its one hook, called right after ``decide``); the review
+QC only reads the store (``OverrideStore.apply``, i.e. ``apply_overrides``, is its one hook, called right
+after ``decide``; the use case hands the store to QC, which knows it only as ``qc.report.VerdictOverrides``); the review
 page writes it (``set_verdict``, ``undo_verdict``), one locked read-modify-write and an atomic replace each.
 """
 
@@ -21,13 +22,13 @@ from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from filelock import FileLock
 
 from ai_influencer.dataset.workspace import Workspace
 from ai_influencer.io import atomic_write_json, file_sha256
-from ai_influencer.vision.qc_report import QCRow, read_report
+from ai_influencer.qc.report import HasPath, QCRow, mark_automatic, read_report
 
 VERDICTS = ("accepted", "rejected")
 CAUSES = ("identity", "sharpness", "other")  # why the user rejected (optional): which threshold it speaks to
@@ -145,6 +146,10 @@ class OverrideStore:
     def _write(self, images: dict[str, dict[str, Any]]) -> None:
         atomic_write_json(self.path, {"version": STORE_VERSION, "images": images})
 
+    def apply(self, verdicts: dict[str, QCRow], analyses: Iterable[HasPath]) -> dict[str, QCRow]:
+        """QC's hook (``qc.report.VerdictOverrides``): see ``apply_overrides``."""
+        return apply_overrides(verdicts, analyses, self)
+
 
 def content_digest(path: Path) -> str:
     """The file's SHA-256, computed once per (file, size, mtime): QC and the review page ask often."""
@@ -194,13 +199,8 @@ def reason_kinds(reason: str) -> set[str]:
     return kinds
 
 
-class _HasPath(Protocol):
-    @property
-    def path(self) -> Path: ...
-
-
 def apply_overrides(
-    verdicts: dict[str, QCRow], analyses: Iterable[_HasPath], store: OverrideStore | None
+    verdicts: dict[str, QCRow], analyses: Iterable[HasPath], store: OverrideStore | None
 ) -> dict[str, QCRow]:
     """QC's hook: the user's verdicts over QC's own, in place; ``auto_verdict`` keeps QC's.
 
@@ -209,8 +209,7 @@ def apply_overrides(
     once (the copy QC kept), so the training set never holds one file twice; a copy whose better copy
     the user re-judged says so in its reason.
     """
-    for row in verdicts.values():
-        row.auto_verdict, row.override = row.verdict, ""
+    mark_automatic(verdicts)
     judged = store.current() if store is not None else {}
     if not judged:
         return verdicts

@@ -20,12 +20,12 @@ from filelock import FileLock
 
 from ai_influencer.dataset.workspace import Workspace
 from ai_influencer.io import atomic_write_json
-from ai_influencer.vision.faces import MINSIM_DEFAULT
-from ai_influencer.vision.qc_decision import QCThresholds
+from ai_influencer.options.qc import QC_DEFAULTS
+from ai_influencer.qc.decision import QCThresholds
 
 PERSONA_VERSION = 1
 THRESHOLDS = ("minsim", "minblur")
-DEFAULTS: dict[str, float] = {"minsim": MINSIM_DEFAULT, "minblur": QCThresholds().minblur}
+DEFAULTS: dict[str, float] = {name: getattr(QC_DEFAULTS, name) for name in THRESHOLDS}
 
 
 class PersonaSettingsError(ValueError):
@@ -45,7 +45,7 @@ def read_persona(path: Path) -> dict[str, Any]:
     for name in THRESHOLDS:
         if name in qc:
             try:
-                QCThresholds(**{name: qc[name]}).validate()
+                QCThresholds(**{name: qc[name]})  # checked when made
             except (ValueError, TypeError) as exc:
                 raise PersonaSettingsError(f"{path}: qc.{name}: {exc}") from None
     return data
@@ -107,7 +107,7 @@ def store_thresholds(ws: Workspace, values: Mapping[str, float], record: Mapping
     for name, value in values.items():
         if name not in THRESHOLDS:
             raise ValueError(f"unknown threshold {name!r}")
-        QCThresholds(**{name: value}).validate()
+        QCThresholds(**{name: value})  # checked when made
     path = ws.persona_settings
     with FileLock(str(path.with_name(f".{path.name}.lock")), timeout=30):
         data = read_persona(path)

@@ -1,11 +1,14 @@
-"""Training parameters. Defaults follow the manual's train_lora.sh (dim 32, alpha 16, 1024 px)."""
+"""Training parameters: the train stage's options (``options.train``: the manual's train_lora.sh defaults,
+dim 32, alpha 16, 1024 px) and every other trainer setting."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
+
+from ai_influencer.options.train import TrainOptions
 
 # kohya's coverage: every Linear inside the UNet's transformer blocks (attention, feed-forward,
 # proj_in/out), and attention + MLP inside both CLIP text encoders.
@@ -13,7 +16,9 @@ UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.n
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(TrainOptions):
+    """What the trainer runs: the stage's options (inherited) plus paths, buckets, optimizer and samples."""
+
     base_model: Path = Field(
         default=Path("models/base/sdxl.safetensors"),
         description="SDXL checkpoint (.safetensors single file) or a diffusers folder with model_index.json.",
@@ -27,37 +32,24 @@ class TrainConfig(BaseModel):
     output_dir: Path = Field(default=Path("models/lora"))
     output_name: str = Field(default="influencer_lora", pattern=r"^[\w.-]+$")
 
-    rank: int = Field(default=32, ge=1, le=1024, description="network_dim")
-    alpha: float = Field(default=16.0, gt=0, description="network_alpha; the LoRA scale is alpha / rank")
-    resolution: int = Field(default=1024, ge=16, le=4096)
     min_bucket_reso: int = Field(default=256, ge=16)
     max_bucket_reso: int = Field(default=2048, ge=16)
     bucket_step: int = Field(default=64, ge=8)
     repeats: int = Field(default=1, ge=1, description="For folders without a kohya N_name prefix.")
     default_caption: str = Field(default="", description="Used for images without a .txt caption.")
 
-    train_text_encoder: bool = False
-    unet_lr: float = Field(default=1e-4, gt=0)
     text_encoder_lr: float = Field(default=1e-5, gt=0)
-    batch_size: int = Field(default=1, ge=1)
     grad_accum: int = Field(default=1, ge=1)
-    max_train_steps: int | None = Field(default=None, ge=1, description="Overrides epochs when set.")
-    epochs: int = Field(default=10, ge=1)
     lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "linear"] = "constant"
     lr_warmup_steps: int = Field(default=0, ge=0)
     optimizer: Literal["adamw", "adamw8bit"] = "adamw"
     weight_decay: float = Field(default=1e-2, ge=0)
     max_grad_norm: float = Field(default=1.0, ge=0)
-    mixed_precision: Literal["no", "fp16", "bf16"] = "bf16"
     gradient_checkpointing: bool = True
     min_snr_gamma: float | None = Field(default=5.0, gt=0)
     noise_offset: float = Field(default=0.0357, ge=0)
     seed: int = 42
 
-    checkpoint_every: int = Field(default=250, ge=1, description="Save a resumable checkpoint every N steps.")
-    keep_checkpoints: int = Field(
-        default=5, ge=1, description="Keep the newest N checkpoints of a run (older ones are deleted)."
-    )
     resume: bool = Field(default=True, description="Continue from the newest checkpoint in output_dir.")
     sample_every: int | None = Field(default=None, ge=1, description="Render sample images every N steps.")
     sample_prompts: list[str] = Field(default_factory=list)

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ai_influencer.imaging import BadImageError, list_images, load_rgb
 from ai_influencer.io import file_sha256
-from ai_influencer.vision.image_io import BadImageError, list_images, load_rgb
 
 KOHYA_DIR = re.compile(r"^(\d+)_(.+)$")
 

@@ -17,11 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from ai_influencer.dataset.contact_sheet import Tile, render_contact_sheet
+from ai_influencer.imaging import list_images
 from ai_influencer.io import atomic_write_bytes, atomic_write_json
+from ai_influencer.options.evaluate import EVALUATE_DEFAULTS
 from ai_influencer.prompt_bank import PromptBank, compose_prompts
+from ai_influencer.qc.analysis import analyze
+from ai_influencer.qc.decision import reference_centroid
 from ai_influencer.vision.faces import FaceEngine
-from ai_influencer.vision.image_io import list_images
-from ai_influencer.vision.qc import analyze, reference_centroid
 
 
 @dataclass
@@ -188,7 +190,9 @@ def evaluate_loras(
     return pick_best(list(loras), one, out_dir)
 
 
-def default_candidates(lora_dir: Path, name: str = "influencer_lora", checkpoints: bool = True) -> list[Path]:
+def default_candidates(
+    lora_dir: Path, name: str = "influencer_lora", checkpoints: bool = EVALUATE_DEFAULTS.checkpoints
+) -> list[Path]:
     """The final LoRA plus (optionally) every checkpoint of its newest training run."""
     from ai_influencer.training.checkpoints import checkpoint_files
 

@@ -8,18 +8,29 @@ from pathlib import Path
 from typing import Any
 
 from ai_influencer.io import atomic_write_bytes
+from ai_influencer.options.evaluate import SampleOptions
 from ai_influencer.training.loading import load_sdxl
+
+_SAMPLE = SampleOptions()  # the defaults of local generation (options.evaluate)
 
 
 @dataclass(frozen=True)
 class LocalGenParams:
-    steps: int = 30
-    guidance: float = 6.0
-    width: int = 1024
-    height: int = 1024
-    strength: float = 1.0
+    steps: int = _SAMPLE.steps
+    guidance: float = _SAMPLE.guidance
+    width: int = _SAMPLE.size
+    height: int = _SAMPLE.size
+    strength: float = _SAMPLE.strength
     negative_prompt: str = ""
-    seed: int = 0
+    seed: int = _SAMPLE.seed
+
+    @classmethod
+    def from_options(cls, options: SampleOptions) -> LocalGenParams:
+        """Square images of ``options.size``, the options' steps, guidance, LoRA strength and seed."""
+        return cls(
+            steps=options.steps, guidance=options.guidance, width=options.size, height=options.size,
+            strength=options.strength, seed=options.seed,
+        )  # fmt: skip
 
 
 def best_device() -> tuple[str, Any]:
@@ -41,7 +52,7 @@ class LocalGenerator:
         self.pipe.set_progress_bar_config(disable=True)
         self._lora: Path | None = None
 
-    def use_lora(self, lora: Path | None, strength: float = 1.0) -> None:
+    def use_lora(self, lora: Path | None, strength: float = _SAMPLE.strength) -> None:
         if self._lora is not None:
             self.pipe.unload_lora_weights()
             self._lora = None

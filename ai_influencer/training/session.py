@@ -21,7 +21,7 @@ from ai_influencer.training.lora_format import export_kohya_lora
 from ai_influencer.training.provenance import lora_metadata
 
 if TYPE_CHECKING:
-    from ai_influencer.training.trainer import TrainResult
+    from ai_influencer.training.result import TrainResult
 
 log = logging.getLogger(__name__)
 LORA_STATE = "lora.safetensors"  # inside a checkpoint's state/: the PEFT weights in fp32, for an exact resume

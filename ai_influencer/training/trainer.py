@@ -9,7 +9,7 @@ order is a pure function of (seed, epoch), and checkpoints are accelerate states
 run continues exactly where the checkpoint left off, on a GPU as on the CPU.
 
 Where each part lives: ``latent_cache.py`` (cached latents and text embeddings),
-``components.py`` (data plan, LoRA layers, optimizer, accelerator), ``session.py``
+``components.py`` (data plan, LoRA layers, optimizer, accelerator), ``result.py`` (what a run returns), ``session.py``
 (the loaded models, loss, optimizer step, samples, checkpoints), ``provenance.py``
 (run key, the run's config.json, kohya metadata), ``checkpoints.py`` (checkpoint
 layout and retention). This module runs the loop and is where other code imports
@@ -22,13 +22,13 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ai_influencer.training.config import TrainConfig
 from ai_influencer.training.data import discover
 from ai_influencer.training.latent_cache import encode_text as _encode_text  # noqa: F401 (tests probe the encoder)
 from ai_influencer.training.provenance import RUN_INDEPENDENT, run_dir, run_key, write_run_config
+from ai_influencer.training.result import TrainResult
 from ai_influencer.training.session import LORA_STATE, Session
 
 __all__ = [
@@ -46,19 +46,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 OnStep = Callable[[int, int, float], None]
 OnSample = Callable[[int, list[Path]], None]
-
-
-@dataclass
-class TrainResult:
-    output: Path
-    steps: int
-    resumed_from: int
-    run_dir: Path | None = None
-    losses: list[float] = field(default_factory=list)
-    checkpoints: list[Path] = field(default_factory=list)
-    samples: list[Path] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    seconds: float = 0.0
 
 
 def train_lora(

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ai_influencer.usecases.generate import (
         GenerateOutcome,
         RequestPlan,
+        check_budget,
         check_route,
         describe_plan,
         estimate,
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
         plan_markdown,
         plan_requests,
         prepare_route,
+        start_run,
     )
     from ai_influencer.usecases.plan import plan, write_plan
     from ai_influencer.usecases.prepare import (
@@ -61,6 +63,8 @@ _EXPORTS: dict[str, str] = {
     "make_images": "generate",
     "plan_markdown": "generate",
     "prepare_route": "generate",
+    "check_budget": "generate",
+    "start_run": "generate",
     "plan": "plan",
     "write_plan": "plan",
     "MIN_REFERENCES": "prepare",
@@ -89,6 +93,7 @@ __all__ = [
     "Report",
     "RequestPlan",
     "augment",
+    "check_budget",
     "check_references",
     "check_route",
     "describe_plan",
@@ -105,6 +110,7 @@ __all__ = [
     "qc",
     "qc_stream",
     "report",
+    "start_run",
     "train",
     "train_config",
     "write_plan",

@@ -9,6 +9,7 @@ from pathlib import Path
 from ai_influencer.dataset.augment import AugmentResult, augment_and_caption
 from ai_influencer.dataset.vlm_captions import CaptionStats, VlmCaptioner
 from ai_influencer.openrouter import OpenRouterClient
+from ai_influencer.options.augment import AUGMENT_DEFAULTS, AugmentOptions
 from ai_influencer.prompt_bank import load_prompt_bank
 
 
@@ -36,20 +37,20 @@ def augment(
     *,
     prompt_bank: Path,
     manifest: Path | None = None,
-    num_aug: int = 1,
-    seed: int = 137,
-    size: int = 1024,
-    kohya_repeats: int | None = None,
-    vlm_model: str | None = None,
+    options: AugmentOptions = AUGMENT_DEFAULTS,
     client: Callable[[], OpenRouterClient] | None = None,
 ) -> AugmentOutcome:
     """Albumentations variants plus captions from the generation manifest, or from a vision model.
 
-    ``client`` makes the OpenRouter client, asked only when ``vlm_model`` is set. A manifest that
-    does not exist is ignored (captions then come from the prompt bank's defaults).
+    ``options`` (``options.augment``): with ``vlm_captions``, ``vlm_model`` names the vision model (resolved
+    by the caller from the settings) and ``client`` makes the OpenRouter client, asked only then. A manifest
+    that does not exist is ignored (captions then come from the prompt bank's defaults).
     """
     bank = load_prompt_bank(prompt_bank)
     captioner = None
+    vlm_model = options.vlm_model if options.vlm_captions else None
+    if options.vlm_captions and not vlm_model:
+        raise ValueError("vlm_model: VLM captions need a vision model")
     if vlm_model:
         if client is None:
             raise ValueError("VLM captions need an OpenRouter client")
@@ -59,11 +60,11 @@ def augment(
         out_dir,
         captions_dir,
         manifest=manifest if manifest is not None and manifest.is_file() else None,
-        num_aug=num_aug,
-        seed=seed,
-        size=size,
+        num_aug=options.num_aug,
+        seed=options.seed,
+        size=options.size,
         bank=bank,
-        kohya_repeats=kohya_repeats,
+        kohya_repeats=options.kohya_repeats or None,
         caption_for=captioner,
     )
     return AugmentOutcome(result, captioner.stats if captioner is not None else None)

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from ai_influencer.analytics.history import IdentityHistory, dataset_version_of, record_choice
+from ai_influencer.options.evaluate import EVALUATE_DEFAULTS, EvaluateOptions
 from ai_influencer.prompt_bank import load_prompt_bank
+from ai_influencer.qc.analysis import EngineSpec
 from ai_influencer.settings import Settings
-from ai_influencer.training.evaluate import CheckpointChoice, evaluate_loras, report_dir
+from ai_influencer.training.evaluate import CheckpointChoice, default_candidates, evaluate_loras, ranking, report_dir
 from ai_influencer.training.inference import LocalGenParams
-from ai_influencer.vision.qc import EngineSpec
 
 
 @dataclass
@@ -36,15 +37,14 @@ def evaluate(
     prompt_bank: Path,
     refs_dir: Path,
     out_dir: Path,
-    params: LocalGenParams,
-    samples: int = 8,
-    backend: str | None = None,
+    options: EvaluateOptions = EVALUATE_DEFAULTS,
     history_db: Path | None = None,
     dataset_dir: Path | None = None,
     train_params: dict[str, Any] | None = None,
 ) -> EvaluationOutcome:
-    """The same K prompt-bank prompts and seeds for every LoRA, faces scored against the references,
-    the best named (``pick_best``); every result goes into the identity history when ``history_db``."""
+    """The same K (``options.samples``) prompt-bank prompts and seeds for every LoRA, faces scored against
+    the references, the best named (``pick_best``); every result goes into the identity history when
+    ``history_db``."""
     bank = load_prompt_bank(prompt_bank)
     choice = evaluate_loras(
         list(loras),
@@ -53,9 +53,9 @@ def evaluate(
         bank=bank,
         refs_dir=refs_dir,
         out_dir=out_dir,
-        engine=EngineSpec.from_settings(settings, backend).build(),
-        k=samples,
-        params=params,
+        engine=EngineSpec.from_settings(settings, options.backend).build(),
+        k=options.samples,
+        params=LocalGenParams.from_options(options),
     )
     rows = choice.rows()
     if history_db is not None:
@@ -69,3 +69,20 @@ def evaluate(
         for row in rows:
             row["history_id"] = ids[row["lora"]]
     return EvaluationOutcome(choice, rows)
+
+
+def run_candidates(output: str | Path, run_dir: str | Path | None) -> list[str]:
+    """A training run's LoRAs to evaluate: every checkpoint it kept, then its final file."""
+    from ai_influencer.training.checkpoints import checkpoint_files
+
+    return [*(str(f) for f in checkpoint_files(Path(run_dir))), str(output)] if run_dir else [str(output)]
+
+
+def best_among(rows: Sequence[dict[str, Any]], candidates: Sequence[str]) -> dict[str, Any]:
+    """The row of the best of ``candidates`` among evaluated ``rows``, by the rule ``pick_best`` uses
+    (``training.evaluate.ranking``): retraining picks among the new LoRAs only, not the live one."""
+    by_lora = {r["lora"]: r for r in rows}
+    return max((by_lora[c] for c in candidates), key=ranking)
+
+
+__all__ = ["EvaluationOutcome", "best_among", "default_candidates", "evaluate", "run_candidates"]

@@ -1,10 +1,11 @@
 """Use case: generate images through OpenRouter (the manual's openrouter_images.py).
 
-``plan_requests`` (what the run owes, by slot, from the disk alone) and ``prepare_route`` (the route,
-every parameter checked, the price lines: free calls only) are shared by the CLI and the Prefect
-flow; both then run the same engine (``ai_influencer.dispatch.dispatch``): the CLI with this
-process's slots (``generate``), the flow with slots shared through the Prefect server
-(``flows/generate.py``). ``describe_plan`` is what both show before the first paid request.
+``plan_requests`` (what the run owes, by slot, from the disk alone), ``prepare_route`` (the route,
+every parameter checked, the price lines: free calls only) and ``check_budget`` (a budget needs a price)
+are shared by the CLI and the Prefect flow (``start_run``: both before the first paid request); both then
+run the same engine (``dispatch``): the CLI with this process's slots (``generate``), the flow with slots
+shared through the Prefect server (``flows/generate.py``, which reaches the engine through this module
+only). ``describe_plan`` is what both show before the first paid request.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from pathlib import Path
 
 from ai_influencer.adaptive_pacing import AdaptiveRate, PacingStats
 from ai_influencer.costs import CostEstimate, CostLedger
-from ai_influencer.generation import (
+from ai_influencer.dataset.manifest import rebuild_manifest
+from ai_influencer.generation.dispatch import Dispatched, dispatch
+from ai_influencer.generation.engine import (
     GenerationOutcome,
     ImageRequest,
     Slot,
@@ -32,7 +35,13 @@ from ai_influencer.io import file_sha256
 from ai_influencer.openrouter import OpenRouterClient
 from ai_influencer.openrouter.capabilities import IMAGE_OPTION_DEFAULTS, ImageOptions, ImageRoute, resolve_route
 from ai_influencer.openrouter.types import ImageResult
-from ai_influencer.pacing import StopFlag
+from ai_influencer.options.generate import GenerateOptions
+from ai_influencer.pacing import (
+    StopFlag,
+    StopRequested,
+    drain_on_signals,
+    rate_limit_capacity,
+)
 from ai_influencer.prompt_bank import PromptSpec, compose_prompts, load_prompt_bank
 
 
@@ -77,20 +86,20 @@ class RequestPlan:
 def plan_requests(
     prompt_bank: Path,
     out_dir: Path,
+    stage: GenerateOptions,
     *,
-    model: str,
-    per_scene: int,
-    options: ImageOptions = IMAGE_OPTION_DEFAULTS,
     references: Path | None = None,
     limit: int | None = None,
-    regenerate: bool = False,
 ) -> RequestPlan:
     """The slots of a run and the requests for those still owed, from the disk alone (nothing is sent).
 
-    A slot is done when an image of it is on disk, whole (its content hash checked): made with this
-    reference set, or with an earlier one (kept, unless ``regenerate``). ``limit`` caps the images
-    asked for in this run.
+    ``stage``: the generate options (``options.generate``), its model resolved. A slot is done when an
+    image of it is on disk, whole (its content hash checked): made with this reference set, or with an
+    earlier one (kept, unless ``stage.regenerate``). ``limit`` caps the images asked for in this run.
     """
+    if not stage.model:
+        raise ValueError("model: no image model given (set it, or the setting image_model)")
+    model, per_scene, regenerate, options = stage.model, stage.per_scene, stage.regenerate, stage.image_options()
     refs = list(iter_reference_images(references)) if references is not None else []
     if references is not None and not refs:
         raise ValueError(f"{references}: no reference images found")
@@ -137,6 +146,29 @@ def prepare_route(
     return preflight(
         client, plan.model, plan.options, references=plan.references, estimate_usd=estimate_usd, check_key=check_key
     )
+
+
+def check_budget(plan: RequestPlan, route: ImageRoute, budget_usd: float | None, estimate_usd: float | None) -> None:
+    """A budget needs a price before the first paid request: the endpoint's price lines, the model's listed
+    one, or ``estimate_usd`` (per image); otherwise nothing could stop the spend at the budget."""
+    if budget_usd is not None and plan.todo and route.per_image_usd is None and not estimate_usd:
+        raise ValueError(
+            f"a budget needs a price: {plan.model} lists none; give an estimate per image "
+            "(--estimate-usd, estimate_usd)"
+        )
+
+
+def start_run(
+    client: OpenRouterClient, plan: RequestPlan, *, budget_usd: float | None, estimate_usd: float | None
+) -> ImageRoute | None:
+    """What every run checks before its first paid request, with free calls only: the route with every
+    parameter checked and its price lines (``prepare_route``), and the budget's price (``check_budget``).
+    None when the plan owes nothing."""
+    if not plan.todo:
+        return None
+    route = prepare_route(client, plan, estimate_usd=estimate_usd)
+    check_budget(plan, route, budget_usd, estimate_usd)
+    return route
 
 
 def check_route(client: OpenRouterClient, model: str, options: ImageOptions, *, references: int = 0) -> ImageRoute:
@@ -238,12 +270,10 @@ def generate(
     price: the endpoint's price lines, the model's listed one, or ``estimate_usd`` (per image).
     ``route``: from ``prepare_route`` (resolved here when None).
     """
-    if plan.todo and route is None:
-        route = prepare_route(client, plan, estimate_usd=estimate_usd)
-    if budget_usd is not None and plan.todo and route is not None and route.per_image_usd is None and not estimate_usd:
-        raise ValueError(
-            f"a budget needs a price: {plan.model} lists none; give an estimate per image (--estimate-usd)"
-        )
+    if route is None:
+        route = start_run(client, plan, budget_usd=budget_usd, estimate_usd=estimate_usd)
+    elif plan.todo:
+        check_budget(plan, route, budget_usd, estimate_usd)
     ledger = ledger or CostLedger(budget_usd=budget_usd, estimate_usd=estimate_usd)
     pacer = AdaptiveRate(rate_per_s, stop=stop)
     outcomes = generate_batch(
@@ -283,16 +313,31 @@ def make_images(
     return result, route
 
 
+# The use case, and what the flow runs the engine with (flows reach the domain through the use cases).
 __all__ = [
+    "AdaptiveRate",
+    "CostLedger",
+    "Dispatched",
     "GenerateOutcome",
+    "ImageRequest",
+    "ImageRoute",
+    "PacingStats",
     "RequestPlan",
+    "StopRequested",
+    "check_budget",
     "check_route",
     "describe_plan",
+    "dispatch",
+    "drain_on_signals",
     "estimate",
     "generate",
+    "iter_reference_images",
     "make_images",
     "plan_markdown",
     "plan_requests",
     "prepare_route",
+    "rate_limit_capacity",
+    "rebuild_manifest",
     "slot_done",
+    "start_run",
 ]

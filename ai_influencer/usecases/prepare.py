@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ai_influencer.imaging import list_images
+from ai_influencer.options.prepare import PREPARE_DEFAULTS, PrepareOptions
+from ai_influencer.qc.analysis import EngineSpec
 from ai_influencer.settings import Settings
-from ai_influencer.vision.image_io import list_images
 from ai_influencer.vision.prepare import PrepareItem, inspect_reference, prepare_references
-from ai_influencer.vision.qc import EngineSpec
 
 MIN_REFERENCES = 2
 
@@ -34,29 +35,25 @@ def prepare(
     settings: Settings,
     src: Path,
     dst: Path,
+    options: PrepareOptions = PREPARE_DEFAULTS,
     *,
-    do_rembg: bool = False,
-    do_facecrop: bool = True,
-    size: int = 1024,
     overwrite: bool = False,
-    backend: str | None = None,
-    allow_multi_face: bool = False,
 ) -> PrepareOutcome:
     """EXIF fix, optional background removal, face-centred crop; at least two usable references.
 
-    Photos that cannot be used (no decode, no face, several faces unless ``allow_multi_face``) are
-    reported (``errors``) and the rest go on; too few usable ones raise ``NotEnoughReferencesError``
-    naming the folder.
+    ``options``: the stage's (``options.prepare``). Photos that cannot be used (no decode, no face, several
+    faces unless ``allow_multi_face``) are reported (``errors``) and the rest go on; too few usable ones raise
+    ``NotEnoughReferencesError`` naming the folder.
     """
     remover = None
-    if do_rembg:
+    if options.do_rembg:
         from ai_influencer.vision.background import BackgroundRemover
 
         remover = BackgroundRemover(settings.rembg_model, settings.rembg_home, settings.onnx_providers)
-    engine = EngineSpec.from_settings(settings, backend).build() if do_facecrop else None
+    engine = EngineSpec.from_settings(settings, options.backend).build() if options.do_facecrop else None
     items = prepare_references(
-        src, dst, engine=engine, remover=remover, do_facecrop=do_facecrop, out_size=size, overwrite=overwrite,
-        allow_multi_face=allow_multi_face,
+        src, dst, engine=engine, remover=remover, do_facecrop=options.do_facecrop, out_size=options.size,
+        overwrite=overwrite, allow_multi_face=options.allow_multi_face,
     )  # fmt: skip
     outcome = PrepareOutcome(items)
     if outcome.usable < MIN_REFERENCES:
@@ -68,7 +65,11 @@ def prepare(
 
 
 def check_references(
-    settings: Settings, src: Path, *, allow_multi_face: bool = False, backend: str | None = None
+    settings: Settings,
+    src: Path,
+    *,
+    allow_multi_face: bool = PREPARE_DEFAULTS.allow_multi_face,
+    backend: str | None = None,
 ) -> PrepareOutcome:
     """Which photos ``prepare`` will use, without writing anything: each decoded, its faces counted.
 

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from ai_influencer.options.qc import QCOptions
+from ai_influencer.qc.analysis import EngineSpec, ProgressCallback
+from ai_influencer.qc.decision import QCThresholds
+from ai_influencer.qc.stage import QCResult, run_qc
+from ai_influencer.qc.stream import StreamingQC, UntilAccepted
 from ai_influencer.review.overrides import OverrideStore
+from ai_influencer.review.persona import effective_thresholds as effective_thresholds  # for the QC flows
 from ai_influencer.settings import Settings
-from ai_influencer.vision.qc import EngineSpec, ProgressCallback, QCResult, QCThresholds, run_qc
-from ai_influencer.vision.qc_stream import StreamingQC
 
 
 @dataclass(frozen=True)
 class QCJob:
-    """One QC: three folders and the manual's thresholds. Batch and streamed QC take the same job, so
-    they cannot drift apart in what they check. A bad threshold fails here, before any image is touched.
+    """One QC: three folders and the thresholds. Batch and streamed QC take the same job, so they cannot
+    drift apart in what they check. A bad threshold fails when the thresholds are made, before any image is
+    touched; ``for_options`` makes the job of a run's QC options (``options.qc.QCOptions``).
 
     ``cache_dir`` (the workspace's ``qc_cache``) keeps each image's analysis: an image checked before,
     in batch or streamed, is not analysed again. ``overrides`` (the workspace's ``qc_overrides``): the
@@ -30,8 +36,10 @@ class QCJob:
     cache_dir: Path | None = None
     overrides: Path | None = None
 
-    def __post_init__(self) -> None:
-        self.thresholds.validate()
+    @classmethod
+    def for_options(cls, ref_dir: Path, cand_dir: Path, out_dir: Path, options: QCOptions, **job: Any) -> QCJob:
+        """The job of a run's QC options: their thresholds and face backend (``job``: the other fields)."""
+        return cls(ref_dir, cand_dir, out_dir, QCThresholds.from_options(options), backend=options.backend, **job)
 
     @property
     def override_store(self) -> OverrideStore | None:
@@ -40,15 +48,12 @@ class QCJob:
 
 def qc(settings: Settings, job: QCJob, *, on_progress: ProgressCallback | None = None) -> QCResult:
     """Score, filter and dedupe the candidates against the references."""
-    th = job.thresholds
     return run_qc(
         job.ref_dir,
         job.cand_dir,
         job.out_dir,
         spec=EngineSpec.from_settings(settings, job.backend),
-        minsim=th.minsim,
-        minblur=th.minblur,
-        max_faces=th.max_faces,
+        thresholds=job.thresholds,
         workers=job.workers,
         on_progress=on_progress,
         cache_dir=job.cache_dir,
@@ -69,3 +74,6 @@ def qc_stream(settings: Settings, job: QCJob) -> StreamingQC:
         cache_dir=job.cache_dir,
         overrides=job.override_store,
     )
+
+
+__all__ = ["QCJob", "StreamingQC", "UntilAccepted", "qc", "qc_stream"]

@@ -62,3 +62,6 @@ def train(
         "samples": [str(p) for p in result.samples],
         "problems": result.problems,
     }
+
+
+__all__ = ["TrainConfig", "train", "train_config"]

@@ -22,7 +22,11 @@ from ai_influencer.dataset.workspace import Workspace
 from ai_influencer.openrouter import OpenRouterClient
 from ai_influencer.openrouter.errors import AuthError, InsufficientCreditsError, OpenRouterError
 from ai_influencer.openrouter.videos import COMPLETED, VideoAPI, VideoModel, VideoRequest, check_request
+from ai_influencer.options.video import FIRST_FRAME, VIDEO_DEFAULTS, VideoOptions
 from ai_influencer.pacing import StopFlag, StopRequested
+from ai_influencer.pacing import (
+    drain_on_signals as drain_on_signals,  # for the video flow (flows reach the domain here)
+)
 from ai_influencer.settings import Settings
 from ai_influencer.storyboard import Storyboard
 from ai_influencer.video.clips import ClipPlan, ClipPlanning, plan_clips
@@ -49,7 +53,6 @@ from ai_influencer.video.ledger import (
     rebuild_video_manifest,
     submit_clip,
 )
-from ai_influencer.video.options import FIRST_FRAME, VideoOptions
 from ai_influencer.video.polling import VideoJobDeadlineError, WaitPolicy, ended_message, job_label, wait_for_job
 
 
@@ -152,8 +155,8 @@ class SharedIdentityChecker(ClipIdentityChecker):
 def identity_checker(settings: Settings, ws: Workspace, backend: str | None = None) -> ClipIdentityChecker:
     """QC's face engine and thresholds, the cleaned references analysed once for the whole run; safe to share
     between the run's threads."""
-    from ai_influencer.vision.image_io import list_images
-    from ai_influencer.vision.qc import EngineSpec
+    from ai_influencer.imaging import list_images
+    from ai_influencer.qc.analysis import EngineSpec
 
     refs = list_images(ws.cleaned) if ws.cleaned.is_dir() else []
     if not refs:
@@ -313,7 +316,7 @@ def make_clip(
     video_store: VideoStore,
     *,
     budget: VideoBudget | None = None,
-    retry_failed: bool = False,
+    retry_failed: bool = VIDEO_DEFAULTS.retry_failed,
     policy: WaitPolicy | None = None,
     stop: StopFlag | None = None,
     identity: ClipIdentityChecker | None = None,

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ai_influencer.dataset.manifest import ImageRecord, load_manifest, sidecar_path
+from ai_influencer.imaging import list_images
 from ai_influencer.openrouter.videos import (
     PriceEstimate,
     VideoModel,
@@ -36,21 +37,16 @@ from ai_influencer.openrouter.videos import (
     check_request,
     estimate_price,
 )
+from ai_influencer.options.video import FIRST_FRAME, MODES, REFERENCES, VIDEO_DEFAULTS
+from ai_influencer.qc.report import QCRow, read_report
 from ai_influencer.storyboard import Shot, Storyboard
-from ai_influencer.video.options import (  # the modes and format defaults have their one place there
-    DEFAULT_ASPECT_RATIO,
-    DEFAULT_MAX_REFERENCES,
-    DEFAULT_MODE,
-    FIRST_FRAME,
-    MODES,
-    REFERENCES,
-)
-from ai_influencer.vision.image_io import list_images
-from ai_influencer.vision.qc_report import QCRow, read_report
 
+DEFAULT_MODE = VIDEO_DEFAULTS.mode  # the video options' defaults (options.video)
+DEFAULT_ASPECT_RATIO = VIDEO_DEFAULTS.aspect_ratio
 WORDS_PER_SECOND = 2.5  # ~150 words a minute, an unhurried voice-over
 BREATH_S = 1.0
 MIN_CLIP_SECONDS = 4
+DEFAULT_MAX_REFERENCES = VIDEO_DEFAULTS.max_references
 KEY_VERSION = 1  # bump when the meaning of a key changes
 
 

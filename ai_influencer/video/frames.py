@@ -18,7 +18,9 @@ from pathlib import Path
 import av
 import numpy as np
 
-SAMPLE_FPS = 2.0  # frames per second checked for identity
+from ai_influencer.options.video import VIDEO_DEFAULTS
+
+SAMPLE_FPS = VIDEO_DEFAULTS.sample_fps  # frames per second checked for identity (options.video)
 MAX_SAMPLED_FRAMES = 600  # a 5-minute clip at 2 fps; bounds memory for a mislabelled long file
 MISSING_FRAMES_TOLERANCE = 0.1  # decoding fewer than 90 % of the frames the container announces: cut file
 

@@ -1,7 +1,7 @@
 """Identity on video: is the persona the one person in a clip?
 
 Frames are sampled at a fixed rate (two per second by default, ``frames.sample_frames``) and every face
-on them is scored with the image QC's face engine and rule (``vision.qc_decision``): the calibrated score
+on them is scored with the image QC's face engine and rule (``qc.decision``): the calibrated score
 against the centroid of the references must reach ``minsim`` and the references must agree on their own
 (``references_needed``, floor ``minsim - agreement_slack``). A face below ``minsim - impostor_gap`` is
 someone else, the same line QC draws for its impostors; a face between the two is "unsure" and counts
@@ -27,13 +27,14 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ai_influencer.dataset.contact_sheet import Tile, render_contact_sheet
+from ai_influencer.options.video import VIDEO_DEFAULTS
+from ai_influencer.qc.analysis import EngineSpec, analyze
+from ai_influencer.qc.decision import QCThresholds, reference_centroid, references_needed
 from ai_influencer.video.frames import SAMPLE_FPS, SampledFrame, sample_frames
 from ai_influencer.vision.faces import FaceEngine
-from ai_influencer.vision.qc_analysis import EngineSpec, analyze
-from ai_influencer.vision.qc_decision import QCThresholds, reference_centroid, references_needed
 
-MIN_PERSONA_FRACTION = 0.8
-MIN_FACE_PX = 32
+MIN_PERSONA_FRACTION = VIDEO_DEFAULTS.min_persona_fraction  # the video options' (options.video)
+MIN_FACE_PX = VIDEO_DEFAULTS.min_face_px
 PERSONA, OTHER, UNSURE = "persona", "other", "unsure"
 PASSED, FAILED = "passed", "failed"
 _BOX_COLOURS = {PERSONA: (30, 180, 60), OTHER: (220, 40, 40), UNSURE: (230, 170, 20)}
@@ -49,7 +50,6 @@ class ClipIdentityRules:
     min_face_px: int = MIN_FACE_PX
 
     def validate(self) -> ClipIdentityRules:
-        self.thresholds.validate()
         if not 0.0 < self.min_persona_fraction <= 1.0:
             raise ValueError(f"min_persona_fraction must be in (0, 1], got {self.min_persona_fraction}")
         if not 0.0 < self.sample_fps <= 60.0:

@@ -20,6 +20,7 @@ from ai_influencer.costs import BudgetExceededError
 from ai_influencer.io import atomic_write_json, file_sha256
 from ai_influencer.openrouter.errors import AuthError, InsufficientCreditsError, OpenRouterError
 from ai_influencer.openrouter.videos import COMPLETED, VideoAPI
+from ai_influencer.options.video import VIDEO_DEFAULTS
 from ai_influencer.pacing import StopFlag, StopRequested
 from ai_influencer.video.clips import ClipPlan
 from ai_influencer.video.frames import BadVideoError, VideoProbe, probe_video
@@ -179,7 +180,7 @@ def run_video(
     *,
     budget_usd: float | None = None,
     estimate_usd: float | None = None,
-    retry_failed: bool = False,
+    retry_failed: bool = VIDEO_DEFAULTS.retry_failed,
     max_in_flight: int | None = None,
     policy: WaitPolicy | None = None,
     stop: StopFlag | None = None,

@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field, ValidationError
 from ai_influencer.costs import BudgetExceededError, BudgetUnenforceableError
 from ai_influencer.io import atomic_write_json
 from ai_influencer.openrouter.videos import COMPLETED, TERMINAL_STATUSES, SubmitUncertainError, VideoAPI, VideoJob
+from ai_influencer.options.video import VIDEO_DEFAULTS
 from ai_influencer.pacing import StopFlag
 from ai_influencer.video.clips import ClipPlan
 from ai_influencer.video.webhooks import WebhookInbox
@@ -266,7 +267,7 @@ def submit_clip(
     store: VideoStore,
     *,
     budget: VideoBudget | None = None,
-    retry_failed: bool = False,
+    retry_failed: bool = VIDEO_DEFAULTS.retry_failed,
     stop: StopFlag | None = None,
     run_id: str | None = None,
 ) -> JobRecord:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from ai_influencer.openrouter.errors import AuthError, FatalError, OpenRouterError
 from ai_influencer.openrouter.videos import VideoAPI
+from ai_influencer.options.video import VIDEO_DEFAULTS
 from ai_influencer.pacing import StopFlag, StopRequested
 from ai_influencer.video.ledger import JobRecord, LedgerError, VideoStore
 from ai_influencer.video.webhooks import WebhookInbox
@@ -33,10 +34,10 @@ class VideoJobDeadlineError(TimeoutError):
 class WaitPolicy:
     """How to wait for jobs: poll backoff, the whole-job deadline, how often to look at stop and webhooks."""
 
-    poll_initial_s: float = 5.0
-    poll_max_s: float = 30.0  # OpenRouter's docs poll every 30 s
+    poll_initial_s: float = VIDEO_DEFAULTS.poll_initial_s  # the video options' (options.video)
+    poll_max_s: float = VIDEO_DEFAULTS.poll_max_s  # OpenRouter's docs poll every 30 s
     backoff: float = 1.5
-    deadline_s: float = 1800.0  # since the submit
+    deadline_s: float = VIDEO_DEFAULTS.deadline_s  # since the submit
     wake_check_s: float = 0.5
 
     def validate(self) -> WaitPolicy:

@@ -32,7 +32,7 @@ centroid of two or more references (docs/identity-calibration.md):
 ``AGREEMENT_SLACK``: each reference on its own must score at least
 ``minsim - 0.15`` (dlib: pair distance <= 0.589, inside the model's own 0.6 radius),
 so a candidate cannot pass on a centroid that sits between references it does
-not resemble (see vision/qc.py).
+not resemble (see qc/decision.py).
 """
 
 from __future__ import annotations
@@ -44,7 +44,10 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-MINSIM_DEFAULT = 0.34  # the manual's --minsim: "same person" on every backend's calibrated scale
+from ai_influencer.options.qc import QC_DEFAULTS
+
+# The manual's --minsim (options.qc): the calibrated scale is built so that it means "same person" on every backend.
+MINSIM_DEFAULT = QC_DEFAULTS.minsim
 AGREEMENT_SLACK = 0.15  # how much lower a single reference may score than minsim
 DLIB_SAME_PERSON_DISTANCE = 0.48  # dlib descriptor distance to the reference centroid that scores MINSIM_DEFAULT
 INSIGHTFACE_SAME_PERSON_COSINE = 0.45  # ArcFace cosine that scores MINSIM_DEFAULT (uncalibrated here, see doc)

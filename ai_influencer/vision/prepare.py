@@ -17,10 +17,11 @@ import cv2
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from ai_influencer.imaging import DEFAULT_MAX_PIXELS, BadImageError, list_images, load_rgb
 from ai_influencer.io import atomic_write_bytes, file_sha256
+from ai_influencer.options.prepare import PREPARE_DEFAULTS
 from ai_influencer.vision.background import BackgroundRemover
 from ai_influencer.vision.faces import Face, FaceEngine, largest
-from ai_influencer.vision.image_io import DEFAULT_MAX_PIXELS, BadImageError, list_images, load_rgb
 
 
 @dataclass
@@ -65,7 +66,7 @@ def encode_png(rgb: np.ndarray, recipe: dict[str, object] | None = None) -> byte
 MULTI_FACE_HINT = "use a photo of the persona alone, or --allow-multi-face to keep the largest face"
 
 
-def the_face(faces: list[Face], *, allow_multi_face: bool = False) -> Face:
+def the_face(faces: list[Face], *, allow_multi_face: bool = PREPARE_DEFAULTS.allow_multi_face) -> Face:
     """The one face a reference photo must show; the largest of several only when the user allows it.
 
     Why refuse several: the largest face is not always the persona's (a friend closer to the camera),
@@ -80,7 +81,11 @@ def the_face(faces: list[Face], *, allow_multi_face: bool = False) -> Face:
 
 
 def inspect_reference(
-    src: Path, engine: FaceEngine, *, allow_multi_face: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS
+    src: Path,
+    engine: FaceEngine,
+    *,
+    allow_multi_face: bool = PREPARE_DEFAULTS.allow_multi_face,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> PrepareItem:
     """Whether ``prepare`` will use a photo: it decodes, and shows one face (status "ok"), else why not.
 
@@ -104,7 +109,7 @@ def _recipe(
     crop_scale: float,
     out_size: int,
     remover: BackgroundRemover | None,
-    allow_multi_face: bool = False,
+    allow_multi_face: bool = PREPARE_DEFAULTS.allow_multi_face,
 ) -> dict[str, object]:
     """What an output depends on: the source's bytes and the options, not its name or mtime."""
     return {
@@ -135,12 +140,12 @@ def prepare_references(
     *,
     engine: FaceEngine | None,
     remover: BackgroundRemover | None = None,
-    do_facecrop: bool = True,
+    do_facecrop: bool = PREPARE_DEFAULTS.do_facecrop,
     crop_scale: float = 2.2,
-    out_size: int = 1024,
+    out_size: int = PREPARE_DEFAULTS.size,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     overwrite: bool = False,
-    allow_multi_face: bool = False,
+    allow_multi_face: bool = PREPARE_DEFAULTS.allow_multi_face,
 ) -> list[PrepareItem]:
     if do_facecrop and engine is None:
         raise ValueError("face cropping needs a face engine")

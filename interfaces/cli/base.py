@@ -15,13 +15,17 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
+import annotated_types as at
 import typer
+from pydantic import BaseModel
 from rich.console import Console
 
 from ai_influencer.dataset.workspace import Workspace
+from ai_influencer.options.fields import default_of, help_of
 from ai_influencer.settings import MissingApiKeyError, Settings, get_settings
+from interfaces.prefect_env import set_by_user
 
 if TYPE_CHECKING:
     from ai_influencer.openrouter import OpenRouterClient
@@ -43,16 +47,37 @@ NONCOMMERCIAL = (
     "Face backends: dlib (the default; public-domain models, offline) or, only when chosen by name, insightface "
     "buffalo_l, whose pretrained models are licensed for NON-COMMERCIAL research only."
 )
+_FIELD_DEFAULT: Any = object()
+
+
+def option(
+    model: type[BaseModel],
+    name: str,
+    *decls: str,
+    bounds: bool = True,
+    help: str | None = None,
+    default: Any = _FIELD_DEFAULT,
+    **extra: Any,
+) -> Any:
+    """A ``typer.Option`` for an options model's field: its default, bounds and help, written nowhere else.
+
+    ``bounds=False`` leaves the range to a callback that says more than Click would (``--minsim 34``: a percent).
+    ``help`` and ``default=None`` are for a flag whose absence means something else than the field's default
+    (``qc --minsim``: the persona's calibration); the help then says so.
+    """
+    limits: dict[str, Any] = {}  # Click checks the inclusive bounds; a strict one (gt/lt) is the model's to check
+    for m in model.model_fields[name].metadata if bounds else ():
+        if isinstance(m, at.Ge):
+            limits["min"] = m.ge
+        elif isinstance(m, at.Le):
+            limits["max"] = m.le
+    value = default_of(model, name) if default is _FIELD_DEFAULT else default
+    return typer.Option(value, *decls, help=help or help_of(model, name), **limits, **extra)
+
+
 BankOpt = Annotated[
     Path | None,
     typer.Option("--prompt-bank", "--prompt_bank", help="Prompt bank YAML (default: settings.prompt_bank)."),
-]
-BackendOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--backend",
-        help="dlib (default) | insightface (buffalo_l: NON-COMMERCIAL licence, never chosen for you); auto = dlib.",
-    ),
 ]
 
 
@@ -82,43 +107,10 @@ PREFECT_DEFAULTS = {
 }
 
 
-def _toml(path: Path) -> dict:
-    import tomllib
-
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _set_by_user(env_name: str, toml_keys: tuple[str, ...]) -> bool:
-    """Whether the user set this Prefect setting: environment, ``.env``, ``prefect.toml``, ``pyproject.toml``
-    ``[tool.prefect]`` (all in the current folder) or the active profile. Read without importing Prefect
-    (a second), the way Prefect 3 reads them."""
-    if env_name in os.environ:
-        return True
-    cwd = Path.cwd()
-    try:
-        dotenv = (cwd / ".env").read_text(encoding="utf-8") if (cwd / ".env").is_file() else ""
-    except OSError:
-        dotenv = ""
-    if any(line.strip().startswith(f"{env_name}=") for line in dotenv.splitlines()):
-        return True
-    for table in (_toml(cwd / "prefect.toml"), _toml(cwd / "pyproject.toml").get("tool", {}).get("prefect", {})):
-        for key in toml_keys[:-1]:
-            table = table.get(key, {}) if isinstance(table, dict) else {}
-        if isinstance(table, dict) and toml_keys[-1] in table:
-            return True
-    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
-    profiles = _toml(Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")).expanduser())
-    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active") or "ephemeral"
-    return env_name in profiles.get("profiles", {}).get(active, {})
-
-
 def prefect_defaults() -> None:
     """This CLI's defaults for Prefect (see ``PREFECT_DEFAULTS``), set before Prefect is imported."""
     for env_name, (toml_keys, value) in PREFECT_DEFAULTS.items():
-        if not _set_by_user(env_name, toml_keys):
+        if not set_by_user(env_name, toml_keys):
             os.environ[env_name] = value
 
 

@@ -203,7 +203,7 @@ def stack_init(
 
         from ai_influencer.pacing import rate_limit_capacity
         from blocks.openrouter import register_blocks
-        from tasks.limits import ensure_limit
+        from shared_limits.limits import ensure_limit
 
         with _prefect_for_command():
             register_blocks()

@@ -9,22 +9,22 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ai_influencer import usecases
-from ai_influencer.image_options import IMAGE_OPTION_DEFAULTS as _IMG_DEFAULTS
-from ai_influencer.image_options import N_MAX as _N_MAX
-from ai_influencer.image_options import option_help
+from ai_influencer.options import AugmentOptions, GenerateOptions, PlanOptions, PrepareOptions, QCOptions
+from ai_influencer.options.fields import default_of, help_of
+from ai_influencer.options.video import VideoOptions
 from ai_influencer.settings import Settings
+from flows.params import HybridParams
 from interfaces.cli.base import (
     CONSOLE_LOG,
     EXIT_BUDGET,
     EXIT_FAILED,
     NONCOMMERCIAL,
-    BackendOpt,
     BankOpt,
     CliError,
     app,
@@ -34,6 +34,7 @@ from interfaces.cli.base import (
     expected_errors,
     friendly_errors,
     one_line,
+    option,
     out,
     settings,
     workspace,
@@ -41,20 +42,12 @@ from interfaces.cli.base import (
 
 if TYPE_CHECKING:
     from ai_influencer.diagnostics import Check
-    from ai_influencer.image_options import ImageOptions
+    from ai_influencer.options.images import ImageOptions
+    from flows.results import HybridSummary
 
 PANEL = "Pipeline stages"
-AllowMultiFaceOpt = Annotated[
-    bool,
-    typer.Option(
-        "--allow-multi-face",
-        help="Use reference photos that show several faces, keeping the largest (by default they are refused: "
-        "the largest face is not always the persona's).",
-    ),
-]
-
-# The image options' defaults and help come from their one place (ImageOptions); the CLI only shows them.
-_IMG_HELP = {name: option_help(name) for name in ("size", "n", "seed", "quality", "output_format")}
+# Every stage option's default, bounds and help come from the stage's options model (ai_influencer.options)
+# through ``option``; the CLI only names its flags (the manual's spellings beside dashed ones).
 
 
 def _progress(label: str, extra: str) -> Progress:
@@ -71,24 +64,22 @@ def _progress(label: str, extra: str) -> Progress:
 def prepare(
     in_dir: Annotated[Path | None, typer.Option("--in", help="Reference photos (default data/input_raw).")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default data/cleaned).")] = None,
-    do_rembg: Annotated[bool, typer.Option("--do-rembg/--no-rembg", "--do_rembg", help="Remove background.")] = False,
-    do_facecrop: Annotated[
-        bool, typer.Option("--do-facecrop/--no-facecrop", "--do_facecrop", help="Face-centred square crop.")
-    ] = True,
-    size: Annotated[int, typer.Option(help="Output side in pixels.")] = 1024,
+    do_rembg: bool = option(PrepareOptions, "do_rembg", "--do-rembg/--no-rembg", "--do_rembg"),
+    do_facecrop: bool = option(PrepareOptions, "do_facecrop", "--do-facecrop/--no-facecrop", "--do_facecrop"),
+    size: int = option(PrepareOptions, "size", "--size"),
     overwrite: Annotated[bool, typer.Option(help="Redo images already prepared.")] = False,
-    backend: BackendOpt = None,
-    allow_multi_face: AllowMultiFaceOpt = False,
+    backend: str | None = option(PrepareOptions, "backend", "--backend"),
+    allow_multi_face: bool = option(PrepareOptions, "allow_multi_face", "--allow-multi-face"),
 ) -> None:
     with friendly_errors():
         ws = workspace()
         src, dst = in_dir or ws.input_raw, out_dir or ws.cleaned
+        options = PrepareOptions(
+            do_rembg=do_rembg, do_facecrop=do_facecrop, size=size, backend=backend, allow_multi_face=allow_multi_face
+        )
         with console.status(f"preparing {src} ..."):
             try:
-                outcome = usecases.prepare(
-                    settings(), src, dst, do_rembg=do_rembg, do_facecrop=do_facecrop, size=size,
-                    overwrite=overwrite, backend=backend, allow_multi_face=allow_multi_face,
-                )  # fmt: skip
+                outcome = usecases.prepare(settings(), src, dst, options, overwrite=overwrite)
             except usecases.NotEnoughReferencesError as exc:
                 raise CliError(str(exc)) from None
         for error in outcome.errors:
@@ -99,7 +90,7 @@ def prepare(
 @app.command(rich_help_panel=PANEL)
 def plan(
     prompt_bank: BankOpt = None,
-    model: Annotated[str | None, typer.Option(help="Text model (default: settings.text_model).")] = None,
+    model: str | None = option(PlanOptions, "model", "--model"),
     out_path: Annotated[Path | None, typer.Option("--out", help="Storyboard JSON path.")] = None,
 ) -> None:
     """Plan content with the LLM: storyboard, spoken script, >= 5 caption seeds (JSON)."""
@@ -116,11 +107,11 @@ def plan(
 @app.command(rich_help_panel=PANEL)
 def generate(
     prompt_bank: BankOpt = None,
-    model: Annotated[str | None, typer.Option(help="Image model (default: settings.image_model).")] = None,
+    model: str | None = option(GenerateOptions, "model", "--model"),
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder.")] = None,
-    per_scene: Annotated[int, typer.Option("--per-scene", "--per_scene", min=1, help="Images per scene.")] = 12,
-    size: Annotated[str, typer.Option(help=_IMG_HELP["size"])] = _IMG_DEFAULTS.size,
-    n: Annotated[int, typer.Option("--n", min=1, max=_N_MAX, help=_IMG_HELP["n"])] = _IMG_DEFAULTS.n,
+    per_scene: int = option(GenerateOptions, "per_scene", "--per-scene", "--per_scene"),
+    size: str = option(GenerateOptions, "size", "--size"),
+    n: int = option(GenerateOptions, "n", "--n"),
     sleep: Annotated[
         float, typer.Option(min=0, help="Minimum seconds between request starts (the manual's pacing; = --rate 1/s).")
     ] = 0.0,
@@ -133,26 +124,19 @@ def generate(
         ),
     ] = None,
     concurrency: Annotated[int, typer.Option(min=1, max=64, help="Requests in flight.")] = 4,
-    seed: Annotated[int | None, typer.Option(help=_IMG_HELP["seed"])] = _IMG_DEFAULTS.seed,
-    quality: Annotated[str | None, typer.Option(help=_IMG_HELP["quality"])] = None,
-    output_format: Annotated[str | None, typer.Option("--format", help=_IMG_HELP["output_format"])] = None,
+    seed: int | None = option(GenerateOptions, "seed", "--seed"),
+    quality: str | None = option(GenerateOptions, "quality", "--quality"),
+    output_format: str | None = option(GenerateOptions, "output_format", "--format"),
     provider: Annotated[
         list[str] | None, typer.Option(help="Only these Image API providers (slug; repeatable), no fallbacks.")
     ] = None,
     ref: Annotated[
         Path | None, typer.Option("--ref", help="Reference photos sent with each request (e.g. data/cleaned).")
     ] = None,
-    regenerate: Annotated[
-        bool, typer.Option(help="Remake images made with an earlier set of reference photos (kept otherwise).")
-    ] = False,
+    regenerate: bool = option(GenerateOptions, "regenerate", "--regenerate/--no-regenerate"),
     limit: Annotated[int | None, typer.Option(help="Generate at most this many (after skipping done ones).")] = None,
-    budget: Annotated[
-        float | None, typer.Option(min=0, help="Send no paid request that could take the spend beyond this (USD).")
-    ] = None,
-    estimate_usd: Annotated[
-        float | None,
-        typer.Option("--estimate-usd", min=0, help="Expected cost of one image where the endpoint lists no price."),
-    ] = None,
+    budget: float | None = option(GenerateOptions, "budget_usd", "--budget"),
+    estimate_usd: float | None = option(GenerateOptions, "estimate_usd", "--estimate-usd"),
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show the plan, the route and the price estimate; send nothing paid.")
     ] = False,
@@ -163,7 +147,7 @@ def generate(
     Ctrl-C or SIGTERM stops sending new requests; the ones already sent finish and are saved
     (a second Ctrl-C stops at once). Exit code 2: some images failed; 4: the budget refused images.
     """
-    from ai_influencer.image_options import ProviderRouting, image_options
+    from ai_influencer.options.images import ProviderRouting, image_options
     from ai_influencer.pacing import StopFlag, drain_on_signals
 
     with friendly_errors():
@@ -171,18 +155,14 @@ def generate(
         target = out_dir or workspace().synth
         model = model or s.image_model
         routing = ProviderRouting(only=provider, allow_fallbacks=False) if provider else None
-        options = image_options(
-            size=size,
-            n=n,
-            seed=seed,
-            quality=quality,
-            output_format=output_format,
-            provider=routing,
+        image = image_options(  # a bad value: one line naming the flag
+            size=size, n=n, seed=seed, quality=quality, output_format=output_format, provider=routing
         )
-        plan = usecases.plan_requests(
-            bank_path(prompt_bank), target, model=model, per_scene=per_scene, options=options, references=ref,
-            limit=limit, regenerate=regenerate,
+        stage = GenerateOptions(
+            model=model, per_scene=per_scene, **image.model_dump(), regenerate=regenerate, budget_usd=budget,
+            estimate_usd=estimate_usd,
         )  # fmt: skip
+        plan = usecases.plan_requests(bank_path(prompt_bank), target, stage, references=ref, limit=limit)
         console.print(f"{plan.summary()} -> {target}")
         if not plan.todo and not dry_run:
             out.print(f"nothing to generate; manifest: {target / 'manifest.json'}")
@@ -233,9 +213,19 @@ def generate(
             raise typer.Exit(code=EXIT_BUDGET)
 
 
+def _persona_threshold(name: str, how: str = "") -> Any:
+    """``--minsim`` / ``--minblur``: empty unless given (None), so the persona's calibration can apply; the
+    range is the QC thresholds' own check, which names a percent given for a fraction."""
+    fallback = f"Default: this persona's calibration{how}, else {default_of(QCOptions, name):g}."
+    return option(
+        QCOptions, name, f"--{name}", bounds=False, callback=lambda v: v if v is None else _threshold(**{name: v}),
+        help=f"{help_of(QCOptions, name)} {fallback}", show_default=False, default=None,
+    )  # fmt: skip
+
+
 def _threshold(**value: float) -> float:
     """Option callback: the QC thresholds' own validation (a percent for minsim gets a hint), as a usage error."""
-    from ai_influencer.vision.qc import QCThresholds
+    from ai_influencer.qc.decision import QCThresholds
 
     try:
         QCThresholds(**value).validate()
@@ -261,33 +251,16 @@ def qc(
     ref: Annotated[Path | None, typer.Option("--ref", help="References (default data/cleaned).")] = None,
     cand: Annotated[Path | None, typer.Option("--cand", help="Candidates (default data/synth_openrouter).")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Approved copies (default data/qc_passed).")] = None,
-    minsim: Annotated[
-        float | None,
-        typer.Option(
-            callback=lambda v: v if v is None else _threshold(minsim=v),
-            help="Minimum identity score, 0..1; 0.34 = same person on either backend (docs/identity-calibration.md). "
-            "Default: this persona's calibration (`influencer qc calibrate --apply`), else 0.34.",
-            show_default=False,
-        ),
-    ] = None,
-    minblur: Annotated[
-        float | None,
-        typer.Option(
-            callback=lambda v: v if v is None else _threshold(minblur=v),
-            help="Minimum face sharpness, >= 0; 80 = the sharp/blurred line at any resolution. "
-            "Default: this persona's calibration, else 80.",
-            show_default=False,
-        ),
-    ] = None,
-    max_faces: Annotated[int, typer.Option("--max-faces", "--max_faces", help="Reject images with more faces.")] = 1,
+    minsim: float | None = _persona_threshold("minsim", " (`influencer qc calibrate --apply`)"),
+    minblur: float | None = _persona_threshold("minblur"),
+    max_faces: int = option(QCOptions, "max_faces", "--max-faces", "--max_faces"),
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")] = None,
-    backend: BackendOpt = None,
+    backend: str | None = option(QCOptions, "backend", "--backend"),
 ) -> None:
     if ctx.invoked_subcommand is not None:  # `qc [--minsim X] calibrate`: compare against the given values
         ctx.obj = {"minsim": minsim, "minblur": minblur}
         return
     from ai_influencer.review.persona import effective_thresholds
-    from ai_influencer.vision.qc import QCThresholds
 
     with friendly_errors():
         ws = workspace()
@@ -295,10 +268,10 @@ def qc(
         out.print(f"thresholds: {chosen.describe()}", highlight=False)
         with _progress("qc", "{task.fields[file]}") as bar:
             task = bar.add_task("images", total=None, file="")
-            job = usecases.QCJob(
-                ref or ws.cleaned, cand or ws.synth, out_dir or ws.qc_passed,
-                QCThresholds(minsim=chosen.minsim.value, minblur=chosen.minblur.value, max_faces=max_faces),
-                backend=backend, workers=workers, cache_dir=ws.qc_cache, overrides=ws.qc_overrides,
+            options = QCOptions(**chosen.values(), max_faces=max_faces, backend=backend)
+            job = usecases.QCJob.for_options(
+                ref or ws.cleaned, cand or ws.synth, out_dir or ws.qc_passed, options, workers=workers,
+                cache_dir=ws.qc_cache, overrides=ws.qc_overrides,
             )  # fmt: skip
             result = usecases.qc(
                 settings(), job,
@@ -328,23 +301,24 @@ def augment(
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output (default data/augment).")] = None,
     captions: Annotated[Path | None, typer.Option("--captions", help="Captions (default data/captions).")] = None,
     meta: Annotated[Path | None, typer.Option("--meta", help="Generation manifest.json for captions.")] = None,
-    num_aug: Annotated[int, typer.Option("--num-aug", "--num_aug", min=0, help="Variants per image.")] = 1,
-    seed: Annotated[int, typer.Option(help="Augmentation seed.")] = 137,
-    size: Annotated[int, typer.Option(help="Side of the augmented crops.")] = 1024,
-    kohya_repeats: Annotated[
-        int | None, typer.Option("--kohya-repeats", help="Also write the kohya <repeats>_<token> layout.")
-    ] = None,
-    vlm: Annotated[bool, typer.Option("--vlm-captions", help="Caption with an OpenRouter vision model.")] = False,
-    vlm_model: Annotated[str | None, typer.Option(help="Vision model (default: settings.vision_model).")] = None,
+    num_aug: int = option(AugmentOptions, "num_aug", "--num-aug", "--num_aug"),
+    seed: int = option(AugmentOptions, "seed", "--seed"),
+    size: int = option(AugmentOptions, "size", "--size"),
+    kohya_repeats: int = option(AugmentOptions, "kohya_repeats", "--kohya-repeats"),
+    vlm: bool = option(AugmentOptions, "vlm_captions", "--vlm-captions"),
+    vlm_model: str | None = option(AugmentOptions, "vlm_model", "--vlm-model"),
     prompt_bank: BankOpt = None,
 ) -> None:
     """Augment approved images (albumentations) and write captions from the generation manifest (or a VLM)."""
     with friendly_errors():
         s, ws = settings(), workspace()
+        options = AugmentOptions(
+            num_aug=num_aug, seed=seed, size=size, kohya_repeats=kohya_repeats, vlm_captions=vlm,
+            vlm_model=vlm_model or s.vision_model,
+        )  # fmt: skip
         outcome = usecases.augment(
             in_dir or ws.qc_passed, out_dir or ws.augment, captions or ws.captions, prompt_bank=bank_path(prompt_bank),
-            manifest=meta or ws.manifest, num_aug=num_aug, seed=seed, size=size, kohya_repeats=kohya_repeats,
-            vlm_model=(vlm_model or s.vision_model) if vlm else None, client=lambda: client(s),
+            manifest=meta or ws.manifest, options=options, client=lambda: client(s),
         )  # fmt: skip
         result = outcome.result
         for err in result.errors:
@@ -369,7 +343,7 @@ def _passed(check: Check) -> None:
         console.print(f"[yellow]warning:[/] {check.name}: {check.detail}" + (f" -> {check.fix}" if check.fix else ""))
 
 
-def _check_run_inputs(s: Settings, prompt_bank: Path, skipped: set[str], *, allow_multi_face: bool = False) -> None:
+def _check_run_inputs(s: Settings, prompt_bank: Path, skipped: set[str], *, allow_multi_face: bool) -> None:
     """The prompt bank (and whether its persona is still the template's) and, unless prepare is skipped,
     each reference photo, decoded, faces counted: what prepare will use. Checked before Prefect starts;
     the photos take about 0.5 s each."""
@@ -398,28 +372,30 @@ def _check_openrouter(s: Settings, source: str, skipped: set[str], options: Imag
 @app.command(rich_help_panel=PANEL)
 def run(
     prompt_bank: BankOpt = None,
-    per_scene: Annotated[int, typer.Option("--per-scene", "--per_scene", min=1)] = 12,
-    model: Annotated[str | None, typer.Option(help="Image model (default: settings.image_model).")] = None,
-    budget: Annotated[float | None, typer.Option(help="Stop new paid image requests beyond this USD spend.")] = None,
-    n: Annotated[int, typer.Option("--n", min=1, max=_N_MAX, help=_IMG_HELP["n"])] = _IMG_DEFAULTS.n,
-    seed: Annotated[int | None, typer.Option(help=_IMG_HELP["seed"])] = _IMG_DEFAULTS.seed,
+    per_scene: int = option(GenerateOptions, "per_scene", "--per-scene", "--per_scene"),
+    model: str | None = option(GenerateOptions, "model", "--model"),
+    budget: float | None = option(GenerateOptions, "budget_usd", "--budget"),
+    n: int = option(GenerateOptions, "n", "--n"),
+    seed: int | None = option(GenerateOptions, "seed", "--seed"),
     skip: Annotated[list[str] | None, typer.Option(help=f"Stage to skip ({', '.join(STAGES)}); repeatable.")] = None,
-    do_rembg: Annotated[bool, typer.Option("--do-rembg/--no-rembg", "--do_rembg")] = False,
-    allow_multi_face: AllowMultiFaceOpt = False,
-    video: Annotated[
-        bool, typer.Option("--video", help="Also make a clip per storyboard shot after QC (paid; `influencer video`).")
-    ] = False,
-    video_budget: Annotated[
-        float | None, typer.Option("--video-budget", min=0, help="No clip submit beyond this USD spend.")
-    ] = None,
-    review: Annotated[
-        bool,
-        typer.Option(
-            "--review",
-            help="After QC, pause until you have reviewed the images on the hub's /review page, then resume the "
-            "run (review page or Prefect UI): continue with your verdicts, or stop.",
-        ),
-    ] = False,
+    do_rembg: bool = option(PrepareOptions, "do_rembg", "--do-rembg/--no-rembg", "--do_rembg"),
+    allow_multi_face: bool = option(PrepareOptions, "allow_multi_face", "--allow-multi-face"),
+    video: bool = option(
+        HybridParams,
+        "run_video",
+        "--video",
+        help="Also make a clip per storyboard shot after QC (paid; `influencer video`).",
+    ),
+    video_budget: float | None = option(
+        VideoOptions, "budget_usd", "--video-budget", help="No clip submit beyond this USD spend."
+    ),
+    review: bool = option(
+        HybridParams,
+        "review",
+        "--review",
+        help="After QC, pause until you have reviewed the images on the hub's /review page, then resume the "
+        "run (review page or Prefect UI): continue with your verdicts, or stop.",
+    ),
 ) -> None:
     """Run the hybrid Prefect flow in-process (local Prefect with SQLite; no server or Docker needed).
 
@@ -437,7 +413,7 @@ def run(
         bank = bank_path(prompt_bank)
         if model:
             s = s.model_copy(update={"image_model": model})
-        from ai_influencer.image_options import image_options
+        from ai_influencer.options.images import image_options
 
         options = image_options(n=n, seed=seed)
         before_flow = None
@@ -469,10 +445,10 @@ def run(
             video=VideoParams(budget_usd=video_budget),
         )
         result = _run_hybrid(params, before_flow=before_flow)
-        out.print_json(data=result)
-        generated = result.get("generate") if isinstance(result, dict) else None
-        if isinstance(generated, dict) and (generated.get("stopped_by_budget") or generated.get("stopped") == "budget"):
-            refused = generated.get("stopped_by_budget")
+        out.print_json(data=result.model_dump(mode="json", exclude_unset=True))
+        generated = result.generate
+        refused = getattr(generated, "stopped_by_budget", None)  # one generate run (rounds: "stopped")
+        if refused or getattr(generated, "stopped", None) == "budget":
             console.print(
                 f"[yellow]budget reached:[/] {f'{refused} images were ' if refused else 'images were '}not generated "
                 f"within --budget {budget} (exit code {EXIT_BUDGET}); raise --budget or run again to continue"
@@ -556,8 +532,8 @@ def _prefect_server() -> AbstractContextManager[object]:
     if not settings().prefect_local_server:  # Prefect's temporary server, detached from the terminal
         from prefect.settings import get_current_settings
 
-        from tasks.limits import durable_local_leases
-        from tasks.prefect_compat import start_embedded_server
+        from shared_limits.limits import durable_local_leases
+        from shared_limits.prefect_compat import start_embedded_server
 
         # Started under the run's lease settings: the server keeps its leases on disk (it runs no repossessor),
         # where the next run frees those of a killed one; started before them it kept them in its memory.
@@ -571,7 +547,7 @@ def _prefect_server() -> AbstractContextManager[object]:
     return local_server.api_url_for_this_process(server.url)
 
 
-def _run_hybrid(params: object, before_flow: Callable[[], None] | None = None) -> dict:
+def _run_hybrid(params: object, before_flow: Callable[[], None] | None = None) -> HybridSummary:
     """The hybrid flow on the workspace's local Prefect server (or the configured one), signals handled.
 
     ``before_flow`` runs once the server is up, before the flow (checks that need Prefect). Expected
@@ -584,7 +560,7 @@ def _run_hybrid(params: object, before_flow: Callable[[], None] | None = None) -
         raise SystemExit(128 + sig)
 
     signal.signal(signal.SIGTERM, terminated)
-    from tasks.limits import durable_local_leases
+    from shared_limits.limits import durable_local_leases
 
     with _run_log(workspace().data_root / "logs") as log_file:
         console.print(f"run log: {log_file}", highlight=False)

@@ -9,7 +9,20 @@ import typer
 from rich.table import Table
 
 from ai_influencer import usecases
-from interfaces.cli.base import BankOpt, app, bank_path, console, fmt, friendly_errors, out, settings, workspace
+from ai_influencer.options import EvaluateOptions, SampleOptions, TrainOptions
+from ai_influencer.training.config import TrainConfig
+from interfaces.cli.base import (
+    BankOpt,
+    app,
+    bank_path,
+    console,
+    fmt,
+    friendly_errors,
+    option,
+    out,
+    settings,
+    workspace,
+)
 
 PANEL = "Training"
 
@@ -25,23 +38,23 @@ def train(
     dataset: Annotated[Path | None, typer.Option(help="Images + .txt captions (default data/augment/kohya).")] = None,
     base: Annotated[Path | None, typer.Option(help="SDXL .safetensors or diffusers folder.")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default models/lora).")] = None,
-    dim: Annotated[int, typer.Option("--dim", "--network_dim", min=1, help="LoRA rank.")] = 32,
-    alpha: Annotated[float, typer.Option("--alpha", "--network_alpha", help="LoRA alpha (scale alpha/dim).")] = 16.0,
-    resolution: Annotated[int, typer.Option(min=16)] = 1024,
-    steps: Annotated[int | None, typer.Option("--steps", "--max_train_steps", min=1)] = None,
-    epochs: Annotated[int, typer.Option(min=1)] = 10,
-    lr: Annotated[float, typer.Option("--lr", "--unet_lr")] = 1e-4,
-    batch: Annotated[int, typer.Option("--batch", "--train_batch_size", min=1)] = 1,
-    precision: Annotated[str, typer.Option("--precision", "--mixed_precision", help="no | fp16 | bf16")] = "bf16",
-    train_te: Annotated[bool, typer.Option("--train-text-encoder/--unet-only")] = False,
-    optimizer: Annotated[str, typer.Option(help="adamw | adamw8bit (needs bitsandbytes)")] = "adamw",
-    checkpoint_every: Annotated[int, typer.Option(min=1)] = 250,
-    keep_checkpoints: Annotated[int, typer.Option(min=1, help="Keep the newest N checkpoints of the run.")] = 5,
-    sample_every: Annotated[int | None, typer.Option(min=1)] = None,
+    dim: int = option(TrainOptions, "rank", "--dim", "--network_dim"),
+    alpha: float = option(TrainOptions, "alpha", "--alpha", "--network_alpha"),
+    resolution: int = option(TrainOptions, "resolution", "--resolution"),
+    steps: int | None = option(TrainOptions, "max_train_steps", "--steps", "--max_train_steps"),
+    epochs: int = option(TrainOptions, "epochs", "--epochs"),
+    lr: float = option(TrainOptions, "unet_lr", "--lr", "--unet_lr"),
+    batch: int = option(TrainOptions, "batch_size", "--batch", "--train_batch_size"),
+    precision: str = option(TrainOptions, "mixed_precision", "--precision", "--mixed_precision"),
+    train_te: bool = option(TrainOptions, "train_text_encoder", "--train-text-encoder/--unet-only"),
+    optimizer: str = option(TrainConfig, "optimizer", "--optimizer", help="adamw | adamw8bit (needs bitsandbytes)"),
+    checkpoint_every: int = option(TrainOptions, "checkpoint_every", "--checkpoint-every"),
+    keep_checkpoints: int = option(TrainOptions, "keep_checkpoints", "--keep-checkpoints"),
+    sample_every: int | None = option(TrainConfig, "sample_every", "--sample-every"),
     sample_prompt: Annotated[list[str] | None, typer.Option(help="Prompt for the samples; repeatable.")] = None,
-    resume: Annotated[bool, typer.Option("--resume/--restart")] = True,
+    resume: bool = option(TrainConfig, "resume", "--resume/--restart"),
     kohya: Annotated[Path | None, typer.Option(help="kohya sd-scripts checkout: train with it instead.")] = None,
-    seed: int = 42,
+    seed: int = option(TrainConfig, "seed", "--seed", help="Training seed."),
 ) -> None:
     """Train the SDXL LoRA (built-in diffusers+peft trainer, or kohya sd-scripts with --kohya)."""
     with friendly_errors():
@@ -140,13 +153,13 @@ def sample(
         Path | None, typer.Option(help="LoRA file (default models/lora/influencer_lora.safetensors).")
     ] = None,
     no_lora: Annotated[bool, typer.Option("--no-lora", help="Base model only, for comparison.")] = False,
-    strength: Annotated[float, typer.Option(min=0, max=2)] = 1.0,
+    strength: float = option(SampleOptions, "strength", "--strength"),
     base: Annotated[Path | None, typer.Option(help="SDXL .safetensors or diffusers folder.")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Default data/samples.")] = None,
-    steps: Annotated[int, typer.Option(min=1)] = 30,
-    guidance: float = 6.0,
-    size: Annotated[int, typer.Option(min=16)] = 1024,
-    seed: int = 0,
+    steps: int = option(SampleOptions, "steps", "--steps"),
+    guidance: float = option(SampleOptions, "guidance", "--guidance"),
+    size: int = option(SampleOptions, "size", "--size"),
+    seed: int = option(SampleOptions, "seed", "--seed"),
 ) -> None:
     """Generate images locally with the user's SDXL and the trained LoRA (fully offline)."""
     with friendly_errors():
@@ -155,7 +168,8 @@ def sample(
         ws = workspace()
         gen = LocalGenerator(base or ws.base_model)
         gen.use_lora(None if no_lora else (lora or ws.lora_file), strength)
-        params = LocalGenParams(steps=steps, guidance=guidance, width=size, height=size, strength=strength, seed=seed)
+        options = SampleOptions(steps=steps, guidance=guidance, size=size, strength=strength, seed=seed)
+        params = LocalGenParams.from_options(options)
         for p in save_images(gen.generate(prompt, params), out_dir or ws.samples, "sample"):
             out.print(str(p))
 
@@ -163,23 +177,22 @@ def sample(
 @app.command(rich_help_panel=PANEL)
 def evaluate(
     lora: Annotated[list[Path] | None, typer.Option(help="LoRA file(s); default: final + its checkpoints.")] = None,
-    samples: Annotated[int, typer.Option("--samples", "-k", min=1, help="Images per LoRA.")] = 8,
-    steps: Annotated[int, typer.Option(min=1)] = 30,
-    size: Annotated[int, typer.Option(min=16)] = 1024,
-    strength: Annotated[float, typer.Option(min=0, max=2)] = 1.0,
+    samples: int = option(EvaluateOptions, "samples", "--samples", "-k"),
+    steps: int = option(EvaluateOptions, "steps", "--steps"),
+    size: int = option(EvaluateOptions, "size", "--size"),
+    strength: float = option(EvaluateOptions, "strength", "--strength"),
     base: Annotated[Path | None, typer.Option(help="SDXL .safetensors or diffusers folder.")] = None,
     prompt_bank: BankOpt = None,
 ) -> None:
     """Identity evaluation: K bank prompts per LoRA, face score vs the references, best checkpoint."""
     with friendly_errors():
         from ai_influencer.training.evaluate import default_candidates
-        from ai_influencer.training.inference import LocalGenParams
 
         ws = workspace()
+        options = EvaluateOptions(samples=samples, steps=steps, size=size, strength=strength)
         outcome = usecases.evaluate(
             settings(), lora or default_candidates(ws.lora_dir), base=base or ws.base_model,
-            prompt_bank=bank_path(prompt_bank), refs_dir=ws.cleaned, out_dir=ws.evaluation,
-            params=LocalGenParams(steps=steps, width=size, height=size, strength=strength), samples=samples,
+            prompt_bank=bank_path(prompt_bank), refs_dir=ws.cleaned, out_dir=ws.evaluation, options=options,
             history_db=ws.identity_history, dataset_dir=ws.kohya_dataset,
             train_params={"samples": samples, "steps": steps, "size": size, "strength": strength},
         )  # fmt: skip

@@ -10,18 +10,18 @@ from typing import Annotated
 
 import typer
 
-from ai_influencer.video.options import VIDEO_OPTION_DEFAULTS as _D
-from ai_influencer.video.options import video_option_help as _help
+from ai_influencer.options.qc import QCOptions
+from ai_influencer.options.video import VideoOptions
 from interfaces.cli.base import (
     EXIT_BUDGET,
     EXIT_FAILED,
-    BackendOpt,
     BankOpt,
     app,
     bank_path,
     client,
     console,
     friendly_errors,
+    option,
     out,
     settings,
     workspace,
@@ -31,30 +31,28 @@ from interfaces.cli.stages import PANEL
 
 @app.command(rich_help_panel=PANEL)
 def video(
-    model: Annotated[str, typer.Option(help=_help("model"))] = _D.model,
-    mode: Annotated[str, typer.Option(help=_help("mode"))] = _D.mode,
-    resolution: Annotated[str | None, typer.Option(help=_help("resolution"))] = _D.resolution,
-    aspect_ratio: Annotated[str | None, typer.Option("--aspect-ratio", help=_help("aspect_ratio"))] = _D.aspect_ratio,
-    duration: Annotated[int | None, typer.Option(help=_help("duration"))] = _D.duration,
-    audio: Annotated[bool | None, typer.Option("--audio/--no-audio", help=_help("generate_audio"))] = None,
-    seed: Annotated[int | None, typer.Option(help=_help("seed"))] = _D.seed,
-    max_clips: Annotated[int | None, typer.Option("--max-clips", help=_help("max_clips"))] = _D.max_clips,
-    budget: Annotated[float | None, typer.Option(help=_help("budget_usd"))] = _D.budget_usd,
-    estimate_usd: Annotated[float | None, typer.Option("--estimate-usd", help=_help("estimate_usd"))] = None,
-    max_in_flight: Annotated[int, typer.Option("--max-in-flight", help=_help("max_in_flight"))] = _D.max_in_flight,
-    retry_failed: Annotated[bool, typer.Option("--retry-failed", help=_help("retry_failed"))] = False,
-    identity: Annotated[bool, typer.Option("--identity/--no-identity", help=_help("check_identity"))] = True,
-    callback_url: Annotated[str | None, typer.Option("--callback-url", help=_help("callback_url"))] = None,
-    deadline_s: Annotated[float, typer.Option("--deadline-s", help=_help("deadline_s"))] = _D.deadline_s,
-    poll_initial_s: Annotated[
-        float, typer.Option("--poll-initial-s", help=_help("poll_initial_s"))
-    ] = _D.poll_initial_s,
-    poll_max_s: Annotated[float, typer.Option("--poll-max-s", help=_help("poll_max_s"))] = _D.poll_max_s,
+    model: str = option(VideoOptions, "model", "--model"),
+    mode: str = option(VideoOptions, "mode", "--mode"),
+    resolution: str | None = option(VideoOptions, "resolution", "--resolution"),
+    aspect_ratio: str | None = option(VideoOptions, "aspect_ratio", "--aspect-ratio"),
+    duration: int | None = option(VideoOptions, "duration", "--duration"),
+    audio: bool | None = option(VideoOptions, "generate_audio", "--audio/--no-audio"),
+    seed: int | None = option(VideoOptions, "seed", "--seed"),
+    max_clips: int | None = option(VideoOptions, "max_clips", "--max-clips"),
+    budget: float | None = option(VideoOptions, "budget_usd", "--budget"),
+    estimate_usd: float | None = option(VideoOptions, "estimate_usd", "--estimate-usd"),
+    max_in_flight: int = option(VideoOptions, "max_in_flight", "--max-in-flight"),
+    retry_failed: bool = option(VideoOptions, "retry_failed", "--retry-failed"),
+    identity: bool = option(VideoOptions, "check_identity", "--identity/--no-identity"),
+    callback_url: str | None = option(VideoOptions, "callback_url", "--callback-url"),
+    deadline_s: float = option(VideoOptions, "deadline_s", "--deadline-s"),
+    poll_initial_s: float = option(VideoOptions, "poll_initial_s", "--poll-initial-s"),
+    poll_max_s: float = option(VideoOptions, "poll_max_s", "--poll-max-s"),
     storyboard: Annotated[
         Path | None, typer.Option(help="Storyboard JSON (default data/text/storyboard.json).")
     ] = None,
     prompt_bank: BankOpt = None,
-    backend: BackendOpt = None,
+    backend: str | None = option(QCOptions, "backend", "--backend"),
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Plan the clips, print each clip's price and the total; submit nothing.")
     ] = False,
@@ -66,9 +64,9 @@ def video(
     Resumable: each job id is on disk the moment its submit returns; a killed run's jobs are polled again,
     never paid twice. Exit code 2: clips failed (their jobs are kept); 4: the budget refused clips.
     """
+    from ai_influencer.options.video import video_options
     from ai_influencer.pacing import StopFlag, drain_on_signals
     from ai_influencer.usecases import video as usecase
-    from ai_influencer.video.options import video_options
 
     with friendly_errors():
         s, ws = settings(), workspace()

@@ -19,16 +19,21 @@ import subprocess
 import sys
 import threading
 import tkinter as tk
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from tkinter import filedialog, ttk
 from tkinter.scrolledtext import ScrolledText
+from typing import Any
+
+from pydantic import BaseModel
 
 from ai_influencer.dataset.manifest import MANIFEST_NAME
 from ai_influencer.dataset.workspace import KOHYA_SUBDIR, Workspace
-from ai_influencer.image_options import IMAGE_OPTION_DEFAULTS, N_MAX
+from ai_influencer.options import GenerateOptions, QCOptions
+from ai_influencer.options.fields import bounds_of, default_of
+from ai_influencer.options.video import VideoOptions
 from ai_influencer.settings import Settings
-from ai_influencer.video.options import VIDEO_OPTION_DEFAULTS
 
 STAGES = ("prepare", "plan", "generate", "qc", "augment", "train", "video", "run")
 LABELS = {
@@ -60,8 +65,8 @@ class FormValues:
     minblur: str
     api_key: str = ""
     base_url: str = ""
-    n: str = str(IMAGE_OPTION_DEFAULTS.n)  # images per request (Image API)
-    video_model: str = VIDEO_OPTION_DEFAULTS.model
+    n: str = str(default_of(GenerateOptions, "n"))  # images per request (Image API)
+    video_model: str = default_of(VideoOptions, "model")
 
 
 def stage_command(stage: str, v: FormValues, exe: str | None = None) -> list[str]:
@@ -81,8 +86,7 @@ def stage_command(stage: str, v: FormValues, exe: str | None = None) -> list[str
                 *(part for flag, value in given if value for part in (flag, value))]  # fmt: skip
     if stage == "augment":
         return [cli, "augment", "--in", v.qc_passed, "--out", v.augment, "--captions", v.captions,
-                "--meta", str(Path(v.synth) / MANIFEST_NAME), "--prompt_bank", v.prompt_bank,
-                "--kohya-repeats", "10"]  # fmt: skip
+                "--meta", str(Path(v.synth) / MANIFEST_NAME), "--prompt_bank", v.prompt_bank]  # fmt: skip
     if stage == "train":
         return [cli, "train", "--dataset", str(Path(v.augment) / KOHYA_SUBDIR)]
     if stage == "video":  # one clip per storyboard shot; prices are printed before anything is submitted
@@ -91,6 +95,40 @@ def stage_command(stage: str, v: FormValues, exe: str | None = None) -> list[str
         return [cli, "run", "--prompt_bank", v.prompt_bank, "--per_scene", v.per_scene, "--n", v.n,
                 "--model", v.image_model]  # fmt: skip
     raise ValueError(f"unknown stage {stage!r}")
+
+
+def _shown(value: object) -> str:
+    """A default as a form shows it: 80.0 as 80, 0.34 as 0.34."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+Var = Callable[[str, object], tk.StringVar]  # makes (or finds) the form's variable of a field
+
+
+def field_spinbox(parent: tk.Misc, model: type[BaseModel], name: str, var: Var) -> Any:
+    """A spinbox for an options model's whole-number field: its default and bounds from the model."""
+    low, high = bounds_of(model, name)
+    return ttk.Spinbox(
+        parent, from_=low if low is not None else 0, to=high if high is not None else 10**6,
+        textvariable=var(name, _shown(default_of(model, name))), width=6,
+    )  # fmt: skip
+
+
+def field_entry(
+    parent: tk.Misc,
+    model: type[BaseModel],
+    name: str,
+    var: Var,
+    *,
+    key: str | None = None,
+    width: int = 8,
+    empty: bool = False,
+) -> Any:
+    """An entry for an options model's field, filled with its default. ``key``: the form's name for it where
+    two stages share a field name (``video_model``); ``empty``: left empty, for a field whose absence means
+    something else (QC's thresholds: the persona's calibration)."""
+    value = "" if empty else _shown(default_of(model, name))
+    return ttk.Entry(parent, textvariable=var(key or name, value), width=width)
 
 
 class ProcessRunner:
@@ -196,25 +234,24 @@ class DesktopApp:
         ttk.Entry(api, textvariable=var("text_model", s.text_model), width=50).grid(row=1, column=1, sticky="w")
         ttk.Label(api, text="Image model").grid(row=2, column=0, sticky="w")
         ttk.Entry(api, textvariable=var("image_model", s.image_model), width=50).grid(row=2, column=1, sticky="w")
+        # Every stage option's default, bounds and help come from its options model (ai_influencer.options).
         ttk.Label(api, text="Images per scene").grid(row=3, column=0, sticky="w")
-        ttk.Spinbox(api, from_=1, to=200, textvariable=var("per_scene", 12), width=6).grid(row=3, column=1, sticky="w")
+        field_spinbox(api, GenerateOptions, "per_scene", var).grid(row=3, column=1, sticky="w")
         ttk.Label(api, text="Images per request").grid(row=4, column=0, sticky="w")
-        ttk.Spinbox(api, from_=1, to=N_MAX, textvariable=var("n", IMAGE_OPTION_DEFAULTS.n), width=6).grid(
-            row=4, column=1, sticky="w"
-        )
+        field_spinbox(api, GenerateOptions, "n", var).grid(row=4, column=1, sticky="w")
         ttk.Label(api, text="Video model").grid(row=5, column=0, sticky="w")
-        ttk.Entry(api, textvariable=var("video_model", VIDEO_OPTION_DEFAULTS.model), width=50).grid(
-            row=5, column=1, sticky="w"
-        )
+        field_entry(api, VideoOptions, "model", var, key="video_model", width=50).grid(row=5, column=1, sticky="w")
         var("base_url", s.openrouter_base_url)
 
         qc = ttk.LabelFrame(root, text="QC thresholds")
         qc.pack(fill="x", padx=8, pady=4)
         ttk.Label(qc, text="min identity (--minsim)").grid(row=0, column=0)
-        ttk.Entry(qc, textvariable=var("minsim", ""), width=8).grid(row=0, column=1)
+        # Left empty: QC uses this persona's calibration, else the option's default (said beside them).
+        field_entry(qc, QCOptions, "minsim", var, empty=True).grid(row=0, column=1)
         ttk.Label(qc, text="min sharpness (--minblur)").grid(row=0, column=2)
-        ttk.Entry(qc, textvariable=var("minblur", ""), width=8).grid(row=0, column=3)
-        ttk.Label(qc, text="empty: this persona's calibration (influencer qc calibrate), else 0.34 / 80").grid(
+        field_entry(qc, QCOptions, "minblur", var, empty=True).grid(row=0, column=3)
+        fallback = f"{_shown(default_of(QCOptions, 'minsim'))} / {_shown(default_of(QCOptions, 'minblur'))}"
+        ttk.Label(qc, text=f"empty: this persona's calibration (influencer qc calibrate), else {fallback}").grid(
             row=0, column=4, padx=(8, 0)
         )
 

@@ -33,7 +33,7 @@ from ai_influencer.settings import Settings
 from interfaces.hub import errors
 from interfaces.hub.context import HubContext
 from interfaces.hub.guard import BodyLimit, BodyLimits, TokenGuard, check_token
-from interfaces.hub.routes import insights, openrouter, pipeline, review, video
+from interfaces.hub.routes import insights, openrouter, options, pipeline, review, video
 
 STATIC = Path(__file__).with_name("static")
 PAGES = {"/": "index.html", "/influencer": "influencer.html", "/pipeline": "pipeline.html", "/review": "review.html"}
@@ -75,7 +75,7 @@ def create_app(
         return FileResponse(path)
 
     app.include_router(video.webhook_router)
-    for module in (video, openrouter, insights, pipeline, review):  # video first: its /api/generate/video
+    for module in (video, openrouter, insights, pipeline, review, options):  # video first: its /api/generate/video
         app.include_router(module.router)
     errors.install(app)
     # The last middleware added runs first: the token, then the body limit (uploads: the insights router).
@@ -84,6 +84,6 @@ def create_app(
     app.add_middleware(BodyLimits, default=BodyLimit(ctx.max_json, "INFLUENCER_HUB_MAX_JSON_MB"), by_path=uploads)
     docs = {app.docs_url, app.redoc_url, app.openapi_url, app.swagger_ui_oauth2_redirect_url}
     # The webhook carries no hub token (OpenRouter cannot send one): its HMAC signature is checked instead.
-    open_paths = frozenset({*PAGES, *(d for d in docs if d), video.WEBHOOK_PATH})
+    open_paths = frozenset({*PAGES, options.OPTIONS_PATH, *(d for d in docs if d), video.WEBHOOK_PATH})
     app.add_middleware(TokenGuard, token=token, open_paths=open_paths, open_prefixes=("/static/",))
     return app

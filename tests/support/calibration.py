@@ -22,9 +22,9 @@ from pathlib import Path
 
 from PIL import Image, ImageFilter
 
+from ai_influencer.qc.analysis import Analysis, analyze
 from ai_influencer.vision.faces import FaceEngine
 from ai_influencer.vision.prepare import prepare_references
-from ai_influencer.vision.qc import Analysis, analyze
 from tests.support.assets import face
 
 ROOT = Path(__file__).resolve().parents[2] / "tests" / "assets" / "faces-calibration"

@@ -22,11 +22,11 @@ REPO = Path(__file__).resolve().parents[2]
 RESULT_MARK = "GENERATE-RESULT "
 
 GENERATE_SCRIPT = f"""
-import json, sys
+import sys
 from flows.generate import generate_flow
 from flows.params import GenerateParams, Paths
 result = generate_flow(GenerateParams.model_validate_json(sys.argv[1]), Paths.model_validate_json(sys.argv[2]))
-print({RESULT_MARK!r} + json.dumps(result, default=str), flush=True)
+print({RESULT_MARK!r} + result.model_dump_json(), flush=True)
 """
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from ai_influencer.dataset.workspace import Workspace
-from ai_influencer.vision.qc import EngineSpec, run_qc
+from ai_influencer.qc.analysis import EngineSpec
+from ai_influencer.qc.stage import run_qc
 from tests.support.assets import face
 from tests.support.calibration import PHOTOS, _write_variant, calibration_photos
 

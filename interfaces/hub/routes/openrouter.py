@@ -9,7 +9,6 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from ai_influencer.image_options import IMAGE_OPTION_DEFAULTS, N_MAX, option_help
 from ai_influencer.openrouter import (
     AuthError,
     BadRequestError,
@@ -18,6 +17,8 @@ from ai_influencer.openrouter import (
     OpenRouterError,
     RateLimitError,
 )
+from ai_influencer.options.fields import field_of
+from ai_influencer.options.images import IMAGE_OPTION_DEFAULTS, ImageOptions, option_help
 from interfaces.hub.context import HubContext, hub, token_scheme
 
 router = APIRouter(dependencies=[Depends(token_scheme)], tags=["openrouter"])
@@ -30,7 +31,7 @@ class GenerateRequest(BaseModel):
     system: str | None = Field(default=None, description="System message (text only).")
     aspect_ratio: str | None = Field(default=None, pattern=r"^\d{1,2}:\d{1,2}$", description="Image: W:H (or size).")
     size: str | None = Field(default=None, description=f"Image: {option_help('size')}")
-    n: int = Field(default=IMAGE_OPTION_DEFAULTS.n, ge=1, le=N_MAX, description=f"Image: {option_help('n')}")
+    n: int = field_of(ImageOptions, "n")
     seed: int | None = Field(default=None, description="Image: request seed where the endpoint supports seed.")
     max_tokens: int | None = Field(default=None, ge=1, le=32_000)
 
@@ -131,7 +132,7 @@ def generate(kind: Literal["text", "image"], req: GenerateRequest, ctx: HubConte
         else:
             # The CLI's and the flow's path: the Image API where it lists the model (n images, seed,
             # parameters checked against the endpoint first), else the chat route.
-            from ai_influencer.image_options import image_options
+            from ai_influencer.options.images import image_options
             from ai_influencer.usecases import make_images
 
             options = image_options(size=req.size or _size_for(req.aspect_ratio), n=req.n, seed=req.seed)

@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from ai_influencer.dataset.manifest import IMAGE_SUFFIXES
-from ai_influencer.vision.qc import read_report
+from ai_influencer.qc.report import read_report
 from interfaces.hub.context import HubContext, hub, token_scheme
 from interfaces.hub.guard import COOKIE, sent_token
 

@@ -19,7 +19,8 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from ai_influencer.openrouter import OpenRouterError
-from ai_influencer.video.options import FIRST_FRAME, VIDEO_OPTION_DEFAULTS, video_option_help
+from ai_influencer.options.fields import field_of
+from ai_influencer.options.video import FIRST_FRAME, VideoOptions
 from interfaces.hub.context import HubContext, hub, token_scheme
 from interfaces.hub.routes.openrouter import ApiError, GenerateResponse, Item, error_status
 
@@ -31,21 +32,17 @@ WEBHOOK_PATH = "/api/video/webhook"
 class VideoGenerateRequest(BaseModel):
     """One clip; the defaults are the video stage's (``VideoOptions``)."""
 
-    model: str = Field(default=VIDEO_OPTION_DEFAULTS.model, min_length=1, description=video_option_help("model"))
+    model: str = field_of(VideoOptions, "model")
     prompt: str = Field(min_length=1, max_length=20_000)
-    resolution: str | None = Field(
-        default=VIDEO_OPTION_DEFAULTS.resolution, description=video_option_help("resolution")
-    )
-    aspect_ratio: str | None = Field(
-        default=VIDEO_OPTION_DEFAULTS.aspect_ratio, description=video_option_help("aspect_ratio")
-    )
+    resolution: str | None = field_of(VideoOptions, "resolution")
+    aspect_ratio: str | None = field_of(VideoOptions, "aspect_ratio")
     duration: int | None = Field(default=None, ge=1, le=120, description="Seconds; empty: the model's shortest.")
-    generate_audio: bool | None = Field(default=None, description=video_option_help("generate_audio"))
-    seed: int | None = Field(default=None, description=video_option_help("seed"))
+    generate_audio: bool | None = field_of(VideoOptions, "generate_audio")
+    seed: int | None = field_of(VideoOptions, "seed")
     first_frame: str | None = Field(
         default=None, description="An image under the data root (e.g. qc_passed/x.png) as the first frame."
     )
-    callback_url: str | None = Field(default=None, description=video_option_help("callback_url"))
+    callback_url: str | None = field_of(VideoOptions, "callback_url")
 
 
 def _failure(model: str, status: int, code: str, message: str) -> JSONResponse:

@@ -41,6 +41,26 @@ const Hub = {
     nav.appendChild(label);
     Hub.initToken();
   },
+  // Form fields marked data-option="stage.field" get the option's default (as value, or with
+  // data-fill="placeholder" as the hint of an empty field that means "the default"), bounds and help
+  // from GET /api/options: the options models are their one place.
+  async fillOptions() {
+    const res = await fetch("/api/options");
+    if (!res.ok) return;
+    const stages = await res.json();
+    for (const input of document.querySelectorAll("[data-option]")) {
+      const [stage, field] = input.dataset.option.split(".");
+      const o = (stages[stage] || {})[field];
+      if (!o) continue;
+      const shown = o.default === null ? "none" : String(o.default);
+      if (input.dataset.fill === "placeholder") input.placeholder = shown;
+      else if (input.value === "") input.value = shown;
+      if (o.minimum !== undefined) input.min = o.minimum;
+      if (o.maximum !== undefined) input.max = o.maximum;
+      if (o.help) input.title = o.help;
+    }
+    document.dispatchEvent(new Event("huboptions"));
+  },
   initToken() {
     const input = document.getElementById("token");
     input.value = Hub.token();

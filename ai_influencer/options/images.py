@@ -1,8 +1,9 @@
 """The image options a run asks of every request, and the size rules: one place for defaults and help.
 
-Why a module of its own, outside ``openrouter/``: the CLI, the flow parameters, the hub and the GUI
-all show these defaults and help texts, and reading them must not import the HTTP client (the CLI
-starts in well under a second). ``openrouter.capabilities`` checks them against an endpoint.
+Why in ``options/``, outside ``openrouter/``: the CLI, the flow parameters, the hub and the GUI all show
+these defaults and help texts, and reading them must not import the HTTP client (the CLI starts in well
+under a second). ``openrouter.capabilities`` checks them against an endpoint; ``options.generate`` declares
+the generate stage's image options from these fields.
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ def parse_size(size: str) -> tuple[int, int]:
         if not MIN_SIDE <= value <= MAX_SIDE:
             raise ValueError(f"--size {size}: {name} {value} is out of range ({MIN_SIDE}..{MAX_SIDE} pixels)")
     return w, h
+
+
+def normalise_size(size: str) -> str:
+    """``WxH`` with the size rule applied (the one validator of every model with a ``size`` in pixels)."""
+    w, h = parse_size(size)
+    return f"{w}x{h}"
 
 
 def aspect_ratio(size: str) -> str:
@@ -91,7 +98,7 @@ class ImageOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     size: str = Field(default=DEFAULT_SIZE, description="WIDTHxHEIGHT; mapped to what the endpoint accepts.")
-    n: int = Field(default=1, ge=1, le=10, description="Images per request (Image API; providers may return fewer).")
+    n: int = Field(default=1, ge=1, le=N_MAX, description="Images per request (Image API; providers may return fewer).")
     seed: int | None = Field(
         default=None,
         description="Prompt composition seed; also a deterministic request seed per slot where the endpoint "
@@ -105,11 +112,7 @@ class ImageOptions(BaseModel):
     )
     provider: ProviderRouting | None = None
 
-    @field_validator("size")
-    @classmethod
-    def _size(cls, v: str) -> str:
-        w, h = parse_size(v)
-        return f"{w}x{h}"
+    _size = field_validator("size")(normalise_size)
 
     def identity(self) -> dict[str, Any]:
         """The options that change an image (part of a slot's identity), only where set."""

@@ -30,8 +30,8 @@ SCRIPT = textwrap.dedent(
     from prefect.client.orchestration import get_client
     from prefect.settings import get_current_settings
 
-    from tasks.limits import InflightPool, RunSeat, durable_local_leases, ensure_limit
-    from tasks.prefect_compat import start_embedded_server
+    from shared_limits.limits import InflightPool, RunSeat, durable_local_leases, ensure_limit
+    from shared_limits.prefect_compat import start_embedded_server
 
     said = []
 
@@ -113,11 +113,11 @@ HOLDER = textwrap.dedent(
     """
     import json, logging, sys, time
 
-    import tasks.limits
-    from tasks.limits import InflightPool, RunSeat, ensure_limit
+    import shared_limits.limits
+    from shared_limits.limits import InflightPool, RunSeat, ensure_limit
 
     if len(sys.argv) > 2:  # how often this holder looks for dead holders while it shares
-        tasks.limits.RECLAIM_EVERY_S = float(sys.argv[2])
+        shared_limits.limits.RECLAIM_EVERY_S = float(sys.argv[2])
 
     said = []
 

@@ -1,7 +1,7 @@
 """Where QC's per-image analyses come from: a pool of workers, and a store on disk so no image is checked twice.
 
 Why: face detection and embedding are most of QC's cost (about 0.18 s of a core per 1024 px image here), and
-everything ``qc_analysis.analyze`` measures depends on the image alone. Keyed by the file's SHA-256,
+everything ``qc.analysis.analyze`` measures depends on the image alone. Keyed by the file's SHA-256,
 the face backend, the pixel cap and ``ANALYSIS_VERSION``, a stored analysis is valid for any copy of
 the same bytes: a QC run killed half-way resumes with the images it had checked, a streamed run and
 a later batch run share their work, and a changed ``--minsim`` re-decides without re-analysing. A
@@ -10,7 +10,7 @@ regenerated or edited file has another digest and is analysed afresh.
 Entries are small JSON files (the embedding, the measurements, a 160 px thumbnail), written
 atomically; an unreadable entry counts as missing.
 
-``AnalysisPool`` serves batch QC (``analyze_many``) and streamed QC (``qc_stream``) alike, so both
+``AnalysisPool`` serves batch QC (``analyze_many``) and streamed QC (``qc.stream``) alike, so both
 measure every image the same way.
 """
 
@@ -28,10 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from ai_influencer.imaging import DEFAULT_MAX_PIXELS
 from ai_influencer.io import atomic_write_json, file_sha256
-from ai_influencer.vision.faces import FaceEngine
-from ai_influencer.vision.image_io import DEFAULT_MAX_PIXELS
-from ai_influencer.vision.qc_analysis import (
+from ai_influencer.qc.analysis import (
     Analysis,
     EngineSpec,
     Gate,
@@ -41,6 +40,7 @@ from ai_influencer.vision.qc_analysis import (
     init_worker,
     skip_reason,
 )
+from ai_influencer.vision.faces import FaceEngine
 
 # Bump when analyze() measures anything differently: older entries are then ignored.
 # 2: phash_mirror, and the descriptor skipped for images a cheaper check rejects (``skipped``).
@@ -185,7 +185,7 @@ class AnalysisPool:
     def submit(self, path: Path, gate: Gate | None = None) -> Future[Analysis]:
         """The analysis of ``path``: already done if stored, else computed (and then stored).
 
-        ``gate``: the checks that let the descriptor be skipped (``qc_analysis.Gate``). A stored analysis
+        ``gate``: the checks that let the descriptor be skipped (``qc.analysis.Gate``). A stored analysis
         without a descriptor that this gate needs is computed again."""
         digest = self.cache.digest(path) if self.cache is not None else ""
         if self.cache is not None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 from ai_influencer.io import atomic_write_text
 
@@ -38,6 +40,31 @@ class QCRow:
     compression: str = ""
     override: str = ""  # the user's verdict when one is in force (review.overrides), else empty
     auto_verdict: str = ""  # QC's own verdict, whatever the user said
+
+
+class HasPath(Protocol):
+    @property
+    def path(self) -> Path: ...
+
+
+class VerdictOverrides(Protocol):
+    """The user's verdicts over QC's own: QC's one hook, passed in by the use case.
+
+    ``review.overrides.OverrideStore`` is the implementation (a level above QC: it reads QC's report). QC calls
+    ``current`` before it pays for anything (an unreadable store fails there) and ``apply`` right after
+    ``decide``; ``apply`` starts from ``mark_automatic``.
+    """
+
+    def current(self) -> Mapping[str, object]: ...
+
+    def apply(self, verdicts: dict[str, QCRow], analyses: Iterable[HasPath]) -> dict[str, QCRow]: ...
+
+
+def mark_automatic(verdicts: dict[str, QCRow]) -> dict[str, QCRow]:
+    """QC's own verdicts as the published ones: ``auto_verdict`` records each, no override is in force."""
+    for row in verdicts.values():
+        row.auto_verdict, row.override = row.verdict, ""
+    return verdicts
 
 
 def tile_label(r: QCRow) -> str:

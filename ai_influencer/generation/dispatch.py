@@ -1,6 +1,6 @@
 """The generation engine's dispatch loop, one for the CLI and the Prefect flow.
 
-Why it is separate from ``generation`` (which makes and keeps one image): this is the policy of
+Why it is separate from ``generation.engine`` (which makes and keeps one image): this is the policy of
 *when* a request may be paid for. A request is submitted only once it holds an in-flight slot and
 its send time, and every path that does not submit gives back what it took, so a stop, a refused
 budget or "enough images accepted" takes effect before anything else is paid. Where the slots come
@@ -13,12 +13,19 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from ai_influencer.pacing import StopFlag, StopRequested
 
-if TYPE_CHECKING:
-    from ai_influencer.generation import ImageRequest
+
+class Owed(Protocol):
+    """What ``dispatch`` needs of a request: how many images it asks for (``engine.ImageRequest``)."""
+
+    @property
+    def n(self) -> int: ...
+
+
+R = TypeVar("R", bound=Owed)
 
 
 class FutureLike(Protocol):
@@ -33,7 +40,7 @@ class Slots(Protocol):
     """Where a run's permission to have a request in flight, and when to send it, comes from.
 
     ``LocalSlots`` for one process (the CLI); the Prefect flow's slots come from the server's shared
-    limits (``tasks.limits.InflightPool`` + ``tasks.rate.RateDispatcher``), fairly shared among runs.
+    limits (``shared_limits.limits.InflightPool`` + ``shared_limits.rate.RateDispatcher``), fairly shared among runs.
     """
 
     demand: int  # requests this run still has to send or is waiting on (it never holds more slots)
@@ -95,10 +102,10 @@ def _give_back(slots: Slots, window: Window | None, *, acquired: bool) -> None:
 
 
 @dataclass
-class Dispatched:
+class Dispatched(Generic[R]):
     results: list[Any]  # of the submitted requests, in submission order (failed ones left out)
     errors: list[str]  # one line per submitted request that failed
-    not_sent: list[ImageRequest]  # never submitted: the run stopped, or ``keep_going`` said enough
+    not_sent: list[R]  # never submitted: the run stopped, or ``keep_going`` said enough
 
     @property
     def not_sent_images(self) -> int:
@@ -106,15 +113,15 @@ class Dispatched:
 
 
 def dispatch(
-    todo: Sequence[ImageRequest],
+    todo: Sequence[R],
     *,
-    submit: Callable[[ImageRequest, float], FutureLike],
+    submit: Callable[[R, float], FutureLike],
     slots: Slots,
     stop: StopFlag | None = None,
     keep_going: Callable[[], bool] | None = None,
-    on_done: Callable[[FutureLike, ImageRequest], None] | None = None,
+    on_done: Callable[[FutureLike, R], None] | None = None,
     window: Window | None = None,
-) -> Dispatched:
+) -> Dispatched[R]:
     """The generation engine's loop, the same for the CLI and the Prefect flow.
 
     It counts requests (one in-flight slot and one send time each, whatever ``n`` they ask for);
@@ -122,7 +129,7 @@ def dispatch(
     in-flight slot and has its send time, so a stop
     (``stop``: a signal) or an end (``keep_going`` returning False: a budget refused, a fatal error,
     enough images accepted) takes effect before anything else is paid; requests already submitted
-    finish and are kept. ``window`` (generate-until-N, ``qc_stream.UntilAccepted``) is entered before
+    finish and are kept. ``window`` (generate-until-N, ``qc.stream.UntilAccepted``) is entered before
     the slot; its ``on_done`` leaves it once the image is checked.
     """
     futures: list[FutureLike] = []
@@ -147,7 +154,7 @@ def dispatch(
                 break
             future = submit(request, send_at)
 
-            def done(f: FutureLike, request: ImageRequest = request) -> None:
+            def done(f: FutureLike, request: R = request) -> None:
                 slots.release()
                 if on_done is not None:
                     on_done(f, request)

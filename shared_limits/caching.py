@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @functools.cache
 def code_version() -> str:
-    """The package version plus a digest of the domain and task sources (an editable install changes
-    code without changing the version)."""
+    """The package version plus a digest of the domain's, the tasks' and this package's sources (an editable
+    install changes code without changing the version). ``tasks`` is read as files: this layer is below it."""
     h = hashlib.sha256(ai_influencer.__version__.encode())
-    for folder in (Path(ai_influencer.__file__).parent, Path(__file__).parent):
+    for folder in (Path(ai_influencer.__file__).parent, ROOT / "tasks", Path(__file__).parent):
         for src in sorted(folder.rglob("*.py")):
             h.update(src.relative_to(folder.parent).as_posix().encode())
             h.update(src.read_bytes())
@@ -62,7 +62,7 @@ def outputs_record(files: list[Path] | list[str]) -> dict[str, int]:
 
 def missing_outputs(result: Any) -> list[str]:
     """The outputs a (maybe cached) result lists that are gone or changed size."""
-    recorded = result.get("outputs") if isinstance(result, dict) else None
+    recorded = result.get("outputs") if isinstance(result, dict) else getattr(result, "outputs", None)
     if not isinstance(recorded, dict):
         return []
     gone = []

@@ -2,8 +2,8 @@
 
 Faces, the largest face's embedding, sharpness, detail, perceptual and pixel hashes and file compression
 depend on the image and nothing else, so they can be measured in any order, in worker processes (each
-holding its own face engine, see ``qc_pool``), or one by one as images arrive: the verdicts come later,
-from ``qc_decision.decide`` over the whole batch.
+holding its own face engine, see ``qc.pool``), or one by one as images arrive: the verdicts come later,
+from ``qc.decision.decide`` over the whole batch.
 
 Cheapest first (docs/streaming.md has the costs): the image is decoded once and its hashes, thumbnail and
 compression come from those pixels; the face engine then finds the faces (a coarse-to-fine scan on dlib);
@@ -29,8 +29,8 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageOps
 
+from ai_influencer.imaging import DEFAULT_MAX_PIXELS, BadImageError, load_rgb
 from ai_influencer.vision.faces import FaceEngine, create_face_engine, largest, resolve_backend
-from ai_influencer.vision.image_io import DEFAULT_MAX_PIXELS, BadImageError, load_rgb
 from ai_influencer.vision.quality import compression_quality, face_detail, face_sharpness
 
 THUMB = 160
@@ -246,7 +246,7 @@ _worker_engine: FaceEngine | None = None
 
 
 def init_worker(spec: EngineSpec) -> None:
-    """In a worker process of ``qc_pool.AnalysisPool``: its own face engine, built once.
+    """In a worker process of ``qc.pool.AnalysisPool``: its own face engine, built once.
 
     Stopping is the parent's decision. A terminal's Ctrl-C and the Prefect runner's cancellation
     (SIGTERM) reach the whole process group; a worker that died of it broke the pool

@@ -47,7 +47,8 @@ from ai_influencer.dataset.manifest import (
     sidecar_path,
     write_sidecar,
 )
-from ai_influencer.dispatch import LocalSlots, dispatch
+from ai_influencer.generation.dispatch import LocalSlots, dispatch
+from ai_influencer.imaging import IncompleteImageError, verify_image_file
 from ai_influencer.io import atomic_write_bytes, atomic_write_text, file_sha256, quarantine
 from ai_influencer.openrouter import OpenRouterClient, OpenRouterError
 from ai_influencer.openrouter.capabilities import (
@@ -61,9 +62,9 @@ from ai_influencer.openrouter.capabilities import (
     resolve_route,
 )
 from ai_influencer.openrouter.errors import UnsupportedParameterError
+from ai_influencer.options.images import IMAGE_OPTION_DEFAULTS
 from ai_influencer.pacing import Pacer, StopFlag, StopRequested
 from ai_influencer.prompt_bank import PromptSpec
-from ai_influencer.vision.image_io import IncompleteImageError, verify_image_file
 
 __all__ = ["aspect_ratio", "parse_size"]  # re-exported: the size rules live with the routes' capabilities
 
@@ -197,7 +198,7 @@ def plan_slots(
     model: str,
     size: str,
     *,
-    n: int = 1,
+    n: int = IMAGE_OPTION_DEFAULTS.n,
     seed: int | None = None,
     options: dict[str, Any] | None = None,
     reference_digests: Sequence[str] = (),
@@ -253,7 +254,7 @@ def build_requests(
     size: str,
     references: Sequence[Path] = (),
     *,
-    n: int = 1,
+    n: int = IMAGE_OPTION_DEFAULTS.n,
     seed: int | None = None,
     options: dict[str, Any] | None = None,
 ) -> list[ImageRequest]:

@@ -41,7 +41,7 @@ def check_prefect_version(version: str | None = None) -> str | None:
         return None
     text = (
         f"Prefect {found} is outside the range ai-influencer is tested with (>={TESTED_MIN},<{TESTED_BELOW}); "
-        "the rate-slot fast path and lease recovery in tasks/prefect_compat.py may not work"
+        "the rate-slot fast path and lease recovery in shared_limits/prefect_compat.py may not work"
     )
     warnings.warn(text, RuntimeWarning, stacklevel=2)
     return text

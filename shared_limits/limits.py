@@ -17,8 +17,8 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.settings import get_current_settings, temporary_settings
 
 from ai_influencer.pacing import StopFlag
-from tasks.lease_holders import HOLDERS
-from tasks.prefect_compat import FILESYSTEM_LEASES, expired_filesystem_leases, post_increment_with_lease
+from shared_limits.lease_holders import HOLDERS
+from shared_limits.prefect_compat import FILESYSTEM_LEASES, expired_filesystem_leases, post_increment_with_lease
 
 
 def context_thread(target: Callable[[], object], name: str) -> threading.Thread:
@@ -222,7 +222,7 @@ class RunSeat:
             time.sleep(REFRESH_S)
 
     def _reclaim_dead(self) -> None:
-        """Free at once what runs killed on this host held (``tasks.lease_holders``): their leases would
+        """Free at once what runs killed on this host held (``shared_limits.lease_holders``): their leases would
         keep the seat and the in-flight slots for up to a minute."""
         assert self._client is not None
         for dead in HOLDERS.reclaim_dead(self._client):

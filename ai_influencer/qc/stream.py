@@ -5,8 +5,8 @@ Why: generation at the provider's limit and QC on the CPU run at similar speeds 
 longer one. And generate-until-N can stop paying the moment N images pass, instead of after a whole
 round.
 
-The verdicts stay batch verdicts. ``qc_analysis.analyze`` measures one image alone and
-``qc_decision.decide`` is a pure, order-independent function of all analyses, so ``result()``, which
+The verdicts stay batch verdicts. ``qc.analysis.analyze`` measures one image alone and
+``qc.decision.decide`` is a pure, order-independent function of all analyses, so ``result()``, which
 decides once over every image in the folder, equals ``run_qc`` on the same folders. ``accepted()``
 during the run is the same decision over the images checked so far: provisional, since a later
 image can still be the better copy of an accepted one, or a look-alike that fails it.
@@ -15,7 +15,7 @@ How images arrive: ``feed(path)`` from the generation's outcomes in this process
 looks in the candidate folder every ``poll_s`` for image files it has not seen yet, for a generator
 in another process. A file there is complete (every write is a rename of a finished temporary
 file), so the watcher needs no sidecar to trust it. Analyses are stored by content
-(``qc_pool.AnalysisCache``): a stream killed half-way resumes with what it had checked.
+(``qc.pool.AnalysisCache``): a stream killed half-way resumes with what it had checked.
 """
 
 from __future__ import annotations
@@ -27,15 +27,14 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from ai_influencer.dataset.workspace import REPORT_NAME
+from ai_influencer.imaging import DEFAULT_MAX_PIXELS, list_images
 from ai_influencer.pacing import StopFlag
-from ai_influencer.review.overrides import OverrideStore, apply_overrides
+from ai_influencer.qc.analysis import Analysis, EngineSpec, Gate
+from ai_influencer.qc.decision import QCThresholds, decide, reference_centroid
+from ai_influencer.qc.pool import AnalysisPool
+from ai_influencer.qc.report import QCRow, VerdictOverrides, mark_automatic, write_report
+from ai_influencer.qc.stage import QCResult, analysis_cache, default_workers, engine_parts, publish
 from ai_influencer.vision.faces import FaceEngine
-from ai_influencer.vision.image_io import DEFAULT_MAX_PIXELS, list_images
-from ai_influencer.vision.qc import QCResult, analysis_cache, default_workers, engine_parts, publish
-from ai_influencer.vision.qc_analysis import Analysis, EngineSpec, Gate
-from ai_influencer.vision.qc_decision import QCThresholds, decide, reference_centroid
-from ai_influencer.vision.qc_pool import AnalysisPool
-from ai_influencer.vision.qc_report import QCRow, write_report
 
 OVERSHOOT_WAIT_S = 300.0  # how long ``UntilAccepted.overshoot`` waits for the images still being checked
 
@@ -60,10 +59,10 @@ class StreamingQC:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         cache_dir: Path | None = None,
         poll_s: float = 0.5,
-        overrides: OverrideStore | None = None,
+        overrides: VerdictOverrides | None = None,
     ) -> None:
         self.ref_dir, self.cand_dir, self.out_dir = Path(ref_dir), Path(cand_dir), Path(out_dir)
-        self.th = thresholds.validate()
+        self.th = thresholds
         spec, self.scorer = engine_parts(engine, spec)
         self.pool = AnalysisPool(
             engine=engine,
@@ -223,7 +222,9 @@ class StreamingQC:
     def _decide(self, analyses: list[Analysis]) -> dict[str, QCRow]:
         """QC's verdicts, then the user's (``review.overrides``), which win: what every count here sees."""
         verdicts, _ = decide(self.refs, analyses, self.scorer, self.th)
-        return apply_overrides(verdicts, analyses, self.overrides)  # REVIEW HOOK (issue 28)
+        if self.overrides is None:
+            return mark_automatic(verdicts)
+        return self.overrides.apply(verdicts, analyses)  # REVIEW HOOK (issue 28)
 
     def write_report(self) -> Path:
         """``qc_report.csv`` for the images checked so far (what generate-until-N's down-weighting reads

@@ -1,10 +1,12 @@
-"""The video stage's options: one place for their defaults, bounds and help texts.
+"""The video stage's options: one clip per storyboard shot through OpenRouter's Video API, identity on frames.
 
-The CLI (``influencer video``), the Prefect parameters (``VideoParams``), the hub
-(``POST /api/generate/video``) and the GUI all show these; none spells a default of its own. Importing
-this module is cheap (pydantic only): the CLI reads the help texts without loading the HTTP client.
-What a model actually accepts (resolutions, durations, frame types, prices) is checked against its
-``GET /videos/models`` listing before anything is paid (``openrouter.videos.check_request``).
+One place for their defaults, bounds and help texts: the domain (``ai_influencer.video``: mode, format,
+references, identity sampling), the use case, the Prefect parameters (``VideoParams``), the CLI
+(``influencer video``), the hub (``POST /api/generate/video``) and the GUI all read these fields; none
+spells a default of its own (docs/architecture.md, "Adding a stage"). Importing this module is cheap
+(pydantic only): the CLI reads the help texts without loading the HTTP client. What a model actually
+accepts (resolutions, durations, frame types, prices) is checked against its ``GET /videos/models``
+listing before anything is paid (``openrouter.videos.check_request``).
 """
 
 from __future__ import annotations
@@ -13,15 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-# The modes and format defaults live here (not in ``clips``) so that reading them imports no HTTP client.
 FIRST_FRAME, REFERENCES = "first-frame", "references"
 MODES = (FIRST_FRAME, REFERENCES)
-DEFAULT_MODE = FIRST_FRAME
-DEFAULT_ASPECT_RATIO = "9:16"
-DEFAULT_MAX_REFERENCES = 4
-DEFAULT_VIDEO_MODEL = "google/veo-3.1-fast"
-DEFAULT_RESOLUTION = "720p"
-DEFAULT_MAX_IN_FLIGHT = 4
 
 
 class VideoOptions(BaseModel):
@@ -30,22 +25,23 @@ class VideoOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str = Field(
-        default=DEFAULT_VIDEO_MODEL,
+        default="google/veo-3.1-fast",
         min_length=1,
         description="OpenRouter video model (GET /videos/models); for a talking persona one with audio and "
         "first_frame, e.g. the Veo 3.1 family.",
     )
     mode: Literal["first-frame", "references"] = Field(
-        default=DEFAULT_MODE,  # type: ignore[assignment]
+        default=FIRST_FRAME,
         description="first-frame: each scene's best QC-passed image starts the clip (image-to-video); "
         "references: the cleaned reference photos guide it (reference-to-video).",
     )
     resolution: str | None = Field(
-        default=DEFAULT_RESOLUTION, description="Resolution the model lists (e.g. 720p, 1080p); priced per second."
+        default="720p", description="Resolution the model lists (e.g. 720p, 1080p); priced per second."
     )
     aspect_ratio: str | None = Field(
-        default=DEFAULT_ASPECT_RATIO, description="Aspect ratio (9:16 vertical for social clips)."
+        default="9:16", description="Aspect ratio (9:16 vertical for social clips; empty when a size is given)."
     )
+    size: str | None = Field(default=None, description="WIDTHxHEIGHT; instead of resolution and aspect ratio.")
     duration: int | None = Field(
         default=None,
         ge=1,
@@ -65,12 +61,8 @@ class VideoOptions(BaseModel):
     estimate_usd: float | None = Field(
         default=None, ge=0, description="Expected cost of one clip where the model lists no readable price."
     )
-    max_in_flight: int = Field(
-        default=DEFAULT_MAX_IN_FLIGHT, ge=1, le=64, description="Jobs submitted and not ended at once."
-    )
-    max_references: int = Field(
-        default=DEFAULT_MAX_REFERENCES, ge=1, le=16, description="Reference photos sent in references mode."
-    )
+    max_in_flight: int = Field(default=4, ge=1, le=64, description="Jobs submitted and not ended at once.")
+    max_references: int = Field(default=4, ge=1, le=16, description="Reference photos sent in references mode.")
     retry_failed: bool = Field(
         default=False,
         description="Submit again the clips whose job failed, was cancelled, expired or whose submit answer "
@@ -79,6 +71,11 @@ class VideoOptions(BaseModel):
     check_identity: bool = Field(
         default=True, description="Score sampled frames against the references (QC's face model and thresholds)."
     )
+    sample_fps: float = Field(default=2.0, gt=0, le=60, description="Frames per second checked for identity.")
+    min_persona_fraction: float = Field(
+        default=0.8, gt=0, le=1, description="Share of the checked frames that must show the persona."
+    )
+    min_face_px: int = Field(default=32, ge=0, description="Faces smaller than this (pixels) are not judged.")
     callback_url: str | None = Field(
         default=None,
         description="HTTPS URL OpenRouter posts video.generation.* webhooks to (the hub's /api/video/webhook); "
@@ -100,17 +97,13 @@ class VideoOptions(BaseModel):
         return v
 
 
-VIDEO_OPTION_DEFAULTS = VideoOptions()
-
-
-def video_option_help(name: str) -> str:
-    return VideoOptions.model_fields[name].description or ""
+VIDEO_DEFAULTS = VideoOptions()
 
 
 def video_options(**values: Any) -> VideoOptions:
     """``VideoOptions`` from user input; a bad value is one ``ValueError`` line naming the option and value."""
     try:
-        return VideoOptions(**{k: v for k, v in values.items()})
+        return VideoOptions(**values)
     except ValidationError as exc:
         err = exc.errors()[0]
         name = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "option"

@@ -3,16 +3,19 @@
 Two separate steps, so a streamed run (images checked as they arrive) and a
 batch run reach the same verdicts:
 
-1. ``qc_analysis.analyze``: everything measured on one image alone (faces, the
+1. ``qc.analysis.analyze``: everything measured on one image alone (faces, the
    largest face's embedding, sharpness, detail, perceptual and pixel hashes,
    file compression). Runs in worker processes, each holding its own face engine.
-2. ``qc_decision.decide``: a pure function of the reference analyses, the
+2. ``qc.decision.decide``: a pure function of the reference analyses, the
    candidate analyses and the thresholds (the rule itself is described there).
    It sorts its input, so the verdicts do not depend on the order images
    arrived in.
 
-``qc_report`` holds the rows and ``qc_report.csv``. This module runs the whole
-stage over two folders (``run_qc``) and is where other code imports QC names from.
+``qc.report`` holds the rows and ``qc_report.csv``; ``qc.pool`` runs the analyses in worker processes
+and caches them; ``qc.stream`` checks images as they arrive. This module runs the whole stage over two
+folders (``run_qc``) and publishes its verdicts (``publish``). The user's verdicts (``review``, a level
+above) reach QC through one hook, ``overrides`` (a ``qc.report.VerdictOverrides``), which the use case
+passes in: QC never imports the review package.
 """
 
 from __future__ import annotations
@@ -24,67 +27,13 @@ from pathlib import Path
 from ai_influencer.dataset.contact_sheet import Tile, render_contact_sheet
 from ai_influencer.dataset.manifest import sidecar_path
 from ai_influencer.dataset.workspace import REPORT_NAME
+from ai_influencer.imaging import DEFAULT_MAX_PIXELS, list_images
 from ai_influencer.io import atomic_write_bytes
-from ai_influencer.review.overrides import OverrideStore, apply_overrides
-from ai_influencer.vision.faces import MINSIM_DEFAULT, FaceEngine, Scorer, scorer_for
-from ai_influencer.vision.image_io import DEFAULT_MAX_PIXELS, list_images
-from ai_influencer.vision.qc_analysis import THUMB, Analysis, EngineSpec, Gate, ProgressCallback, analyze
-from ai_influencer.vision.qc_decision import (
-    BYTES_TOLERANCE,
-    DETAIL_TOLERANCE,
-    FACE_PX_TOLERANCE,
-    SAME_PICTURE_BITS,
-    SHARPNESS_TOLERANCE,
-    QCThresholds,
-    decide,
-    reference_centroid,
-    references_needed,
-)
-from ai_influencer.vision.qc_pool import AnalysisCache, AnalysisPool, analyze_many
-from ai_influencer.vision.qc_report import (
-    EVIDENCE_FIELDS,
-    LEGACY_FIELDS,
-    REPORT_FIELDS,
-    QCRow,
-    read_report,
-    tile_label,
-    write_report,
-)
-
-__all__ = [
-    "BYTES_TOLERANCE",
-    "DETAIL_TOLERANCE",
-    "EVIDENCE_FIELDS",
-    "FACE_PX_TOLERANCE",
-    "LEGACY_FIELDS",
-    "REPORTS_DIR",
-    "REPORT_FIELDS",
-    "SAME_PICTURE_BITS",
-    "SHARPNESS_TOLERANCE",
-    "SHEET_NAME",
-    "THUMB",
-    "Analysis",
-    "AnalysisCache",
-    "AnalysisPool",
-    "EngineSpec",
-    "Gate",
-    "ProgressCallback",
-    "QCResult",
-    "QCRow",
-    "QCThresholds",
-    "analysis_cache",
-    "analyze",
-    "analyze_many",
-    "decide",
-    "default_workers",
-    "engine_parts",
-    "publish",
-    "read_report",
-    "reference_centroid",
-    "references_needed",
-    "run_qc",
-    "write_report",
-]
+from ai_influencer.qc.analysis import Analysis, EngineSpec, ProgressCallback
+from ai_influencer.qc.decision import QCThresholds, decide
+from ai_influencer.qc.pool import AnalysisCache, analyze_many
+from ai_influencer.qc.report import QCRow, VerdictOverrides, mark_automatic, tile_label, write_report
+from ai_influencer.vision.faces import FaceEngine, Scorer, scorer_for
 
 SHEET_NAME = "contact_sheet.png"  # in a reports/ subfolder so no stage ever trains on it
 REPORTS_DIR = "reports"
@@ -113,34 +62,22 @@ def run_qc(
     *,
     engine: FaceEngine | None = None,
     spec: EngineSpec | None = None,
-    minsim: float = MINSIM_DEFAULT,
-    minblur: float = 80.0,
-    max_faces: int = 1,
-    dup_hash_distance: int = 10,
-    dup_min_score: float = 0.75,
-    min_margin: float | None = 0.0,
+    thresholds: QCThresholds | None = None,
     workers: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     on_progress: ProgressCallback | None = None,
     cache_dir: Path | None = None,
     legacy: bool = False,
-    overrides: OverrideStore | None = None,
+    overrides: VerdictOverrides | None = None,
 ) -> QCResult:
     """Score, filter and dedupe ``cand_dir`` against ``ref_dir``; copy the approved to ``out_dir``.
 
-    With ``cache_dir`` every analysis is stored by the image's content (``qc_pool.AnalysisCache``):
+    With ``cache_dir`` every analysis is stored by the image's content (``qc.pool.AnalysisCache``):
     images checked before, by this stage or by a streamed QC, are not analysed again. ``overrides``: the
     user's verdicts (``review.overrides``), which win over QC's own. ``legacy``: release 0.1's QC
     (analysis and rules), the baseline of ``bench/qc.py``; nothing else uses it.
     """
-    th = QCThresholds(
-        minsim=minsim,
-        minblur=minblur,
-        max_faces=max_faces,
-        min_margin=min_margin,
-        dup_hash_distance=dup_hash_distance,
-        dup_min_score=dup_min_score,
-    ).validate()  # before any work: a typo like --minsim 34 fails at once
+    th = thresholds or QCThresholds()  # checked when it was made: a typo like --minsim 34 fails before any work
     if legacy:
         spec = replace(spec or EngineSpec(), legacy=True)
     spec, scorer = engine_parts(engine, spec)
@@ -201,14 +138,15 @@ def publish(
     out_dir: Path,
     scorer: Scorer,
     th: QCThresholds,
-    overrides: OverrideStore | None = None,
+    overrides: VerdictOverrides | None = None,
     *,
     legacy: bool = False,
 ) -> QCResult:
     """Decide over every analysis, then write what QC gives users: the accepted images (and sidecars) in
     ``out_dir``, ``qc_report.csv`` and the contact sheet. Batch and streamed QC both end here."""
     verdicts, n_refs = decide(refs, analyses, scorer, th, legacy=legacy)
-    verdicts = apply_overrides(verdicts, analyses, overrides)  # REVIEW HOOK (issue 28): the user's verdicts win
+    # REVIEW HOOK (issue 28): the user's verdicts win (review.overrides.OverrideStore, passed in by the use case)
+    verdicts = mark_automatic(verdicts) if overrides is None else overrides.apply(verdicts, analyses)
     by_name = {a.path.name: a for a in analyses}
     names = sorted(by_name)
     accepted = [cand_dir / n for n in names if verdicts[n].verdict == "accepted"]

@@ -23,7 +23,7 @@ and a batch run agree). Per candidate (docs/identity-calibration.md has the meas
   not making training images.
 * sharpness (``minblur``), face count (``max_faces``).
 * the checks that need no face descriptor (a copy of a reference, too many
-  faces, a blurred face; ``qc_analysis.Gate``) are judged on analyses without
+  faces, a blurred face; ``qc.analysis.Gate``) are judged on analyses without
   one: a descriptor an analysis happens to carry for such an image is set
   aside, so a verdict never depends on what an earlier run measured.
 * duplicates: images with one face (any identity verdict) with identical pixels, or
@@ -47,11 +47,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import replace as _replace
+from typing import Any
 
 import numpy as np
 
-from ai_influencer.vision.faces import AGREEMENT_SLACK, MINSIM_DEFAULT, Scorer
-from ai_influencer.vision.qc_analysis import (
+from ai_influencer.options.qc import QC_DEFAULTS, QCOptions
+from ai_influencer.qc.analysis import (
     SAME_PICTURE_BITS,
     Analysis,
     Gate,
@@ -60,7 +61,8 @@ from ai_influencer.vision.qc_analysis import (
     quality_label,
     skip_reason,
 )
-from ai_influencer.vision.qc_report import QCRow
+from ai_influencer.qc.report import QCRow
+from ai_influencer.vision.faces import AGREEMENT_SLACK, Scorer
 
 __all__ = ["SAME_PICTURE_BITS", "QCThresholds", "decide", "reference_centroid", "references_needed"]
 DETAIL_TOLERANCE = 1.3  # copies within this factor of the most detailed one count as equally detailed
@@ -74,16 +76,28 @@ IMPOSTOR_GAP = 0.10
 
 @dataclass(frozen=True)
 class QCThresholds:
-    """Every knob of the decision; ``validate`` gives the error a user sees for a bad value."""
+    """Every knob of the decision, checked when it is made (``validate``: the error a user sees for a bad value).
 
-    minsim: float = MINSIM_DEFAULT
-    minblur: float = 80.0
-    max_faces: int = 1
+    The user's three (``minsim``, ``minblur``, ``max_faces``) default to the QC options' (``options.qc``);
+    ``from_options`` makes the thresholds of a run's options, once.
+    """
+
+    minsim: float = QC_DEFAULTS.minsim
+    minblur: float = QC_DEFAULTS.minblur
+    max_faces: int = QC_DEFAULTS.max_faces
     agreement_slack: float = AGREEMENT_SLACK
     min_margin: float | None = 0.0  # None: report the nearest impostor, do not decide on it
     impostor_gap: float = IMPOSTOR_GAP  # an impostor scores below minsim - this (clearly someone else)
     dup_hash_distance: int = 10
     dup_min_score: float = 0.75
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @classmethod
+    def from_options(cls, options: QCOptions, **knobs: Any) -> QCThresholds:
+        """The thresholds of a run's QC options (``knobs``: the decision's other settings)."""
+        return cls(minsim=options.minsim, minblur=options.minblur, max_faces=options.max_faces, **knobs)
 
     def validate(self) -> QCThresholds:
         if not (isinstance(self.minsim, int | float) and 0.0 <= self.minsim <= 1.0):
@@ -106,7 +120,7 @@ class QCThresholds:
         return self
 
     def gate(self, refs: list[Analysis]) -> Gate:
-        """The checks an image can fail before its face descriptor is computed (``qc_analysis.Gate``)."""
+        """The checks an image can fail before its face descriptor is computed (``qc.analysis.Gate``)."""
         return Gate.build(self.minblur, self.max_faces, refs)
 
 
@@ -167,7 +181,7 @@ def decide(
 
     ``legacy``: release 0.1's rules (no reference-copy check, descriptors used wherever present), for
     ``bench/qc.py``'s baseline."""
-    th = thresholds.validate()
+    th = thresholds
     references = _References.build(refs, scorer, th)
     cands = sorted(candidates, key=lambda a: a.path.name)
     copies: dict[str, str] = {}
@@ -195,7 +209,7 @@ def _without_descriptor(a: Analysis, why: str) -> Analysis:
 def _reference_copies(
     cands: list[Analysis], refs: list[Analysis], gate: Gate, scorer: Scorer, th: QCThresholds
 ) -> dict[str, str]:
-    """Candidates that copy a reference, and which one: by their hashes (``qc_analysis.copy_of_reference``), or
+    """Candidates that copy a reference, and which one: by their hashes (``qc.analysis.copy_of_reference``), or
     by the duplicate rule (pHash, or its mirror, within ``dup_hash_distance`` and faces >= ``dup_min_score``)."""
     out: dict[str, str] = {}
     faced_refs = sorted((r for r in refs if r.embedding is not None), key=lambda r: r.path.name)

@@ -11,14 +11,13 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import ClassVar
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
 
 from ai_influencer.adaptive_pacing import AdaptiveRate
 from ai_influencer.pacing import SEND_SAFETY, SendClock, requests_per_second
-from tasks.limits import InflightPool, RunSeat, context_thread
-from tasks.prefect_compat import post_increment
+from shared_limits.limits import InflightPool, RunSeat, context_thread
+from shared_limits.prefect_compat import post_increment
 
 # Sends of this process, per rate limit (every task thread of a flow process shares it).
 send_clock = SendClock()
@@ -124,30 +123,11 @@ class RateDispatcher:
         self._client: SyncPrefectClient | None = None
         self._thread = context_thread(self._refill_loop, f"rate-slots-{name}")
 
-    _active: ClassVar[dict[str, RateDispatcher]] = {}
-    _active_lock: ClassVar[threading.Lock] = threading.Lock()
-
-    @classmethod
-    def active(cls, name: str) -> RateDispatcher | None:
-        """The dispatcher spending limit ``name`` in this process, if one is running.
-
-        A retried request in the same process takes its slot here instead of from the server: a take of
-        its own would be a second writer on the limit, and every write the server refuses restarts the
-        limit's decay clock, starving the dispatcher (measured: five retries stalled all sends for 2 s).
-        """
-        with cls._active_lock:
-            return cls._active.get(name)
-
     def __enter__(self) -> RateDispatcher:
         self._client = get_client(sync_client=True).__enter__()
-        with self._active_lock:
-            self._active.setdefault(self.name, self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        with self._active_lock:
-            if self._active.get(self.name) is self:
-                del self._active[self.name]
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
@@ -243,7 +223,7 @@ class RateDispatcher:
 
 
 class SharedSlots:
-    """The engine's ``Slots`` (ai_influencer.generation) for a flow run: in-flight slots from the run's
+    """The engine's ``Slots`` (ai_influencer.generation.engine) for a flow run: in-flight slots from the run's
     share of the server's in-flight limit, send times from its share of the rate limit."""
 
     def __init__(self, pool: InflightPool, dispatcher: RateDispatcher) -> None:

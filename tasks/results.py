@@ -1,0 +1,147 @@
+"""What each task hands its flow: one typed result per task (issue 25), never a bare dict.
+
+Why typed: a flow read ``r["stopped_by_budget"]`` from a dict whose keys were written in another file; a
+misspelt key failed at run time, after money was spent. A model names every field once, the Prefect UI and
+the result store keep it whole (the cached stage results of plan, QC and augment are these models), and
+``tests/test_contracts.py`` fails when a flow or task returns a dict again.
+
+Pydantic models (not dataclasses) where a result is stored or shown (cached results, flow summaries); a
+dataclass for the per-image result, made hundreds of times a second by the generate flow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class StageResult(BaseModel):
+    """A stage's summary as its task returns it; ``outputs`` (``{path: size}``) lets a cached one be checked
+    against the disk (``shared_limits.caching.call_with_intact_outputs``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    outputs: dict[str, int] | None = None
+
+    def shown(self) -> dict[str, Any]:
+        """The summary as logs show it (without the outputs list, which can be thousands of files)."""
+        return self.model_dump(exclude={"outputs"}, exclude_none=True)
+
+
+class PrepareResult(StageResult):
+    usable: int
+    errors: list[str]
+
+
+class PaidPlan(BaseModel):
+    """The plan as the LLM answered it (storyboard JSON with ``_meta``: model, generation id, usage): what was
+    paid for, cached so that a deleted storyboard file is written again for free."""
+
+    payload: dict[str, Any]
+
+
+class PlanResult(StageResult):
+    """The storyboard written from the (maybe cached, already paid) plan."""
+
+    storyboard: str
+    shots: int
+    caption_seeds: int
+    cost_usd: float | None = None
+
+
+class QCSummary(StageResult):
+    """QC's verdict counts and files; streamed QC adds how many images were analysed now / came from the cache."""
+
+    accepted: int
+    rejected: int
+    error: int
+    report: str
+    contact_sheet: str
+    streamed: bool = False
+    analysed: int | None = None
+    from_cache: int | None = None
+
+
+class VlmCaptionStats(BaseModel):
+    cached: int
+    paid: int
+    fallback: int
+    cost_usd: float
+
+
+class AugmentSummary(StageResult):
+    images: int
+    captions: int
+    errors: list[str]
+    vlm: VlmCaptionStats | None = None
+
+
+class AnalyticsSummary(BaseModel):
+    """Spend, accepted images and cost per accepted image; the three worst prompt-bank values."""
+
+    spend_usd: float
+    accepted: int
+    cost_per_accepted_usd: float | None = None
+    worst_values: list[str]
+    problems: list[str]
+
+
+class DownweightResult(BaseModel):
+    prompt_bank: str
+    changes: list[str]
+
+
+class TrainSummary(BaseModel):
+    output: str
+    backend: str
+    steps: int | None = None
+    resumed_from: int | None = None
+    final_loss: float | None = None
+    seconds: float | None = None
+    checkpoints: list[str] = []
+    run_dir: str | None = None
+    samples: list[str] = []
+
+
+class EvaluateSummary(BaseModel):
+    """The best LoRA and one row per candidate (``training.evaluate.CheckpointChoice.rows``)."""
+
+    best: str
+    candidates: list[dict[str, Any]]
+
+
+class PromotionResult(BaseModel):
+    promoted: bool
+    reason: str
+    live: str
+    previous: str | None = None
+
+
+@dataclass
+class ImageTaskResult:
+    """One image request's outcome, as the generate flow sums it up. ``status``: generated, skipped,
+    recovered (images on disk) or stopped, budget, halted (not sent; ``error`` says why)."""
+
+    key: str
+    status: str
+    slots: int
+    new: int = 0
+    cost_usd: float = 0.0
+    images: list[tuple[str, bool]] = field(default_factory=list)  # (file, paid now) of its slots' images
+    file: str | None = None
+    asked: int = 0
+    short: bool = False
+    unpriced: bool = False
+    scene: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class ClipTaskResult:
+    """One clip's outcome (``video.jobs.ClipOutcome``) and whether this task paid a submit or resumed a job."""
+
+    outcome: Any
+    submitted: bool = False
+    resumed: bool = False
