@@ -55,8 +55,11 @@ def test_the_run_form_opens_with_the_fields(ui_server: dict[str, str]) -> None:
         # generation's images per scene and the QC thresholds (the manual's defaults).
         for label in ("Run Generate", "Per Scene", "Minsim", "Minblur", "Data Root"):
             page.get_by_text(f"{label} (Optional)", exact=True).first.wait_for()
-        # the manual's defaults are filled in, not blank
+        # the manual's defaults are filled in, not blank; the QC thresholds are left empty on purpose (the
+        # persona's calibration applies, issue 28) and their help says which values apply otherwise
         values = page.locator("input").evaluate_all("els => els.map(e => e.value)")
-        assert "12" in values and "0.34" in values and "80" in values, values
+        assert "12" in values, values
+        text = page.locator("body").inner_text()
+        assert "else 0.34" in text and "else 80" in text, text[:3000]
         page.screenshot(path=str(SHOTS / "prefect-run-form.png"), full_page=True)
         browser.close()

@@ -79,6 +79,7 @@ class StreamingQC:
         self._seen: set[str] = set()
         self._done: dict[str, Analysis] = {}
         self._waiting: dict[str, list[Callable[[], None]]] = {}
+        self._notifying = 0  # analyses whose callbacks are still running (outside the lock)
         self._failure: BaseException | None = None
         self._closed = False
         self._decided: tuple[int, int] = (-1, 0)  # (analyses decided over, accepted among them)
@@ -152,9 +153,15 @@ class StreamingQC:
                 if self._failure is None and failure is not None:
                     self._failure = failure
             callbacks = self._waiting.pop(name, [])
+            self._notifying += 1
             self._cond.notify_all()
-        for callback in callbacks:  # outside the lock: a callback may ask accepted()
-            callback()
+        try:
+            for callback in callbacks:  # outside the lock: a callback may ask accepted()
+                callback()
+        finally:
+            with self._cond:
+                self._notifying -= 1
+                self._cond.notify_all()
 
     def scan(self) -> None:
         """Feed every image in the candidate folder not seen yet."""
@@ -199,10 +206,11 @@ class StreamingQC:
         return count
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Until every image seen so far is checked; False on timeout."""
+        """Until every image seen so far is checked and its callbacks have run (a caller counting what the
+        callbacks recorded, as ``UntilAccepted.overshoot`` does, saw a checked image missing); False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while len(self._done) < len(self._seen) and self._failure is None:
+            while (len(self._done) < len(self._seen) or self._notifying) and self._failure is None:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
