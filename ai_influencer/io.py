@@ -109,14 +109,15 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 QUARANTINE_DIR = ".quarantine"
 
 
-def quarantine(path: str | os.PathLike[str], reason: str) -> Path:
-    """Move a damaged file into ``.quarantine/`` next to it, with a note saying why.
+def quarantine(path: str | os.PathLike[str], reason: str, *, into: str = QUARANTINE_DIR) -> Path:
+    """Move a file into a folder next to it (``.quarantine/`` for damaged files; ``into`` names another,
+    e.g. ``.superseded/`` for replaced ones), with a note saying why; an earlier file there keeps its name.
 
     Why move, not delete: the file may have been paid for, and a user may want to look at it;
     out of the folder, no stage mistakes it for finished work.
     """
     src = Path(path)
-    folder = src.parent / QUARANTINE_DIR
+    folder = src.parent / into
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / src.name
     n = 1

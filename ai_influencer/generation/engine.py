@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
@@ -49,7 +48,7 @@ from ai_influencer.dataset.manifest import (
 )
 from ai_influencer.generation.dispatch import LocalSlots, dispatch
 from ai_influencer.imaging import IncompleteImageError, verify_image_file
-from ai_influencer.io import atomic_write_bytes, atomic_write_text, file_sha256, quarantine
+from ai_influencer.io import atomic_write_bytes, file_sha256, quarantine
 from ai_influencer.openrouter import OpenRouterClient, OpenRouterError
 from ai_influencer.openrouter.capabilities import (
     DEFAULT_SIZE,
@@ -272,19 +271,6 @@ def find_existing(out_dir: Path, key: str) -> Path | None:
     return None
 
 
-def _set_aside(path: Path, folder: str, reason: str) -> Path:
-    target_dir = path.parent / folder
-    target_dir.mkdir(parents=True, exist_ok=True)
-    target = target_dir / path.name
-    n = 1
-    while target.exists():
-        target = target_dir / f"{path.stem}.{n}{path.suffix}"
-        n += 1
-    os.replace(path, target)
-    atomic_write_text(target.with_name(target.name + ".reason.txt"), reason + "\n")
-    return target
-
-
 def vouched(out_dir: Path, record: ImageRecord) -> ImageRecord | None:
     """The record if its image on disk is the one it describes; else None, the image and sidecar moved
     to ``.quarantine/`` (a damaged file is never kept as done, a paid one never deleted).
@@ -434,10 +420,10 @@ def _supersede(out_dir: Path, slot: Slot, new_file: str) -> None:
         if old == new_file or not image.is_file():
             continue
         why = f"slot {slot.scene}#{slot.index} regenerated with the current reference photos as {new_file}"
-        _set_aside(image, SUPERSEDED_DIR, why)
+        quarantine(image, why, into=SUPERSEDED_DIR)
         side = image.with_suffix(".json")
         if side.is_file():
-            _set_aside(side, SUPERSEDED_DIR, why)
+            quarantine(side, why, into=SUPERSEDED_DIR)
 
 
 def generate_one(
