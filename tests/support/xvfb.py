@@ -9,23 +9,16 @@ when pytest's process ends (PR_SET_PDEATHSIG), after Tk's own exit handlers have
 
 from __future__ import annotations
 
-import ctypes
 import os
 import select
 import shutil
-import signal
 import subprocess
-import sys
 import time
+
+from shared_limits.prefect_compat import _die_with_parent
 
 XVFB = shutil.which("Xvfb")
 _display: str | None = None
-
-
-def _stop_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def session_display(timeout_s: float = 20.0) -> str:
@@ -39,7 +32,7 @@ def session_display(timeout_s: float = 20.0) -> str:
     proc = subprocess.Popen(
         [XVFB, "-displayfd", str(write), "-screen", "0", "1280x900x24", "-nolisten", "tcp"],
         pass_fds=(write,),
-        preexec_fn=_stop_with_parent,
+        preexec_fn=_die_with_parent,  # its own session; SIGTERM when pytest ends (fixtures run on the main thread)
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
