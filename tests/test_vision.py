@@ -375,6 +375,28 @@ def test_qc_face_scan_finds_what_the_full_scan_finds(engine: DlibEngine) -> None
     assert [f.box for f in engine.locate(two)] == [f.box for f in engine.detect(two)] and len(engine.locate(two)) == 2
 
 
+def test_qc_face_scan_on_large_images_stays_within_a_hog_cell_of_the_full_scan(engine: DlibEngine) -> None:
+    """From ~600 px up the coarse levels are one resize of the image, not dlib's chain (``_HogPyramid``): the
+    same faces, each box within one HOG cell of the full scan's, the identity score within 0.01 (issue 27)."""
+    import cv2
+
+    refs = [load_rgb(face(n)) for n in ("obama.jpg", "obama3.jpg")]
+    centroid = engine.centroid([largest(engine.detect(r)).embedding for r in refs])
+    calibration = Path(__file__).parent / "assets" / "faces-calibration" / "photos"
+    for path in (face("obama2.jpg"), calibration / "two_people.jpg", face("biden.jpg")):
+        small = load_rgb(path)
+        side = 1024 / max(small.shape[:2])
+        rgb = cv2.resize(small, None, fx=side, fy=side, interpolation=cv2.INTER_CUBIC)
+        full, staged = engine.detect(rgb), engine.locate(rgb)
+        assert len(staged) == len(full) >= 1, path.name
+        for f, s in zip(sorted(full, key=lambda f: f.box), sorted(staged, key=lambda f: f.box), strict=True):
+            cell = 8 * (f.box[2] - f.box[0]) / 80  # a HOG cell at the level the face was found on
+            assert max(abs(a - b) for a, b in zip(f.box, s.box, strict=True)) <= cell, (path.name, f.box, s.box)
+        full_score = engine.identity_score(largest(full).embedding, centroid)
+        staged_score = engine.identity_score(engine.embed_chip(engine.face_chip(largest(staged))), centroid)
+        assert abs(full_score - staged_score) <= 0.01, (path.name, full_score, staged_score)
+
+
 def test_a_stored_analysis_without_descriptor_is_redone_when_a_looser_gate_needs_it(tmp_path: Path) -> None:
     refs, cand, cache = tmp_path / "refs", tmp_path / "cand", tmp_path / "cache"
     refs.mkdir()

@@ -128,5 +128,7 @@ def render_contact_sheet(
                 draw.text((x + 2, ty + thumb + 2 + line_no * LINE_PX), line, fill=fill, font=font)
         y += rows * (thumb + label_h + pad) + pad
     buf = io.BytesIO()
-    sheet.save(buf, format="PNG", optimize=True)
+    # zlib level 3: optimize=True (level 9, every filter tried) took 1.63 s of QC's 1.82 s publishing on 60 images
+    # (bench/qc.py), level 3 takes 0.2 s for a file 9 % larger; the sheet is a preview written on every QC run.
+    sheet.save(buf, format="PNG", compress_level=3)
     return atomic_write_bytes(out, buf.getvalue())

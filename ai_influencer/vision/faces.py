@@ -186,6 +186,7 @@ COARSE_FRACTION = 1 / 8  # QC's first pass sees faces down to 1/8 of the image's
 SECOND_FACE_RATIO = 1 / 3  # ...and must see every face at least 1/3 as wide as the largest one it found
 LEVEL_MARGIN = 2  # a face found this close to the first scanned level may be one a finer level found better
 FALLBACK_STEP = 4  # levels to go down when a pass finds no face
+DIRECT_MAX_SCALE = 1.0  # a pyramid level no larger than the scanned image is one resize of it (see _HogPyramid)
 
 
 def _rect_key(r: object) -> tuple[int, int, int, int]:
@@ -193,13 +194,21 @@ def _rect_key(r: object) -> tuple[int, int, int, int]:
 
 
 class _HogPyramid:
-    """The pyramid ``detector.run(small, 1)`` scans, built lazily from the top, pixel for pixel the same.
+    """The pyramid ``detector.run(small, 1)`` scans, built lazily from the top; a level smaller than ``small``
+    is made in one resize instead of the whole chain above it.
 
     Why: that call (upsample once, then every 5/6 level down to 80 px) spends most of its time on the
     two largest levels, which only small faces need. Scanning from level ``j`` of the same pyramid gives
     the same detections with the same scores for every face found at level ``j`` or below; the
     upsampling is dlib's ``pyramid_up`` (a bilinear ``resize_image`` to ``pyr2.rect_up`` size) and the
-    levels its ``pyramid_down(6)``, both checked against the full call on every test photo.
+    levels its ``pyramid_down(6)`` (each side ``floor(5 n / 6)``), checked against the full call on every
+    test photo. Building level ``j`` still costs the upsampled image and every level down to ``j``: at
+    1024 px that chain (73 ms) cost more than the scan itself. A level at most as large as ``small``
+    (``DIRECT_MAX_SCALE``) is therefore one area resize of ``small`` (2 ms, OpenCV): the same size, so
+    every detection maps back by the same geometry, with pixels a little off dlib's chain. Measured
+    (docs/streaming.md): on 150 rendered 1024 px candidates 3 boxes moved by one HOG cell and no face
+    count changed; the identity score moved by 0.007 at most. Levels larger than ``small`` (an upscale)
+    stay dlib's exact chain: a one-step enlarged copy moved scores by up to 0.019.
     """
 
     def __init__(self, small: np.ndarray) -> None:
@@ -209,9 +218,35 @@ class _HogPyramid:
         self.p6, self.p2 = dlib.pyramid_down(6), dlib.pyramid_down(2)
         h, w = small.shape[:2]
         top = self.p2.rect_up(dlib.rectangle(0, 0, w - 1, h - 1))
-        self._levels = [dlib.resize_image(small, top.bottom() + 1, top.right() + 1)]
+        self._small = small
+        self._sizes = [(top.bottom() + 1, top.right() + 1)]  # (rows, columns) of each level
+        self._levels: list[np.ndarray] = []
+
+    def size(self, j: int) -> tuple[int, int]:
+        while len(self._sizes) <= j:
+            rows, cols = self._sizes[-1]
+            self._sizes.append((rows * 5 // 6, cols * 5 // 6))
+        return self._sizes[j]
+
+    def direct(self, j: int) -> bool:
+        """Whether level ``j`` is no larger than ``small`` (made in one resize, see the class doc)."""
+        rows, cols = self.size(j)
+        return cols <= self._small.shape[1] * DIRECT_MAX_SCALE and rows <= self._small.shape[0] * DIRECT_MAX_SCALE
+
+    def first_direct_level(self) -> int:
+        j = 0
+        while not self.direct(j):
+            j += 1
+        return j
 
     def level(self, j: int) -> np.ndarray:
+        rows, cols = self.size(j)
+        if self.direct(j):
+            import cv2
+
+            return cv2.resize(self._small, (cols, rows), interpolation=cv2.INTER_AREA)
+        if not self._levels:
+            self._levels.append(self._dlib.resize_image(self._small, *self._sizes[0]))
         while len(self._levels) <= j:
             self._levels.append(self.p6(self._levels[-1]))
         return self._levels[j]
@@ -318,8 +353,10 @@ class DlibEngine(DlibScoring):
         return faces
 
     def locate(self, rgb: np.ndarray) -> list[Face]:
-        """The faces (boxes, scores, landmarks; no descriptor) QC counts: those ``detect`` finds, with the same
-        boxes and scores, except faces narrower than both 1/8 of the image and 1/3 of its largest face."""
+        """The faces (boxes, scores, landmarks; no descriptor) QC counts: those ``detect`` finds, except faces
+        narrower than 1/3 of the largest one and than 1/8 of the image (or, below ~615 px, than the ~76 px the
+        detector's window covers without enlarging the image). A box may sit one HOG cell off ``detect``'s
+        and its score differ a little: the coarse levels are resized copies of the image (``_HogPyramid``)."""
         small, scale = self._small(rgb)
         if self.legacy or self.upsample != 1:
             rects, scores, _ = self._detector.run(small, self.upsample, 0.0)
@@ -329,11 +366,13 @@ class DlibEngine(DlibScoring):
         return self._faces(small, scale, (rgb.shape[1], rgb.shape[0]), rects, scores)
 
     def _coarse_to_fine(self, small: np.ndarray) -> tuple[list, list[float]]:
-        """Scan from a coarse pyramid level; go finer while a face sits near the first scanned level (a finer
-        level may have found it better) or a face a third as wide as the largest could hide above it, or
-        nothing was found. Level 0 is the full call, so the worst case is today's result, a little later."""
+        """Scan from a coarse pyramid level, never an enlarged one (the first pass of a 512 px image would
+        otherwise pay for dlib's upsampled chain: 45 instead of 65 ms); go finer while a face sits near the
+        first scanned level (a finer level may have found it better) or a face a third as wide as the largest
+        could hide above it, or nothing was found. Level 0 is the full call, so the worst case is today's
+        result, a little later."""
         pyramid = _HogPyramid(small)
-        j = _level_for(max(small.shape[:2]) * COARSE_FRACTION)
+        j = max(_level_for(max(small.shape[:2]) * COARSE_FRACTION), pyramid.first_direct_level())
         while j > 0:
             rects, scores, _ = self._detector.run(pyramid.level(j), 0, 0.0)
             mapped = [pyramid.to_small(r, j) for r in rects]
