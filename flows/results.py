@@ -1,6 +1,7 @@
 """What the flows return: one typed summary per flow (issue 25), shown in the Prefect UI and read by callers.
 
-The stage flows return their task's result (``tasks.results``); the flows that compose stages return these.
+The stage flows return their task's result (``tasks.results``), the video flow its use case's
+(``ai_influencer.usecases.results.VideoSummary``, re-exported here); the flows that compose stages return these.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from ai_influencer.usecases.results import VideoSummary
 from tasks.results import (
     AnalyticsSummary,
     AugmentSummary,
@@ -73,24 +75,6 @@ class RoundsSummary(_Summary):
     stopped: str  # target | budget | max_rounds
     overshoot: int
     qc: QCSummary | None = None
-
-
-class VideoSummary(_Summary):
-    """One video run: clips planned, made, paid and left out, identity per clip (``usecases.video.summary``)."""
-
-    planned: int
-    left_out: list[str]
-    counts: dict[str, int]
-    submitted: int
-    resumed: int
-    committed_usd: float
-    budget_usd: float | None
-    estimate_usd: float | None
-    identity_passed: int
-    identity_failed: int
-    clips: list[dict[str, Any]]
-    total_cost_usd: float | None
-    manifest: str
 
 
 class ReviewResult(_Summary):

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from ai_influencer.dataset.workspace import LORA_NAME
 from ai_influencer.settings import Settings
-from ai_influencer.usecases.evaluate import best_among, run_candidates
+from ai_influencer.usecases.evaluate import best_among, run_candidates, score_of
 from flows.params import AugmentParams, EvaluateParams, GenerateParams, Paths, QCParams, RunParams, TrainParams
 from flows.results import RetrainSummary
 from flows.rounds import generate_until_flow
@@ -55,14 +55,14 @@ def retrain_flow(params: RetrainParams = RetrainParams()) -> RetrainSummary:
     loras = candidates + ([str(live)] if live.is_file() else [])
     ev = evaluate_flow(p.evaluate, p.paths, p.train, loras=loras)
     best = best_among(ev.candidates, candidates)  # the rule pick_best uses, among the new ones
-    live_row = next((r for r in ev.candidates if r["lora"] == str(live)), None)
+    live_score = score_of(ev.candidates, str(live))
     promotion = promote_task(
-        candidate=best["lora"],
-        candidate_score=(best["median"], best["p10"]),
+        candidate=best.lora,
+        candidate_score=best.score,
         live=str(live),
-        live_score=(live_row["median"], live_row["p10"]) if live_row else None,
+        live_score=live_score.score if live_score else None,
         history_db=str(ws.identity_history),
-        candidate_history_id=best.get("history_id"),
+        candidate_history_id=best.history_id,
     )
     print(f"retrain: {promotion.model_dump()}")
     return RetrainSummary(top_up=top_up, augment=augmented, train=trained, evaluate=ev, promotion=promotion)

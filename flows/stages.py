@@ -30,7 +30,7 @@ def plan_flow(params: PlanParams = PlanParams(), paths: Paths = Paths()) -> Plan
     storyboard = paths.workspace().storyboard
     paid = plan_task(str(paths.bank), p.model, str(storyboard))
     # written from the (maybe cached, already paid) payload: a deleted storyboard comes back for free
-    summary = PlanResult.model_validate(usecases.write_plan(paid.payload, storyboard))
+    summary = usecases.write_plan(paid, storyboard)
     print(f"storyboard: {summary.shown()}")
     return summary
 

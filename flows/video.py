@@ -10,6 +10,7 @@ verdicts (``video-clips``) and filmstrips (``video-filmstrips``) are artifacts.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -90,7 +91,7 @@ def video_flow(params: VideoParams = VideoParams(), paths: Paths = Paths()) -> V
     store = usecase.store(ws)
     if not planning.plans:
         result = usecase.collect([], store, None, options.budget_usd)
-        return VideoSummary(**usecase.summary(result, planning, ws))
+        return usecase.summary(result, planning, ws)
     assert p.limit_name is not None
     state, limit, _ = ensure_limit(p.limit_name, options.max_in_flight)
     logger.info("jobs at once: limit %s (%s, %d)", p.limit_name, state, limit)
@@ -112,9 +113,9 @@ def video_flow(params: VideoParams = VideoParams(), paths: Paths = Paths()) -> V
                 error = str(got) if isinstance(got, BaseException) else f"task failed: {got!r}"
                 runs.append(usecase.ClipRun(ClipOutcome(plan.index, plan.scene, plan.key, ERROR, error=error)))
     result = usecase.collect(runs, store, budget, options.budget_usd)
-    summary = VideoSummary(**usecase.summary(result, planning, ws))
+    summary = usecase.summary(result, planning, ws)
     create_table_artifact(
-        [{k: v for k, v in line.items() if k != "key"} for line in summary.clips],
+        [{k: v for k, v in asdict(line).items() if k != "key"} for line in summary.clips],
         key="video-clips",
         description=f"Clips: {summary.counts}; identity passed {summary.identity_passed}, "
         f"failed {summary.identity_failed}; committed ${summary.committed_usd:.2f}",

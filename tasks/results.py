@@ -7,6 +7,9 @@ the result store keep it whole (the cached stage results of plan, QC and augment
 
 Pydantic models (not dataclasses) where a result is stored or shown (cached results, flow summaries); a
 dataclass for the per-image result, made hundreds of times a second by the generate flow.
+
+A task that hands on its use case's result re-exports that model from ``ai_influencer.usecases.results``
+(plan, augment, analytics, train): one definition per result, the domain's.
 """
 
 from __future__ import annotations
@@ -14,41 +17,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
-
-class StageResult(BaseModel):
-    """A stage's summary as its task returns it; ``outputs`` (``{path: size}``) lets a cached one be checked
-    against the disk (``shared_limits.caching.call_with_intact_outputs``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    outputs: dict[str, int] | None = None
-
-    def shown(self) -> dict[str, Any]:
-        """The summary as logs show it (without the outputs list, which can be thousands of files)."""
-        return self.model_dump(exclude={"outputs"}, exclude_none=True)
+from ai_influencer.usecases.results import (
+    AnalyticsSummary,
+    AugmentSummary,
+    PaidPlan,
+    PlanResult,
+    StageResult,
+    TrainSummary,
+    VlmCaptionStats,
+)
 
 
 class PrepareResult(StageResult):
     usable: int
     errors: list[str]
-
-
-class PaidPlan(BaseModel):
-    """The plan as the LLM answered it (storyboard JSON with ``_meta``: model, generation id, usage): what was
-    paid for, cached so that a deleted storyboard file is written again for free."""
-
-    payload: dict[str, Any]
-
-
-class PlanResult(StageResult):
-    """The storyboard written from the (maybe cached, already paid) plan."""
-
-    storyboard: str
-    shots: int
-    caption_seeds: int
-    cost_usd: float | None = None
 
 
 class QCSummary(StageResult):
@@ -64,45 +48,9 @@ class QCSummary(StageResult):
     from_cache: int | None = None
 
 
-class VlmCaptionStats(BaseModel):
-    cached: int
-    paid: int
-    fallback: int
-    cost_usd: float
-
-
-class AugmentSummary(StageResult):
-    images: int
-    captions: int
-    errors: list[str]
-    vlm: VlmCaptionStats | None = None
-
-
-class AnalyticsSummary(BaseModel):
-    """Spend, accepted images and cost per accepted image; the three worst prompt-bank values."""
-
-    spend_usd: float
-    accepted: int
-    cost_per_accepted_usd: float | None = None
-    worst_values: list[str]
-    problems: list[str]
-
-
 class DownweightResult(BaseModel):
     prompt_bank: str
     changes: list[str]
-
-
-class TrainSummary(BaseModel):
-    output: str
-    backend: str
-    steps: int | None = None
-    resumed_from: int | None = None
-    final_loss: float | None = None
-    seconds: float | None = None
-    checkpoints: list[str] = []
-    run_dir: str | None = None
-    samples: list[str] = []
 
 
 class EvaluateSummary(BaseModel):
@@ -145,3 +93,21 @@ class ClipTaskResult:
     outcome: Any
     submitted: bool = False
     resumed: bool = False
+
+
+__all__ = [
+    "AnalyticsSummary",
+    "AugmentSummary",
+    "ClipTaskResult",
+    "DownweightResult",
+    "EvaluateSummary",
+    "ImageTaskResult",
+    "PaidPlan",
+    "PlanResult",
+    "PrepareResult",
+    "PromotionResult",
+    "QCSummary",
+    "StageResult",
+    "TrainSummary",
+    "VlmCaptionStats",
+]

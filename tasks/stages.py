@@ -56,7 +56,7 @@ def _plan_key(context: Any, p: dict[str, Any]) -> str:
 def plan_task(prompt_bank: str, model: str, storyboard: str | None = None) -> PaidPlan:
     """The paid LLM call; cached by workspace (the ``storyboard`` file it is for), prompt-bank content and
     model, so a re-run never pays twice and another workspace never gets this one's plan."""
-    return PaidPlan(payload=usecases.plan(openrouter_client(), Path(prompt_bank), model))
+    return usecases.plan(openrouter_client(), Path(prompt_bank), model)
 
 
 def _qc_key(context: Any, p: dict[str, Any]) -> str:
@@ -128,9 +128,7 @@ def augment_task(
         for err in outcome.captions.errors:
             get_run_logger().warning("VLM caption fell back to the manifest caption: %s", err)
     result = outcome.result
-    return AugmentSummary.model_validate(
-        {**outcome.summary(), "outputs": outputs_record([*result.images, *result.captions])}
-    )
+    return outcome.summary().model_copy(update={"outputs": outputs_record([*result.images, *result.captions])})
 
 
 @task(name="analytics", tags=["analytics"], **RETRY)
@@ -148,7 +146,7 @@ def analytics_task(synth_dir: str, qc_report: str) -> AnalyticsSummary:
         key="prompt-drift",
         description="QC acceptance and identity score per prompt-bank value (worst first)",
     )
-    return AnalyticsSummary.model_validate(rep.summary())
+    return rep.summary()
 
 
 @task(name="downweight-bank", tags=["analytics"], **RETRY)

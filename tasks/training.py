@@ -45,9 +45,9 @@ def train_task(config: TrainConfig, output_name: str, kohya_path: str | None = N
         on_line=logger.info,
         progress=False,
     )
-    for problem in summary.pop("problems", []):
+    for problem in summary.problems:
         logger.warning("skipped %s", problem)
-    return TrainSummary.model_validate(summary)
+    return summary
 
 
 @task(name="evaluate", tags=["gpu", "evaluate"], **RETRY)

@@ -2,7 +2,8 @@
 calls that name their arguments (issue 25).
 
 Each check reads the tree as it is (nothing is imported but the options models), so a default written out
-again, a flow or task that returns a bare dict, or a long positional call fails here with its file and line.
+again, a use case, flow or task that returns a bare dict, or a long positional call fails here with its file and
+line.
 """
 
 from __future__ import annotations
@@ -164,6 +165,8 @@ def test_every_option_default_is_written_once() -> None:
 
 # ---- typed results, named arguments (issue 25 §2) ------------------------------------------------------
 ORCHESTRATION = ("flows", "tasks")  # where stage results and calls cross the layers
+USECASES = "ai_influencer/usecases"  # what every entry point calls: its results are the stages' results
+USECASES_MODULE = USECASES.replace("/", ".")
 # Functions whose dict is JSON by nature, not a stage result: Prefect's own parameters and REST answers.
 DICT_ALLOWED = {
     ("flows/params.py", "current_params"),
@@ -206,6 +209,37 @@ def long_positional_calls(path: Path) -> Iterator[str]:
                 yield f"{shown(path)}:{node.lineno}: {name} with {len(positional)} positional arguments"
 
 
+def usecase_names(tree: ast.Module) -> set[str]:
+    """The local names a module binds to ``ai_influencer.usecases`` or anything imported from it."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == "ai_influencer":
+                names.update(a.asname or a.name for a in node.names if a.name == "usecases")
+            elif node.module == USECASES_MODULE or node.module.startswith(USECASES_MODULE + "."):
+                names.update(a.asname or a.name for a in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(a.asname for a in node.names if a.asname and a.name.startswith(USECASES_MODULE))
+    return names
+
+
+def long_positional_usecase_calls(path: Path) -> Iterator[str]:
+    """Calls into a use case (``usecases.x(...)``, ``usecase.x(...)``, an imported use-case name) with more than
+    four positional arguments, wherever they are made."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = usecase_names(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            root = node.func
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            positional = [a for a in node.args if not isinstance(a, ast.Starred)]
+            name = ast.unparse(node.func)
+            into = (isinstance(root, ast.Name) and root.id in names) or name.startswith(USECASES_MODULE + ".")
+            if into and len(positional) > MAX_POSITIONAL:
+                yield f"{shown(path)}:{node.lineno}: {name} with {len(positional)} positional arguments"
+
+
 def test_the_result_scans_find_what_they_are_meant_to_find(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text(
@@ -214,15 +248,30 @@ def test_the_result_scans_find_what_they_are_meant_to_find(tmp_path: Path) -> No
     )
     assert len(list(dict_returns(probe))) == 3
     assert len(list(long_positional_calls(probe))) == 1
+    caller = tmp_path / "caller.py"
+    caller.write_text(
+        "from ai_influencer import usecases\nfrom ai_influencer.usecases import video as uc\n"
+        "from ai_influencer.usecases.evaluate import best_among as pick\nfrom other import thing\n"
+        "usecases.train(1, 2, 3, 4, 5)\nuc.summary(1, 2, 3, 4, 5, 6)\npick(1, 2, 3, 4, 5)\n"
+        "thing(1, 2, 3, 4, 5)\nusecases.train(1, 2, 3, 4, e=5)\n"
+        "import ai_influencer.usecases.train\nai_influencer.usecases.train.train(1, 2, 3, 4, 5)\n"
+    )
+    assert len(list(long_positional_usecase_calls(caller))) == 4
 
 
-def test_flows_and_tasks_return_typed_results() -> None:
-    """A flow or task returns a model (``tasks.results``, ``flows.results``), never a dict read by key."""
-    found = [line for path in python_files(*ORCHESTRATION) for line in dict_returns(path)]
-    assert not found, "return a typed result (tasks/results.py, flows/results.py):\n" + "\n".join(found)
+def test_use_cases_flows_and_tasks_return_typed_results() -> None:
+    """A use case, flow or task returns a model (``usecases.results``, ``tasks.results``, ``flows.results``),
+    never a dict read by key: the CLI, the hub and the tasks read the same use-case result."""
+    found = [line for path in python_files(*ORCHESTRATION, USECASES) for line in dict_returns(path)]
+    assert not found, (
+        "return a typed result (ai_influencer/usecases/results.py, tasks/results.py, flows/results.py):\n"
+        + "\n".join(found)
+    )
 
 
 def test_long_calls_name_their_arguments() -> None:
-    """More than four arguments are passed by keyword: nine positional ones were swapped unnoticed."""
-    found = [line for path in python_files(*ORCHESTRATION) for line in long_positional_calls(path)]
+    """More than four arguments are passed by keyword (in flows, tasks and use cases, and in every call into a
+    use case): nine positional ones were swapped unnoticed."""
+    found = [line for path in python_files(*ORCHESTRATION, USECASES) for line in long_positional_calls(path)]
+    found += [line for path in python_files(*SHIPPED, "bench") for line in long_positional_usecase_calls(path)]
     assert not found, "pass these by keyword:\n" + "\n".join(found)

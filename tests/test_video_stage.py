@@ -170,7 +170,7 @@ def test_the_video_flow_waits_for_one_job_at_a_time_and_reports_another_persons_
     assert limit["limit"] == 1 and limit["active_slots"] == 0
     first, second = sorted(env.video.jobs.values(), key=lambda j: j.created)
     assert second.created >= first.created + first.pending_s + first.running_s
-    verdicts = {c["scene"]: (c["verdict"], c["reason"]) for c in summary.clips}
+    verdicts = {c.scene: (c.verdict, c.reason) for c in summary.clips}
     assert verdicts["cafe_morning"][0] == "failed" and verdicts["cafe_morning"][1].startswith("another person on")
     assert verdicts["city_street"][0] == "passed", verdicts
     assert summary.identity_failed == 1 and summary.identity_passed == 1

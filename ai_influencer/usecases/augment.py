@@ -11,6 +11,7 @@ from ai_influencer.dataset.vlm_captions import CaptionStats, VlmCaptioner
 from ai_influencer.openrouter import OpenRouterClient
 from ai_influencer.options.augment import AUGMENT_DEFAULTS, AugmentOptions
 from ai_influencer.prompt_bank import load_prompt_bank
+from ai_influencer.usecases.results import AugmentSummary, VlmCaptionStats
 
 
 @dataclass
@@ -18,15 +19,11 @@ class AugmentOutcome:
     result: AugmentResult
     captions: CaptionStats | None = None  # VLM captioning: paid, cached, fell back
 
-    def summary(self) -> dict[str, object]:
-        out: dict[str, object] = {
-            "images": len(self.result.images),
-            "captions": len(self.result.captions),
-            "errors": self.result.errors,
-        }
-        if self.captions is not None:
-            st = self.captions
-            out["vlm"] = {"cached": st.cached, "paid": st.paid, "fallback": st.fallback, "cost_usd": st.cost_usd}
+    def summary(self) -> AugmentSummary:
+        r, st = self.result, self.captions
+        out = AugmentSummary(images=len(r.images), captions=len(r.captions), errors=r.errors)
+        if st is not None:  # set only with VLM captions: else ``run``'s exclude_unset JSON has no ``vlm`` at all
+            out.vlm = VlmCaptionStats(cached=st.cached, paid=st.paid, fallback=st.fallback, cost_usd=st.cost_usd)
         return out
 
 

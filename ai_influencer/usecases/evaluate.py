@@ -14,6 +14,7 @@ from ai_influencer.qc.analysis import EngineSpec
 from ai_influencer.settings import Settings
 from ai_influencer.training.evaluate import CheckpointChoice, default_candidates, evaluate_loras, ranking, report_dir
 from ai_influencer.training.inference import LocalGenParams
+from ai_influencer.usecases.results import LoraScore
 
 
 @dataclass
@@ -78,11 +79,24 @@ def run_candidates(output: str | Path, run_dir: str | Path | None) -> list[str]:
     return [*(str(f) for f in checkpoint_files(Path(run_dir))), str(output)] if run_dir else [str(output)]
 
 
-def best_among(rows: Sequence[dict[str, Any]], candidates: Sequence[str]) -> dict[str, Any]:
-    """The row of the best of ``candidates`` among evaluated ``rows``, by the rule ``pick_best`` uses
+def best_among(rows: Sequence[dict[str, Any]], candidates: Sequence[str]) -> LoraScore:
+    """The best of ``candidates`` among evaluated ``rows``, by the rule ``pick_best`` uses
     (``training.evaluate.ranking``): retraining picks among the new LoRAs only, not the live one."""
     by_lora = {r["lora"]: r for r in rows}
-    return max((by_lora[c] for c in candidates), key=ranking)
+    return LoraScore.from_row(max((by_lora[c] for c in candidates), key=ranking))
 
 
-__all__ = ["EvaluationOutcome", "best_among", "default_candidates", "evaluate", "run_candidates"]
+def score_of(rows: Sequence[dict[str, Any]], lora: str) -> LoraScore | None:
+    """``lora``'s scores among evaluated ``rows``; None when it was not evaluated."""
+    return next((LoraScore.from_row(r) for r in rows if r["lora"] == lora), None)
+
+
+__all__ = [
+    "EvaluationOutcome",
+    "LoraScore",
+    "best_among",
+    "default_candidates",
+    "evaluate",
+    "run_candidates",
+    "score_of",
+]

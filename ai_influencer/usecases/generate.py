@@ -133,7 +133,10 @@ def plan_requests(
     if limit is not None and len(owed) > limit:
         left_out, owed = len(owed) - limit, owed[:limit]
     todo = group_requests(owed, model, options.size, seed=options.seed, options=identity, reference_digests=digests)
-    return RequestPlan(model, options, [s for s, _ in planned], todo, refs, kept, regenerating, left_out)
+    return RequestPlan(
+        model, options, [s for s, _ in planned], todo, references=refs, kept=kept, regenerating=regenerating,
+        left_out=left_out,
+    )  # fmt: skip
 
 
 def prepare_route(

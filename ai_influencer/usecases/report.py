@@ -8,6 +8,7 @@ from typing import Any
 
 from ai_influencer.analytics.report import DriftRow, Joined, cost_report, drift_report, join, write_downweighted_bank
 from ai_influencer.prompt_bank import load_prompt_bank
+from ai_influencer.usecases.results import AnalyticsSummary
 
 
 @dataclass
@@ -16,15 +17,15 @@ class Report:
     drift: list[Any]
     problems: list[str]
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> AnalyticsSummary:
         total = self.costs["total"][0] if self.costs["total"] else None
-        return {
-            "spend_usd": total.spend_usd if total else 0.0,
-            "accepted": total.accepted if total else 0,
-            "cost_per_accepted_usd": total.cost_per_accepted_usd if total else None,
-            "worst_values": [f"{r.category}={r.value} ({r.acceptance_rate:.0%} of {r.n})" for r in self.drift[:3]],
-            "problems": self.problems,
-        }
+        return AnalyticsSummary(
+            spend_usd=total.spend_usd if total else 0.0,
+            accepted=total.accepted if total else 0,
+            cost_per_accepted_usd=total.cost_per_accepted_usd if total else None,
+            worst_values=[f"{r.category}={r.value} ({r.acceptance_rate:.0%} of {r.n})" for r in self.drift[:3]],
+            problems=self.problems,
+        )
 
 
 def joined(synth_dir: Path, qc_report: Path) -> tuple[list[Joined], list[str]]:

@@ -9,6 +9,7 @@ from typing import Any
 from ai_influencer.dataset.workspace import Workspace
 from ai_influencer.training.config import TrainConfig
 from ai_influencer.training.trainer import OnSample, OnStep
+from ai_influencer.usecases.results import TrainSummary
 
 
 def train_config(ws: Workspace, **fields: Any) -> TrainConfig:
@@ -36,7 +37,7 @@ def train(
     on_sample: OnSample | None = None,
     on_line: Callable[[str], None] | None = None,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> TrainSummary:
     """Train or resume (a repeated call continues from the newest checkpoint of the same run).
 
     With ``kohya_path`` (an sd-scripts checkout) kohya's sdxl_train_network.py trains with the same
@@ -46,22 +47,22 @@ def train(
         from ai_influencer.training.kohya_backend import train_with_kohya
 
         out = train_with_kohya(cfg, kohya_path, on_line=on_line or print)
-        return {"output": str(out), "backend": "kohya", "checkpoints": [], "problems": []}
+        return TrainSummary(output=str(out), backend="kohya", checkpoints=[])
     from ai_influencer.training.trainer import train_lora
 
     result = train_lora(cfg, on_step=on_step, on_sample=on_sample, progress=progress)
-    return {
-        "output": str(result.output),
-        "backend": "built-in",
-        "steps": result.steps,
-        "resumed_from": result.resumed_from,
-        "final_loss": result.losses[-1] if result.losses else None,
-        "seconds": round(result.seconds, 1),
-        "checkpoints": [str(p) for p in result.checkpoints],
-        "run_dir": str(result.run_dir) if result.run_dir else None,
-        "samples": [str(p) for p in result.samples],
-        "problems": result.problems,
-    }
+    return TrainSummary(
+        output=str(result.output),
+        backend="built-in",
+        steps=result.steps,
+        resumed_from=result.resumed_from,
+        final_loss=result.losses[-1] if result.losses else None,
+        seconds=round(result.seconds, 1),
+        checkpoints=[str(p) for p in result.checkpoints],
+        run_dir=str(result.run_dir) if result.run_dir else None,
+        samples=[str(p) for p in result.samples],
+        problems=result.problems,
+    )
 
 
-__all__ = ["TrainConfig", "train", "train_config"]
+__all__ = ["TrainConfig", "TrainSummary", "train", "train_config"]

@@ -29,6 +29,7 @@ from ai_influencer.pacing import (
 )
 from ai_influencer.settings import Settings
 from ai_influencer.storyboard import Storyboard
+from ai_influencer.usecases.results import ClipLine, VideoSummary
 from ai_influencer.video.clips import ClipPlan, ClipPlanning, plan_clips
 from ai_influencer.video.frames import BadVideoError
 from ai_influencer.video.identity import ClipIdentity, ClipIdentityChecker
@@ -214,50 +215,41 @@ def make_videos(
     )
 
 
-@dataclass
-class ClipLine:
-    """One clip as every entry point reports it."""
-
-    index: int
-    scene: str
-    key: str
-    status: str
-    job_id: str | None
-    file: str | None
-    verdict: str | None
-    reason: str | None
-    cost_usd: float | None
-    error: str | None
-
-
-def summary(result: VideoRunResult, planning: ClipPlanning, ws: Workspace) -> dict[str, Any]:
+def summary(result: VideoRunResult, planning: ClipPlanning, ws: Workspace) -> VideoSummary:
     """The stage's result: counts, money, identity per clip, the shots left out."""
     lines = []
     for o in result.outcomes:
         identity = (o.clip.identity or {}) if o.clip is not None else {}
         lines.append(
             ClipLine(
-                o.index, o.scene, o.key, o.status, o.job_id, o.clip.file if o.clip else None,
-                identity.get("verdict"), identity.get("reason"), o.clip.cost_usd if o.clip else None, o.error,
-            ).__dict__
-        )  # fmt: skip
-    verdicts = [line["verdict"] for line in lines if line["verdict"]]
-    manifest = result.manifest
-    return {
-        "planned": len(planning.plans),
-        "left_out": planning.problems,
-        "counts": result.counts,
-        "submitted": result.submitted,
-        "resumed": result.resumed,
-        "committed_usd": result.committed_usd,
-        "budget_usd": result.budget_usd,
-        "estimate_usd": planning.total_usd,
-        "identity_passed": verdicts.count("passed"),
-        "identity_failed": verdicts.count("failed"),
-        "clips": lines,
-        "total_cost_usd": manifest.get("total_cost_usd"),
-        "manifest": str(store(ws).manifest),
-    }
+                index=o.index,
+                scene=o.scene,
+                key=o.key,
+                status=o.status,
+                job_id=o.job_id,
+                file=o.clip.file if o.clip else None,
+                verdict=identity.get("verdict"),
+                reason=identity.get("reason"),
+                cost_usd=o.clip.cost_usd if o.clip else None,
+                error=o.error,
+            )
+        )
+    verdicts = [line.verdict for line in lines if line.verdict]
+    return VideoSummary(
+        planned=len(planning.plans),
+        left_out=planning.problems,
+        counts=result.counts,
+        submitted=result.submitted,
+        resumed=result.resumed,
+        committed_usd=result.committed_usd,
+        budget_usd=result.budget_usd,
+        estimate_usd=planning.total_usd,
+        identity_passed=verdicts.count("passed"),
+        identity_failed=verdicts.count("failed"),
+        clips=lines,
+        total_cost_usd=result.manifest.get("total_cost_usd"),
+        manifest=str(store(ws).manifest),
+    )
 
 
 def cost_lines(ws: Workspace) -> list[dict[str, Any]]:
@@ -416,6 +408,6 @@ def collect(
     outcomes = sorted((r.outcome for r in runs), key=lambda o: (o.index, o.key))
     committed = budget.committed_usd if budget is not None else 0.0
     return VideoRunResult(
-        outcomes, sum(r.submitted for r in runs), sum(r.resumed for r in runs), round(committed, 6), budget_usd,
-        manifest,
+        outcomes, submitted=sum(r.submitted for r in runs), resumed=sum(r.resumed for r in runs),
+        committed_usd=round(committed, 6), budget_usd=budget_usd, manifest=manifest,
     )  # fmt: skip

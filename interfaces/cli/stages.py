@@ -98,10 +98,10 @@ def plan(
         s = settings()
         target = out_path or workspace().storyboard
         with client(s) as c, console.status("asking the LLM for a storyboard..."):
-            payload = usecases.plan(c, bank_path(prompt_bank), model or s.text_model)
-        summary = usecases.write_plan(payload, target)
-        cost = "cost n/a" if summary["cost_usd"] is None else f"${summary['cost_usd']:.4f}"
-        out.print(f"wrote {target}: {summary['shots']} shots, {summary['caption_seeds']} caption seeds ({cost})")
+            paid = usecases.plan(c, bank_path(prompt_bank), model or s.text_model)
+        summary = usecases.write_plan(paid, target)
+        cost = "cost n/a" if summary.cost_usd is None else f"${summary.cost_usd:.4f}"
+        out.print(f"wrote {target}: {summary.shots} shots, {summary.caption_seeds} caption seeds ({cost})")
 
 
 @app.command(rich_help_panel=PANEL)

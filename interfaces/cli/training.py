@@ -66,17 +66,17 @@ def train(
             sample_prompts=sample_prompt or [], resume=resume, seed=seed,
         )  # fmt: skip
         result = usecases.train(cfg, kohya_path=kohya or settings().kohya_path, on_line=out.print)
-        for problem in result["problems"]:
+        for problem in result.problems:
             console.print(f"[yellow]skipped[/] {problem}")
-        if result["backend"] == "kohya":
-            out.print(f"LoRA written: {result['output']}")
+        if result.backend == "kohya":
+            out.print(f"LoRA written: {result.output}")
             return
-        last = "n/a" if result["final_loss"] is None else f"{result['final_loss']:.4f}"
+        last = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
         out.print(
-            f"LoRA written: {result['output']} ({result['steps']} steps, resumed at {result['resumed_from']}, "
-            f"last loss {last}, {len(result['checkpoints'])} checkpoints, {result['seconds']:.0f} s)"
+            f"LoRA written: {result.output} ({result.steps} steps, resumed at {result.resumed_from}, "
+            f"last loss {last}, {len(result.checkpoints)} checkpoints, {result.seconds:.0f} s)"
         )
-        out.print(f"run folder: {result['run_dir']} (config.json; curves: tensorboard --logdir {result['run_dir']})")
+        out.print(f"run folder: {result.run_dir} (config.json; curves: tensorboard --logdir {result.run_dir})")
 
 
 @lora_app.command("inspect")

@@ -99,27 +99,27 @@ def video(
                     on_event=lambda m: console.print(m, highlight=False, markup=False),
                 )  # fmt: skip
         summary = usecase.summary(result, planning, ws)
-        for clip in summary["clips"]:
-            verdict = f", identity {clip['verdict']}" if clip["verdict"] else ""
-            what = clip["file"] or clip["job_id"] or "-"
-            error = f": {clip['error']}" if clip["error"] and clip["status"] not in ("done", "skipped") else ""
-            out.print(f"shot {clip['index'] + 1} [{clip['scene']}] {clip['status']} {what}{verdict}{error}",
+        for clip in summary.clips:
+            verdict = f", identity {clip.verdict}" if clip.verdict else ""
+            what = clip.file or clip.job_id or "-"
+            error = f": {clip.error}" if clip.error and clip.status not in ("done", "skipped") else ""
+            out.print(f"shot {clip.index + 1} [{clip.scene}] {clip.status} {what}{verdict}{error}",
                       highlight=False, markup=False)  # fmt: skip
-        counts = ", ".join(f"{k} {v}" for k, v in sorted(summary["counts"].items()))
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items()))
         out.print(
-            f"clips: {counts}; {summary['submitted']} submitted, {summary['resumed']} resumed from the ledger; "
-            f"committed ${summary['committed_usd']:.4f}; manifest {summary['manifest']}",
+            f"clips: {counts}; {summary.submitted} submitted, {summary.resumed} resumed from the ledger; "
+            f"committed ${summary.committed_usd:.4f}; manifest {summary.manifest}",
             highlight=False,
             markup=False,
         )
         if stop.is_set():
             console.print(f"[yellow]stopped:[/] {stop.reason}; the jobs already paid stay in {ws.video / 'jobs'}")
             raise typer.Exit(code=128 + (stop.signal or 15))
-        if summary["counts"].get("failed") or summary["counts"].get("error"):
+        if summary.counts.get("failed") or summary.counts.get("error"):
             raise typer.Exit(code=EXIT_FAILED)
-        if summary["counts"].get("budget"):
+        if summary.counts.get("budget"):
             console.print(
-                f"[yellow]budget reached:[/] {summary['counts']['budget']} clip(s) not submitted within --budget "
+                f"[yellow]budget reached:[/] {summary.counts['budget']} clip(s) not submitted within --budget "
                 f"{budget} (exit code {EXIT_BUDGET}); raise --budget or run again to continue"
             )
             raise typer.Exit(code=EXIT_BUDGET)
