@@ -234,6 +234,18 @@ def test_retry_after_is_honoured() -> None:
         assert second - first >= 0.95  # waited the server's Retry-After, not the 10 ms backoff
 
 
+def test_an_upstream_429_is_retried_soon_once_then_on_the_full_backoff() -> None:
+    """A 429 without Retry-After or X-RateLimit-* headers (a busy upstream provider) says nothing about our rate:
+    the first retry comes after a quarter of the backoff; later ones keep the whole schedule (issue 23 §1)."""
+    with StubOpenRouter(valid_keys=[TEST_KEY]) as s:
+        c = OpenRouterClient(TEST_KEY, base_url=s.base_url, backoff_initial=0.4, max_retries=3)
+        s.inject("429-no-retry-after", "429-no-retry-after")
+        c.chat(TEXT, HELLO)
+        first, second, third = [r.t for r in s.requests if r.path.endswith("/chat/completions")]
+        assert 0.09 <= second - first <= 0.35  # 0.1 s plus up to 0.1 s of jitter (and the round trip)
+        assert third - second >= 0.75  # the regular second step: 0.8 s plus jitter
+
+
 def test_retry_after_is_capped() -> None:
     with StubOpenRouter(valid_keys=[TEST_KEY], retry_after="3600") as s:
         c = OpenRouterClient(TEST_KEY, base_url=s.base_url, backoff_initial=0.01, retry_cap=0.2, max_retries=1)
