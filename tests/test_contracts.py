@@ -178,10 +178,15 @@ MAX_POSITIONAL = 4
 LOG_CALLS = {"debug", "info", "warning", "error", "exception"}  # printf-style: the arguments follow the format
 
 
+DICT_ROWS = re.compile(r"^(?:list|tuple|Sequence|Iterator|Iterable)\[(?:dict|Dict)\b")  # rows read by key
+
+
 def returns_dict(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
     ann = node.returns
     if isinstance(ann, ast.Constant) and isinstance(ann.value, str):  # a string annotation
         ann = ast.parse(ann.value, mode="eval").body
+    if ann is not None and DICT_ROWS.match(ast.unparse(ann)):
+        return True
     if isinstance(ann, ast.Subscript):
         ann = ann.value
     return isinstance(ann, ast.Name) and ann.id in {"dict", "Dict"}
@@ -244,9 +249,10 @@ def test_the_result_scans_find_what_they_are_meant_to_find(tmp_path: Path) -> No
     probe = tmp_path / "probe.py"
     probe.write_text(
         "def a() -> dict: ...\ndef b() -> 'dict[str, int]': ...\ndef c():\n    return {'k': 1}\n"
+        "def rows() -> list[dict[str, Any]]: ...\ndef lines() -> list[Line]: ...\n"
         "def d() -> Result: ...\nf(1, 2, 3, 4, 5)\nf(1, 2, 3, 4, e=5)\nf(*xs)\nlog.info('%s %s %s %s', 1, 2, 3, 4)\n"
     )
-    assert len(list(dict_returns(probe))) == 3
+    assert len(list(dict_returns(probe))) == 4
     assert len(list(long_positional_calls(probe))) == 1
     caller = tmp_path / "caller.py"
     caller.write_text(

@@ -129,6 +129,23 @@ class ClipLine:
     error: str | None
 
 
+@dataclass
+class VideoCostLine:
+    """One video model's line of the cost report: jobs paid (retries included), clips kept, spend, estimate."""
+
+    model: str
+    jobs: int = 0
+    clips: int = 0
+    identity_passed: int = 0
+    spend_usd: float = 0.0
+    estimate_usd: float = 0.0
+    unpriced: int = 0  # completed jobs with no reported cost
+    cost_per_clip_usd: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 class VideoSummary(BaseModel):
     """One video run: clips planned, made, paid and left out, identity per clip."""
 
@@ -163,6 +180,7 @@ __all__ = [
     "PlanResult",
     "StageResult",
     "TrainSummary",
+    "VideoCostLine",
     "VideoSummary",
     "VlmCaptionStats",
 ]

@@ -29,7 +29,7 @@ from ai_influencer.pacing import (
 )
 from ai_influencer.settings import Settings
 from ai_influencer.storyboard import Storyboard
-from ai_influencer.usecases.results import ClipLine, VideoSummary
+from ai_influencer.usecases.results import ClipLine, VideoCostLine, VideoSummary
 from ai_influencer.video.clips import ClipPlan, ClipPlanning, plan_clips
 from ai_influencer.video.frames import BadVideoError
 from ai_influencer.video.identity import ClipIdentity, ClipIdentityChecker
@@ -252,42 +252,37 @@ def summary(result: VideoRunResult, planning: ClipPlanning, ws: Workspace) -> Vi
     )
 
 
-def cost_lines(ws: Workspace) -> list[dict[str, Any]]:
+def cost_lines(ws: Workspace) -> list[VideoCostLine]:
     """The video lines of the cost report: per model, clips kept, jobs paid, reported spend, estimates."""
     vstore = store(ws)
     if not vstore.jobs.is_dir() and not vstore.root.is_dir():
         return []
     manifest = rebuild_video_manifest(vstore) if vstore.root.is_dir() else {}
-    by_model: dict[str, dict[str, Any]] = {}
+    by_model: dict[str, VideoCostLine] = {}
     for path in sorted(vstore.jobs.glob("*.json")) if vstore.jobs.is_dir() else []:
         try:
             job = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        row = by_model.setdefault(
-            job.get("model", "?"),
-            {"model": job.get("model", "?"), "jobs": 0, "clips": 0, "identity_passed": 0, "spend_usd": 0.0,
-             "estimate_usd": 0.0, "unpriced": 0},
-        )  # fmt: skip
+        model = job.get("model", "?")
+        row = by_model.setdefault(model, VideoCostLine(model))
         attempts = job.get("attempts") or []
-        row["jobs"] += 1 + len(attempts)
+        row.jobs += 1 + len(attempts)
         for cost in [job.get("cost_usd"), *(a.get("cost_usd") for a in attempts)]:
-            row["spend_usd"] += cost or 0.0
+            row.spend_usd += cost or 0.0
         if job.get("cost_usd") is None and job.get("status") == "completed":
-            row["unpriced"] += 1
-        row["estimate_usd"] += job.get("estimate_usd") or 0.0
+            row.unpriced += 1
+        row.estimate_usd += job.get("estimate_usd") or 0.0
     for clip in manifest.get("clips", []):
         row = by_model.get(clip.get("model", "?"))
         if row is not None:
-            row["clips"] += 1
-            row["identity_passed"] += (clip.get("identity") or {}).get("verdict") == "passed"
-    out = []
+            row.clips += 1
+            row.identity_passed += (clip.get("identity") or {}).get("verdict") == "passed"
     for row in by_model.values():
-        row["spend_usd"] = round(row["spend_usd"], 6)
-        row["estimate_usd"] = round(row["estimate_usd"], 6)
-        row["cost_per_clip_usd"] = round(row["spend_usd"] / row["clips"], 6) if row["clips"] else None
-        out.append(row)
-    return out
+        row.spend_usd = round(row.spend_usd, 6)
+        row.estimate_usd = round(row.estimate_usd, 6)
+        row.cost_per_clip_usd = round(row.spend_usd / row.clips, 6) if row.clips else None
+    return list(by_model.values())
 
 
 # ---- one clip at a time (what the Prefect task wraps) -------------------------------------------------------

@@ -98,7 +98,8 @@ def report_costs(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
         costs = _report().costs
         video = cost_lines(workspace())
         if as_json:
-            out.print_json(data={**{k: [r.as_dict() for r in v] for k, v in costs.items()}, "video": video})
+            tables = {k: [r.as_dict() for r in v] for k, v in costs.items()}
+            out.print_json(data={**tables, "video": [v.as_dict() for v in video]})
             return
         for section in ("by_run", "by_model", "total"):
             table = Table(
@@ -115,8 +116,8 @@ def report_costs(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
             table = Table("video model", "jobs", "clips", "identity ok", "spend", "estimated", "per clip", "unpriced")
             for v in video:
                 table.add_row(
-                    v["model"], str(v["jobs"]), str(v["clips"]), str(v["identity_passed"]), _usd(v["spend_usd"]),
-                    _usd(v["estimate_usd"]), _usd(v["cost_per_clip_usd"]), str(v["unpriced"]),
+                    v.model, str(v.jobs), str(v.clips), str(v.identity_passed), _usd(v.spend_usd),
+                    _usd(v.estimate_usd), _usd(v.cost_per_clip_usd), str(v.unpriced),
                 )  # fmt: skip
             out.print(table)
 
