@@ -31,7 +31,7 @@ and a batch run agree). Per candidate (docs/identity-calibration.md has the meas
   within ``dup_hash_distance`` bits with faces scoring >= ``dup_min_score``
   against each other, form a group (transitively). The best copy is chosen by
   a fixed order: more real detail (face width over blur radius, 30 %
-  tolerance), larger face (10 %), less compression (lossless, then the JPEG
+  tolerance), larger face (20 %: one step of the detector's pyramid), less compression (lossless, then the JPEG
   quality), sharper (10 %), larger file (2 %), name; the others are rejected
   as its duplicates. Groups form before sharpness and identity are judged,
   so a downscaled copy (sharper per pixel, or scoring a little higher on a
@@ -66,7 +66,9 @@ from ai_influencer.vision.faces import AGREEMENT_SLACK, Scorer
 
 __all__ = ["SAME_PICTURE_BITS", "QCThresholds", "decide", "reference_centroid", "references_needed"]
 DETAIL_TOLERANCE = 1.3  # copies within this factor of the most detailed one count as equally detailed
-FACE_PX_TOLERANCE = 0.9
+# dlib's boxes come in 6/5 pyramid steps: copies of one picture whose boxes are one step apart (5/6) are the
+# detector's rounding, not a larger face (QC's faster scan can land one step off the full scan's box)
+FACE_PX_TOLERANCE = 0.8
 SHARPNESS_TOLERANCE = 0.9  # JPEG artefacts add a little "sharpness": a re-encode must not win on that
 BYTES_TOLERANCE = 0.98
 # dlib: centroid distance > 0.553. Same-person photos of the calibration set score >= 0.325, a held-out look-alike

@@ -206,8 +206,9 @@ class _HogPyramid:
     1024 px that chain (73 ms) cost more than the scan itself. A level at most as large as ``small``
     (``DIRECT_MAX_SCALE``) is therefore one area resize of ``small`` (2 ms, OpenCV): the same size, so
     every detection maps back by the same geometry, with pixels a little off dlib's chain. Measured
-    (docs/streaming.md): on 150 rendered 1024 px candidates 3 boxes moved by one HOG cell and no face
-    count changed; the identity score moved by 0.007 at most. Levels larger than ``small`` (an upscale)
+    (docs/streaming.md): on 330 rendered 1024 px candidates 2-3 % of the boxes moved (one HOG cell, or
+    the neighbouring pyramid level: 5/6 as wide) and no face count changed; the identity score moved by
+    0.0099 at most. Levels larger than ``small`` (an upscale)
     stay dlib's exact chain: a one-step enlarged copy moved scores by up to 0.019.
     """
 
@@ -355,8 +356,8 @@ class DlibEngine(DlibScoring):
     def locate(self, rgb: np.ndarray) -> list[Face]:
         """The faces (boxes, scores, landmarks; no descriptor) QC counts: those ``detect`` finds, except faces
         narrower than 1/3 of the largest one and than 1/8 of the image (or, below ~615 px, than the ~76 px the
-        detector's window covers without enlarging the image). A box may sit one HOG cell off ``detect``'s
-        and its score differ a little: the coarse levels are resized copies of the image (``_HogPyramid``)."""
+        detector's window covers without enlarging the image). A box may sit one HOG cell or one pyramid level
+        off ``detect``'s and its score differ a little: coarse levels are resized copies (``_HogPyramid``)."""
         small, scale = self._small(rgb)
         if self.legacy or self.upsample != 1:
             rects, scores, _ = self._detector.run(small, self.upsample, 0.0)
