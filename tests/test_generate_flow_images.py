@@ -16,7 +16,7 @@ from flows.generate import generate_flow
 from flows.hybrid import hybrid_flow
 from flows.params import GenerateParams, HybridParams
 from tests.support.openrouter_stub import StubOpenRouter
-from tests.test_flows import env, limits, paths, prefect_server  # noqa: F401 (fixtures)
+from tests.test_flows import env, limits, paths  # noqa: F401 (fixtures)
 
 SEEDREAM = "bytedance-seed/seedream-4.5"
 
@@ -26,7 +26,7 @@ def posts(stub: StubOpenRouter) -> list:
 
 
 def test_the_flow_publishes_plan_and_estimate_before_its_first_request_and_pays_one_request_per_4_images(
-    prefect_server: str,  # noqa: F811
+    prefect_api_url: str,
     env: StubOpenRouter,  # noqa: F811
     tmp_path: Path,
 ) -> None:
@@ -43,7 +43,7 @@ def test_the_flow_publishes_plan_and_estimate_before_its_first_request_and_pays_
 
 
 def test_an_unsupported_parameter_fails_the_flow_before_any_paid_request(
-    prefect_server: str,  # noqa: F811
+    prefect_api_url: str,
     env: StubOpenRouter,  # noqa: F811
     tmp_path: Path,
 ) -> None:
@@ -53,7 +53,7 @@ def test_an_unsupported_parameter_fails_the_flow_before_any_paid_request(
 
 
 def test_generate_until_n_with_4_images_per_request_checks_every_image(
-    prefect_server: str,  # noqa: F811
+    prefect_api_url: str,
     env: StubOpenRouter,  # noqa: F811
     tmp_path: Path,
 ) -> None:

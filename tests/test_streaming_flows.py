@@ -23,7 +23,7 @@ from flows.hybrid import hybrid_flow
 from flows.params import GenerateParams, HybridParams, Limits
 from tests.conftest import REPO
 from tests.support.openrouter_stub import StubOpenRouter
-from tests.test_flows import chat_calls, env, limits, paths, prefect_server  # noqa: F401 (fixtures)
+from tests.test_flows import chat_calls, env, limits, paths  # noqa: F401 (fixtures)
 
 ONLY_GENERATE_AND_QC = dict(run_plan=False, run_augment=False, run_train=False, run_evaluate=False)
 
@@ -39,7 +39,7 @@ def hybrid(p_paths, lim: Limits, per_scene: int, **kw: object) -> dict:
 
 
 def test_hybrid_streams_qc_while_generating_with_batch_verdicts(
-    prefect_server: str,  # noqa: F811
+    prefect_api_url: str,
     env: StubOpenRouter,  # noqa: F811
     tmp_path: Path,
 ) -> None:
@@ -77,7 +77,7 @@ def test_hybrid_streams_qc_while_generating_with_batch_verdicts(
 
 
 def test_generate_until_n_stops_paying_at_the_target(
-    prefect_server: str,  # noqa: F811
+    prefect_api_url: str,
     env: StubOpenRouter,  # noqa: F811
     tmp_path: Path,
 ) -> None:
@@ -114,7 +114,7 @@ hybrid_flow(HybridParams(paths=Paths(data_root=sys.argv[1], prompt_bank=sys.argv
 
 
 def test_a_kill_during_streaming_qc_resumes_without_repaying_or_rechecking(
-    prefect_server: str,  # noqa: F811
+    prefect_api_url: str,
     env: StubOpenRouter,  # noqa: F811
     tmp_path: Path,
 ) -> None:
@@ -127,7 +127,7 @@ def test_a_kill_during_streaming_qc_resumes_without_repaying_or_rechecking(
         proc = subprocess.Popen(
             [sys.executable, "-c", KILL_SCRIPT, str(p.data_root), lim.rate_limit_name, lim.inflight_limit_name,
              str(p.prompt_bank)],
-            cwd=REPO, env={**os.environ, "PREFECT_API_URL": prefect_server, "PYTHONPATH": str(REPO)},
+            cwd=REPO, env={**os.environ, "PREFECT_API_URL": prefect_api_url, "PYTHONPATH": str(REPO)},
             stdout=fh, stderr=fh, start_new_session=True,
         )  # fmt: skip
     deadline = time.monotonic() + 180
