@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -24,6 +25,7 @@ from flows.stages import qc_flow
 from tests.conftest import REPO, TEST_KEY
 from tests.support.assets import face
 from tests.support.openrouter_stub import StubOpenRouter
+from tests.support.prefect_server import artifacts_since
 
 BANK = str(REPO / "prompt_bank" / "default.yaml")
 IMAGE_MODEL = "google/gemini-2.5-flash-image"
@@ -81,17 +83,8 @@ def api(server: str, path: str, body: dict | None = None) -> list | dict:
         return r.json()
 
 
-def newest_artifacts(server: str, *keys: str) -> dict[str, dict]:
-    """The newest artifact of each key. The server is the session's (tests/support/fixtures.py): the first 200
-    artifacts of an unfiltered, unsorted list could leave this test's out."""
-    body = {"artifacts": {"key": {"any_": list(keys)}}, "sort": "CREATED_DESC", "limit": 200}
-    newest: dict[str, dict] = {}
-    for a in api(server, "/artifacts/filter", body):
-        newest.setdefault(a["key"], a)
-    return newest
-
-
 def test_hybrid_end_to_end_then_rerun_pays_nothing(prefect_api_url: str, env: StubOpenRouter, tmp_path: Path) -> None:
+    started = datetime.now(UTC)
     p = HybridParams(paths=paths(tmp_path), generate=GenerateParams(per_scene=2, limits=limits()))
     result = hybrid_flow(p)
     data = tmp_path / "data"
@@ -104,9 +97,9 @@ def test_hybrid_end_to_end_then_rerun_pays_nothing(prefect_api_url: str, env: St
     assert (data / "augment" / "kohya" / "10_ohwx woman").is_dir()
     assert "no base model" in result.skipped and result.train is None  # a fresh machine has no SDXL: said, not crashed
     wanted = ("qc-report", "qc-contact-sheet", "qc-progress", "generate-cost", "generate-progress")
-    found = newest_artifacts(prefect_api_url, *wanted)
+    found = artifacts_since(prefect_api_url, started, *wanted)
     assert set(wanted) <= set(found)
-    progress = found["qc-progress"]  # this run's: the newest
+    progress = found["qc-progress"]  # the newest of this test's runs
     assert progress["type"] == "progress" and float(progress["data"]) == 100.0
     paid = len(env.paid_requests)
     again = hybrid_flow(p)
@@ -311,6 +304,7 @@ def test_key_from_block_and_never_leaked(
 
 
 def test_train_and_evaluate_flows_on_a_tiny_sdxl(prefect_api_url: str, tiny_sdxl: Path, tmp_path: Path) -> None:
+    started = datetime.now(UTC)
     from PIL import Image
 
     from flows.params import EvaluateParams
@@ -334,7 +328,7 @@ def test_train_and_evaluate_flows_on_a_tiny_sdxl(prefect_api_url: str, tiny_sdxl
     assert len(result.samples) == 1 and Path(result.samples[0]).is_file()
     ev = evaluate_flow(EvaluateParams(samples=2, steps=2, size=64, backend="dlib"), p, train)
     assert len(ev.candidates) == 3 and sum(c["best"] for c in ev.candidates) == 1  # 2 checkpoints + final
-    artifacts = newest_artifacts(prefect_api_url, "train-progress", "identity-evaluation", "train-samples")
+    artifacts = artifacts_since(prefect_api_url, started, "train-progress", "identity-evaluation", "train-samples")
     assert {"train-progress", "identity-evaluation", "train-samples"} <= set(artifacts)
     sample_md = artifacts["train-samples"]["data"]
     assert "samples at step 2" in sample_md and "data:image/jpeg;base64," in sample_md
@@ -370,6 +364,7 @@ def test_generate_until_n_accepted_in_rounds_then_budget_stops_cleanly(
 
 
 def test_hybrid_reports_cost_per_accepted_and_drift(prefect_api_url: str, env: StubOpenRouter, tmp_path: Path) -> None:
+    started = datetime.now(UTC)
     p = HybridParams(
         paths=paths(tmp_path),
         generate=GenerateParams(per_scene=1, limits=limits()),
@@ -385,7 +380,7 @@ def test_hybrid_reports_cost_per_accepted_and_drift(prefect_api_url: str, env: S
     if accepted:
         assert analytics.cost_per_accepted_usd == pytest.approx(6 * env.image_cost / accepted)
     assert {"cost-per-accepted", "prompt-drift"} <= set(
-        newest_artifacts(prefect_api_url, "cost-per-accepted", "prompt-drift")
+        artifacts_since(prefect_api_url, started, "cost-per-accepted", "prompt-drift")
     )
 
 

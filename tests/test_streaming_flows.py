@@ -13,9 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
-
-from prefect.client.orchestration import get_client
 
 from ai_influencer.qc.analysis import EngineSpec
 from ai_influencer.qc.stage import run_qc
@@ -23,6 +22,7 @@ from flows.hybrid import hybrid_flow
 from flows.params import GenerateParams, HybridParams, Limits
 from tests.conftest import REPO
 from tests.support.openrouter_stub import StubOpenRouter
+from tests.support.prefect_server import artifacts_since
 from tests.test_flows import chat_calls, env, limits, paths  # noqa: F401 (fixtures)
 
 ONLY_GENERATE_AND_QC = dict(run_plan=False, run_augment=False, run_train=False, run_evaluate=False)
@@ -43,6 +43,7 @@ def test_hybrid_streams_qc_while_generating_with_batch_verdicts(
     env: StubOpenRouter,  # noqa: F811
     tmp_path: Path,
 ) -> None:
+    started = datetime.now(UTC)
     env.latency, env.latency_paths = 0.3, ("/images",)
     p = paths(tmp_path)
     lim = limits(rate=8, inflight=4)
@@ -64,9 +65,8 @@ def test_hybrid_streams_qc_while_generating_with_batch_verdicts(
     assert sorted(f.name for f in ws.qc_passed.glob("*.png")) == sorted(f.name for f in batch.accepted)
 
     # The QC stage has its own task run, state and artifacts in the UI.
-    with get_client(sync_client=True) as client:
-        keys = {a.key for a in client.read_artifacts()}
-    assert {"qc-report", "qc-contact-sheet", "qc-progress", "generate-progress"} <= keys
+    wanted = ("qc-report", "qc-contact-sheet", "qc-progress", "generate-progress")
+    assert set(wanted) <= set(artifacts_since(prefect_api_url, started, *wanted))
 
     # A re-run pays nothing and checks nothing again.
     before = chat_calls(env)

@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from flows.params import GenerateParams, HybridParams, Limits, Paths, VideoParam
 from flows.video import video_flow
 from tests.conftest import REPO, TEST_KEY
 from tests.support.assets import face
+from tests.support.prefect_server import artifacts_since
 from tests.support.video_stub import StubOpenRouterWithVideo
 
 BANK = str(REPO / "prompt_bank" / "default.yaml")
@@ -105,6 +107,7 @@ def workspace_after_qc(root: Path, scenes: tuple[str, ...] = SCENES) -> Path:
 def test_hybrid_with_video_writes_one_checked_clip_per_scene_and_a_rerun_pays_nothing(
     prefect_api_url: str, env: StubOpenRouterWithVideo, tmp_path: Path
 ) -> None:
+    started = datetime.now(UTC)
     raw = tmp_path / "data" / "input_raw"
     raw.mkdir(parents=True)
     for n in ("obama.jpg", "obama3.jpg"):
@@ -142,9 +145,8 @@ def test_hybrid_with_video_writes_one_checked_clip_per_scene_and_a_rerun_pays_no
     bodies = [r.body for r in env.video.submits]
     assert all(b["frame_images"][0]["frame_type"] == "first_frame" for b in bodies)
     assert any("coffee first" in b["prompt"] for b in bodies)
-    wanted = ["video-plan", "video-clips", "video-filmstrips"]  # a key filter: the server is the session's
-    found = httpx.post(f"{prefect_api_url}/artifacts/filter", json={"artifacts": {"key": {"any_": wanted}}}).json()
-    assert set(wanted) <= {a["key"] for a in found}
+    wanted = ("video-plan", "video-clips", "video-filmstrips")
+    assert set(wanted) <= set(artifacts_since(prefect_api_url, started, *wanted))
     again = video_flow(p.video, p.paths)
     assert again.counts == {"skipped": 2} and len(env.video.submits) == 2, "a re-run pays nothing"
 
