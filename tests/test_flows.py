@@ -1,4 +1,4 @@
-"""Prefect orchestration against a real Prefect server (prefect_test_harness) and the stub OpenRouter."""
+"""Prefect orchestration against a real Prefect server (the session's started server) and the stub OpenRouter."""
 
 from __future__ import annotations
 
@@ -10,13 +10,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
-from prefect.settings import PREFECT_API_URL
-from prefect.testing.utilities import prefect_test_harness
 
 from ai_influencer.generation.engine import build_requests
 from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
@@ -27,15 +25,10 @@ from flows.stages import qc_flow
 from tests.conftest import REPO, TEST_KEY
 from tests.support.assets import face
 from tests.support.openrouter_stub import StubOpenRouter
+from tests.support.prefect_server import artifacts_since
 
 BANK = str(REPO / "prompt_bank" / "default.yaml")
 IMAGE_MODEL = "google/gemini-2.5-flash-image"
-
-
-@pytest.fixture(scope="module")
-def prefect_server() -> Iterator[str]:
-    with prefect_test_harness(server_startup_timeout=120):
-        yield PREFECT_API_URL.value()
 
 
 @pytest.fixture
@@ -90,7 +83,8 @@ def api(server: str, path: str, body: dict | None = None) -> list | dict:
         return r.json()
 
 
-def test_hybrid_end_to_end_then_rerun_pays_nothing(prefect_server: str, env: StubOpenRouter, tmp_path: Path) -> None:
+def test_hybrid_end_to_end_then_rerun_pays_nothing(prefect_api_url: str, env: StubOpenRouter, tmp_path: Path) -> None:
+    started = datetime.now(UTC)
     p = HybridParams(paths=paths(tmp_path), generate=GenerateParams(per_scene=2, limits=limits()))
     result = hybrid_flow(p)
     data = tmp_path / "data"
@@ -102,10 +96,11 @@ def test_hybrid_end_to_end_then_rerun_pays_nothing(prefect_server: str, env: Stu
     assert result.qc.accepted >= 1 and result.augment.captions == 2 * result.qc.accepted
     assert (data / "augment" / "kohya" / "10_ohwx woman").is_dir()
     assert "no base model" in result.skipped and result.train is None  # a fresh machine has no SDXL: said, not crashed
-    keys = {a["key"] for a in api(prefect_server, "/artifacts/filter", {"limit": 200})}
-    assert {"qc-report", "qc-contact-sheet", "qc-progress", "generate-cost", "generate-progress"} <= keys
-    progress = [a for a in api(prefect_server, "/artifacts/filter", {"limit": 200}) if a["key"] == "qc-progress"]
-    assert progress and progress[0]["type"] == "progress" and float(progress[0]["data"]) == 100.0
+    wanted = ("qc-report", "qc-contact-sheet", "qc-progress", "generate-cost", "generate-progress")
+    found = artifacts_since(prefect_api_url, started, *wanted)
+    assert set(wanted) <= set(found)
+    progress = found["qc-progress"]  # the newest of this test's runs
+    assert progress["type"] == "progress" and float(progress["data"]) == 100.0
     paid = len(env.paid_requests)
     again = hybrid_flow(p)
     assert len(env.paid_requests) == paid, "a re-run must not pay for anything"
@@ -125,8 +120,7 @@ def test_hybrid_end_to_end_then_rerun_pays_nothing(prefect_server: str, env: Stu
     # The batch QC flow (cached, unlike the streamed QC of the hybrid flow): cached while its folder
     # is intact, recomputed once the folder is gone.
     def cached_runs() -> int:
-        runs = api(prefect_server, "/task_runs/filter", {"limit": 200})
-        return sum(t["state"]["name"] == "Cached" for t in runs)
+        return api(prefect_api_url, "/task_runs/count", {"task_runs": {"state": {"name": {"any_": ["Cached"]}}}})
 
     first = qc_flow(QCParams(), p.paths)
     before = cached_runs()
@@ -136,12 +130,12 @@ def test_hybrid_end_to_end_then_rerun_pays_nothing(prefect_server: str, env: Stu
     again_qc = qc_flow(QCParams(), p.paths)
     assert again_qc.accepted == first.accepted
     assert sorted(f.name for f in (data / "qc_passed").glob("*.png")) == accepted
-    gcl = api(prefect_server, f"/v2/concurrency_limits/{p.generate.limits.rate_limit_name}")
+    gcl = api(prefect_api_url, f"/v2/concurrency_limits/{p.generate.limits.rate_limit_name}")
     assert gcl["slot_decay_per_second"] == pytest.approx(p.generate.limits.rate_per_s)
 
 
 def test_rate_limit_is_never_exceeded(
-    prefect_server: str, stub: StubOpenRouter, env: StubOpenRouter, tmp_path: Path
+    prefect_api_url: str, stub: StubOpenRouter, env: StubOpenRouter, tmp_path: Path
 ) -> None:
     stub.latency = 0.3
     rate = 4.0
@@ -155,7 +149,7 @@ def test_rate_limit_is_never_exceeded(
 
 
 def test_429_and_5xx_are_retried_by_the_client_and_attempts_do_not_multiply(
-    prefect_server: str, env: StubOpenRouter, tmp_path: Path
+    prefect_api_url: str, env: StubOpenRouter, tmp_path: Path
 ) -> None:
     env.retry_after = "0"
     env.inject("429", "502", "503", path="/images")
@@ -175,7 +169,7 @@ def test_429_and_5xx_are_retried_by_the_client_and_attempts_do_not_multiply(
 
 
 def test_bad_key_fails_fast_before_any_paid_request(
-    prefect_server: str, env: StubOpenRouter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    prefect_api_url: str, env: StubOpenRouter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OPENROUTER_API_KEY", "sk-or-wrong")
     with pytest.raises(Exception, match=r"401 \(auth\)"):
@@ -184,7 +178,7 @@ def test_bad_key_fails_fast_before_any_paid_request(
 
 
 def test_credits_running_out_halts_the_run_and_keeps_what_was_bought(
-    prefect_server: str, env: StubOpenRouter, tmp_path: Path
+    prefect_api_url: str, env: StubOpenRouter, tmp_path: Path
 ) -> None:
     env.credits_total = env.image_cost * 3.5
     with pytest.raises(Exception, match="account is out of credits") as info:
@@ -197,7 +191,7 @@ def test_credits_running_out_halts_the_run_and_keeps_what_was_bought(
     assert chat_calls(env) <= 3 + 2  # no retries of 402; at most the in-flight ones got it
 
 
-def test_budget_cap_is_checked_before_each_paid_call(prefect_server: str, env: StubOpenRouter, tmp_path: Path) -> None:
+def test_budget_cap_is_checked_before_each_paid_call(prefect_api_url: str, env: StubOpenRouter, tmp_path: Path) -> None:
     budget = env.image_cost * 3.5
     result = generate_flow(
         GenerateParams(per_scene=2, budget_usd=budget, limits=limits(inflight=4), use_references=False),
@@ -219,13 +213,13 @@ generate_flow(GenerateParams(per_scene=4, use_references=False, limits=limits),
 
 
 def test_killed_generation_resumes_without_losing_or_repaying(
-    prefect_server: str, stub: StubOpenRouter, env: StubOpenRouter, tmp_path: Path
+    prefect_api_url: str, stub: StubOpenRouter, env: StubOpenRouter, tmp_path: Path
 ) -> None:
     stub.latency = 0.2
     lim = limits(rate=4, inflight=3)
     p = paths(tmp_path, refs=False)
     out = Path(p.data_root) / "synth_openrouter"
-    child_env = {**os.environ, "PREFECT_API_URL": prefect_server, "PYTHONPATH": str(REPO)}
+    child_env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "PYTHONPATH": str(REPO)}
     log = (tmp_path / "child.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-c", KILL_SCRIPT, p.data_root, lim.rate_limit_name, lim.inflight_limit_name, BANK],
@@ -244,9 +238,9 @@ def test_killed_generation_resumes_without_losing_or_repaying(
     before = {f.stem for f in out.glob("*.png")}
     assert 6 <= len(before) < 24, "kill must land mid-run: " + (tmp_path / "child.log").read_text()[-3000:]
 
-    # prefect_test_harness runs no background services and keeps leases in its memory, so the killed
-    # process's in-flight slots are never repossessed here; test_prefect_server.py shows a started
-    # server freeing them, test_cli.py the embedded server of `influencer run`. Resume on another limit.
+    # The killed process's in-flight leases last 60 s (the server's repossessor frees them only then), so a
+    # resume on the same limit would wait for them; test_prefect_server.py shows a started server freeing
+    # them, test_cli.py the embedded server of `influencer run`. Resume on another limit.
     resume_limits = lim.model_copy(update={"inflight_limit_name": lim.inflight_limit_name + "-resume"})
     result = generate_flow(GenerateParams(per_scene=4, limits=resume_limits, use_references=False), p)
     assert result.manifest_count == 24 and result.already_done >= len(before)
@@ -263,7 +257,7 @@ def test_killed_generation_resumes_without_losing_or_repaying(
 
 
 def test_key_from_block_and_never_leaked(
-    prefect_server: str, stub: StubOpenRouter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    prefect_api_url: str, stub: StubOpenRouter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from blocks.openrouter import OpenRouterCredentials
 
@@ -278,7 +272,7 @@ def test_key_from_block_and_never_leaked(
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "PREFECT_API_URL": prefect_server},
+        env={**os.environ, "PREFECT_API_URL": prefect_api_url},
     )
     assert res.returncode == 0, res.stderr
     assert secret not in res.stdout + res.stderr
@@ -290,10 +284,11 @@ def test_key_from_block_and_never_leaked(
         chats = [r for r in stub.requests if r.path.endswith("/chat/completions")]
         assert len(stub.paid_requests) >= 6 and all(r.authorization_ok for r in chats)  # the block's key only
         dumps = [
-            json.dumps(api(prefect_server, "/logs/filter", {"limit": 200})),
-            json.dumps(api(prefect_server, "/artifacts/filter", {"limit": 200})),
-            json.dumps(api(prefect_server, "/flow_runs/filter", {"limit": 200})),
-            json.dumps(api(prefect_server, "/task_runs/filter", {"limit": 200})),
+            # the newest 200 of each: this run's (the server is the session's, with other tests' runs)
+            json.dumps(api(prefect_api_url, "/logs/filter", {"limit": 200, "sort": "TIMESTAMP_DESC"})),
+            json.dumps(api(prefect_api_url, "/artifacts/filter", {"limit": 200, "sort": "CREATED_DESC"})),
+            json.dumps(api(prefect_api_url, "/flow_runs/filter", {"limit": 200, "sort": "EXPECTED_START_TIME_DESC"})),
+            json.dumps(api(prefect_api_url, "/task_runs/filter", {"limit": 200, "sort": "EXPECTED_START_TIME_DESC"})),
         ]
         dumps += [f.read_text(errors="ignore") for f in (tmp_path / "data").rglob("*") if f.suffix in (".json", ".csv")]
         assert not [d for d in dumps if secret in d], "the API key leaked"
@@ -301,22 +296,21 @@ def test_key_from_block_and_never_leaked(
         OpenRouterCredentials.load("leaktest")._block_document_id  # noqa: B018 - exists
         subprocess.run(
             [str(Path(sys.executable).with_name("prefect")), "block", "delete", "openrouter-credentials/leaktest"],
-            env={**os.environ, "PREFECT_API_URL": prefect_server},
+            env={**os.environ, "PREFECT_API_URL": prefect_api_url},
             capture_output=True,
             timeout=60,
             check=False,
         )
 
 
-def test_train_and_evaluate_flows_on_a_tiny_sdxl(prefect_server: str, tmp_path: Path) -> None:
-    pytest.importorskip("diffusers")
+def test_train_and_evaluate_flows_on_a_tiny_sdxl(prefect_api_url: str, tiny_sdxl: Path, tmp_path: Path) -> None:
+    started = datetime.now(UTC)
     from PIL import Image
 
     from flows.params import EvaluateParams
     from flows.stages import evaluate_flow, train_flow
-    from tests.support.tiny_sdxl import build_tiny_sdxl
 
-    base = build_tiny_sdxl(tmp_path / "tiny")
+    base = tiny_sdxl
     p = paths(tmp_path)
     data = Path(p.data_root)
     shutil.copytree(data / "input_raw", data / "cleaned")
@@ -334,14 +328,14 @@ def test_train_and_evaluate_flows_on_a_tiny_sdxl(prefect_server: str, tmp_path: 
     assert len(result.samples) == 1 and Path(result.samples[0]).is_file()
     ev = evaluate_flow(EvaluateParams(samples=2, steps=2, size=64, backend="dlib"), p, train)
     assert len(ev.candidates) == 3 and sum(c["best"] for c in ev.candidates) == 1  # 2 checkpoints + final
-    artifacts = {a["key"]: a for a in api(prefect_server, "/artifacts/filter", {"limit": 200})}
+    artifacts = artifacts_since(prefect_api_url, started, "train-progress", "identity-evaluation", "train-samples")
     assert {"train-progress", "identity-evaluation", "train-samples"} <= set(artifacts)
     sample_md = artifacts["train-samples"]["data"]
     assert "samples at step 2" in sample_md and "data:image/jpeg;base64," in sample_md
 
 
 def test_generate_until_n_accepted_in_rounds_then_budget_stops_cleanly(
-    prefect_server: str, env: StubOpenRouter, tmp_path: Path
+    prefect_api_url: str, env: StubOpenRouter, tmp_path: Path
 ) -> None:
     from flows.params import QCParams
     from flows.rounds import generate_until_flow
@@ -369,7 +363,8 @@ def test_generate_until_n_accepted_in_rounds_then_budget_stops_cleanly(
     assert len(env.paid_requests) - paid == 9 == len(list((Path(p2.data_root) / "synth_openrouter").glob("*.png")))
 
 
-def test_hybrid_reports_cost_per_accepted_and_drift(prefect_server: str, env: StubOpenRouter, tmp_path: Path) -> None:
+def test_hybrid_reports_cost_per_accepted_and_drift(prefect_api_url: str, env: StubOpenRouter, tmp_path: Path) -> None:
+    started = datetime.now(UTC)
     p = HybridParams(
         paths=paths(tmp_path),
         generate=GenerateParams(per_scene=1, limits=limits()),
@@ -384,20 +379,21 @@ def test_hybrid_reports_cost_per_accepted_and_drift(prefect_server: str, env: St
     assert analytics.accepted == accepted
     if accepted:
         assert analytics.cost_per_accepted_usd == pytest.approx(6 * env.image_cost / accepted)
-    keys = {a["key"] for a in api(prefect_server, "/artifacts/filter", {"limit": 200})}
-    assert {"cost-per-accepted", "prompt-drift"} <= keys
+    assert {"cost-per-accepted", "prompt-drift"} <= set(
+        artifacts_since(prefect_api_url, started, "cost-per-accepted", "prompt-drift")
+    )
 
 
-def test_retrain_promotes_only_when_identity_improves(prefect_server: str, env: StubOpenRouter, tmp_path: Path) -> None:
-    pytest.importorskip("diffusers")
+def test_retrain_promotes_only_when_identity_improves(
+    prefect_api_url: str, env: StubOpenRouter, tiny_sdxl: Path, tmp_path: Path
+) -> None:
     import yaml
 
     from ai_influencer.analytics.history import IdentityHistory
     from flows.params import AugmentParams, EvaluateParams, QCParams
     from flows.retrain import RetrainParams, retrain_flow
-    from tests.support.tiny_sdxl import build_tiny_sdxl
 
-    base = build_tiny_sdxl(tmp_path / "tiny")
+    base = tiny_sdxl
     p = paths(tmp_path)
     shutil.copytree(Path(p.data_root) / "input_raw", Path(p.data_root) / "cleaned")
     train = tiny_train(base)
@@ -444,7 +440,7 @@ def test_a_new_code_version_misses_the_cache(tmp_path: Path, monkeypatch: pytest
         caching.code_version.cache_clear()
 
 
-def test_plan_cache_is_per_workspace(prefect_server: str, env: StubOpenRouter, tmp_path: Path) -> None:
+def test_plan_cache_is_per_workspace(prefect_api_url: str, env: StubOpenRouter, tmp_path: Path) -> None:
     """A brand-new data folder was handed another workspace's cached storyboard (same bank, same model):
     the result store is shared by every workspace of a Prefect home. Within a workspace a re-run pays nothing."""
     from flows.params import PlanParams

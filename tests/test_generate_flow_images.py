@@ -3,11 +3,12 @@ before the first paid request, n images per request, and generate-until-N counti
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from ai_influencer.openrouter import UnsupportedParameterError
 from ai_influencer.qc.analysis import EngineSpec
@@ -16,7 +17,7 @@ from flows.generate import generate_flow
 from flows.hybrid import hybrid_flow
 from flows.params import GenerateParams, HybridParams
 from tests.support.openrouter_stub import StubOpenRouter
-from tests.test_flows import env, limits, paths, prefect_server  # noqa: F401 (fixtures)
+from tests.test_flows import env, limits, paths  # noqa: F401 (fixtures)
 
 SEEDREAM = "bytedance-seed/seedream-4.5"
 
@@ -26,16 +27,18 @@ def posts(stub: StubOpenRouter) -> list:
 
 
 def test_the_flow_publishes_plan_and_estimate_before_its_first_request_and_pays_one_request_per_4_images(
-    prefect_server: str,  # noqa: F811
+    prefect_api_url: str,
     env: StubOpenRouter,  # noqa: F811
     tmp_path: Path,
 ) -> None:
+    started = datetime.now(UTC)
     params = GenerateParams(model=SEEDREAM, per_scene=4, n=4, seed=9, limits=limits(), use_references=False)
     result = generate_flow(params, paths(tmp_path, refs=False))
     assert result.generated == 24 and result.requests_paid == 6 and result.short_answers == 0
     assert result.route == "images" and result.spent_usd == pytest.approx(result.estimate_usd) == 0.96
     with get_client(sync_client=True) as client:
-        (plan,) = [a for a in client.read_artifacts() if a.key == "generate-plan"]
+        plans = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["generate-plan"])))
+    (plan,) = [a for a in plans if a.created and a.created >= started]  # this run's: the server is the session's
     assert "24 images in 6 requests" in plan.data and "$0.9600" in plan.data and "output_image $0.04/image" in plan.data
     first_request = min(r.wall for r in posts(env))
     assert plan.created is not None and plan.created.timestamp() < first_request
@@ -43,7 +46,7 @@ def test_the_flow_publishes_plan_and_estimate_before_its_first_request_and_pays_
 
 
 def test_an_unsupported_parameter_fails_the_flow_before_any_paid_request(
-    prefect_server: str,  # noqa: F811
+    prefect_api_url: str,
     env: StubOpenRouter,  # noqa: F811
     tmp_path: Path,
 ) -> None:
@@ -53,7 +56,7 @@ def test_an_unsupported_parameter_fails_the_flow_before_any_paid_request(
 
 
 def test_generate_until_n_with_4_images_per_request_checks_every_image(
-    prefect_server: str,  # noqa: F811
+    prefect_api_url: str,
     env: StubOpenRouter,  # noqa: F811
     tmp_path: Path,
 ) -> None:

@@ -19,6 +19,7 @@ from tests.conftest import TEST_KEY
 from tests.support.assets import face
 from tests.support.hub_server import serve
 from tests.support.openrouter_stub import StubOpenRouter
+from tests.support.prefect_server import ServerEnv
 
 TOKEN = "hub-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -234,24 +235,22 @@ def test_openapi_docs(hub: str) -> None:
     assert {"/api/models", "/api/generate/{kind}", "/api/influencer", "/api/pipeline/run", "/api/runs"} <= set(paths)
 
 
-def test_pipeline_run_starts_a_deployment_and_lists_runs(stub: StubOpenRouter, tmp_path: Path) -> None:
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        api = PREFECT_API_URL.value()
-        flow_id = httpx.post(f"{api}/flows/", json={"name": "hybrid"}).raise_for_status().json()["id"]
-        httpx.post(f"{api}/deployments/", json={"name": "hybrid-local", "flow_id": flow_id}).raise_for_status()
-        with serve(create_app(hub_settings(stub, tmp_path), prefect_api_url=api)) as hub:
-            params = {"params": {"generate": {"per_scene": 2, "budget_usd": 1.5}}}
-            assert httpx.post(f"{hub}/api/pipeline/run", json={"parameters": params}).status_code == 401
-            r = httpx.post(f"{hub}/api/pipeline/run", json={"parameters": params}, headers=AUTH, timeout=30)
-            assert r.status_code == 200, r.text
-            run = r.json()
-            assert run["deployment"] == "hybrid/hybrid-local" and run["state"] == "SCHEDULED"
-            stored = httpx.get(f"{api}/flow_runs/{run['id']}").json()
-            assert stored["parameters"] == params
-            runs = httpx.get(f"{hub}/api/runs", headers=AUTH).json()["runs"]
-            assert runs[0]["id"] == run["id"] and runs[0]["flow"] == "hybrid" and runs[0]["state"] == "SCHEDULED"
-            missing = httpx.post(f"{hub}/api/pipeline/run", json={"deployment": "hybrid/nope"}, headers=AUTH)
-            assert missing.status_code == 404 and "not found" in missing.json()["detail"]
+def test_pipeline_run_starts_a_deployment_and_lists_runs(
+    stub: StubOpenRouter, session_prefect_server: ServerEnv, tmp_path: Path
+) -> None:
+    api = session_prefect_server.api_url  # the session's started server (tests/support/fixtures.py)
+    flow_id = httpx.post(f"{api}/flows/", json={"name": "hybrid"}).raise_for_status().json()["id"]
+    httpx.post(f"{api}/deployments/", json={"name": "hybrid-local", "flow_id": flow_id}).raise_for_status()
+    with serve(create_app(hub_settings(stub, tmp_path), prefect_api_url=api)) as hub:
+        params = {"params": {"generate": {"per_scene": 2, "budget_usd": 1.5}}}
+        assert httpx.post(f"{hub}/api/pipeline/run", json={"parameters": params}).status_code == 401
+        r = httpx.post(f"{hub}/api/pipeline/run", json={"parameters": params}, headers=AUTH, timeout=30)
+        assert r.status_code == 200, r.text
+        run = r.json()
+        assert run["deployment"] == "hybrid/hybrid-local" and run["state"] == "SCHEDULED"
+        stored = httpx.get(f"{api}/flow_runs/{run['id']}").json()
+        assert stored["parameters"] == params
+        runs = httpx.get(f"{hub}/api/runs", headers=AUTH).json()["runs"]
+        assert runs[0]["id"] == run["id"] and runs[0]["flow"] == "hybrid" and runs[0]["state"] == "SCHEDULED"
+        missing = httpx.post(f"{hub}/api/pipeline/run", json={"deployment": "hybrid/nope"}, headers=AUTH)
+        assert missing.status_code == 404 and "not found" in missing.json()["detail"]

@@ -16,7 +16,7 @@ from tests.conftest import REPO
 from tests.support.assets import face
 from tests.support.hub_server import serve
 from tests.support.openrouter_stub import StubOpenRouter
-from tests.support.review_workspace import ECHO, PERSONA, Template, build, clone
+from tests.support.review_workspace import ECHO, PERSONA, Template, clone
 from tests.test_hub import POSTS, PROFILES, TOKEN, hub_settings
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -124,11 +124,6 @@ def test_pipeline_page_shows_the_dataset_with_verdicts(page: tuple[object, str],
     # no Prefect server configured for this hub: the runs table says so instead of failing silently
     assert "no Prefect server configured" in pg.text_content("#runs-error")
     pg.screenshot(path=str(SHOTS / "hub-pipeline.png"), full_page=True)
-
-
-@pytest.fixture(scope="module")
-def review_template(tmp_path_factory: pytest.TempPathFactory) -> Template:
-    return build(tmp_path_factory.mktemp("review"))
 
 
 def test_review_page_keyboard_overrides_survive_a_reload_and_calibration_appears(

@@ -18,18 +18,13 @@ from ai_influencer.dataset.workspace import Workspace
 from interfaces.hub.app import create_app
 from tests.support.hub_server import serve
 from tests.support.openrouter_stub import StubOpenRouter
-from tests.support.review_workspace import ECHO, PERSONA, Template, build, clone
+from tests.support.review_workspace import ECHO, PERSONA, Template, clone
 from tests.test_hub import AUTH, TOKEN, hub_settings
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
-    return build(tmp_path_factory.mktemp("review"))
-
-
 @pytest.fixture
-def hub(template: Template, stub: StubOpenRouter, tmp_path: Path) -> Iterator[tuple[str, Workspace]]:
-    ws = clone(template, tmp_path)  # tmp_path/data: the hub's data root
+def hub(review_template: Template, stub: StubOpenRouter, tmp_path: Path) -> Iterator[tuple[str, Workspace]]:
+    ws = clone(review_template, tmp_path)  # tmp_path/data: the hub's data root
     for name, scene in (("obama_1.jpg", "office"), ("obama_1_mirror.png", "office"), ("adams_1.jpg", "beach")):
         write_sidecar(ws.synth, ImageRecord(key=name.split(".")[0], file=name, model="m", prompt="p", scene=scene))
     with serve(create_app(hub_settings(stub, tmp_path))) as url:
@@ -133,7 +128,7 @@ def test_verdicts_undo_and_refusals(hub: tuple[str, Workspace]) -> None:
 
 
 def test_calibration_says_how_many_more_then_suggests_and_applies(
-    hub: tuple[str, Workspace], template: Template
+    hub: tuple[str, Workspace], review_template: Template
 ) -> None:
     url, ws = hub
     cal = get(url, "/api/review/calibration").json()
@@ -142,7 +137,9 @@ def test_calibration_says_how_many_more_then_suggests_and_applies(
     assert post(url, "/api/review/calibration/apply").status_code == 409 and not ws.persona_settings.exists()
 
     # The persona's sharp photos accepted, four other people rejected: one rejected label short for minsim.
-    persona = sorted(n for n, p in template.identity.items() if p == PERSONA and n not in template.blurred)
+    persona = sorted(
+        n for n, p in review_template.identity.items() if p == PERSONA and n not in review_template.blurred
+    )
     persona = [n for n in persona if n not in (ECHO, "obama_3_240p.jpg")]
     assert len(persona) == 6
     for name in persona:

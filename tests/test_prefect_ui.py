@@ -7,22 +7,21 @@ opened on "params: None" and a user had to pick "HybridParams" to see any field.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO
-from tests.support.prefect_server import prefect_server
+from tests.support.prefect_server import ServerEnv
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = REPO / "test-output" / "screenshots"
 
 
 @pytest.fixture(scope="module")
-def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    with prefect_server(tmp_path_factory.mktemp("prefect-ui"), ui=True) as env:
-        yield env
+def ui_server(session_prefect_server: ServerEnv) -> ServerEnv:
+    """The session's started server serves the UI (tests/support/fixtures.py)."""
+    return session_prefect_server
 
 
 def deploy_hybrid(env: dict[str, str]) -> str:

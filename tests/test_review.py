@@ -45,15 +45,10 @@ from ai_influencer.review.calibration import MIN_PER_CLASS, fit_threshold, opera
 from ai_influencer.review.overrides import content_digest, inactive
 from ai_influencer.review.persona import store_thresholds
 from ai_influencer.settings import Settings
-from tests.support.review_workspace import ECHO, PERSONA, VARIED, Template, build, clone
+from tests.support.review_workspace import ECHO, PERSONA, VARIED, Template, clone
 from tests.support.review_workspace import workspace as _workspace
 
 INFLUENCER = str(Path(sys.executable).with_name("influencer"))
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
-    return build(tmp_path_factory.mktemp("review"))
 
 
 def qc(ws: Workspace, minsim: float = 0.34, minblur: float = 80.0) -> QCResult:
@@ -73,8 +68,10 @@ def passed(ws: Workspace) -> set[str]:
     return {p.name for p in ws.qc_passed.iterdir() if p.suffix in (".jpg", ".png")}
 
 
-def test_overrides_win_on_every_rerun_after_a_cache_rebuild_and_a_rename(template: Template, tmp_path: Path) -> None:
-    ws = clone(template, tmp_path)
+def test_overrides_win_on_every_rerun_after_a_cache_rebuild_and_a_rename(
+    review_template: Template, tmp_path: Path
+) -> None:
+    ws = clone(review_template, tmp_path)
     before = rows(qc(ws))
     assert before["rose_leslie_1.jpg"].verdict == "rejected" and before["rose_leslie_1.jpg"].reason.startswith(
         "identity: "
@@ -147,8 +144,8 @@ def test_overrides_win_on_every_rerun_after_a_cache_rebuild_and_a_rename(templat
     assert entry["history"] == [] and entry["undone"][0]["verdict"] == "accepted"
 
 
-def test_duplicates_identical_copies_and_confirmations(template: Template, tmp_path: Path) -> None:
-    ws = clone(template, tmp_path)
+def test_duplicates_identical_copies_and_confirmations(review_template: Template, tmp_path: Path) -> None:
+    ws = clone(review_template, tmp_path)
     auto = rows(qc(ws))
     near, best = auto["obama_3_240p.jpg"], auto["obama_3_720p.jpg"]
     assert near.duplicate_of == "obama_3_720p.jpg" and best.verdict == "accepted"
@@ -188,9 +185,9 @@ def test_duplicates_identical_copies_and_confirmations(template: Template, tmp_p
     assert "confirmed" in item.kinds and not item.overridden
 
 
-def test_streamed_qc_counts_and_publishes_with_the_overrides(template: Template, tmp_path: Path) -> None:
+def test_streamed_qc_counts_and_publishes_with_the_overrides(review_template: Template, tmp_path: Path) -> None:
     """generate-until-N stops on the streamed count: it must be the count the user's verdicts give."""
-    ws = clone(template, tmp_path)
+    ws = clone(review_template, tmp_path)
     batch = qc(ws)
     auto_accepted = sum(r.verdict == "accepted" for r in batch.rows)
     set_verdict(ws, "rose_leslie_1.jpg", "accepted")
@@ -213,8 +210,8 @@ def test_streamed_qc_counts_and_publishes_with_the_overrides(template: Template,
     assert "rose_leslie_1.jpg" in passed(ws) and "obama_1.jpg" not in passed(ws)
 
 
-def test_review_requests_are_checked_and_a_damaged_store_stops_qc(template: Template, tmp_path: Path) -> None:
-    ws = clone(template, tmp_path)
+def test_review_requests_are_checked_and_a_damaged_store_stops_qc(review_template: Template, tmp_path: Path) -> None:
+    ws = clone(review_template, tmp_path)
     (ws.synth / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     qc(ws)
     for file, verdict, kw, words in (
@@ -239,14 +236,14 @@ def test_review_requests_are_checked_and_a_damaged_store_stops_qc(template: Temp
     assert "maybe" in ws.qc_overrides.read_text()
 
 
-def _label_all(ws: Workspace, template: Template) -> None:
+def _label_all(ws: Workspace, review_template: Template) -> None:
     """The user's verdicts as labels.csv has them: the persona's sharp photos accepted, blurred ones rejected as
     blurred, everybody else rejected (no cause given), the echoed reference rejected; group photos and the
     resized copy are left unlabelled."""
-    for name, person in sorted(template.identity.items()):
+    for name, person in sorted(review_template.identity.items()):
         if person == "MULTI" or name == "obama_3_240p.jpg":
             continue
-        if name in template.blurred:
+        if name in review_template.blurred:
             set_verdict(ws, name, "rejected", cause="sharpness")
         else:
             set_verdict(ws, name, "accepted" if person == PERSONA and name != ECHO else "rejected")
@@ -262,29 +259,31 @@ class ByHand:
     blurred: list[float]  # ... of the faces QC rejected for sharpness before scoring them (persona or not)
 
 
-def _by_hand(report: dict[str, object], template: Template) -> ByHand:
+def _by_hand(report: dict[str, object], review_template: Template) -> ByHand:
     labelled = {
         n: r
         for n, r in report.items()
-        if template.identity.get(n, "MULTI") != "MULTI" and n not in ("obama_3_240p.jpg", ECHO)
+        if review_template.identity.get(n, "MULTI") != "MULTI" and n not in ("obama_3_240p.jpg", ECHO)
     }
     scored = {n: r for n, r in labelled.items() if r.score is not None and r.sharpness >= 80}
-    persona = [r for n, r in scored.items() if template.identity[n] == PERSONA]
+    persona = [r for n, r in scored.items() if review_template.identity[n] == PERSONA]
     # QC's cheap checks reject a face under minblur before its identity is measured: no score, "sharpness" only
     unscored = [r for r in labelled.values() if r.score is None and r.sharpness is not None]
     assert all(r.reason.split("; ")[-1].startswith("sharpness: ") for r in unscored)
     return ByHand(
         [r.score for r in persona],
-        [r.score for n, r in scored.items() if template.identity[n] != PERSONA],
+        [r.score for n, r in scored.items() if review_template.identity[n] != PERSONA],
         [r.sharpness for r in persona],
         [r.sharpness for r in unscored],
     )
 
 
-def test_calibration_on_real_scores_separates_the_labels_and_counts_by_hand(template: Template, tmp_path: Path) -> None:
-    ws = clone(template, tmp_path)
+def test_calibration_on_real_scores_separates_the_labels_and_counts_by_hand(
+    review_template: Template, tmp_path: Path
+) -> None:
+    ws = clone(review_template, tmp_path)
     report = rows(qc(ws))
-    _label_all(ws, template)
+    _label_all(ws, review_template)
     # An earlier calibration left this persona too strict.
     store_thresholds(ws, {"minsim": 0.615}, {"calibrated_at": "2020-01-01T00:00:00+00:00"})
     cal = suggest(ws)
@@ -294,7 +293,7 @@ def test_calibration_on_real_scores_separates_the_labels_and_counts_by_hand(temp
     assert cal.left_out == {"rejected for another reason": 1}  # the echoed reference: says nothing of either
 
     # minsim: fitted on the sharp faces' labels (sharpness >= minblur), one score per photo from the report.
-    h = _by_hand(report, template)
+    h = _by_hand(report, review_template)
     assert (cal.minsim.positives, cal.minsim.negatives) == (len(h.pos), len(h.neg)) == (6, 17)
     s = cal.minsim.suggested
     assert s is not None and max(h.neg) < s <= min(h.pos)  # it separates them
@@ -322,10 +321,10 @@ def test_calibration_on_real_scores_separates_the_labels_and_counts_by_hand(temp
     assert all(r.auto_verdict == r.override for r in verdicts.values() if r.override)
 
 
-def test_review_items_say_why_every_image_was_rejected(template: Template, tmp_path: Path) -> None:
+def test_review_items_say_why_every_image_was_rejected(review_template: Template, tmp_path: Path) -> None:
     """The grid never shows "rejected" without a reason (issue 28), also where QC rejected an image before
     measuring its identity: a copy of a reference, several faces, a face too blurred to score."""
-    ws = clone(template, tmp_path)
+    ws = clone(review_template, tmp_path)
     items = {i.file: i for i in review_items(ws, minsim=0.34, minblur=80)}
     assert all(i.reason for i in items.values() if i.verdict == "rejected")
     echo = items[ECHO]
@@ -348,8 +347,8 @@ def test_review_items_say_why_every_image_was_rejected(template: Template, tmp_p
     assert distances == sorted(distances)
 
 
-def test_too_few_labels_say_how_many_more(template: Template, tmp_path: Path) -> None:
-    ws = clone(template, tmp_path)
+def test_too_few_labels_say_how_many_more(review_template: Template, tmp_path: Path) -> None:
+    ws = clone(review_template, tmp_path)
     qc(ws)
     for name in VARIED:
         set_verdict(ws, name, "accepted")
@@ -400,10 +399,10 @@ def test_fit_rules_on_hand_made_scores() -> None:
     assert (t, rule) == (0.4, "kept")
 
 
-def test_cli_calibrate_prints_the_table_and_applies(template: Template, tmp_path: Path) -> None:
-    ws = clone(template, tmp_path)
-    h = _by_hand(rows(qc(ws)), template)
-    _label_all(ws, template)
+def test_cli_calibrate_prints_the_table_and_applies(review_template: Template, tmp_path: Path) -> None:
+    ws = clone(review_template, tmp_path)
+    h = _by_hand(rows(qc(ws)), review_template)
+    _label_all(ws, review_template)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENROUTER_", "INFLUENCER_"))}
     env.update(INFLUENCER_DATA_ROOT=str(ws.data_root), INFLUENCER_MODELS_ROOT=str(ws.models_root), COLUMNS="200")
 

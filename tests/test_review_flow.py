@@ -6,7 +6,7 @@ form that links to the hub's review page. Then: one is resumed through the API w
 user overrode two verdicts (it finishes with the overridden set in qc_passed/ and augment/), one with
 ``stop`` (ends StoppedAtReview before augment), one is left open past its timeout (ends ReviewTimedOut). The
 overrides and the ``continue`` go through the hub's review API, as the review page sends them.
-About 1.5 minutes on two busy cores (server start, deploy, three flow processes).
+About a minute on two busy cores (deploy, three flow processes; the server and the QC-ed workspace are the session's).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -26,25 +25,20 @@ from ai_influencer.settings import Settings
 from interfaces.hub.app import create_app
 from tests.conftest import REPO
 from tests.support.hub_server import serve
-from tests.support.prefect_server import BIN, prefect_server
-from tests.support.review_workspace import Template, build, clone
+from tests.support.prefect_server import BIN, ServerEnv
+from tests.support.review_workspace import Template, clone
 
 BANK = str(REPO / "prompt_bank" / "default.yaml")
 HUB_PORT = "8765"  # the review page the form links to (no hub needs to run for the flow)
-TIMEOUT_S = 25
+TIMEOUT_S = 10  # the timed-out run ends last: its timeout bounds the test's length
 TOKEN = "review-flow-hub-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    with prefect_server(tmp_path_factory.mktemp("prefect-home")) as env:
-        yield env
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
-    return build(tmp_path_factory.mktemp("review"))
+def server(session_prefect_server: ServerEnv) -> ServerEnv:
+    """The session's started server (tests/support/fixtures.py): this test uses a work pool of its own."""
+    return session_prefect_server
 
 
 def rest(env: dict[str, str], method: str, path: str, body: dict | None = None) -> httpx.Response:
@@ -64,7 +58,7 @@ def sh(args: list[str], env: dict[str, str]) -> str:
 
 
 def test_a_paused_review_continues_with_the_overrides_stops_or_times_out(
-    server: dict[str, str], template: Template, tmp_path: Path
+    server: dict[str, str], review_template: Template, tmp_path: Path
 ) -> None:
     env = {**server, "INFLUENCER_PROJECT_DIR": str(REPO)}
     pool = f"local-process-{uuid.uuid4().hex[:6]}"
@@ -74,7 +68,7 @@ def test_a_paused_review_continues_with_the_overrides_stops_or_times_out(
 
     runs: dict[str, tuple[str, Path]] = {}
     for case in ("continue", "stop", "timeout"):
-        ws = clone(template, tmp_path / case)
+        ws = clone(review_template, tmp_path / case)
         params = {
             "paths": {"data_root": str(ws.data_root), "models_root": str(ws.models_root), "prompt_bank": BANK},
             **{f"run_{s}": False for s in ("prepare", "plan", "generate", "train", "evaluate")},

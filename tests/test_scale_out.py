@@ -27,7 +27,7 @@ IMAGE_CALLS = ("/images",)
 
 @pytest.fixture(scope="module")
 def server(prefect_server_pg: ServerEnv) -> ServerEnv:
-    """One server on PostgreSQL for the module (the repossessor frees expired leases every 2 s)."""
+    """The session's server on PostgreSQL (the repossessor frees expired leases every 2 s)."""
     return prefect_server_pg
 
 

@@ -13,9 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
-
-from prefect.client.orchestration import get_client
 
 from ai_influencer.qc.analysis import EngineSpec
 from ai_influencer.qc.stage import run_qc
@@ -23,7 +22,8 @@ from flows.hybrid import hybrid_flow
 from flows.params import GenerateParams, HybridParams, Limits
 from tests.conftest import REPO
 from tests.support.openrouter_stub import StubOpenRouter
-from tests.test_flows import chat_calls, env, limits, paths, prefect_server  # noqa: F401 (fixtures)
+from tests.support.prefect_server import artifacts_since
+from tests.test_flows import chat_calls, env, limits, paths  # noqa: F401 (fixtures)
 
 ONLY_GENERATE_AND_QC = dict(run_plan=False, run_augment=False, run_train=False, run_evaluate=False)
 
@@ -39,10 +39,11 @@ def hybrid(p_paths, lim: Limits, per_scene: int, **kw: object) -> dict:
 
 
 def test_hybrid_streams_qc_while_generating_with_batch_verdicts(
-    prefect_server: str,  # noqa: F811
+    prefect_api_url: str,
     env: StubOpenRouter,  # noqa: F811
     tmp_path: Path,
 ) -> None:
+    started = datetime.now(UTC)
     env.latency, env.latency_paths = 0.3, ("/images",)
     p = paths(tmp_path)
     lim = limits(rate=8, inflight=4)
@@ -64,9 +65,8 @@ def test_hybrid_streams_qc_while_generating_with_batch_verdicts(
     assert sorted(f.name for f in ws.qc_passed.glob("*.png")) == sorted(f.name for f in batch.accepted)
 
     # The QC stage has its own task run, state and artifacts in the UI.
-    with get_client(sync_client=True) as client:
-        keys = {a.key for a in client.read_artifacts()}
-    assert {"qc-report", "qc-contact-sheet", "qc-progress", "generate-progress"} <= keys
+    wanted = ("qc-report", "qc-contact-sheet", "qc-progress", "generate-progress")
+    assert set(wanted) <= set(artifacts_since(prefect_api_url, started, *wanted))
 
     # A re-run pays nothing and checks nothing again.
     before = chat_calls(env)
@@ -77,7 +77,7 @@ def test_hybrid_streams_qc_while_generating_with_batch_verdicts(
 
 
 def test_generate_until_n_stops_paying_at_the_target(
-    prefect_server: str,  # noqa: F811
+    prefect_api_url: str,
     env: StubOpenRouter,  # noqa: F811
     tmp_path: Path,
 ) -> None:
@@ -114,7 +114,7 @@ hybrid_flow(HybridParams(paths=Paths(data_root=sys.argv[1], prompt_bank=sys.argv
 
 
 def test_a_kill_during_streaming_qc_resumes_without_repaying_or_rechecking(
-    prefect_server: str,  # noqa: F811
+    prefect_api_url: str,
     env: StubOpenRouter,  # noqa: F811
     tmp_path: Path,
 ) -> None:
@@ -127,7 +127,7 @@ def test_a_kill_during_streaming_qc_resumes_without_repaying_or_rechecking(
         proc = subprocess.Popen(
             [sys.executable, "-c", KILL_SCRIPT, str(p.data_root), lim.rate_limit_name, lim.inflight_limit_name,
              str(p.prompt_bank)],
-            cwd=REPO, env={**os.environ, "PREFECT_API_URL": prefect_server, "PYTHONPATH": str(REPO)},
+            cwd=REPO, env={**os.environ, "PREFECT_API_URL": prefect_api_url, "PYTHONPATH": str(REPO)},
             stdout=fh, stderr=fh, start_new_session=True,
         )  # fmt: skip
     deadline = time.monotonic() + 180

@@ -27,15 +27,15 @@ from ai_influencer.training.trainer import train_lora
 from ai_influencer.vision.faces import create_face_engine
 from tests.conftest import REPO
 from tests.support.assets import face
-from tests.support.tiny_sdxl import build_tiny_sdxl
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_sdxl(tmp_path_factory.mktemp("tiny") / "sdxl")
+def base(tiny_sdxl: Path) -> Path:
+    """The session's tiny SDXL (tests/support/fixtures.py)."""
+    return tiny_sdxl
 
 
 def make_dataset(root: Path, names: tuple[str, ...] = ("obama.jpg", "obama2.jpg"), repeats: int = 3) -> Path:

@@ -14,13 +14,12 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from prefect.settings import PREFECT_API_URL
-from prefect.testing.utilities import prefect_test_harness
 
 from ai_influencer.dataset.manifest import ImageRecord, rebuild_manifest, write_sidecar
 from ai_influencer.openrouter.videos import VideoParameterError
@@ -35,6 +34,7 @@ from flows.params import GenerateParams, HybridParams, Limits, Paths, VideoParam
 from flows.video import video_flow
 from tests.conftest import REPO, TEST_KEY
 from tests.support.assets import face
+from tests.support.prefect_server import artifacts_since
 from tests.support.video_stub import StubOpenRouterWithVideo
 
 BANK = str(REPO / "prompt_bank" / "default.yaml")
@@ -76,12 +76,6 @@ def env(vstub: StubOpenRouterWithVideo, monkeypatch: pytest.MonkeyPatch) -> Stub
     return vstub
 
 
-@pytest.fixture(scope="module")
-def prefect_server() -> Iterator[str]:
-    with prefect_test_harness(server_startup_timeout=120):
-        yield PREFECT_API_URL.value()
-
-
 def fast_video(**kw: Any) -> VideoParams:
     return VideoParams(poll_initial_s=0.05, poll_max_s=0.1, limit_name=f"video-{uuid.uuid4().hex[:8]}", **kw)
 
@@ -111,8 +105,9 @@ def workspace_after_qc(root: Path, scenes: tuple[str, ...] = SCENES) -> Path:
 
 
 def test_hybrid_with_video_writes_one_checked_clip_per_scene_and_a_rerun_pays_nothing(
-    prefect_server: str, env: StubOpenRouterWithVideo, tmp_path: Path
+    prefect_api_url: str, env: StubOpenRouterWithVideo, tmp_path: Path
 ) -> None:
+    started = datetime.now(UTC)
     raw = tmp_path / "data" / "input_raw"
     raw.mkdir(parents=True)
     for n in ("obama.jpg", "obama3.jpg"):
@@ -150,14 +145,14 @@ def test_hybrid_with_video_writes_one_checked_clip_per_scene_and_a_rerun_pays_no
     bodies = [r.body for r in env.video.submits]
     assert all(b["frame_images"][0]["frame_type"] == "first_frame" for b in bodies)
     assert any("coffee first" in b["prompt"] for b in bodies)
-    keys = {a["key"] for a in httpx.post(f"{prefect_server}/artifacts/filter", json={"limit": 200}).json()}
-    assert {"video-plan", "video-clips", "video-filmstrips"} <= keys
+    wanted = ("video-plan", "video-clips", "video-filmstrips")
+    assert set(wanted) <= set(artifacts_since(prefect_api_url, started, *wanted))
     again = video_flow(p.video, p.paths)
     assert again.counts == {"skipped": 2} and len(env.video.submits) == 2, "a re-run pays nothing"
 
 
 def test_the_video_flow_waits_for_one_job_at_a_time_and_reports_another_persons_clip_as_failed_identity(
-    prefect_server: str, env: StubOpenRouterWithVideo, tmp_path: Path
+    prefect_api_url: str, env: StubOpenRouterWithVideo, tmp_path: Path
 ) -> None:
     data = workspace_after_qc(tmp_path / "data")
     env.video.subject_for = lambda body: "other" if "cafe_morning" in body["prompt"] else None
@@ -166,7 +161,7 @@ def test_the_video_flow_waits_for_one_job_at_a_time_and_reports_another_persons_
     summary = video_flow(video, paths)
     assert summary.counts == {"done": 2}
     # one job at a time: the second was submitted only once the first had ended (the Prefect limit)
-    limit = httpx.get(f"{prefect_server}/v2/concurrency_limits/{video.limit_name}").json()
+    limit = httpx.get(f"{prefect_api_url}/v2/concurrency_limits/{video.limit_name}").json()
     assert limit["limit"] == 1 and limit["active_slots"] == 0
     first, second = sorted(env.video.jobs.values(), key=lambda j: j.created)
     assert second.created >= first.created + first.pending_s + first.running_s
@@ -177,7 +172,7 @@ def test_the_video_flow_waits_for_one_job_at_a_time_and_reports_another_persons_
 
 
 def test_an_unsupported_parameter_fails_the_hybrid_run_before_anything_is_paid(
-    prefect_server: str, env: StubOpenRouterWithVideo, tmp_path: Path
+    prefect_api_url: str, env: StubOpenRouterWithVideo, tmp_path: Path
 ) -> None:
     p = HybridParams(
         paths=Paths(data_root=str(tmp_path / "data"), prompt_bank=BANK, models_root=str(tmp_path / "models")),

@@ -11,12 +11,10 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.testing.utilities import prefect_test_harness
 
 from ai_influencer.pacing import SEND_SAFETY
 from shared_limits.limits import ensure_limit
@@ -117,13 +115,7 @@ def test_rate_slots_report_a_busy_limit_without_blocking_and_fail_on_a_missing_o
         take_rate_slots(client, "r", 1, timeout_s=1.0)
 
 
-@pytest.fixture(scope="module")
-def prefect_api() -> Iterator[None]:
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-def test_dispatcher_spends_a_real_server_limit_on_an_even_grid(prefect_api: None) -> None:
+def test_dispatcher_spends_a_real_server_limit_on_an_even_grid(prefect_api_url: str) -> None:
     name = f"rate-{uuid.uuid4().hex[:8]}"
     rate = 20.0
     assert ensure_limit(name, 20, slot_decay_per_second=rate)[0] == "created"

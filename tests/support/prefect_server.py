@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -142,6 +143,20 @@ def prefect_server(
         client_env.api_url, client_env.database_url, client_env.home, client_env.log = url, url_db, home, log_path
         client_env.postgres, client_env.database_name = cluster, url_db.rsplit("/", 1)[-1]
         yield client_env
+
+
+def artifacts_since(api_url: str, since: datetime, *keys: str) -> dict[str, dict]:
+    """The newest artifact of each of ``keys`` created at or after ``since`` (key -> artifact, as the API sends it).
+
+    Why: a server shared by several tests (tests/support/fixtures.py) holds their artifacts too; a key found
+    among all of them could be another test's, and the first page of an unfiltered list could miss this one's.
+    """
+    body = {"artifacts": {"key": {"any_": list(keys)}}, "sort": "CREATED_DESC", "limit": 200}
+    newest: dict[str, dict] = {}
+    for a in httpx.post(f"{api_url}/artifacts/filter", json=body, timeout=30).raise_for_status().json():
+        if datetime.fromisoformat(a["created"]) >= since:
+            newest.setdefault(a["key"], a)
+    return newest
 
 
 def _stop(proc: subprocess.Popen) -> None:
