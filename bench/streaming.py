@@ -8,7 +8,8 @@ Every scenario runs the real hybrid flow against one started ``prefect server`` 
 services on; tests/support/prefect_server.py) and one stub OpenRouter (real photos as ``--size`` px
 images, ``latency`` s per image call, a hard ``rate`` req/s limit), each on a fresh workspace and fresh
 limits. The stub answers each request with the same image every time (by its question, ``SameAnswers``),
-so every scenario sees the same images (the table says how many the timed runs rendered anew: 0). QC uses the real dlib models, one worker process per CPU (as users run it).
+so every scenario sees the same images (the table says how many the timed runs rendered anew: 0).
+QC uses the real dlib models, one worker process per CPU (as users run it).
 
 The stub renders its images in this process (crop, resize, PNG: ~50 ms a 1024 px image), CPU that a real
 provider spends on its own machines. The bench keeps each rendered image (by the stub's seed for the
