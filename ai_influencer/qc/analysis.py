@@ -15,7 +15,6 @@ missing descriptor matters, and a stored analysis is re-done only when a new gat
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
@@ -35,7 +34,6 @@ from ai_influencer.vision.faces import FaceEngine, create_face_engine, largest, 
 from ai_influencer.vision.quality import compression_quality, face_detail, face_sharpness
 
 THUMB = 160
-WORKER_NICE = 10  # QC's worker processes yield the CPU to generation (see init_worker)
 SAME_PICTURE_BITS = 4  # pHash this close: one picture resized or re-encoded, even when a tiny face embeds badly
 
 ProgressCallback = Callable[[int, int, str], None]  # (done, total, file name)
@@ -254,17 +252,10 @@ def init_worker(spec: EngineSpec) -> None:
     (SIGTERM) reach the whole process group; a worker that died of it broke the pool
     (``BrokenProcessPool``) while the parent was still draining its paid requests, so workers ignore
     both and the parent shuts the pool down. A worker whose parent is gone (SIGKILL) exits by itself.
-
-    Workers run at a lower CPU priority (``WORKER_NICE``): in a streamed run they share the cores with
-    generation (decoding, verifying and writing each paid image, dispatching the next request), and a
-    paid request sent late costs wall time that QC cannot win back, while QC catches up on whatever CPU
-    generation leaves (docs/streaming.md). Alone, a niced worker runs as fast as any.
     """
     global _worker_engine
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
-    with contextlib.suppress(OSError):  # not allowed here: the same work, at the same priority
-        os.nice(WORKER_NICE)
     parent = os.getppid()
     threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
     _worker_engine = spec.build()
