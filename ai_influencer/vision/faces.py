@@ -208,8 +208,8 @@ class _HogPyramid:
     every detection maps back by the same geometry, with pixels a little off dlib's chain. Measured
     (docs/streaming.md): on 330 rendered 1024 px candidates 2-3 % of the boxes moved (one HOG cell, or
     the neighbouring pyramid level: 5/6 as wide) and no face count changed; the identity score moved by
-    0.0099 at most. Levels larger than ``small`` (an upscale)
-    stay dlib's exact chain: a one-step enlarged copy moved scores by up to 0.019.
+    0.0099 at most. Levels larger than ``small`` (an upscale) stay dlib's exact chain: a one-step
+    enlarged copy moved scores by up to 0.019.
     """
 
     def __init__(self, small: np.ndarray) -> None:
