@@ -27,7 +27,7 @@ from ai_influencer.qc.report import QCRow, write_report
 from ai_influencer.settings import Settings
 from ai_influencer.storyboard import Shot, Storyboard
 from ai_influencer.video.frames import probe_video
-from ai_influencer.video.ledger import VideoStore
+from ai_influencer.video.ledger import Attempt, JobRecord, VideoStore
 from ai_influencer.video.webhooks import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, signature
 from flows.hybrid import hybrid_flow
 from flows.params import GenerateParams, HybridParams, Limits, Paths, VideoParams
@@ -364,6 +364,33 @@ def test_hub_webhook_good_bad_stale_and_repeated_signatures(hub: str, tmp_path: 
     notes = list((tmp_path / "data" / "video" / "webhooks").glob("*.json"))
     assert len(notes) == 1, "only the good delivery is recorded, once"
     assert httpx.post(f"{hub}/api/generate/video", json={"prompt": "x"}, timeout=10).status_code == 401
+
+
+def test_an_unsigned_hub_records_webhooks_only_for_its_own_jobs(vstub: StubOpenRouterWithVideo, tmp_path: Path) -> None:
+    """No signing secret anywhere (the setting is unset, no Prefect): the hub still takes OpenRouter's
+    deliveries, but only for jobs this workspace submitted, once per job and event, whatever the headers."""
+    from interfaces.hub.app import create_app
+    from tests.support.hub_server import serve
+
+    data = workspace_after_qc(tmp_path / "data")
+    store = VideoStore(data / "video")
+    store.save_job(
+        JobRecord(key="k0", index=0, scene="cafe_morning", model="google/veo-3.1-fast", parameters={}, job_id="job-new",
+                  attempts=[Attempt(job_id="job-old", status="failed")])
+    )  # fmt: skip
+    (store.jobs / "k1.json").write_text('{"key": "k1", "job_id": "job-damaged", ')  # a torn record still counts
+    settings = Settings(
+        openrouter_api_key=TEST_KEY, openrouter_base_url=vstub.base_url, hub_token=TOKEN, data_root=data
+    )
+    with serve(create_app(settings)) as url:
+        stranger = deliver(url, event("job-made-up"), None, key="job-made-up-completed")
+        assert stranger.status_code == 404 and stranger.json()["reason"] == "unknown_job", stranger.text
+        assert "job-made-up" in stranger.json()["detail"]
+        for job in ("job-new", "job-old", "job-damaged"):
+            got = [deliver(url, event(job), None, key=f"{job}-{i}") for i in range(3)]
+            assert [r.status_code for r in got] == [200] * 3, got[0].text
+            assert [r.json()["duplicate"] for r in got] == [False, True, True]
+    assert len(list(store.webhooks.glob("*.json"))) == 3, "one note per own job, none for the stranger"
 
 
 def test_hub_submits_a_clip_then_serves_its_status_and_content(

@@ -124,3 +124,28 @@ def test_without_a_secret_deliveries_are_taken_unverified(tmp_path: Path) -> Non
     inbox = WebhookInbox(tmp_path / "webhooks")
     got = receive(inbox, BODY, {}, secret=None)
     assert got.idempotency_key == "abc123-completed" and not got.duplicate
+
+
+def test_unsigned_deliveries_are_taken_only_for_this_workspaces_jobs_once_per_event(tmp_path: Path) -> None:
+    """Without a secret anyone reaching the hub could post: made-up job ids, or one job under endless
+    idempotency keys, would each have written an inbox file until the disk was full."""
+    inbox = WebhookInbox(tmp_path / "webhooks")
+    ours = {"abc123"}
+    with pytest.raises(WebhookError) as refused:
+        receive(inbox, BODY.replace(b"abc123", b"made-up-1"), {}, secret=None, known_job=ours.__contains__)
+    assert refused.value.reason == "unknown_job" and "made-up-1" in str(refused.value)
+    assert inbox.events() == []
+    keys = [
+        receive(inbox, BODY, {IDEMPOTENCY_HEADER: f"k{i}"}, secret=None, known_job=ours.__contains__) for i in range(20)
+    ]
+    assert {g.idempotency_key for g in keys} == {"abc123-completed"}, "the header is not trusted unsigned"
+    assert [g.duplicate for g in keys] == [False] + [True] * 19
+    assert len(list((tmp_path / "webhooks").glob("*.json"))) == 1
+    # Signed, the header is OpenRouter's and any job is taken: the signature is the check.
+    now = int(time.time())
+    other = BODY.replace(b"abc123", b"not-ours")
+    signed = receive(
+        inbox, other, {SIGNATURE_HEADER: signature(SECRET, other, now), IDEMPOTENCY_HEADER: "not-ours-completed"},
+        secret=SECRET, now=now, known_job=ours.__contains__,
+    )  # fmt: skip
+    assert signed.idempotency_key == "not-ours-completed" and not signed.duplicate

@@ -16,6 +16,7 @@ restarting a run never restarts its budget.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass
@@ -88,6 +89,22 @@ class VideoStore:
             raise LedgerError(
                 f"{path}: unreadable job record ({str(exc).splitlines()[0][:160]}); fix or move it"
             ) from None
+
+    def has_job(self, job_id: str) -> bool:
+        """Whether a job record here names ``job_id`` (its current job or an earlier attempt).
+
+        A text search, not a parse: a damaged record may still hold the id, and an unsigned webhook for a
+        job of ours must not be refused because of it (``webhooks.receive``'s ``known_job``)."""
+        if not job_id or not self.jobs.is_dir():
+            return False
+        needle = json.dumps(job_id)
+        for path in self.jobs.glob("*.json"):
+            try:
+                if needle in path.read_text(encoding="utf-8", errors="replace"):
+                    return True
+            except OSError:
+                continue
+        return False
 
     def save_job(self, record: JobRecord) -> None:
         atomic_write_json(self.job_file(record.key), record.model_dump(mode="json"))

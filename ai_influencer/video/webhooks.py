@@ -24,7 +24,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,16 +209,31 @@ def receive(
     secret: SecretStr | str | bytes | None,
     now: float | None = None,
     tolerance_s: float = TOLERANCE_S,
+    known_job: Callable[[str], bool] | None = None,
 ) -> Received:
     """Verify (when a secret is configured), parse, de-duplicate and record one delivery.
 
     Raises ``WebhookError`` for a delivery to refuse. Without a secret nothing is verified (OpenRouter
     signs only when the workspace has a signing secret); see the module doc for why that is still safe.
+    An unsigned delivery is then recorded only for a job ``known_job`` says this workspace submitted
+    (reason ``unknown_job``), under ``<job id>-<event>`` whatever its idempotency header says: anyone who
+    can reach the hub could otherwise write one inbox file per made-up job id or key until the disk is
+    full; now at most one per job and event type. Signed deliveries are taken as sent (the signature is
+    the check).
     """
     lower = {k.lower(): v for k, v in headers.items()}
+    signed = False
     if secret is not None and _key(secret):
         verify_signature(secret, body, lower.get(SIGNATURE_HEADER.lower()), now=now, tolerance_s=tolerance_s)
+        signed = True
     event = parse_event(body)
-    key = lower.get(IDEMPOTENCY_HEADER.lower()) or f"{event.data.id}-{event.data.status}"
+    if not signed and known_job is not None and not known_job(event.data.id):
+        raise WebhookError(
+            "unknown_job",
+            f"no video job {event.data.id[:80]!r} was submitted from this workspace; unsigned deliveries are "
+            "taken only for its own jobs (set INFLUENCER_VIDEO_WEBHOOK_SECRET to OpenRouter's signing secret)",
+        )
+    own_key = f"{event.data.id}-{event.type.rsplit('.', 1)[1]}"
+    key = (lower.get(IDEMPOTENCY_HEADER.lower()) or own_key) if signed else own_key
     fresh = inbox.record(event, key)
     return Received(event, key, duplicate=not fresh)

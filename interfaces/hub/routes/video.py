@@ -221,8 +221,10 @@ async def video_webhook(request: Request) -> JSONResponse:
     ctx: HubContext = request.app.state.hub
     raw = await request.body()
     try:
-        got = receive(usecase.store(ctx.workspace).inbox(), raw, dict(request.headers), secret=ctx.webhook_secret())
+        store = usecase.store(ctx.workspace)
+        secret = ctx.webhook_secret()
+        got = receive(store.inbox(), raw, dict(request.headers), secret=secret, known_job=store.has_job)
     except WebhookError as exc:
-        status = 400 if exc.reason == "bad_body" else 401
+        status = {"bad_body": 400, "unknown_job": 404}.get(exc.reason, 401)
         return JSONResponse({"ok": False, "reason": exc.reason, "detail": str(exc)}, status_code=status)
     return JSONResponse({"ok": True, "duplicate": got.duplicate, "job_id": got.event.data.id})
