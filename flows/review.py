@@ -41,6 +41,15 @@ POLL_S = 5  # how often the paused run asks whether it was resumed
 SERVER_GRACE_S = 120  # Prefect's own pause deadline, after ours (flows/review.py's watchdog ends the review first)
 
 
+class ReviewTimedOut(RuntimeError):
+    """The state's exception of a run whose review was not answered in time.
+
+    Why an exception and not the run's summary: Prefect takes a Failed state's data as its exception;
+    with the summary there, every timed-out run logged "Engine execution exited with unexpected exception
+    ... TypeError: Unexpected result for failed state" with a traceback on the worker, and ``influencer run``
+    would have ended in that TypeError instead of this message."""
+
+
 class ReviewDecision(RunInput):
     """The form the paused run shows in the Prefect UI (and takes as ``run_input`` through the API)."""
 
@@ -120,7 +129,7 @@ def review_after_qc(p: HybridParams, settings: Settings, out: HybridSummary) -> 
             f"review not answered within {p.review_timeout_s} s ({url}); stopped after QC: its outputs and your "
             "verdicts are kept, run again (or `influencer augment`, `influencer train`) to go on"
         )
-        return Failed(name=TIMED_OUT, message=message, data=out)
+        return Failed(name=TIMED_OUT, message=message, data=ReviewTimedOut(message))
     if decision == "stop":
         return Completed(name=STOPPED, message="stopped at the review, before augment (as asked)", data=out)
     out.qc = qc_flow(p.qc, p.paths)  # the user's verdicts win; analyses come from the QC cache

@@ -190,6 +190,8 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     )  # fmt: skip
     if "prefect.exceptions" in sys.modules:
         found += (sys.modules["prefect.exceptions"].PrefectHTTPStatusError,)
+    if "flows.review" in sys.modules:  # `run --review` left unanswered: its message says what to do
+        found += (sys.modules["flows.review"].ReviewTimedOut,)
     return found
 
 
