@@ -84,7 +84,24 @@ def drain_on_signals(flag: StopFlag, *, redeliver: bool = True) -> Iterator[Stop
         for s in sigs:
             signal.signal(s, previous[s])
         if redeliver and flag.signal is not None:
-            os.kill(os.getpid(), flag.signal)
+            pass_on_signal(flag.signal)
+
+
+def pass_on_signal(sig: int) -> None:
+    """Do now, in this thread, what ``sig`` does without us: call its handler (Python's raises
+    KeyboardInterrupt, Prefect's SIGTERM handler raises the run's TerminationSignal), or take the default
+    action; an ignored signal stays ignored.
+
+    Why not ``os.kill(os.getpid(), sig)`` (as before): that leaves the moment to signal delivery. Once, a
+    Ctrl-C on a loaded CI machine, the drained generate run returned as if never stopped and ``influencer
+    run`` exited 0 instead of 130 (Prefect drops a BaseException it sees after the run's state is final;
+    whether that is what happened was not pinned down). Raised here, the interrupt leaves the flow's own
+    code, while its run is still running."""
+    handler = signal.getsignal(sig)
+    if callable(handler):
+        handler(sig, None)
+    elif handler == signal.SIG_DFL:
+        os.kill(os.getpid(), sig)
 
 
 class Pacer(Protocol):
