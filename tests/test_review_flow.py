@@ -11,11 +11,13 @@ About a minute on two busy cores (deploy, three flow processes; the server and t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import httpx
@@ -55,6 +57,37 @@ def sh(args: list[str], env: dict[str, str]) -> str:
     res = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert res.returncode == 0, f"{args[:3]}:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
     return res.stdout
+
+
+def stop_worker(worker: subprocess.Popen[bytes], log: Path) -> None:
+    """SIGTERM, as a service manager stops it; SIGKILL if it is still there a minute later.
+
+    Prefect's own worker (3.9) once hung after SIGTERM on a loaded machine: its event loop idle, no flow run
+    left, never exiting. That is Prefect's shutdown, not the review this test checks; it is reported as a
+    warning with the worker's log, and the worker is not left running after the test."""
+    os.killpg(worker.pid, signal.SIGTERM)
+    try:
+        worker.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(10)
+        warnings.warn(f"prefect worker ignored SIGTERM for 60 s (killed): {log.read_text()[-1500:]}", stacklevel=2)
+
+
+def flow_run_processes(worker_pid: int) -> list[str]:
+    """The worker's flow-run processes still alive (``python -m prefect.engine``, in their own sessions)."""
+    import psutil
+
+    try:
+        children = psutil.Process(worker_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    found = []
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            if child.status() != psutil.STATUS_ZOMBIE and "prefect.engine" in " ".join(child.cmdline()):
+                found.append(f"{child.pid}: {' '.join(child.cmdline())[-120:]}")
+    return found
 
 
 def test_a_paused_review_continues_with_the_overrides_stops_or_times_out(
@@ -142,9 +175,15 @@ def test_a_paused_review_continues_with_the_overrides_stops_or_times_out(
 
         wait_for(("continue", "stop", "timeout"), {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}, 300)
         print(f"all three ended {time.monotonic() - started:.0f} s after the worker started")
+        # A run's state is final before its process has exited (its last logs, the engine's teardown); each
+        # run's process must then end by itself. Stopping the worker before that made it wait on them (once
+        # more than 60 s on a loaded CI machine).
+        deadline = time.monotonic() + 120
+        while (left := flow_run_processes(worker.pid)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not left, f"flow-run processes still running after their runs ended: {left}"
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(60)
+        stop_worker(worker, tmp_path / "worker.log")
         log.close()
 
     done = state("continue")
@@ -163,3 +202,7 @@ def test_a_paused_review_continues_with_the_overrides_stops_or_times_out(
     assert (timed_out["type"], timed_out["name"]) == ("FAILED", "ReviewTimedOut"), timed_out
     assert f"review not answered within {TIMEOUT_S} s" in timed_out["message"]
     assert not (runs["timeout"][1] / "augment").exists() and (runs["timeout"][1] / "qc_passed").is_dir()
+    # The timed-out run's process ends on its own exception: a summary as a Failed state's data made Prefect
+    # log "Unexpected result for failed state" (a TypeError traceback) on the worker for every timeout.
+    worker_log = (tmp_path / "worker.log").read_text()
+    assert "Unexpected result for failed state" not in worker_log, worker_log[-3000:]
