@@ -55,7 +55,8 @@ class StopFlag:
 
 @contextmanager
 def drain_on_signals(flag: StopFlag, *, redeliver: bool = True) -> Iterator[StopFlag]:
-    """While inside, the first SIGTERM or SIGINT sets ``flag`` instead of ending the process.
+    """While inside, the first SIGTERM or SIGINT sets ``flag`` instead of ending the process (one that is
+    ignored when the block starts stays ignored).
 
     A second signal of the same kind restores the previous handler and re-sends itself (the
     user insisted: stop now). With ``redeliver``, a signal that only set the flag is sent again
@@ -66,7 +67,9 @@ def drain_on_signals(flag: StopFlag, *, redeliver: bool = True) -> Iterator[Stop
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
-    sigs = (signal.SIGTERM, signal.SIGINT)
+    # A signal ignored when the drain starts stays ignored: a job started in the background of a script
+    # (or under nohup) ignores SIGINT by POSIX rule; draining on it anyway stopped such a run half done.
+    sigs = tuple(s for s in (signal.SIGTERM, signal.SIGINT) if signal.getsignal(s) != signal.SIG_IGN)
     previous: dict[int, Any] = {s: signal.getsignal(s) for s in sigs}
 
     def handler(sig: int, _frame: object) -> None:
@@ -92,11 +95,9 @@ def pass_on_signal(sig: int) -> None:
     KeyboardInterrupt, Prefect's SIGTERM handler raises the run's TerminationSignal), or take the default
     action; an ignored signal stays ignored.
 
-    Why not ``os.kill(os.getpid(), sig)`` (as before): that leaves the moment to signal delivery. Once, a
-    Ctrl-C on a loaded CI machine, the drained generate run returned as if never stopped and ``influencer
-    run`` exited 0 instead of 130 (Prefect drops a BaseException it sees after the run's state is final;
-    whether that is what happened was not pinned down). Raised here, the interrupt leaves the flow's own
-    code, while its run is still running."""
+    Why not ``os.kill(os.getpid(), sig)`` (as before): that leaves the moment to signal delivery; called
+    here, the interrupt leaves the flow's own code while its run is still running, which is where Prefect
+    turns it into the run's end."""
     handler = signal.getsignal(sig)
     if callable(handler):
         handler(sig, None)

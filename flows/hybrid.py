@@ -40,8 +40,8 @@ def _name() -> str:
 def _stop_if_signalled() -> None:
     """A generate run drained by SIGTERM (a cancellation, a stopped worker) or Ctrl-C ends the pipeline there.
 
-    ``generate_flow`` passes the signal on when it has drained, which ends this run too; this is the
-    second line, so that no later stage (QC, augment, training) starts after a stop however that went."""
+    ``generate_flow`` passes the signal on when it has drained, which ends this run too; this is a second
+    line, so that no later stage (QC, augment, training) starts after a stop even if a handler returned."""
     if RUN_STOP.signal is not None:
         pass_on_signal(RUN_STOP.signal)
 
