@@ -6,10 +6,18 @@ import os
 os.environ.setdefault("INFLUENCER_TASK_RETRY_DELAY_S", "0.05")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# A suite started in the background of a non-interactive shell (`.ci/run &`, some CI runners) ignores SIGINT
+# by POSIX rule, and every child inherits that: `influencer` rightly keeps an ignored Ctrl-C ignored, and
+# Prefect's worker, which stops itself with a SIGINT, never stopped (a test waited 60 s, then killed it).
+# The tests give their children what a terminal or a service manager gives them: SIGINT at its default.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from ai_influencer.openrouter import OpenRouterClient
 from tests.support.openrouter_stub import StubOpenRouter

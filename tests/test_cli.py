@@ -16,7 +16,6 @@ import pytest
 
 from tests.conftest import REPO
 from tests.support.openrouter_stub import StubOpenRouter
-from tests.support.terminal import sigint_as_in_a_terminal
 
 INFLUENCER = str(Path(sys.executable).with_name("influencer"))
 
@@ -311,7 +310,6 @@ def test_stopping_the_main_job_keeps_every_paid_image(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
-        preexec_fn=sigint_as_in_a_terminal,  # Ctrl-C as a terminal delivers it, however the suite was started
     )
     deadline = time.monotonic() + 150
     while time.monotonic() < deadline and len(list(out.glob("*.png"))) < 2 and proc.poll() is None:

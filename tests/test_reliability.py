@@ -24,7 +24,6 @@ from ai_influencer.pacing import StopFlag
 from ai_influencer.prompt_bank import compose_prompts, load_prompt_bank
 from tests.conftest import REPO, TEST_KEY
 from tests.support.openrouter_stub import IMAGE_CALLS, StubOpenRouter
-from tests.support.terminal import sigint_as_in_a_terminal
 
 MODEL = "google/gemini-2.5-flash-image"
 INFLUENCER = str(Path(sys.executable).with_name("influencer"))
@@ -219,7 +218,6 @@ def test_stopping_generate_keeps_every_paid_image(cli_env: dict[str, str], tmp_p
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            preexec_fn=sigint_as_in_a_terminal,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len(images_on_disk(out)) < 2:
@@ -297,10 +295,7 @@ def test_a_drained_signal_is_passed_on_at_the_end_of_the_drain_not_later() -> No
         "    assert not ignored.is_set(), 'an ignored SIGINT stopped the run'\n"
         "print('an ignored signal stays ignored')\n"
     )
-    run = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=os.environ,
-        preexec_fn=sigint_as_in_a_terminal,
-    )  # fmt: skip
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=os.environ)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split("\n")[:2] == ["interrupted at the end of the drain", "an ignored signal stays ignored"]
 

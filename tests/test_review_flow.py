@@ -62,9 +62,9 @@ def sh(args: list[str], env: dict[str, str]) -> str:
 def stop_worker(worker: subprocess.Popen[bytes], log: Path) -> None:
     """SIGTERM, as a service manager stops it; SIGKILL if it is still there a minute later.
 
-    Prefect's own worker (3.9) once hung after SIGTERM on a loaded machine: its event loop idle, no flow run
-    left, never exiting. That is Prefect's shutdown, not the review this test checks; it is reported as a
-    warning with the worker's log, and the worker is not left running after the test."""
+    Prefect's worker stops itself by sending itself SIGINT; started from a suite that ignored SIGINT (run in
+    the background of a shell) it never stopped, until tests/conftest.py gave SIGINT back its default. Should
+    it hang again, the worker is not left running and the warning carries its log."""
     os.killpg(worker.pid, signal.SIGTERM)
     try:
         worker.wait(60)
