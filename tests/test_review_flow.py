@@ -12,8 +12,6 @@ About a minute on two busy cores (deploy, three flow processes; the server and t
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import subprocess
 import time
 import uuid
@@ -27,7 +25,7 @@ from ai_influencer.settings import Settings
 from interfaces.hub.app import create_app
 from tests.conftest import REPO
 from tests.support.hub_server import serve
-from tests.support.prefect_server import BIN, ServerEnv
+from tests.support.prefect_server import BIN, ServerEnv, stop_group
 from tests.support.review_workspace import Template, clone
 
 BANK = str(REPO / "prompt_bank" / "default.yaml")
@@ -65,12 +63,7 @@ def stop_worker(worker: subprocess.Popen[bytes], log: Path) -> None:
     Prefect's worker stops itself by sending itself SIGINT; started from a suite that ignored SIGINT (run in
     the background of a shell) it never stopped, until tests/conftest.py gave SIGINT back its default. Should
     it hang again, the worker is not left running and the warning carries its log."""
-    os.killpg(worker.pid, signal.SIGTERM)
-    try:
-        worker.wait(60)
-    except subprocess.TimeoutExpired:
-        os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait(10)
+    if stop_group(worker, grace_s=60):
         warnings.warn(f"prefect worker ignored SIGTERM for 60 s (killed): {log.read_text()[-1500:]}", stacklevel=2)
 
 

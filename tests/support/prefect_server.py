@@ -124,7 +124,7 @@ def prefect_server(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        stack.callback(_stop, proc)  # runs before the database stops (ExitStack unwinds in reverse)
+        stack.callback(stop_group, proc)  # runs before the database stops (ExitStack unwinds in reverse)
         url = f"http://127.0.0.1:{port}/api"
         basic = tuple(auth.split(":", 1)) if auth else None
         deadline = time.monotonic() + 180
@@ -159,10 +159,14 @@ def artifacts_since(api_url: str, since: datetime, *keys: str) -> dict[str, dict
     return newest
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_group(proc: subprocess.Popen, grace_s: float = 30.0) -> bool:
+    """SIGTERM to the process group, as a service manager stops it; SIGKILL after ``grace_s``.
+    True when it had to be killed."""
     os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(30)
+        proc.wait(grace_s)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
+        return True
+    return False
