@@ -17,7 +17,6 @@ from prefect import flow
 from ai_influencer.options import GenerateOptions
 from ai_influencer.options.fields import default_of
 from ai_influencer.settings import Settings
-from ai_influencer.usecases.generate import pass_on_signal
 from flows.generate import check_image_route, generate_flow
 from flows.params import HybridParams, current_params
 from flows.results import HybridSummary
@@ -26,7 +25,6 @@ from flows.rounds import generate_until_flow
 from flows.stages import augment_flow, evaluate_flow, plan_flow, prepare_flow, qc_flow, train_flow
 from flows.streaming import streamed_qc
 from flows.video import check_video_options, video_flow
-from shared_limits.clients import RUN_STOP
 from tasks.stages import analytics_task
 
 
@@ -35,15 +33,6 @@ def _name() -> str:
     gen = p.get("generate") or {}
     per_scene = gen.get("per_scene", default_of(GenerateOptions, "per_scene"))
     return f"hybrid-{(gen.get('model') or 'default').split('/')[-1]}-{per_scene}x"
-
-
-def _stop_if_signalled() -> None:
-    """A generate run drained by SIGTERM (a cancellation, a stopped worker) or Ctrl-C ends the pipeline there.
-
-    ``generate_flow`` passes the signal on when it has drained, which ends this run too; this is a second
-    line, so that no later stage (QC, augment, training) starts after a stop even if a handler returned."""
-    if RUN_STOP.signal is not None:
-        pass_on_signal(RUN_STOP.signal)
 
 
 @flow(name="hybrid", flow_run_name=_name, log_prints=True)
@@ -71,8 +60,6 @@ def hybrid_flow(params: HybridParams = HybridParams()) -> HybridSummary:
         out.qc = box.qc
     elif p.run_generate:
         out.generate = generate_flow(p.generate, p.paths)
-    if p.run_generate:
-        _stop_if_signalled()
     if p.run_qc and out.qc is None and not (p.run_generate and p.target_accepted):  # the rounds ran QC
         out.qc = qc_flow(p.qc, p.paths)
     if p.run_qc or (p.run_generate and p.target_accepted):

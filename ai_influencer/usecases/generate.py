@@ -40,7 +40,6 @@ from ai_influencer.pacing import (
     StopFlag,
     StopRequested,
     drain_on_signals,
-    pass_on_signal,
     rate_limit_capacity,
 )
 from ai_influencer.prompt_bank import PromptSpec, compose_prompts, load_prompt_bank
@@ -337,7 +336,6 @@ __all__ = [
     "generate",
     "iter_reference_images",
     "make_images",
-    "pass_on_signal",
     "plan_markdown",
     "plan_requests",
     "prepare_route",

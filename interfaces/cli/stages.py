@@ -571,10 +571,6 @@ def _run_hybrid(params: object, before_flow: Callable[[], None] | None = None) -
                 if before_flow is not None:
                     before_flow()
                 summary = hybrid_flow(params)
-            from shared_limits.clients import RUN_STOP
-
-            if RUN_STOP.signal is not None:  # drained and ended by the signal: never "done" (exit 0)
-                raise KeyboardInterrupt if RUN_STOP.signal == signal.SIGINT else SystemExit(128 + RUN_STOP.signal)
             return summary
         except (KeyboardInterrupt, SystemExit) as exc:
             code = 130 if isinstance(exc, KeyboardInterrupt) else int(exc.code or 143)
