@@ -570,8 +570,7 @@ def _run_hybrid(params: object, before_flow: Callable[[], None] | None = None) -
 
                 if before_flow is not None:
                     before_flow()
-                summary = hybrid_flow(params)
-            return summary
+                return hybrid_flow(params)
         except (KeyboardInterrupt, SystemExit) as exc:
             code = 130 if isinstance(exc, KeyboardInterrupt) else int(exc.code or 143)
             console.print(
