@@ -412,7 +412,8 @@ class StubOpenRouter:
         self.answer_cap = answer_cap  # every Image API answer carries at most this many images
         self.key_limit = key_limit  # the key's own credit limit (402 openrouter_key_limit beyond it)
         self.max_body_bytes = max_body_bytes  # POST /images bodies above this are answered 413
-        self._unseeded = 0
+        # Unseeded answers per prompt: the n-th ask of a prompt gets the n-th image, whatever arrived between.
+        self._unseeded: collections.Counter[str] = collections.Counter()
         self.usage_total = 0.0
         self.requests: list[RecordedRequest] = []
         self._faults: collections.deque[tuple[str, str | None]] = collections.deque()
@@ -943,16 +944,20 @@ class StubOpenRouter:
             return 0
 
     def _image_item(self, body: dict[str, Any], rec: RecordedRequest, index: int, fmt: str) -> dict[str, Any]:
-        """One ``data[]`` entry: deterministic for a given seed (same question, same images), else fresh."""
+        """One ``data[]`` entry: deterministic for a given seed (same question, same images), else fresh.
+
+        Fresh means the next image for that prompt, counted per prompt: a global count handed out in arrival
+        order gave concurrent senders other images on every run (and QC other duplicates: a flaky test)."""
         if body.get("seed") is not None:
             basis = {
                 k: body.get(k) for k in ("model", "prompt", "seed", "size", "resolution", "aspect_ratio", "quality")
             }
             basis["index"] = index
         else:
+            prompt = json.dumps(body.get("prompt"), sort_keys=True)
             with self._lock:
-                self._unseeded += 1
-                basis = {"body": body.get("prompt"), "n": self._unseeded, "index": index}
+                self._unseeded[prompt] += 1
+                basis = {"body": body.get("prompt"), "n": self._unseeded[prompt], "index": index}
         digest = hashlib.sha256(json.dumps(basis, sort_keys=True).encode() + str(self.seed).encode()).digest()
         rng = random.Random(int.from_bytes(digest[:8], "big"))
         kinds, weights = zip(*self.image_mix.items(), strict=True)
