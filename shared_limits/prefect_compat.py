@@ -50,18 +50,54 @@ def check_prefect_version(version: str | None = None) -> str | None:
 check_prefect_version()
 
 
+# The transport errors Prefect's own client asks again after (``PrefectHttpxSyncClient.send``): a
+# connection the server closed while we reused it ends in a reset (``ReadError``) or a
+# ``RemoteProtocolError``, and a new connection then works.
+TRANSPORT_RETRIED: tuple[type[Exception], ...] = (
+    httpx.ReadTimeout,
+    httpx.PoolTimeout,
+    httpx.ConnectTimeout,
+    httpx.ReadError,
+    httpx.WriteError,
+    httpx.RemoteProtocolError,
+    httpx.LocalProtocolError,
+)
+TRANSPORT_TRIES = 6
+
+
+def send_plain(http: httpx.Client, add_csrf: Any, path: str, body: dict[str, Any]) -> httpx.Response:
+    """POST ``body`` to ``path`` with httpx's plain ``send``, asking again after a transport error.
+
+    Why: the plain send skips Prefect's 2 s back-off on 503, and with it Prefect's retry of a broken
+    connection. CI saw a run fail on ``[Errno 104] Connection reset by peer`` from the embedded server
+    (an idle keep-alive connection the server had closed, reused by the rate-slot thread). Up to
+    ``TRANSPORT_TRIES`` attempts, 50 ms to 0.8 s apart, each on a request built anew. A reset after the
+    server wrote means it granted slots we never learn of: a rate limit's then decay within a second, a
+    lease's expire after its duration; the same as with Prefect's own retry.
+    """
+    for attempt in range(TRANSPORT_TRIES):
+        request = http.build_request("POST", path, json=body)
+        add_csrf(request)  # a token if the server asks for one, as Prefect does
+        try:
+            return httpx.Client.send(http, request)
+        except TRANSPORT_RETRIED:
+            if attempt == TRANSPORT_TRIES - 1:
+                raise
+            time.sleep(0.05 * 2**attempt * random.uniform(0.75, 1.25))
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
 def post_increment(client: SyncPrefectClient, payload: dict[str, Any]) -> httpx.Response:
     """``POST /v2/concurrency_limits/increment`` without Prefect's 2 s back-off on 503.
 
     Uses the httpx client Prefect configured (URL, auth, headers) and its CSRF token hook, then
-    httpx's plain ``send``; falls back to the public client call if those internals are gone.
+    httpx's plain ``send`` (``send_plain``: a broken connection is asked again); falls back to the
+    public client call if those internals are gone.
     """
     http = getattr(client, "_client", None)
     add_csrf = getattr(http, "_add_csrf_headers", None)
     if isinstance(http, httpx.Client) and callable(add_csrf):
-        request = http.build_request("POST", "/v2/concurrency_limits/increment", json=payload)
-        add_csrf(request)  # a token if the server asks for one, as Prefect does
-        return httpx.Client.send(http, request)
+        return send_plain(http, add_csrf, "/v2/concurrency_limits/increment", payload)
     return client.increment_concurrency_slots(names=payload["names"], slots=payload["slots"], mode=payload["mode"])
 
 
@@ -88,9 +124,7 @@ def post_increment_with_lease(
             lease_duration=lease_duration,  # type: ignore[arg-type]
         )
     for busy in range(40):
-        request = http.build_request("POST", "/v2/concurrency_limits/increment-with-lease", json=body)
-        add_csrf(request)
-        response = httpx.Client.send(http, request)
+        response = send_plain(http, add_csrf, "/v2/concurrency_limits/increment-with-lease", body)
         if response.status_code not in (502, 503, 504):
             return response
         time.sleep(min(0.03 * 2**busy, 0.12) * random.uniform(0.75, 1.25))

@@ -8,21 +8,31 @@ from __future__ import annotations
 
 import itertools
 import json
+import socket
+import struct
 import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 from prefect.client.orchestration import SyncPrefectClient, get_client
 
 from ai_influencer.pacing import SEND_SAFETY
 from shared_limits.limits import ensure_limit
+from shared_limits.prefect_compat import TRANSPORT_TRIES, post_increment_with_lease
 from shared_limits.rate import RateDispatcher, RateSlotsError, take_rate_slots
+
+RESET = 0  # a script entry: read the request, then reset the connection without an answer
 
 
 class BusyServer:
-    """Answers POST .../v2/concurrency_limits/increment from a script of status codes, like a busy server."""
+    """Answers POST .../v2/concurrency_limits/increment from a script of status codes, like a busy server.
+
+    A ``RESET`` entry closes the connection with a TCP reset instead, as a server does that drops a
+    keep-alive connection the client reuses (the client reads ``[Errno 104] Connection reset by peer``).
+    """
 
     def __init__(self, script: list[tuple[int, dict[str, str]]]) -> None:
         self.script = list(script)
@@ -45,13 +55,19 @@ class BusyServer:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 outer.calls.append((time.monotonic(), {"path": self.path, **body}))
                 status, headers = outer.script.pop(0) if outer.script else (200, {})
+                if status == RESET:
+                    self.close_connection = True
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.connection.close()  # closed with the handler's files: a reset, no FIN first
+                    return
                 headers = dict(headers)
                 time.sleep(float(headers.pop("X-Delay", 0)))  # a server that queues before it answers
-                payload = (
-                    [{"id": str(uuid.uuid4()), "name": body["names"][0], "limit": 10}]
-                    if status == 200
-                    else {"detail": "database is locked"}
-                )
+                if status != 200:
+                    payload: object = {"detail": "database is locked"}
+                elif self.path.endswith("-with-lease"):
+                    payload = {"lease_id": str(uuid.uuid4()), "limits": []}
+                else:
+                    payload = [{"id": str(uuid.uuid4()), "name": body["names"][0], "limit": 10}]
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 for k, v in {"Content-Type": "application/json", **headers}.items():
@@ -113,6 +129,20 @@ def test_rate_slots_report_a_busy_limit_without_blocking_and_fail_on_a_missing_o
         assert time.monotonic() - start >= 0.2
     with BusyServer([(503, {})] * 50) as client, pytest.raises(RateSlotsError, match="within 1 s"):
         take_rate_slots(client, "r", 1, timeout_s=1.0)
+
+
+def test_a_connection_reset_by_the_server_is_asked_again_on_a_new_connection() -> None:
+    """Prefect's client retries a reset connection; the plain send that skips its 503 back-off must too (CI
+    saw a run fail on one reset from the embedded server). Persistent resets still fail, after a bound."""
+    with BusyServer([(RESET, {}), (RESET, {}), (200, {})]) as client:
+        assert take_rate_slots(client, "r", 2)[0] == 0.0
+    with BusyServer([(RESET, {}), (503, {}), (RESET, {}), (200, {})]) as client:
+        response = post_increment_with_lease(client, "inflight", 1, "concurrency", 30.0)
+        assert response.status_code == 200 and response.json()["lease_id"]
+    fake = BusyServer([(RESET, {})] * 20)
+    with fake as client, pytest.raises(httpx.ReadError, match="reset"):
+        take_rate_slots(client, "r", 1)
+    assert len(fake.calls) == TRANSPORT_TRIES
 
 
 def test_dispatcher_spends_a_real_server_limit_on_an_even_grid(prefect_api_url: str) -> None:
