@@ -7,7 +7,6 @@ talks to the Prefect server.
 from __future__ import annotations
 
 import math
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from prefect.client.orchestration import SyncPrefectClient, get_client
 from ai_influencer.adaptive_pacing import AdaptiveRate
 from ai_influencer.pacing import SEND_SAFETY, SendClock, requests_per_second
 from shared_limits.limits import InflightPool, RunSeat, context_thread
-from shared_limits.prefect_compat import post_increment
+from shared_limits.prefect_compat import busy_wait_s, post_increment
 
 # Sends of this process, per rate limit (every task thread of a flow process shares it).
 send_clock = SendClock()
@@ -70,8 +69,7 @@ def take_rate_slots(
             if not block:
                 return wait, answered_at
         elif response.status_code in (502, 503, 504):
-            # A locked SQLite write is refused at once, without a write: asking again soon costs nothing.
-            wait = min(0.03 * 2**busy, 0.12) * random.uniform(0.75, 1.25)
+            wait = busy_wait_s(busy)
             busy += 1
         else:
             response.raise_for_status()
