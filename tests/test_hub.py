@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from ai_influencer.settings import Settings
+from flows.api import api_client
 from interfaces.hub.app import create_app
 from tests.conftest import TEST_KEY
 from tests.support.assets import face
@@ -239,8 +240,11 @@ def test_pipeline_run_starts_a_deployment_and_lists_runs(
     stub: StubOpenRouter, session_prefect_server: ServerEnv, tmp_path: Path
 ) -> None:
     api = session_prefect_server.api_url  # the session's started server (tests/support/fixtures.py)
-    flow_id = httpx.post(f"{api}/flows/", json={"name": "hybrid"}).raise_for_status().json()["id"]
-    httpx.post(f"{api}/deployments/", json={"name": "hybrid-local", "flow_id": flow_id}).raise_for_status()
+    # Through the hub's own Prefect client: the server is shared with the other worker's tests, and its
+    # SQLite answers a write that meets another one 503 (this setup failed on it once in CI).
+    with api_client(api) as prefect_api:
+        flow_id = prefect_api.post("/flows/", json={"name": "hybrid"}).raise_for_status().json()["id"]
+        prefect_api.post("/deployments/", json={"name": "hybrid-local", "flow_id": flow_id}).raise_for_status()
     with serve(create_app(hub_settings(stub, tmp_path), prefect_api_url=api)) as hub:
         params = {"params": {"generate": {"per_scene": 2, "budget_usd": 1.5}}}
         assert httpx.post(f"{hub}/api/pipeline/run", json={"parameters": params}).status_code == 401
